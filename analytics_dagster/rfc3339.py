@@ -1,0 +1,51 @@
+"""RFC 3339 timestamps at nanosecond precision.
+
+The API sends 0 to 9 fractional digits (``…36Z``, ``…36.9Z``, ``…02.004032433Z``). Such strings
+do not sort as text (``"36.9Z" < "36Z"``) and Python's ``datetime`` keeps only microseconds, so
+both the sandbox and the source compare timestamps as integer nanoseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+)
+NS_PER_SECOND = 1_000_000_000
+
+
+def parse_ns(value: str) -> int:
+    """Parse an RFC 3339 timestamp into integer nanoseconds since the Unix epoch (UTC).
+
+    Raises:
+        ValueError: the value is not an RFC 3339 timestamp.
+    """
+    match = _RFC3339.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
+    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
+    seconds = calendar.timegm(
+        (int(year), int(month), int(day), int(hour), int(minute), int(second), 0, 0, 0)
+    )
+    if not zulu:
+        offset = int(off_h) * 3600 + int(off_m) * 60
+        seconds -= offset if sign == "+" else -offset
+    nanos = int(frac.ljust(9, "0")) if frac else 0
+    return seconds * NS_PER_SECOND + nanos
+
+
+def format_ns(ns: int, digits: int = 9) -> str:
+    """Format nanoseconds since the epoch as RFC 3339 UTC with ``digits`` fractional digits.
+
+    Digits beyond ``digits`` are truncated, so pass a value that is a multiple of
+    ``10 ** (9 - digits)`` when the string must represent it exactly.
+    """
+    seconds, nanos = divmod(ns, NS_PER_SECOND)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if digits <= 0:
+        return base + "Z"
+    return f"{base}.{nanos:09d}"[: len(base) + 1 + digits] + "Z"

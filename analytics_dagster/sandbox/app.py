@@ -1,0 +1,390 @@
+"""The sandbox's HTTP face: the API contract (`/v1/...`) and an admin interface (`/_admin/...`).
+
+Built on Starlette (served by uvicorn): a small, well-kept ASGI toolkit whose async handlers let
+added latency overlap across concurrent requests, the way a real remote API behaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from analytics_dagster.rfc3339 import parse_ns
+from analytics_dagster.sandbox.world import RESOURCES, World
+
+DEFAULT_API_KEY = "sandbox_api_key"
+DEFAULT_PER_PAGE = 50
+RETRYABLE_FAULTS = (429, 500, 502, 503, 504)
+_DOCS = "https://developer.paddle.com/v1/errors/shared/"
+
+
+@dataclass
+class SandboxConfig:
+    """How the sandbox behaves, beyond its data. All of it can be changed at run time."""
+
+    api_key: str = DEFAULT_API_KEY
+    fault_rate: float = 0.0  # share of authenticated requests answered with a retryable fault
+    fault_statuses: tuple[int, ...] = RETRYABLE_FAULTS
+    # faults are transient: the same request fails at most this many times in a row
+    fault_max_consecutive: int = 2
+    fault_retry_after: int = 1  # the Retry-After (seconds) of a fault 429
+    latency: float = 0.0  # seconds added to every request
+    rate_limit: int = 0  # requests per minute per client; 0: unlimited
+    rate_limit_block: float = 60.0  # seconds a client is blocked once past the limit
+
+
+@dataclass
+class _Stats:
+    total: int = 0
+    by_resource: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    by_status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "by_resource": dict(self.by_resource),
+            "by_status": {str(k): v for k, v in self.by_status.items()},
+        }
+
+
+def _error(status: int, code: str, detail: str, errors: list[dict[str, str]] | None = None) -> Response:
+    error: dict[str, Any] = {
+        "type": "api_error" if status >= 500 else "request_error",
+        "code": code,
+        "detail": detail,
+        "documentation_url": _DOCS + code,
+    }
+    if errors:
+        error["errors"] = errors
+    return JSONResponse({"error": error, "meta": {"request_id": str(uuid.uuid4())}}, status)
+
+
+class _BadRequest(Exception):
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.response = _error(
+            400, "invalid_field", "Invalid request.", [{"field": field_name, "message": message}]
+        )
+
+
+class SandboxApp:
+    """The ASGI application plus the state behind it (world, config, faults, counters)."""
+
+    def __init__(self, world: World, config: SandboxConfig | None = None) -> None:
+        self.world = world
+        self.config = config or SandboxConfig()
+        self.stats = _Stats()
+        self._attempts: dict[str, int] = defaultdict(int)
+        self._streak: dict[str, int] = defaultdict(int)
+        self._window: dict[str, deque[float]] = defaultdict(deque)
+        self._blocked_until: dict[str, float] = {}
+        self._injections: list[dict[str, Any]] = []
+        self._lock = asyncio.Lock()  # the world is mutated by admin calls between requests
+        api: list[tuple[str, str, Callable[[Request], Response]]] = [
+            ("/v1/customers", "customers", self._list),
+            ("/v1/customers/{cus_id}/addresses", "customer_addresses", self._list),
+            ("/v1/customers/{cus_id}/businesses", "businesses", self._list),
+            ("/v1/discounts", "discounts", self._list),
+            ("/v1/prices", "prices", self._list),
+            ("/v1/products", "products", self._list),
+            ("/v1/events", "events", self._list),
+            ("/v1/event-types", "event_types", self._event_types),
+            ("/v1/reports", "reports", self._list),
+            ("/v1/ips", "ip_addresses", self._ips),
+            ("/v1/subscriptions", "subscriptions", self._list),
+            ("/v1/transactions", "transactions", self._list),
+        ]
+        routes = [Route(path, self._api_endpoint(name, fn), methods=["GET"]) for path, name, fn in api]
+        routes += [
+            Route("/_admin/truth/{resource}", self._admin(self._truth), methods=["GET"]),
+            Route("/_admin/counts", self._admin(self._counts), methods=["GET"]),
+            Route("/_admin/advance", self._admin(self._advance), methods=["POST"]),
+            Route("/_admin/mutate", self._admin(self._mutate), methods=["POST"]),
+            Route("/_admin/config", self._admin(self._config), methods=["GET", "POST"]),
+            Route("/_admin/inject", self._admin(self._inject), methods=["POST"]),
+            Route("/_admin/stats", self._admin(self._stats), methods=["GET"]),
+            Route("/_admin/stats/reset", self._admin(self._reset_stats), methods=["POST"]),
+        ]
+        self.asgi = Starlette(routes=routes)
+        self.asgi.add_exception_handler(404, self._not_found)
+
+    # ------------------------------------------------------------------ the /v1 pipeline
+    def _api_endpoint(
+        self, resource: str, handler: Callable[[Request, str], Response]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            self.stats.total += 1
+            self.stats.by_resource[resource] += 1
+            if self.config.latency > 0:
+                await asyncio.sleep(self.config.latency)
+            response = self._rate_limited(request) or self._unauthorized(request)
+            response = response or self._fault(request) or self._injected(resource)
+            if response is None:
+                async with self._lock:
+                    try:
+                        response = handler(request, resource)
+                    except _BadRequest as exc:
+                        response = exc.response
+            self.stats.by_status[response.status_code] += 1
+            return response
+
+        return endpoint
+
+    def _rate_limited(self, request: Request) -> Response | None:
+        limit = self.config.rate_limit
+        if limit <= 0:
+            return None
+        client = request.client.host if request.client else "unknown"
+        now = time.monotonic()
+        blocked_until = self._blocked_until.get(client, 0.0)
+        if now >= blocked_until:
+            window = self._window[client]
+            while window and window[0] <= now - 60.0:
+                window.popleft()
+            if len(window) < limit:
+                window.append(now)
+                return None
+            blocked_until = now + self.config.rate_limit_block
+            self._blocked_until[client] = blocked_until
+            window.clear()
+        response = _error(429, "too_many_requests", "Too many requests. Try again later.")
+        response.headers["Retry-After"] = str(max(1, math.ceil(blocked_until - now)))
+        return response
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        header = request.headers.get("authorization")
+        if not header:
+            return _error(403, "authentication_missing", "Authentication header missing.")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return _error(403, "authentication_malformed", "Authentication header malformed.")
+        if token != self.config.api_key:
+            return _error(403, "invalid_token", "Authentication token is invalid.")
+        return None
+
+    def _fault(self, request: Request) -> Response | None:
+        """A retryable failure, decided by (seed, request, attempt): reproducible under concurrency."""
+        if self.config.fault_rate <= 0:
+            return None
+        key = f"{request.url.path}?{'&'.join(sorted(request.url.query.split('&')))}"
+        attempt = self._attempts[key]
+        self._attempts[key] += 1
+        rng = random.Random(f"{self.world.seed}|{key}|{attempt}")
+        if rng.random() >= self.config.fault_rate or self._streak[key] >= self.config.fault_max_consecutive:
+            self._streak[key] = 0
+            return None
+        self._streak[key] += 1
+        return self._failure(rng.choice(self.config.fault_statuses))
+
+    def _failure(self, status: int) -> Response:
+        if status == 429:
+            response = _error(429, "too_many_requests", "Too many requests. Try again later.")
+            response.headers["Retry-After"] = str(self.config.fault_retry_after)
+            return response
+        if status == 502:  # real gateways answer with a page, not JSON
+            html = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+            return Response(html, 502, media_type="text/html")
+        if status == 504:  # and sometimes with nothing at all
+            return Response(b"", 504)
+        codes = {500: "internal_error", 503: "service_unavailable"}
+        return _error(status, codes.get(status, "internal_error"), "Something went wrong.")
+
+    def _injected(self, resource: str) -> Response | None:
+        for injection in self._injections:
+            if injection["resource"] == resource and injection["remaining"] > 0 and injection["kind"] == "status":
+                injection["remaining"] -= 1
+                return self._failure(int(injection["status"]))
+        return None
+
+    def _take_injection(self, resource: str) -> str | None:
+        for injection in self._injections:
+            if injection["resource"] == resource and injection["remaining"] > 0 and injection["kind"] != "status":
+                injection["remaining"] -= 1
+                return str(injection["kind"])
+        return None
+
+    # ------------------------------------------------------------------ /v1 handlers
+    def _list(self, request: Request, resource: str) -> Response:
+        spec = RESOURCES[resource]
+        query = request.query_params
+        per_page = _int_param(query.get("per_page"), "per_page", DEFAULT_PER_PAGE)
+        per_page = min(per_page, spec.max_per_page)
+        by_updated = resource == "products" and query.get("order_by") == "updated_at[DESC]"
+        ascending = False if by_updated else _order(query.get("order_by"), resource)
+        statuses: frozenset[str] | None = None
+        if query.get("status"):
+            statuses = frozenset(s.strip() for s in query["status"].split(",") if s.strip())
+        elif spec.default_active_only:
+            statuses = frozenset({"active"})
+        customer_id = request.path_params.get("cus_id")
+        if customer_id is not None and customer_id not in self.world.entities["customers"]:
+            return _error(404, "entity_not_found", f"Entity {customer_id} not found")
+        bounds = _updated_bounds(query) if resource == "transactions" else None
+        keys, has_more = self.world.page(
+            resource,
+            per_page=per_page,
+            after=query.get("after"),
+            ascending=ascending,
+            statuses=statuses,
+            customer_id=customer_id,
+            updated_bounds=bounds,
+            order_by_updated=by_updated,
+        )
+        last = keys[-1] if keys else query.get("after")
+        next_url = str(request.url.include_query_params(after=last)) if last else str(request.url)
+        pagination: dict[str, Any] = {"per_page": per_page, "next": next_url, "has_more": has_more}
+        total = len(self.world.ids[resource])
+        if resource == "transactions" and bounds is not None:
+            pagination["estimated_total"] = -1
+        elif resource != "events":  # events never say; others cap what they say
+            pagination["estimated_total"] = min(total, 100001)
+        return self._page_response(resource, keys, pagination)
+
+    def _page_response(self, resource: str, keys: list[str], pagination: dict[str, Any]) -> Response:
+        injected = self._take_injection(resource)
+        blobs = [self.world.blob(resource, key) for key in keys]
+        if injected == "missing_pk" and keys:
+            entity = dict(self.world.entities[resource][keys[0]])
+            entity.pop(RESOURCES[resource].primary_key, None)
+            blobs[0] = json.dumps(entity).encode()
+        if injected == "no_has_more":
+            pagination = {k: v for k, v in pagination.items() if k != "has_more"}
+        meta = json.dumps({"request_id": str(uuid.uuid4()), "pagination": pagination}).encode()
+        if injected == "no_data":
+            body = b'{"meta":' + meta + b"}"
+        else:
+            body = b'{"data":[' + b",".join(blobs) + b'],"meta":' + meta + b"}"
+        if injected == "malformed_json":
+            body = body[: len(body) // 2]
+        return Response(body, 200, media_type="application/json")
+
+    def _event_types(self, request: Request, resource: str) -> Response:
+        return JSONResponse({"data": self.world.event_types, "meta": {"request_id": str(uuid.uuid4())}})
+
+    def _ips(self, request: Request, resource: str) -> Response:
+        data = {"ipv4_cidrs": self.world.ip_cidrs}
+        return JSONResponse({"data": data, "meta": {"request_id": str(uuid.uuid4())}})
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        return _error(404, "not_found", f"Path {request.url.path} not found.")
+
+    # ------------------------------------------------------------------ /_admin
+    def _admin(
+        self, handler: Callable[[Request, dict[str, Any]], Any]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            host = request.client.host if request.client else ""
+            if not (host.startswith("127.") or host == "::1"):
+                return _error(403, "forbidden", "The admin interface answers loopback only.")
+            body: dict[str, Any] = {}
+            if request.method == "POST":
+                raw = await request.body()
+                body = json.loads(raw) if raw.strip() else {}
+            async with self._lock:
+                try:
+                    result = handler(request, body)
+                except (KeyError, TypeError, ValueError) as exc:
+                    return _error(400, "bad_request", f"{type(exc).__name__}: {exc}")
+            return result if isinstance(result, Response) else JSONResponse(result)
+
+        return endpoint
+
+    def _truth(self, request: Request, body: dict[str, Any]) -> Any:
+        resource = request.path_params["resource"]
+        if resource not in RESOURCES and resource not in ("event_types", "ip_addresses"):
+            return _error(404, "not_found", f"No resource {resource}")
+        return self.world.truth(resource)
+
+    def _counts(self, request: Request, body: dict[str, Any]) -> Any:
+        return self.world.counts()
+
+    def _advance(self, request: Request, body: dict[str, Any]) -> Any:
+        return self.world.advance(**body)
+
+    def _mutate(self, request: Request, body: dict[str, Any]) -> Any:
+        """Set fields of one entity (a new field, a changed type, a huge value), as the API might."""
+        resource, key = body["resource"], body["key"]
+        return self.world.mutate(resource, key, body["set"])
+
+    def _config(self, request: Request, body: dict[str, Any]) -> Any:
+        for name, value in body.items():
+            if not hasattr(self.config, name):
+                raise KeyError(f"unknown setting {name}")
+            setattr(self.config, name, tuple(value) if isinstance(value, list) else value)
+        public = asdict(self.config)
+        public.pop("api_key")
+        return public
+
+    def _inject(self, request: Request, body: dict[str, Any]) -> Any:
+        """Make the next `count` pages of `resource` bad: `kind` is malformed_json, no_data,
+        no_has_more, missing_pk, or status (with `status`: an HTTP status to answer)."""
+        kinds = {"malformed_json", "no_data", "no_has_more", "missing_pk", "status"}
+        if body.get("kind") not in kinds:
+            raise ValueError(f"kind must be one of {sorted(kinds)}")
+        self._injections.append(
+            {"resource": body["resource"], "kind": body["kind"], "status": body.get("status", 500),
+             "remaining": int(body.get("count", 1))}
+        )
+        return {"injections": self._injections}
+
+    def _stats(self, request: Request, body: dict[str, Any]) -> Any:
+        return self.stats.as_dict()
+
+    def _reset_stats(self, request: Request, body: dict[str, Any]) -> Any:
+        self.stats = _Stats()
+        return self.stats.as_dict()
+
+
+# ---------------------------------------------------------------------- query parsing
+def _int_param(value: str | None, name: str, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise _BadRequest(name, f"{name} must be an integer") from None
+    if number < 1:
+        raise _BadRequest(name, f"{name} must be at least 1")
+    return number
+
+
+def _order(value: str | None, resource: str) -> bool:
+    """True for ascending. `id[ASC]` and `id[DESC]` are accepted everywhere."""
+    if value is None or value == "id[DESC]":
+        return False
+    if value == "id[ASC]":
+        return True
+    raise _BadRequest("order_by", f"order_by must be id[ASC] or id[DESC] for {resource}")
+
+
+def _updated_bounds(query: Any) -> tuple[int | None, bool, int | None, bool] | None:
+    lower: int | None = None
+    upper: int | None = None
+    lower_incl = upper_incl = False
+    for op in ("GT", "GTE", "LT", "LTE"):
+        raw = query.get(f"updated_at[{op}]")
+        if raw is None:
+            continue
+        try:
+            ns = parse_ns(raw)
+        except ValueError:
+            raise _BadRequest(f"updated_at[{op}]", "must be an RFC 3339 datetime") from None
+        if op.startswith("G"):
+            lower, lower_incl = ns, op == "GTE"
+        else:
+            upper, upper_incl = ns, op == "LTE"
+    if lower is None and upper is None:
+        return None
+    return lower, lower_incl, upper, upper_incl

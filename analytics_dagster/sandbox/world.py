@@ -1,0 +1,574 @@
+"""The sandbox's data: a deterministic, mutable replica of the API's entities.
+
+Everything is derived from ``seed`` and the sequence of calls made on the world, never from the
+wall clock, so a test that builds a world and advances it the same way sees the same data.
+
+Scale: for ``customers = N`` the initial world holds (on average)
+
+========================  =========================================
+customers                 N
+customer_addresses        0 to 3 per customer (1.5 N)
+businesses                0 to 2 per customer (1 N)
+subscriptions             0.5 N
+transactions              0 to 4 per customer (2 N)
+events                    one per subscription, one or two per transaction (about 3.5 N)
+products                  max(3, N / 20); prices: 2 per product
+discounts                 max(2, N / 20)
+reports                   max(1, N / 100)
+event_types, ips          fixed lists from the real API's payloads
+========================  =========================================
+
+About 10% of the entities that have an ``active``/``archived`` status start archived, and 30%
+were updated after their creation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import pickle
+import random
+from dataclasses import dataclass
+from importlib import resources as importlib_resources
+from typing import Any, Iterable
+
+from analytics_dagster.rfc3339 import format_ns, parse_ns
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # sorted in ASCII, all of [a-z0-9]
+_START_NS = 1_672_531_200 * 10**9  # 2023-01-01T00:00:00Z
+_HISTORY_NS = 2 * 365 * 24 * 3600 * 10**9  # the initial world spans two years
+
+
+def _template(name: str) -> str:
+    return (importlib_resources.files(__package__) / "templates" / f"{name}.json").read_text()
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One list resource of the API as the sandbox serves it."""
+
+    name: str
+    prefix: str
+    primary_key: str = "id"
+    default_active_only: bool = False  # hides archived entities unless `status` asks for them
+    max_per_page: int = 200
+    child: bool = False  # listed per customer
+
+
+RESOURCES: dict[str, Resource] = {
+    r.name: r
+    for r in [
+        Resource("customers", "ctm", default_active_only=True),
+        Resource("customer_addresses", "add", default_active_only=True, child=True),
+        Resource("businesses", "biz", default_active_only=True, child=True),
+        Resource("discounts", "dsc", default_active_only=True),
+        Resource("prices", "pri", default_active_only=True),
+        Resource("products", "pro", default_active_only=True),
+        Resource("events", "evt", primary_key="event_id"),
+        Resource("reports", "rep"),
+        Resource("subscriptions", "sub"),
+        Resource("transactions", "txn", max_per_page=30),
+    ]
+}
+# what `advance(updates=...)` may touch, and the event type each update emits (None: no event)
+_UPDATE_EVENTS = {
+    "customers": "customer.updated",
+    "customer_addresses": "address.updated",
+    "businesses": "business.updated",
+    "discounts": "discount.updated",
+    "prices": "price.updated",
+    "products": "product.updated",
+    "subscriptions": "subscription.updated",
+    "transactions": "transaction.updated",
+    "reports": None,
+}
+_ARCHIVABLE = [name for name, r in RESOURCES.items() if r.default_active_only]
+
+_FIRST = ["Alex", "Sam", "Jo", "Priya", "Chen", "Maria", "Tomás", "Aiko", "Olu", "Zoë", "Ivan"]
+_LAST = ["Wilson", "García", "Kowalski", "Nakamura", "Okafor", "Müller", "Smith", "Rossi", "Lee"]
+_CITIES = [
+    ("New York", "NY", "US", "10021"),
+    ("London", None, "GB", "EC1A 1BB"),
+    ("Berlin", None, "DE", "10115"),
+    ("Toronto", "ON", "CA", "M5H 2N2"),
+    ("Sydney", "NSW", "AU", "2000"),
+    ("Paris", None, "FR", "75001"),
+]
+_CURRENCIES = ["USD", "EUR", "GBP", "AUD", "CAD"]
+
+
+class World:
+    """All entities of the sandbox API, with indexes that make a page cost O(page size).
+
+    Args:
+        customers: how many customers the initial world has; everything else scales with it.
+        seed: makes the world, and every later `advance`, reproducible.
+    """
+
+    def __init__(self, customers: int = 100, seed: int = 0) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.clock_ns = _START_NS
+        self._last_id_ms = 0
+        self.entities: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in RESOURCES}
+        self.ids: dict[str, list[str]] = {n: [] for n in RESOURCES}  # sorted: ids are time-ordered
+        self.by_customer: dict[str, dict[str, list[str]]] = {
+            n: {} for n, r in RESOURCES.items() if r.child
+        }
+        # transactions sorted by updated_at, for the server-side `updated_at[...]` filters
+        self.txn_updated: list[tuple[int, str]] = []
+        self._blobs: dict[str, bytes] = {}
+        self.event_types: list[dict[str, Any]] = json.loads(_template("event_types"))
+        self.ip_cidrs: list[str] = json.loads(_template("ips"))["ipv4_cidrs"] + [
+            "34.232.58.13/32",
+            "34.195.105.136/32",
+        ]
+        # pickled once: unpickling a copy is several times faster than parsing JSON again
+        self._txn_template = pickle.dumps(json.loads(_template("transaction")))
+        self._sub_template = pickle.dumps(json.loads(_template("subscription")))
+        self._discount_template = pickle.dumps(json.loads(_template("discount")))
+        self._generate(customers)
+
+    # ------------------------------------------------------------------ identities and time
+    def _new_id(self, prefix: str) -> str:
+        ms = max(self._last_id_ms + 1, self.clock_ns // 1_000_000)
+        self._last_id_ms = ms
+        # 10 characters of milliseconds, then 16 random ones: a ULID, lower-cased
+        value = (ms << 80) | self.rng.getrandbits(80)
+        return prefix + "_" + "".join(_CROCKFORD[(value >> s) & 31] for s in range(125, -5, -5))
+
+    def _stamp(self, ns: int | None = None) -> str:
+        """A timestamp at `ns` (default: the world clock) with 0 to 9 fractional digits.
+
+        The instant is rounded up to what the digits can say, so it is never before `ns`.
+        """
+        ns = self.clock_ns if ns is None else ns
+        digits = self.rng.randint(0, 9)
+        unit = 10 ** (9 - digits)
+        return format_ns(-(-ns // unit) * unit, digits)
+
+    def _tick(self, max_ns: int) -> None:
+        self.clock_ns += self.rng.randint(1_000_000, max(1_000_001, max_ns))
+
+    # ------------------------------------------------------------------ storage
+    def _store(self, resource: str, entity: dict[str, Any]) -> dict[str, Any]:
+        spec = RESOURCES[resource]
+        key = entity[spec.primary_key]
+        self.entities[resource][key] = entity
+        ids = self.ids[resource]
+        if not ids or ids[-1] < key:
+            ids.append(key)
+        else:  # never happens for generated ids, but keep the index sorted regardless
+            bisect.insort(ids, key)
+        if spec.child:
+            self.by_customer[resource].setdefault(entity["customer_id"], []).append(key)
+        if resource == "transactions":
+            bisect.insort(self.txn_updated, (parse_ns(entity["updated_at"]), key))
+        return entity
+
+    def _touch(self, resource: str, entity: dict[str, Any], updated_at: str) -> None:
+        """Record that `entity` changed: new `updated_at`, cached JSON dropped, indexes moved."""
+        if resource == "transactions":
+            old = (parse_ns(entity["updated_at"]), entity["id"])
+            del self.txn_updated[bisect.bisect_left(self.txn_updated, old)]
+            bisect.insort(self.txn_updated, (parse_ns(updated_at), entity["id"]))
+        entity["updated_at"] = updated_at
+        self._blobs.pop(entity[RESOURCES[resource].primary_key], None)
+
+    def blob(self, resource: str, key: str) -> bytes:
+        """The entity's JSON, cached until it changes."""
+        data = self._blobs.get(key)
+        if data is None:
+            data = json.dumps(self.entities[resource][key], separators=(",", ":")).encode()
+            self._blobs[key] = data
+        return data
+
+    # ------------------------------------------------------------------ entity factories
+    def _common(self, prefix: str, ts: str, *, status: str = "active") -> dict[str, Any]:
+        return {"id": self._new_id(prefix), "status": status, "created_at": ts, "updated_at": ts}
+
+    def _custom_data(self) -> dict[str, Any] | None:
+        roll = self.rng.random()
+        if roll < 0.4:
+            return None
+        if roll < 0.8:
+            return {"customer_reference_id": f"ref{self.rng.randint(1000, 99999)}"}
+        return {"features": {"crm": self.rng.random() < 0.5, "seats": self.rng.randint(1, 50)}}
+
+    def _new_customer(self, ts: str) -> dict[str, Any]:
+        first, last = self.rng.choice(_FIRST), self.rng.choice(_LAST)
+        entity = self._common("ctm", ts)
+        entity.update(
+            name=f"{first} {last}",
+            email=f"{first.lower()}.{last.lower()}{self.rng.randint(1, 9999)}@example.com",
+            marketing_consent=self.rng.random() < 0.3,
+            locale=self.rng.choice(["en", "de", "fr", "ja"]),
+            custom_data=self._custom_data(),
+            import_meta=None,
+        )
+        return self._store("customers", entity)
+
+    def _new_address(self, customer_id: str, ts: str) -> dict[str, Any]:
+        city, region, country, postal = self.rng.choice(_CITIES)
+        entity = self._common("add", ts)
+        entity.update(
+            customer_id=customer_id,
+            description=self.rng.choice(["Head Office", "Billing", "Warehouse", None]),
+            first_line=f"{self.rng.randint(1, 9999)} Jefferson Plaza",
+            second_line=self.rng.choice([None, "41st Floor", "Suite 100"]),
+            city=city,
+            postal_code=postal,
+            region=region,
+            country_code=country,
+            custom_data=self._custom_data(),
+            import_meta=None,
+        )
+        return self._store("customer_addresses", entity)
+
+    def _new_business(self, customer_id: str, ts: str) -> dict[str, Any]:
+        first, last = self.rng.choice(_FIRST), self.rng.choice(_LAST)
+        entity = self._common("biz", ts)
+        entity.update(
+            customer_id=customer_id,
+            name=f"{last} {self.rng.choice(['Inc.', 'GmbH', 'Ltd', 'SARL'])}",
+            company_number=str(self.rng.randint(10**11, 10**12 - 1)),
+            tax_identifier=str(self.rng.randint(10**8, 10**9 - 1)),
+            contacts=[{"name": f"{first} {last}", "email": f"{first.lower()}@example.com"}],
+            custom_data=self._custom_data(),
+            import_meta=None,
+        )
+        return self._store("businesses", entity)
+
+    def _new_product(self, ts: str) -> dict[str, Any]:
+        entity = self._common("pro", ts)
+        n = len(self.ids["products"]) + 1
+        entity.update(
+            name=f"ChatApp Plan {n}",
+            tax_category="standard",
+            description="Spend more time engaging with students with ChatApp Education.",
+            type="standard",
+            image_url=f"https://example.com/images/product-{n}.png",
+            custom_data=self._custom_data(),
+            import_meta=None,
+        )
+        return self._store("products", entity)
+
+    def _new_price(self, product_id: str, ts: str) -> dict[str, Any]:
+        entity = self._common("pri", ts)
+        yearly = self.rng.random() < 0.5
+        entity.update(
+            product_id=product_id,
+            description="Annual (per seat)" if yearly else "Monthly (per seat)",
+            type="standard",
+            name="Annual" if yearly else "Monthly",
+            billing_cycle={"interval": "year" if yearly else "month", "frequency": 1},
+            trial_period=None if self.rng.random() < 0.7 else {"interval": "day", "frequency": 14},
+            tax_mode="account_setting",
+            unit_price={
+                "amount": str(self.rng.randint(5, 500) * 100),
+                "currency_code": self.rng.choice(_CURRENCIES),
+            },
+            unit_price_overrides=[],
+            quantity={"minimum": 1, "maximum": self.rng.choice([1, 100, 999])},
+            custom_data=self._custom_data(),
+            import_meta=None,
+        )
+        return self._store("prices", entity)
+
+    def _new_discount(self, ts: str) -> dict[str, Any]:
+        entity = pickle.loads(self._discount_template)
+        entity.update(self._common("dsc", ts))
+        entity.update(
+            description=f"Discount {len(self.ids['discounts']) + 1}",
+            code=None if self.rng.random() < 0.3 else f"CODE{self.rng.randint(1000, 9999)}",
+            amount=str(self.rng.randint(1, 50)),
+            times_used=self.rng.randint(0, 100),
+            restrict_to=self.rng.sample(self.ids["products"], k=min(2, len(self.ids["products"]))),
+            custom_data=self._custom_data(),
+            import_meta=None,
+        )
+        return self._store("discounts", entity)
+
+    def _new_report(self, ts: str) -> dict[str, Any]:
+        entity = self._common("rep", ts, status="pending")
+        entity.update(
+            type=self.rng.choice(["transactions", "adjustments", "discounts", "products_prices"]),
+            rows=None,
+            filters=[{"name": "updated_at", "operator": "lt", "value": ts[:10]}],
+            expires_at=None,
+        )
+        if self.rng.random() < 0.7:
+            entity.update(status="ready", rows=self.rng.randint(1, 5000))
+        return self._store("reports", entity)
+
+    def _new_subscription(self, customer_id: str, ts: str) -> dict[str, Any]:
+        entity = pickle.loads(self._sub_template)
+        entity.update(self._common("sub", ts))
+        addresses = self.by_customer["customer_addresses"].get(customer_id) or [None]
+        businesses = self.by_customer["businesses"].get(customer_id) or [None]
+        entity.update(
+            status=self.rng.choice(["active", "active", "trialing", "past_due", "paused"]),
+            customer_id=customer_id,
+            address_id=addresses[0],
+            business_id=businesses[0],
+            currency_code=self.rng.choice(_CURRENCIES),
+            started_at=ts,
+            first_billed_at=ts,
+            custom_data=self._custom_data(),
+            import_meta=None,
+        )
+        return self._store("subscriptions", entity)
+
+    def _new_transaction(self, customer_id: str, ts: str) -> dict[str, Any]:
+        entity = pickle.loads(self._txn_template)
+        entity.update(self._common("txn", ts))
+        addresses = self.by_customer["customer_addresses"].get(customer_id) or [None]
+        entity.update(
+            status=self.rng.choice(["draft", "ready", "billed", "paid", "completed"]),
+            customer_id=customer_id,
+            address_id=addresses[0],
+            currency_code=self.rng.choice(_CURRENCIES),
+            invoice_number=f"{self.rng.randint(100, 999)}-{self.rng.randint(10000, 99999)}",
+            custom_data=self._custom_data(),
+        )
+        entity["details"]["totals"]["total"] = str(self.rng.randint(100, 1_000_000))
+        return self._store("transactions", entity)
+
+    def _new_event(self, event_type: str, snapshot: dict[str, Any], ts: str) -> dict[str, Any]:
+        entity = {
+            "event_id": self._new_id("evt"),
+            "event_type": event_type,
+            "occurred_at": ts,
+            "data": dict(snapshot),  # a snapshot: later top-level changes do not reach it
+        }
+        return self._store("events", entity)
+
+    # ------------------------------------------------------------------ the initial world
+    def _generate(self, customers: int) -> None:
+        entities_estimate = max(1, customers * 10)
+        step = max(2_000_000, _HISTORY_NS // entities_estimate)
+        for _ in range(max(3, customers // 20)):
+            product = self._new_product(self._stamp())
+            self._tick(step)
+            for _ in range(2):
+                self._new_price(product["id"], self._stamp())
+                self._tick(step)
+        for _ in range(max(2, customers // 20)):
+            self._new_discount(self._stamp())
+            self._tick(step)
+        for i in range(customers):
+            customer = self._new_customer(self._stamp())
+            self._tick(step)
+            self._new_children(customer["id"], step)
+            if self.rng.random() < 0.5:
+                sub = self._new_subscription(customer["id"], self._stamp())
+                self._new_event("subscription.created", sub, sub["created_at"])
+                self._tick(step)
+            for _ in range(self.rng.randint(0, 4)):
+                txn = self._new_transaction(customer["id"], self._stamp())
+                self._new_event("transaction.created", txn, txn["created_at"])
+                if txn["status"] == "completed":
+                    self._new_event("transaction.completed", txn, txn["created_at"])
+                self._tick(step)
+            if i % 100 == 0:
+                self._new_report(self._stamp())
+                self._tick(step)
+        self._age_history()
+
+    def _new_children(self, customer_id: str, step: int) -> None:
+        for _ in range(self.rng.randint(0, 3)):
+            self._new_address(customer_id, self._stamp())
+            self._tick(step)
+        for _ in range(self.rng.randint(0, 2)):
+            self._new_business(customer_id, self._stamp())
+            self._tick(step)
+
+    def _age_history(self) -> None:
+        """Give some entities a later `updated_at`, and archive some, inside the past."""
+        now = self.clock_ns
+        for resource in _UPDATE_EVENTS:
+            for key in self.ids[resource]:
+                roll = self.rng.random()
+                if roll >= 0.3:
+                    continue
+                entity = self.entities[resource][key]
+                created = parse_ns(entity["created_at"])
+                when = created + int(self.rng.random() * (now - created))
+                if resource in _ARCHIVABLE and roll < 0.1:
+                    entity["status"] = "archived"
+                self._touch(resource, entity, self._stamp(when))
+
+    # ------------------------------------------------------------------ queries
+    def page(
+        self,
+        resource: str,
+        *,
+        per_page: int,
+        after: str | None = None,
+        ascending: bool = False,
+        statuses: frozenset[str] | None = None,
+        customer_id: str | None = None,
+        updated_bounds: tuple[int | None, bool, int | None, bool] | None = None,
+        order_by_updated: bool = False,
+    ) -> tuple[list[str], bool]:
+        """One page of keys in id order, and whether more follow.
+
+        Args:
+            updated_bounds: (lower_ns, lower_inclusive, upper_ns, upper_inclusive) on
+                `updated_at`, transactions only.
+        """
+        if customer_id is not None:
+            keys: list[str] = self.by_customer[resource].get(customer_id, [])
+        elif updated_bounds is not None:
+            keys = self._transactions_updated_between(*updated_bounds)
+        else:
+            keys = self.ids[resource]
+        table = self.entities[resource]
+        if order_by_updated:  # products only, a few hundred: sorting per request is fine
+            keys = sorted(keys, key=lambda k: (parse_ns(table[k]["updated_at"]), k))
+            position = {k: i for i, k in enumerate(keys)}
+            start = position.get(after, len(keys)) - 1 if after else len(keys) - 1
+            candidates: Iterable[str] = (keys[i] for i in range(start, -1, -1))
+        elif ascending:
+            start = bisect.bisect_right(keys, after) if after else 0
+            candidates = (keys[i] for i in range(start, len(keys)))
+        else:
+            start = bisect.bisect_left(keys, after) - 1 if after else len(keys) - 1
+            candidates = (keys[i] for i in range(start, -1, -1))
+        found: list[str] = []
+        for key in candidates:
+            if statuses is not None and table[key].get("status") not in statuses:
+                continue
+            if len(found) == per_page:
+                return found, True
+            found.append(key)
+        return found, False
+
+    def _transactions_updated_between(
+        self, lower: int | None, lower_incl: bool, upper: int | None, upper_incl: bool
+    ) -> list[str]:
+        index = self.txn_updated
+        lo = 0
+        if lower is not None:
+            probe = (lower, "") if lower_incl else (lower, "\uffff")
+            lo = bisect.bisect_left(index, probe)
+        hi = len(index)
+        if upper is not None:
+            probe = (upper, "\uffff") if upper_incl else (upper, "")
+            hi = bisect.bisect_left(index, probe)
+        return sorted(key for _, key in index[lo:hi])
+
+    def truth(self, resource: str) -> list[dict[str, Any]]:
+        """Every entity of `resource`, archived included, as the warehouse should hold it."""
+        if resource == "ip_addresses":
+            return [{"ipv4_cidr": cidr} for cidr in self.ip_cidrs]
+        if resource == "event_types":
+            return [dict(e) for e in self.event_types]
+        return [self.entities[resource][key] for key in self.ids[resource]]
+
+    def counts(self) -> dict[str, int]:
+        counts = {name: len(ids) for name, ids in self.ids.items()}
+        counts.update(event_types=len(self.event_types), ip_addresses=len(self.ip_cidrs))
+        return counts
+
+    # ------------------------------------------------------------------ change over time
+    def advance(
+        self,
+        *,
+        updates: int = 0,
+        archives: int = 0,
+        new_customers: int = 0,
+        new_transactions: int = 0,
+        seconds: float = 60.0,
+        same_instant: bool = False,
+    ) -> dict[str, list[str]]:
+        """Move the world forward: update, archive and create entities, emitting events.
+
+        Args:
+            updates: entities (of any updatable resource) given a change and a new `updated_at`.
+            archives: active entities archived (their `status` and `updated_at` change).
+            new_customers: customers created, each with 0 to 3 addresses and 0 to 2 businesses.
+            new_transactions: transactions created for existing customers.
+            seconds: how far the world clock moves first.
+            same_instant: give every change of this call the very same `updated_at` string.
+
+        Returns:
+            The keys touched, per resource.
+        """
+        self.clock_ns += int(seconds * 1e9)
+        shared_stamp = self._stamp() if same_instant else None
+        touched: dict[str, list[str]] = {}
+
+        def stamp() -> str:
+            if shared_stamp is not None:
+                return shared_stamp
+            self._tick(50_000_000)
+            return self._stamp()
+
+        def note(resource: str, key: str) -> None:
+            touched.setdefault(resource, []).append(key)
+
+        updatable = [r for r in _UPDATE_EVENTS if self.ids[r]]
+        weights = [len(self.ids[r]) for r in updatable]
+        for _ in range(updates):
+            resource = self.rng.choices(updatable, weights)[0]
+            key = self.rng.choice(self.ids[resource])
+            entity = self.entities[resource][key]
+            self._change(resource, entity)
+            ts = stamp()
+            self._touch(resource, entity, ts)
+            note(resource, key)
+            if _UPDATE_EVENTS[resource]:
+                note("events", self._new_event(_UPDATE_EVENTS[resource], entity, ts)["event_id"])
+        for _ in range(archives):
+            resource = self.rng.choice(_ARCHIVABLE)
+            active = [k for k in self.ids[resource] if self.entities[resource][k]["status"] == "active"]
+            if not active:
+                continue
+            key = self.rng.choice(active)
+            entity = self.entities[resource][key]
+            entity["status"] = "archived"
+            self._touch(resource, entity, stamp())
+            note(resource, key)
+        for _ in range(new_customers):
+            customer = self._new_customer(stamp())
+            note("customers", customer["id"])
+            note("events", self._new_event("customer.created", customer, customer["created_at"])["event_id"])
+            before = {r: len(self.ids[r]) for r in ("customer_addresses", "businesses")}
+            self._new_children(customer["id"], 50_000_000)
+            for resource, count in before.items():
+                for key in self.ids[resource][count:]:
+                    note(resource, key)
+        for _ in range(new_transactions):
+            customer_id = self.rng.choice(self.ids["customers"])
+            txn = self._new_transaction(customer_id, stamp())
+            note("transactions", txn["id"])
+            note("events", self._new_event("transaction.created", txn, txn["created_at"])["event_id"])
+        return touched
+
+    def mutate(self, resource: str, key: str, values: dict[str, Any]) -> dict[str, str]:
+        """Set fields of one entity (a new field, a changed type, a huge value) and touch it."""
+        entity = self.entities[resource][key]
+        entity.update(values)
+        self.clock_ns += 10**9
+        self._touch(resource, entity, self._stamp())
+        return {"updated_at": entity["updated_at"]}
+
+    def _change(self, resource: str, entity: dict[str, Any]) -> None:
+        """A visible change to one field, as a user of the real API would make it."""
+        n = self.rng.randint(1, 10**6)
+        if resource == "customers":
+            entity["name"] = f"{self.rng.choice(_FIRST)} {self.rng.choice(_LAST)}"
+        elif resource == "customer_addresses":
+            entity["first_line"] = f"{n} Market Street"
+        elif resource == "businesses":
+            entity["company_number"] = str(n)
+        elif resource == "subscriptions":
+            entity["status"] = self.rng.choice(["active", "past_due", "paused", "canceled"])
+        elif resource == "transactions":
+            entity["status"] = self.rng.choice(["billed", "paid", "completed", "past_due"])
+        elif resource == "reports":
+            entity.update(status="ready", rows=n)
+        else:
+            entity["description"] = f"Revised description {n}"
+            entity["custom_data"] = {"revision": n}
