@@ -1,0 +1,98 @@
+"""The twelve API resources as Dagster assets, made by `@dlt_assets` from the dlt source."""
+
+
+from typing import Any, Iterator
+
+from dagster import AssetExecutionContext, AssetKey, AssetSpec, Config, MaterializeResult
+from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
+from dagster_dlt.translator import DltResourceTranslatorData
+
+from analytics_dagster.source import RESOURCES_BY_NAME, analytics_source
+from analytics_dagster.source.pipeline import (
+    DATASET_NAME,
+    definition_pipeline,
+    loader_file_format,
+    make_pipeline,
+    pipeline_lock,
+    table_stats,
+)
+
+GROUP = "analytics"
+# Every writer to the destination runs in this pool; its limit of 1 (dagster.yaml) keeps two
+# runs from writing one DuckDB file at once (shared/NOTES.md #5).
+DESTINATION_POOL = "analytics_destination"
+
+
+def asset_key(resource: str) -> AssetKey:
+    return AssetKey([GROUP, resource])
+
+
+class AnalyticsTranslator(DagsterDltTranslator):
+    """Keys `analytics/<resource>`, group `analytics`, and the customers -> children lineage
+    that dagster-dlt does not draw by itself (shared/NOTES.md #2)."""
+
+    def get_asset_spec(self, data: DltResourceTranslatorData) -> AssetSpec:
+        spec = super().get_asset_spec(data)
+        api = RESOURCES_BY_NAME[data.resource.name]
+        return spec.replace_attributes(
+            key=asset_key(api.name),
+            deps=[asset_key(api.parent)] if api.parent else [],
+            group_name=GROUP,
+            description=f"{api.description}\n\n`GET {api.path}`, merged on `{api.primary_key}`.",
+            kinds={"dlt"},
+            metadata={
+                **spec.metadata,
+                "dagster/table_name": f"{DATASET_NAME}.{api.name}",
+                "api_path": api.path,
+                "primary_key": api.primary_key,
+            },
+        )
+
+
+class SyncConfig(Config):
+    """Run configuration of the sync."""
+
+    full_refresh: bool = False
+
+
+def _definition_source() -> Any:
+    # Placeholders: only the resources' names and hints are used to build the asset specs. The
+    # real settings are resolved when a run starts, so the code location loads with none set
+    # (shared/NOTES.md #13).
+    return analytics_source(base_url="http://configured.at.run.time", api_key="unset")
+
+
+@dlt_assets(
+    dlt_source=_definition_source(),
+    dlt_pipeline=definition_pipeline(),
+    name="analytics_api",
+    dagster_dlt_translator=AnalyticsTranslator(),
+    pool=DESTINATION_POOL,
+)
+def analytics_assets(
+    context: AssetExecutionContext, dlt: DagsterDltResource, config: SyncConfig
+) -> Iterator[MaterializeResult]:
+    """One dlt run for the selected resources, with a fresh source and pipeline each time
+    (dagster-dlt mutates the source's schema in place: dagster-io/dagster#34052, NOTES #4)."""
+    pipeline = make_pipeline()
+    source = analytics_source()
+    with pipeline_lock(pipeline):
+        results = list(
+            dlt.run(
+                context=context,
+                dlt_source=source,
+                dlt_pipeline=pipeline,
+                loader_file_format=loader_file_format(pipeline),
+            )
+        )
+        names = {r.asset_key.path[-1]: r for r in results if isinstance(r, MaterializeResult) and r.asset_key}
+        stats = table_stats(pipeline, {n: RESOURCES_BY_NAME[n].primary_key for n in names})
+    for name, result in names.items():
+        yield MaterializeResult(
+            asset_key=result.asset_key,
+            metadata={
+                **(result.metadata or {}),
+                "dagster/row_count": stats[name]["rows"],
+                "rows_written": int(pipeline.last_trace.last_normalize_info.row_counts.get(name, 0)),
+            },
+        )

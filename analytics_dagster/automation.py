@@ -1,0 +1,126 @@
+"""Jobs, schedules and sensors: when the sync runs, and what watches it."""
+
+
+from collections import defaultdict
+
+import dlt
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    define_asset_job,
+    run_failure_sensor,
+    sensor,
+)
+
+from analytics_dagster.assets import GROUP, asset_key
+from analytics_dagster.source.events import events_after, latest_event_id
+
+FAST_MOVING = ["events", "transactions", "subscriptions", "customers", "customer_addresses", "businesses"]
+
+sync_all_job = define_asset_job(
+    "sync_all",
+    selection=AssetSelection.groups(GROUP),
+    description="Sync every resource of the API into the warehouse, then check primary keys.",
+)
+sync_fast_moving_job = define_asset_job(
+    "sync_fast_moving",
+    selection=AssetSelection.assets(*[asset_key(n) for n in FAST_MOVING]),
+    description="Sync the resources that change by the hour: " + ", ".join(FAST_MOVING) + ".",
+)
+
+hourly_fast_moving = ScheduleDefinition(
+    name="hourly_fast_moving",
+    job=sync_fast_moving_job,
+    cron_schedule="0 * * * *",
+    description="Every hour: events, transactions, subscriptions, customers and their children.",
+    default_status=DefaultScheduleStatus.STOPPED,
+)
+daily_all = ScheduleDefinition(
+    name="daily_all",
+    job=sync_all_job,
+    cron_schedule="30 2 * * *",
+    description="Every day at 02:30: every resource.",
+    default_status=DefaultScheduleStatus.STOPPED,
+)
+
+# which assets an event type's prefix touches (events themselves are always synced)
+_EVENT_ASSETS = {
+    "customer": "customers",
+    "address": "customer_addresses",
+    "business": "businesses",
+    "subscription": "subscriptions",
+    "transaction": "transactions",
+    "product": "products",
+    "price": "prices",
+    "discount": "discounts",
+}
+
+
+def assets_for_events(events: list[dict]) -> list[str]:
+    """The assets a batch of events makes stale, `events` included, in a stable order."""
+    touched = {"events"}
+    for event in events:
+        prefix = str(event.get("event_type", "")).split(".")[0]
+        if prefix in _EVENT_ASSETS:
+            touched.add(_EVENT_ASSETS[prefix])
+    return sorted(touched)
+
+
+@sensor(
+    name="api_events_sensor",
+    job=sync_all_job,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.STOPPED,
+    description=(
+        "Polls the API's /v1/events for events newer than its cursor (the last event_id seen) "
+        "and requests a sync of the assets they touch. The first tick only sets the cursor."
+    ),
+)
+def api_events_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+    # settings are resolved here, at evaluation, never when the code location loads
+    base_url = dlt.config["sources.analytics.base_url"]
+    api_key = dlt.secrets["sources.analytics.api_key"]
+    if context.cursor is None:
+        newest = latest_event_id(base_url, api_key)
+        return SensorResult(skip_reason=SkipReason(f"cursor set to the newest event {newest}"), cursor=newest or "")
+    events = events_after(base_url, api_key, context.cursor or None)
+    if not events:
+        return SkipReason(f"no events after {context.cursor}")
+    newest = events[-1]["event_id"]
+    names = assets_for_events(events)
+    by_type: dict[str, int] = defaultdict(int)
+    for event in events:
+        by_type[str(event.get("event_type"))] += 1
+    context.log.info(f"{len(events)} new events up to {newest}: {dict(by_type)}; syncing {names}")
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                run_key=f"events-up-to-{newest}",
+                asset_selection=[asset_key(n) for n in names],
+                tags={"analytics/events_up_to": newest},
+            )
+        ],
+        cursor=newest,
+    )
+
+
+@run_failure_sensor(
+    name="report_failed_runs",
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Writes one clear line per failed run to the log: job, run id, failed steps, error.",
+)
+def report_failed_runs(context: RunFailureSensorContext) -> None:
+    run = context.dagster_run
+    failed_steps = [e.step_key for e in context.get_step_failure_events()]
+    message = context.failure_event.message or "no message"
+    context.log.error(
+        f"Run {run.run_id} of job {run.job_name} failed"
+        f"{' in ' + ', '.join(s for s in failed_steps if s) if failed_steps else ''}: {message}"
+    )

@@ -1,0 +1,138 @@
+"""The analytics API as a dlt `rest_api` source: pure dlt, no Dagster.
+
+Settings are read the dlt way from section `sources.analytics` (`.dlt/config.toml`,
+`.dlt/secrets.toml` or env vars such as `SOURCES__ANALYTICS__BASE_URL` and
+`SOURCES__ANALYTICS__API_KEY`), and only when `analytics_source()` is called, never at import.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import dlt
+from dlt.extract.resource import DltResource
+from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
+from dlt.sources.rest_api import rest_api_resources
+from requests import Response
+
+from analytics_dagster.source.paginator import HasMorePaginator, page_json
+from analytics_dagster.source.resources import RESOURCES, RESOURCES_BY_NAME, ApiResource
+
+__all__ = [
+    "CUSTOMER_LISTING",
+    "RESOURCES",
+    "RESOURCES_BY_NAME",
+    "ApiResource",
+    "analytics_source",
+    "build_resources",
+]
+
+SOURCE_NAME = "analytics"
+# The customers listing feeds both the `customers` table and the two child resources. It is a
+# resource of its own, never loaded, so whatever `customers` filters (incremental sync) does not
+# hide customers from the children, and a child-only run never moves `customers`' state.
+CUSTOMER_LISTING = "customer_listing"
+
+
+@dlt.source(name=SOURCE_NAME, section=SOURCE_NAME, max_table_nesting=0)
+def analytics_source(
+    base_url: str = dlt.config.value,
+    api_key: str = dlt.secrets.value,
+    page_size: Optional[int] = None,
+    parallel_children: bool = True,
+) -> list[DltResource]:
+    """All twelve resources of the analytics API.
+
+    Args:
+        base_url: the API root, such as `https://api.example.com` (paths start with `/v1`).
+        api_key: the Bearer token.
+        page_size: `per_page` for every paginated resource, instead of each one's own.
+        parallel_children: fetch the per-customer child resources concurrently.
+    """
+    return build_resources(base_url, api_key, page_size=page_size, parallel_children=parallel_children)
+
+
+def build_resources(
+    base_url: str,
+    api_key: str,
+    *,
+    page_size: Optional[int] = None,
+    parallel_children: bool = True,
+) -> list[DltResource]:
+    """The dlt resources, one per table, from the declarative table in `resources.py`.
+
+    Every call builds new resources and paginators: dlt resources and paginators are stateful
+    and must not be shared between runs (shared/NOTES.md #4, #6).
+    """
+    config: dict[str, Any] = {
+        "client": {"base_url": base_url.rstrip("/"), "auth": BearerTokenAuth(token=api_key)},
+        "resource_defaults": {"write_disposition": "merge"},
+        "resources": [
+            _endpoint_config(resource, page_size, parallel_children) for resource in RESOURCES
+        ],
+    }
+    resources = {r.name: r for r in rest_api_resources(config)}
+    listing = resources.pop(CUSTOMER_LISTING)
+    customers = RESOURCES_BY_NAME["customers"]
+    resources["customers"] = dlt.transformer(
+        _pass_pages,
+        name="customers",
+        data_from=listing,
+        primary_key=customers.primary_key,
+        columns=customers.columns,
+        write_disposition="merge",
+    )
+    return [listing] + [resources[r.name] for r in RESOURCES]
+
+
+def _pass_pages(page: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    yield page
+
+
+def _endpoint_config(resource: ApiResource, page_size: Optional[int], parallel: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    endpoint: dict[str, Any] = {
+        "path": resource.path,
+        "data_selector": resource.data_selector,
+        "params": params,
+        "response_actions": [_json_once(resource.name)],
+    }
+    if resource.paginated:
+        params["per_page"] = page_size or resource.page_size
+        endpoint["paginator"] = HasMorePaginator(resource.name)
+    else:
+        endpoint["paginator"] = "single_page"
+    if resource.archived:
+        params["status"] = "active,archived"
+    config: dict[str, Any] = {
+        "name": resource.name,
+        "primary_key": resource.primary_key,
+        "columns": resource.columns,
+        "endpoint": endpoint,
+    }
+    if resource.name == "customers":
+        config.update(name=CUSTOMER_LISTING, selected=False, primary_key=None, columns=None)
+    if resource.parent:
+        params["cus_id"] = {"type": "resolve", "resource": CUSTOMER_LISTING, "field": "id"}
+        config["parallelized"] = parallel
+    if resource.name == "ip_addresses":
+        config["processing_steps"] = [{"map": _cidr_row}]
+    return config
+
+
+def _cidr_row(cidr: str) -> dict[str, str]:
+    return {"ipv4_cidr": cidr}
+
+
+def _json_once(resource: str) -> Any:
+    """A response hook: parse a successful page once, with a clear error when it is not JSON.
+
+    dlt's client and the paginator both call `response.json()`; the parsed body is cached.
+    """
+
+    def hook(response: Response, *args: Any, **kwargs: Any) -> None:
+        if 200 <= response.status_code < 300:
+            body = page_json(resource, response)
+            response.json = lambda **_: body  # type: ignore[method-assign]
+
+    return hook

@@ -1,0 +1,64 @@
+"""Cursor pagination as the API does it: follow `meta.pagination.next`, stop on `has_more`."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from dlt.sources.helpers.rest_client.paginators import BaseNextUrlPaginator
+from requests import Request, Response
+
+
+class MalformedPageError(ValueError):
+    """A page that does not follow the API's contract; names the resource and what was wrong."""
+
+    def __init__(self, resource: str, url: str, problem: str) -> None:
+        super().__init__(f"resource '{resource}': {problem} (GET {url})")
+        self.resource = resource
+
+
+def page_json(resource: str, response: Response) -> Any:
+    """The page's JSON, parsed once per response and remembered on it."""
+    cached = getattr(response, "_analytics_json", None)
+    if cached is None:
+        try:
+            cached = response.json()
+        except ValueError as exc:
+            raise MalformedPageError(resource, response.url, f"the page is not valid JSON ({exc})") from None
+        response._analytics_json = cached  # type: ignore[attr-defined]
+    return cached
+
+
+class HasMorePaginator(BaseNextUrlPaginator):
+    """Follows the absolute `meta.pagination.next` URL while `meta.pagination.has_more` is true.
+
+    The API returns `next` on every page, the last one too, so `has_more` is the only stop
+    condition (dlt's `JSONLinkPaginator` stops only when `next` is missing: shared/NOTES.md #6).
+    Paginators are stateful: build one per resource, never share one.
+    """
+
+    def __init__(self, resource: str) -> None:
+        super().__init__()
+        self.resource = resource
+        self.pages = 0
+
+    def init_request(self, request: Request) -> None:
+        self.pages = 0
+
+    def update_state(self, response: Response, data: Optional[List[Any]] = None) -> None:
+        body = page_json(self.resource, response)
+        if not isinstance(body, dict) or "data" not in body:
+            raise MalformedPageError(self.resource, response.url, "the page has no 'data'")
+        pagination = (body.get("meta") or {}).get("pagination") or {}
+        has_more = pagination.get("has_more")
+        if not isinstance(has_more, bool):
+            raise MalformedPageError(
+                self.resource, response.url, f"meta.pagination.has_more is {has_more!r}, not true or false"
+            )
+        self.pages += 1
+        next_url = pagination.get("next")
+        if has_more and not next_url:
+            raise MalformedPageError(self.resource, response.url, "has_more is true but there is no next URL")
+        self._next_reference = next_url if has_more else None
+
+    def __str__(self) -> str:
+        return f"HasMorePaginator({self.resource})"

@@ -1,0 +1,99 @@
+"""The dlt pipeline that lands the source in the warehouse (dlt only, no Dagster).
+
+The destination is dlt's own configuration: DuckDB unless `DESTINATION_TYPE` (or
+`destination_type` in `.dlt/config.toml`) names another, with its credentials in the usual
+place (`DESTINATION__DUCKDB__CREDENTIALS`, `DESTINATION__POSTGRES__CREDENTIALS`, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import dlt
+from dlt.common.configuration.exceptions import ConfigFieldMissingException
+
+PIPELINE_NAME = "analytics_sync"
+DATASET_NAME = "analytics"
+DEFAULT_DUCKDB_FILE = "data/warehouse.duckdb"  # not analytics.duckdb: shared/NOTES.md #7
+
+
+def make_pipeline(destination: Optional[str] = None) -> dlt.Pipeline:
+    """The pipeline, with its destination resolved from dlt's configuration at call time."""
+    destination_type = destination or dlt.config.get("destination_type", str) or "duckdb"
+    if destination_type == "duckdb":
+        target = _duckdb_file()
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        dest = dlt.destinations.duckdb(credentials=target)
+    else:
+        dest = destination_type
+    return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination=dest, dataset_name=DATASET_NAME)
+
+
+def definition_pipeline() -> dlt.Pipeline:
+    """A pipeline object for building asset definitions: reads no setting, opens nothing."""
+    return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination="duckdb", dataset_name=DATASET_NAME)
+
+
+def _duckdb_file() -> str:
+    try:
+        configured = dlt.config.get("destination.duckdb.credentials", str)
+    except ConfigFieldMissingException:
+        configured = None
+    return configured or DEFAULT_DUCKDB_FILE
+
+
+def loader_file_format(pipeline: dlt.Pipeline) -> Optional[str]:
+    """Parquet where the destination takes it: 5 to 20x faster than insert_values into DuckDB
+    (shared/NOTES.md #10); otherwise the destination's own preference."""
+    formats = pipeline.destination.capabilities().supported_loader_file_formats
+    return "parquet" if "parquet" in formats else None
+
+
+@contextlib.contextmanager
+def pipeline_lock(pipeline: dlt.Pipeline) -> Iterator[None]:
+    """Hold this machine's lock on the pipeline: one run at a time, the next one waits.
+
+    DuckDB allows one writer per file and a dlt pipeline's working directory one run
+    (shared/NOTES.md #5); two `dagster asset materialize` processes would otherwise collide.
+    """
+    lock_dir = Path(pipeline.pipelines_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f".{pipeline.pipeline_name}.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def table_stats(pipeline: dlt.Pipeline, tables: dict[str, str]) -> dict[str, dict[str, object]]:
+    """Per table (name -> primary key): rows, null keys and up to 10 duplicated keys.
+
+    Goes through dlt's SQL client, so it works on whichever destination is configured.
+    """
+    stats: dict[str, dict[str, object]] = {}
+    with pipeline.sql_client() as client:
+        for table, key in tables.items():
+            qualified = client.make_qualified_table_name(table)
+            column = client.escape_column_name(key)
+            rows, null_keys = client.execute_sql(
+                f"SELECT COUNT(*), COUNT(*) - COUNT({column}) FROM {qualified}"
+            )[0]
+            duplicates = client.execute_sql(
+                f"SELECT {column}, COUNT(*) FROM {qualified} WHERE {column} IS NOT NULL "
+                f"GROUP BY {column} HAVING COUNT(*) > 1 ORDER BY COUNT(*) DESC, {column} LIMIT 10"
+            )
+            stats[table] = {
+                "rows": int(rows),
+                "null_keys": int(null_keys),
+                "duplicate_keys": {str(k): int(n) for k, n in duplicates},
+            }
+    return stats
