@@ -117,10 +117,19 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult | SkipRe
     description="Writes one clear line per failed run to the log: job, run id, failed steps, error.",
 )
 def report_failed_runs(context: RunFailureSensorContext) -> None:
+    context.log.error(failure_report(context))
+
+
+def failure_report(context: RunFailureSensorContext) -> str:
+    """One line: which run of which job failed, in which steps, and the first line of each error."""
     run = context.dagster_run
-    failed_steps = [e.step_key for e in context.get_step_failure_events()]
-    message = context.failure_event.message or "no message"
-    context.log.error(
-        f"Run {run.run_id} of job {run.job_name} failed"
-        f"{' in ' + ', '.join(s for s in failed_steps if s) if failed_steps else ''}: {message}"
-    )
+    errors = []
+    for event in context.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        cause = error
+        while cause is not None and cause.cause is not None:  # the innermost error says most
+            cause = cause.cause
+        text = (cause.message if cause else error.message if error else "").strip().splitlines()
+        errors.append(f"{event.step_key}: {text[0] if text else 'no message'}")
+    detail = "; ".join(errors) or (context.failure_event.message or "no message")
+    return f"Run {run.run_id} of job {run.job_name} failed. {detail}"

@@ -224,7 +224,7 @@ class SandboxApp:
         by_updated = resource == "products" and query.get("order_by") == "updated_at[DESC]"
         ascending = False if by_updated else _order(query.get("order_by"), resource)
         statuses: frozenset[str] | None = None
-        if query.get("status"):
+        if query.get("status") and resource != "events":  # events have no status to filter on
             statuses = frozenset(s.strip() for s in query["status"].split(",") if s.strip())
         elif spec.default_active_only:
             statuses = frozenset({"active"})

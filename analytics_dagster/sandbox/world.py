@@ -284,9 +284,15 @@ class World:
             amount=str(self.rng.randint(1, 50)),
             times_used=self.rng.randint(0, 100),
             restrict_to=self.rng.sample(self.ids["products"], k=min(2, len(self.ids["products"]))),
+            discount_group_id=None,
+            discount_group=None,
             custom_data=self._custom_data(),
             import_meta=None,
         )
+        if self.rng.random() < 0.2:
+            group = self._common("dsg", ts)
+            group.update(name=f"Campaign {self.rng.randint(1, 99)}", import_meta=None)
+            entity.update(discount_group_id=group["id"], discount_group=group)
         return self._store("discounts", entity)
 
     def _new_report(self, ts: str) -> dict[str, Any]:

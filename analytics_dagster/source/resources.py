@@ -79,7 +79,8 @@ RESOURCES: tuple[ApiResource, ...] = (
     ApiResource(
         "discounts", "/v1/discounts", "id", "Discounts (dsc_…), archived included.", archived=True,
         nullable=(("code", "text"), ("expires_at", "text"), ("usage_limit", "bigint"),
-                  ("maximum_recurring_intervals", "bigint"), ("restrict_to", "json")),
+                  ("maximum_recurring_intervals", "bigint"), ("restrict_to", "json"),
+                  ("discount_group_id", "text"), ("discount_group", "json")),
     ),
     ApiResource(
         "prices", "/v1/prices", "id", "Prices (pri_…) of products, archived included.", archived=True,

@@ -1,0 +1,115 @@
+"""Shared fixtures: the sandbox on loopback, and a warehouse and dlt directory under tmp_path."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import duckdb
+import pytest
+import requests
+
+from analytics_dagster.rfc3339 import parse_ns
+from analytics_dagster.sandbox import SandboxConfig, SandboxServer, World
+from analytics_dagster.source import RESOURCES
+
+FIXTURES = Path(__file__).parent / "fixtures" / "paddle"
+TABLES = [r.name for r in RESOURCES]
+PRIMARY_KEYS = {r.name: r.primary_key for r in RESOURCES}
+
+
+@pytest.fixture
+def sandbox() -> Any:
+    """A small world (40 customers) served on a free loopback port."""
+    with SandboxServer(World(customers=40, seed=7), config=SandboxConfig()) as server:
+        yield server
+
+
+class Admin:
+    """The sandbox's admin interface, over HTTP like any other client."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url + "/_admin"
+
+    def get(self, path: str) -> Any:
+        response = requests.get(f"{self.url}/{path}", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, **body: Any) -> Any:
+        response = requests.post(f"{self.url}/{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def truth(self, table: str) -> list[dict[str, Any]]:
+        return self.get(f"truth/{table}")
+
+
+@pytest.fixture
+def admin(sandbox: SandboxServer) -> Admin:
+    return Admin(sandbox.url)
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer) -> Path:
+    """Settings pointing the project at the sandbox, a DuckDB file and dlt dir under tmp_path."""
+    db = tmp_path / "warehouse" / "test.duckdb"
+    monkeypatch.setenv("SOURCES__ANALYTICS__BASE_URL", sandbox.url)
+    monkeypatch.setenv("SOURCES__ANALYTICS__API_KEY", sandbox.config.api_key)
+    monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(db))
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt"))
+    return db
+
+
+def poll(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Call `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def warehouse_rows(db: Path, table: str) -> dict[str, dict[str, Any]]:
+    """The table's rows keyed by primary key (read-only connection, closed at once)."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        cursor = con.execute(f"SELECT * FROM analytics.{table}")
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+    return {row[PRIMARY_KEYS[table]]: row for row in rows}
+
+
+def _same(expected: Any, actual: Any) -> bool:
+    if expected is None:
+        return actual is None
+    if isinstance(actual, datetime):  # the warehouse keeps microseconds (README, "Timestamps")
+        return parse_ns(expected) // 1000 == int(actual.timestamp()) * 1_000_000 + actual.microsecond
+    if isinstance(expected, (dict, list)):
+        return json.loads(actual) == expected if isinstance(actual, str) else actual == expected
+    return expected == actual
+
+
+def assert_table_equals_truth(db: Path, table: str, truth: list[dict[str, Any]]) -> None:
+    """Key for key and field for field, the table holds exactly what the API holds."""
+    rows = warehouse_rows(db, table)
+    key = PRIMARY_KEYS[table]
+    expected = {entity[key]: entity for entity in truth}
+    missing = sorted(set(expected) - set(rows))[:5]
+    extra = sorted(set(rows) - set(expected))[:5]
+    assert not missing and not extra, f"{table}: missing {missing}, extra {extra}"
+    for pk, entity in expected.items():
+        row = rows[pk]
+        for field, value in entity.items():
+            assert field in row, f"{table}.{field} is not a column"
+            assert _same(value, row[field]), f"{table} {pk}.{field}: API {value!r}, warehouse {row[field]!r}"
+
+
+def assert_warehouse_equals_api(db: Path, admin: Admin, tables: list[str] = TABLES) -> None:
+    for table in tables:
+        assert_table_equals_truth(db, table, admin.truth(table))

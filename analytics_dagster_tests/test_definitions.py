@@ -1,0 +1,77 @@
+"""The code location: loads with nothing configured, and has exactly the assets we promise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import AssetKey, DefaultSensorStatus, build_schedule_context
+
+from analytics_dagster.definitions import defs
+from analytics_dagster_tests.conftest import TABLES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_loads_with_no_settings_and_no_network(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCES__", "DESTINATION"))}
+    env["DLT_DATA_DIR"] = str(tmp_path / "dlt")
+    code = (
+        "from analytics_dagster.definitions import defs\n"
+        "g = defs.resolve_asset_graph()\n"
+        "print(len(g.get_all_asset_keys()))\n"
+    )
+    # run from an empty folder: no .dlt/ there, so no settings at all
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "12"
+    assert not (tmp_path / "data").exists(), "loading must not create the warehouse"
+
+
+def test_asset_keys_groups_lineage_and_descriptions() -> None:
+    graph = defs.resolve_asset_graph()
+    keys = graph.get_all_asset_keys()
+    assert keys == {AssetKey(["analytics", name]) for name in TABLES}
+    for key in keys:
+        node = graph.get(key)
+        assert node.group_name == "analytics"
+        assert node.description and "/v1/" in node.description
+        expected = {AssetKey(["analytics", "customers"])} if key.path[-1] in ("customer_addresses", "businesses") else set()
+        assert set(node.parent_keys) == expected, key
+
+
+def test_every_asset_has_a_blocking_primary_key_check() -> None:
+    graph = defs.resolve_asset_graph()
+    checks = {k.asset_key.path[-1]: k for k in graph.asset_check_keys}
+    assert set(checks) == set(TABLES)
+    assert {k.name for k in checks.values()} == {"primary_key_unique_not_null"}
+    for key in checks.values():
+        assert graph.get_check_spec(key).blocking
+
+
+def test_jobs_schedules_and_sensors() -> None:
+    sync_all = defs.resolve_job_def("sync_all")
+    fast = defs.resolve_job_def("sync_fast_moving")
+    assert sync_all and fast
+    hourly = defs.resolve_schedule_def("hourly_fast_moving")
+    daily = defs.resolve_schedule_def("daily_all")
+    assert hourly.cron_schedule == "0 * * * *" and hourly.job_name == "sync_fast_moving"
+    assert daily.cron_schedule == "30 2 * * *" and daily.job_name == "sync_all"
+    assert hourly.description and daily.description
+    for schedule in (hourly, daily):
+        requests = schedule.evaluate_tick(build_schedule_context()).run_requests
+        assert requests and len(requests) == 1
+    events = defs.resolve_sensor_def("api_events_sensor")
+    failures = defs.resolve_sensor_def("report_failed_runs")
+    assert events.description and failures.description
+    assert failures.default_status == DefaultSensorStatus.RUNNING
+
+
+def test_dagster_cli_validates_the_definitions() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "analytics_dagster.definitions"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,321 @@
+"""The sandbox against shared/API_CONTRACT.md, clause by clause, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+
+from analytics_dagster.rfc3339 import parse_ns
+from analytics_dagster.sandbox import RESOURCES, SandboxConfig, SandboxServer, World
+from analytics_dagster_tests.conftest import Admin, poll
+
+ID = re.compile(r"^[a-z]{3}_[a-z0-9]{26}$")
+LISTS = {
+    "customers": "/v1/customers",
+    "discounts": "/v1/discounts",
+    "prices": "/v1/prices",
+    "products": "/v1/products",
+    "events": "/v1/events",
+    "reports": "/v1/reports",
+    "subscriptions": "/v1/subscriptions",
+    "transactions": "/v1/transactions",
+}
+
+
+def get(server: SandboxServer, path: str, auth: bool = True, **params: object) -> requests.Response:
+    headers = server.auth_header if auth else {}
+    return requests.get(server.url + path, params=params, headers=headers, timeout=30)
+
+
+def walk(server: SandboxServer, path: str, **params: object) -> tuple[list[dict], list[dict]]:
+    """Every entity of a list endpoint, by following `next` until `has_more` is false."""
+    entities, metas = [], []
+    response = get(server, path, **params)
+    while True:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        entities += body["data"]
+        metas.append(body["meta"])
+        if not body["meta"]["pagination"]["has_more"]:
+            return entities, metas
+        response = requests.get(body["meta"]["pagination"]["next"], headers=server.auth_header, timeout=30)
+
+
+def test_list_envelope(sandbox: SandboxServer) -> None:
+    body = get(sandbox, "/v1/customers").json()
+    assert set(body) == {"data", "meta"}
+    assert re.match(r"^[0-9a-f-]{36}$", body["meta"]["request_id"])
+    assert {"per_page", "next", "has_more", "estimated_total"} <= set(body["meta"]["pagination"])
+    assert body["meta"]["pagination"]["per_page"] == 50  # the default
+
+
+@pytest.mark.parametrize("path", sorted(LISTS.values()))
+def test_pagination_follows_next_until_has_more_is_false(sandbox: SandboxServer, path: str) -> None:
+    resource = next(name for name, p in LISTS.items() if p == path)
+    archivable = RESOURCES[resource].default_active_only
+    params = {"status": "active,archived"} if archivable else {}
+    entities, metas = walk(sandbox, path, per_page=7, **params)
+    keys = [e.get("id", e.get("event_id")) for e in entities]
+    assert len(keys) == len(set(keys)), "a page repeated an entity"
+    assert len(keys) == len(sandbox.world.ids[resource])
+    for meta in metas:  # `next` is absolute, keeps the query, and is there on the last page too
+        next_url = urlparse(meta["pagination"]["next"])
+        assert next_url.scheme == "http" and next_url.netloc == f"127.0.0.1:{sandbox.port}"
+        query = parse_qs(next_url.query)
+        assert query["per_page"] == ["7"]
+        assert query.get("status") == ([params["status"]] if archivable else None)
+        assert "after" in query
+    assert [m["pagination"]["has_more"] for m in metas][-1] is False
+    assert all(m["pagination"]["has_more"] for m in metas[:-1])
+
+
+def test_per_page_caps(sandbox: SandboxServer) -> None:
+    big = World(customers=300, seed=2)
+    with SandboxServer(big) as server:
+        body = get(server, "/v1/customers", per_page=1000).json()
+        assert body["meta"]["pagination"]["per_page"] == 200 and len(body["data"]) == 200
+        body = get(server, "/v1/transactions", per_page=1000).json()
+        assert body["meta"]["pagination"]["per_page"] == 30 and len(body["data"]) == 30
+    error = get(sandbox, "/v1/customers", per_page="many")
+    assert error.status_code == 400 and error.json()["error"]["errors"][0]["field"] == "per_page"
+
+
+def test_order_by_id(sandbox: SandboxServer) -> None:
+    default = [e["id"] for e in get(sandbox, "/v1/customers", per_page=200).json()["data"]]
+    ascending = [e["id"] for e in get(sandbox, "/v1/customers", per_page=200, order_by="id[ASC]").json()["data"]]
+    assert default == sorted(default, reverse=True)
+    assert ascending == sorted(default)
+
+
+def test_archived_hidden_unless_asked() -> None:
+    with SandboxServer(World(customers=200, seed=4)) as server:
+        for resource, path in [("customers", "/v1/customers"), ("prices", "/v1/prices")]:
+            statuses = [e["status"] for e in server.world.truth(resource)]
+            assert "archived" in statuses, "the seed world should archive some"
+            shown, _ = walk(server, path)
+            assert {e["status"] for e in shown} == {"active"}
+            everything, _ = walk(server, path, status="active,archived")
+            assert len(everything) == len(statuses)
+
+
+def test_transactions_updated_at_filters(sandbox: SandboxServer) -> None:
+    truth = sandbox.world.truth("transactions")
+    pivot = sorted(truth, key=lambda t: parse_ns(t["updated_at"]))[len(truth) // 2]
+    at = parse_ns(pivot["updated_at"])
+    expect = {
+        "GT": {t["id"] for t in truth if parse_ns(t["updated_at"]) > at},
+        "GTE": {t["id"] for t in truth if parse_ns(t["updated_at"]) >= at},
+        "LT": {t["id"] for t in truth if parse_ns(t["updated_at"]) < at},
+        "LTE": {t["id"] for t in truth if parse_ns(t["updated_at"]) <= at},
+    }
+    for op, ids in expect.items():
+        got, _ = walk(sandbox, "/v1/transactions", **{f"updated_at[{op}]": pivot["updated_at"]})
+        assert {t["id"] for t in got} == ids, op
+    assert pivot["id"] in expect["GTE"] and pivot["id"] not in expect["GT"]
+    bad = get(sandbox, "/v1/transactions", **{"updated_at[GT]": "yesterday"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_field"
+
+
+def test_events_after_ascending_returns_only_newer(sandbox: SandboxServer) -> None:
+    ids = sandbox.world.ids["events"]
+    middle = ids[len(ids) // 2]
+    newer, _ = walk(sandbox, "/v1/events", after=middle, order_by="id[ASC]", per_page=50)
+    assert [e["event_id"] for e in newer] == ids[len(ids) // 2 + 1 :]
+    assert all({"event_id", "event_type", "occurred_at", "data"} <= set(e) for e in newer)
+
+
+def test_ips_is_an_object_and_event_types_unpaginated(sandbox: SandboxServer) -> None:
+    ips = get(sandbox, "/v1/ips").json()
+    assert set(ips["data"]) == {"ipv4_cidrs"} and "pagination" not in ips["meta"]
+    assert all(re.match(r"^\d+\.\d+\.\d+\.\d+/\d+$", c) for c in ips["data"]["ipv4_cidrs"])
+    types = get(sandbox, "/v1/event-types").json()
+    assert "pagination" not in types["meta"] and len(types["data"]) == 31
+    assert set(types["data"][0]) == {"name", "description", "group", "available_versions"}
+
+
+def test_authentication_errors(sandbox: SandboxServer) -> None:
+    missing = get(sandbox, "/v1/customers", auth=False)
+    wrong = requests.get(sandbox.url + "/v1/customers", headers={"Authorization": "Bearer nope"}, timeout=10)
+    for response, code in [(missing, "authentication_missing"), (wrong, "invalid_token")]:
+        assert response.status_code == 403
+        body = response.json()
+        assert body["error"]["code"] == code
+        assert {"type", "code", "detail", "documentation_url"} <= set(body["error"])
+        assert "request_id" in body["meta"]
+
+
+def test_children_per_customer(sandbox: SandboxServer) -> None:
+    world = sandbox.world
+    address_counts, business_counts = set(), set()
+    for customer_id in world.ids["customers"]:
+        addresses, _ = walk(sandbox, f"/v1/customers/{customer_id}/addresses", status="active,archived")
+        businesses, _ = walk(sandbox, f"/v1/customers/{customer_id}/businesses", status="active,archived")
+        assert all(a["customer_id"] == customer_id and a["id"].startswith("add_") for a in addresses)
+        assert all(b["customer_id"] == customer_id and b["id"].startswith("biz_") for b in businesses)
+        address_counts.add(len(addresses))
+        business_counts.add(len(businesses))
+    assert address_counts <= {0, 1, 2, 3} and len(address_counts) > 1
+    assert business_counts <= {0, 1, 2} and len(business_counts) > 1
+    assert get(sandbox, "/v1/customers/ctm_nobody/addresses").status_code == 404
+
+
+def test_ids_and_timestamps(sandbox: SandboxServer) -> None:
+    digits = set()
+    for resource in ["customers", "customer_addresses", "transactions", "events", "subscriptions"]:
+        truth = sandbox.world.truth(resource)
+        key = "event_id" if resource == "events" else "id"
+        keys = [e[key] for e in truth]
+        assert all(ID.match(k) for k in keys)
+        assert keys == sorted(keys), "ids are time-ordered, so creation order is id order"
+        for entity in truth:
+            for field in ("created_at", "updated_at", "occurred_at"):
+                if field in entity:
+                    parse_ns(entity[field])
+                    fraction = re.search(r"\.(\d+)Z$", entity[field])
+                    digits.add(len(fraction.group(1)) if fraction else 0)
+            if "created_at" in entity:
+                assert parse_ns(entity["updated_at"]) >= parse_ns(entity["created_at"])
+    assert digits == set(range(10)), f"fractional digits seen: {sorted(digits)}"
+
+
+def test_entities_have_the_real_payload_shapes(sandbox: SandboxServer) -> None:
+    fixtures = Path(__file__).parent / "fixtures" / "paddle"
+    pairs = [
+        ("customers", "customers"), ("customer_addresses", "addresses"), ("businesses", "businesses"),
+        ("discounts", "discounts"), ("prices", "prices"), ("products", "products"),
+        ("subscriptions", "subscriptions"), ("reports", "reports"), ("transactions", "transactions"),
+    ]
+    for resource, folder in pairs:
+        name = "list_paginated_page_one.json" if folder == "transactions" else "list_default.json"
+        real = json.loads((fixtures / folder / name).read_text())["data"][0]
+        ours = sandbox.world.truth(resource)[0]
+        missing = set(real) - set(ours)
+        assert not missing, f"{resource} lacks fields of the real API: {missing}"
+        amounts = [v for k, v in ours.get("unit_price", {}).items() if k == "amount"]
+        assert all(isinstance(a, str) for a in amounts), "amounts are strings"
+
+
+def test_determinism_and_scale() -> None:
+    a, b, c = World(customers=60, seed=11), World(customers=60, seed=11), World(customers=60, seed=12)
+    assert a.truth("transactions") == b.truth("transactions")
+    assert a.truth("customers") != c.truth("customers")
+    a.advance(updates=5, archives=2, new_customers=3, new_transactions=4)
+    b.advance(updates=5, archives=2, new_customers=3, new_transactions=4)
+    assert all(a.truth(r) == b.truth(r) for r in a.entities)
+    counts = World(customers=400, seed=1).counts()
+    assert counts["customers"] == 400
+    assert 1.2 * 400 < counts["customer_addresses"] < 1.8 * 400
+    assert 0.8 * 400 < counts["businesses"] < 1.2 * 400
+    assert 1.6 * 400 < counts["transactions"] < 2.4 * 400
+    assert counts["products"] == 20 and counts["prices"] == 40 and counts["discounts"] == 20
+
+
+def test_admin_advance_changes_the_world(sandbox: SandboxServer, admin: Admin) -> None:
+    before = {r: {e.get("id", e.get("event_id")): e for e in admin.truth(r)} for r in LISTS}
+    touched = admin.post("advance", updates=10, archives=3, new_customers=2, new_transactions=3)
+    assert len(touched["customers"]) >= 2 and len(touched["transactions"]) >= 3
+    after_customers = {e["id"]: e for e in admin.truth("customers")}
+    for key in touched["customers"]:
+        if key in before["customers"]:
+            assert parse_ns(after_customers[key]["updated_at"]) > parse_ns(before["customers"][key]["updated_at"])
+    new = set(after_customers) - set(before["customers"])
+    assert len(new) == 2
+    assert len(admin.truth("events")) > len(before["events"])
+    addresses = admin.truth("customer_addresses")
+    assert all(a["customer_id"] in after_customers for a in addresses)
+    same = admin.post("advance", updates=4, same_instant=True)
+    stamps = {e["updated_at"] for r, keys in same.items() if r != "events"
+              for e in admin.truth(r) if e.get("id") in keys}
+    assert len(stamps) == 1
+
+
+def test_faults_are_retryable_kinds_and_reproducible() -> None:
+    def statuses() -> list[tuple[int, str, str]]:
+        config = SandboxConfig(fault_rate=0.5, fault_max_consecutive=100)
+        with SandboxServer(World(customers=10, seed=5), config=config) as server:
+            seen = []
+            for i in range(60):
+                r = get(server, "/v1/customers", per_page=i + 1)
+                seen.append((r.status_code, r.headers.get("content-type", ""), r.headers.get("retry-after", "")))
+                if r.status_code == 502:
+                    assert r.text.lstrip().startswith("<html")
+                if r.status_code == 504:
+                    assert r.content == b""
+                if r.status_code in (500, 503):
+                    assert r.json()["error"]["code"] in ("internal_error", "service_unavailable")
+            return seen
+
+    first, second = statuses(), statuses()
+    assert first == second, "faults are reproducible from the seed"
+    codes = {s for s, _, _ in first}
+    assert {200, 429, 500, 502, 503, 504} <= codes
+    assert all(ra == "1" for s, _, ra in first if s == 429)
+
+
+def test_faults_are_transient() -> None:
+    config = SandboxConfig(fault_rate=0.9, fault_max_consecutive=2)
+    with SandboxServer(World(customers=5, seed=5), config=config) as server:
+        for _ in range(5):
+            codes = [get(server, "/v1/products").status_code for _ in range(3)]
+            assert 200 in codes, "at most two faults in a row for one request"
+
+
+def test_rate_limit_blocks_then_recovers() -> None:
+    config = SandboxConfig(rate_limit=5, rate_limit_block=1.0)
+    with SandboxServer(World(customers=5, seed=5), config=config) as server:
+        codes = [get(server, "/v1/products").status_code for _ in range(5)]
+        assert codes == [200] * 5
+        limited = get(server, "/v1/products")
+        assert limited.status_code == 429 and limited.json()["error"]["code"] == "too_many_requests"
+        assert int(limited.headers["Retry-After"]) >= 1
+        assert get(server, "/v1/products").status_code == 429, "the client stays blocked"
+        poll(lambda: get(server, "/v1/products").status_code == 200, timeout=10, interval=0.2)
+
+
+def test_latency_is_added() -> None:
+    with SandboxServer(World(customers=5, seed=5), config=SandboxConfig(latency=0.2)) as server:
+        started = time.monotonic()
+        assert get(server, "/v1/products").status_code == 200
+        assert time.monotonic() - started >= 0.2
+
+
+def test_injected_bad_pages(sandbox: SandboxServer, admin: Admin) -> None:
+    admin.post("inject", resource="products", kind="no_has_more")
+    assert "has_more" not in get(sandbox, "/v1/products").json()["meta"]["pagination"]
+    admin.post("inject", resource="products", kind="malformed_json")
+    with pytest.raises(ValueError):
+        get(sandbox, "/v1/products").json()
+    admin.post("inject", resource="products", kind="status", status=503, count=2)
+    assert [get(sandbox, "/v1/products").status_code for _ in range(3)] == [503, 503, 200]
+
+
+def test_admin_config_hides_the_key(sandbox: SandboxServer, admin: Admin) -> None:
+    config = admin.post("config", latency=0.0)
+    assert "api_key" not in config and sandbox.config.api_key not in json.dumps(config)
+
+
+def test_cli_serves_on_a_free_port(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "analytics_dagster.sandbox.cli", "--port", "0", "--customers", "12",
+         "--seed", "3", "--api-key", "cli-key"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        url = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert url, line
+        response = requests.get(url.group(0) + "/v1/customers", headers={"Authorization": "Bearer cli-key"}, timeout=10)
+        assert response.status_code == 200 and len(response.json()["data"]) == 12 - sum(
+            1 for e in World(customers=12, seed=3).truth("customers") if e["status"] == "archived"
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,122 @@
+"""End to end: the sandbox over HTTP, Dagster runs, rows in a DuckDB file under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import duckdb
+import pytest
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    define_asset_job,
+    in_process_executor,
+)
+from dagster_dlt import DagsterDltResource
+
+from analytics_dagster.assets import analytics_assets
+from analytics_dagster.checks import PK_CHECK, primary_key_checks
+
+from analytics_dagster.definitions import defs
+from analytics_dagster_tests.conftest import (
+    TABLES,
+    Admin,
+    assert_table_equals_truth,
+    assert_warehouse_equals_api,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sync(tables: Optional[list[str]] = None, raise_on_error: bool = True, run_config: Any = None) -> Any:
+    """Materialize `tables` (default: all) and their checks in-process, as the UI would."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    selection = [AssetKey(["analytics", t]) for t in (tables or TABLES)]
+    return job.execute_in_process(
+        instance=DagsterInstance.ephemeral(),
+        asset_selection=selection,
+        raise_on_error=raise_on_error,
+        run_config=run_config,
+    )
+
+
+def check_results(result: Any) -> dict[str, Any]:
+    return {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations()}
+
+
+def test_full_sync_equals_the_api_and_stays_equal_after_changes(warehouse: Path, admin: Admin) -> None:
+    result = sync()
+    assert result.success
+    assert_warehouse_equals_api(warehouse, admin)
+    checks = check_results(result)
+    assert set(checks) == set(TABLES) and all(c.passed for c in checks.values())
+
+    materializations = {m.asset_key.path[-1]: m for m in result.asset_materializations_for_node("analytics_api")}
+    assert set(materializations) == set(TABLES)
+    customers = materializations["customers"].metadata
+    assert customers["dagster/row_count"].value == len(admin.truth("customers"))
+    assert "dagster/column_schema" in customers
+    assert customers["dagster/table_name"].value.endswith("analytics.customers")
+
+    admin.post("advance", updates=25, archives=6, new_customers=4, new_transactions=7)
+    assert sync().success
+    assert_warehouse_equals_api(warehouse, admin)
+
+
+def test_child_only_run_then_parent_stays_exact(warehouse: Path, admin: Admin) -> None:
+    assert sync(["customer_addresses"]).success
+    assert_table_equals_truth(warehouse, "customer_addresses", admin.truth("customer_addresses"))
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='analytics'").fetchall()}
+    assert "customers" not in tables, "a child-only run must not load the parent"
+    admin.post("advance", updates=10, new_customers=3)
+    assert sync(["customers"]).success
+    assert_table_equals_truth(warehouse, "customers", admin.truth("customers"))
+
+
+def run_checks_only(table: str) -> Any:
+    """The primary-key check of one table, with no materialization: as `dagster asset check` does."""
+    job = define_asset_job(
+        "check_only", selection=AssetSelection.checks(AssetCheckKey(AssetKey(["analytics", table]), PK_CHECK))
+    )
+    location = Definitions(
+        assets=[analytics_assets], asset_checks=[primary_key_checks], jobs=[job],
+        resources={"dlt": DagsterDltResource()}, executor=in_process_executor,
+    )
+    result = location.resolve_job_def("check_only").execute_in_process(
+        instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    return check_results(result)[table]
+
+
+def test_primary_key_check_fails_on_a_duplicate_and_names_it(warehouse: Path, admin: Admin) -> None:
+    assert sync(["products"]).success
+    assert run_checks_only("products").passed
+    victim = admin.truth("products")[0]["id"]
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute(f"INSERT INTO analytics.products SELECT * FROM analytics.products WHERE id = '{victim}'")
+    evaluation = run_checks_only("products")
+    assert not evaluation.passed
+    assert victim in evaluation.description and "x2" in evaluation.description
+    # a null key cannot reach DuckDB at all: dlt declares primary keys NOT NULL there
+    with duckdb.connect(str(warehouse)) as con, pytest.raises(duckdb.ConstraintException):
+        con.execute("UPDATE analytics.products SET id = NULL")
+
+
+def test_dagster_cli_materialize_is_exact(warehouse: Path, admin: Admin, tmp_path: Path) -> None:
+    """The command users run, in a process of its own, with only the documented env set."""
+    env = {k: v for k, v in os.environ.items()}
+    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
+               "-m", "analytics_dagster.definitions", "--select", "*"]
+    for round_ in range(2):
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert_warehouse_equals_api(warehouse, admin)
+        admin.post("advance", updates=15, archives=4, new_customers=3, new_transactions=5)
