@@ -120,3 +120,17 @@ def test_dagster_cli_materialize_is_exact(warehouse: Path, admin: Admin, tmp_pat
         assert result.returncode == 0, result.stderr[-3000:]
         assert_warehouse_equals_api(warehouse, admin)
         admin.post("advance", updates=15, archives=4, new_customers=3, new_transactions=5)
+
+
+def test_relative_duckdb_path_is_taken_from_the_working_directory(
+    warehouse: Path, admin: Admin, tmp_path: Path, monkeypatch
+) -> None:
+    """Regression: dlt resolved a relative path against its own dir, and two steps of one run
+    opened two different files."""
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", "data/relative.duckdb")
+    result = sync(["products", "prices"])
+    assert result.success and all(c.passed for c in check_results(result).values())
+    assert_table_equals_truth(workdir / "data" / "relative.duckdb", "products", admin.truth("products"))

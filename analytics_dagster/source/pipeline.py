@@ -39,11 +39,16 @@ def definition_pipeline() -> dlt.Pipeline:
 
 
 def _duckdb_file() -> str:
+    """The DuckDB file as an absolute path, relative ones taken from the working directory.
+
+    dlt would resolve a relative path against its own local dir, which is not always the
+    working directory (seen: two steps of one run opening two different files).
+    """
     try:
         configured = dlt.config.get("destination.duckdb.credentials", str)
     except ConfigFieldMissingException:
         configured = None
-    return configured or DEFAULT_DUCKDB_FILE
+    return os.path.abspath(configured or DEFAULT_DUCKDB_FILE)
 
 
 def loader_file_format(pipeline: dlt.Pipeline) -> Optional[str]:

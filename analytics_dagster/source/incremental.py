@@ -1,0 +1,179 @@
+"""Incremental sync: each run writes only the rows that changed since the last one.
+
+The API's own incremental options are thin (shared/NOTES.md #11), so each resource gets the
+cheapest correct strategy it allows (`ApiResource.incremental`):
+
+- ``server_updated_at`` (transactions): the API filters, ``updated_at[GTE]=<window start>``.
+- ``client_updated_at`` (everything else with ``updated_at``): listed whole, filtered here.
+- ``after_event_id`` (events): resumed with ``after=<last event_id>`` in ascending order.
+- ``full`` (event_types, ip_addresses): tiny; a row is written when its content changed.
+
+The window. ``max_ns`` is the newest ``updated_at`` a run has seen. The next run treats every
+row updated at or after ``max_ns - lookback`` as possibly new, and writes it unless the same
+``updated_at`` of the same key is already in ``seen`` (the keys it wrote inside the window).
+That makes the boundary exact for rows updated at the very same instant as the cursor, and for
+rows changed while a run was paging (as long as paging a resource takes less than the
+lookback). Timestamps are compared as integer nanoseconds (0 to 9 fractional digits).
+
+The state is dlt resource state: it is loaded into the destination with the rows it describes,
+in the same load package, so a crashed or failed run never leaves a cursor ahead of the data,
+and a machine with an empty dlt working directory resumes from the destination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, Optional
+
+import dlt
+
+from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, parse_ns
+from analytics_dagster.source.resources import ApiResource
+
+DEFAULT_LOOKBACK_SECONDS = 600
+
+
+def _state(resource: str) -> dict[str, Any]:
+    return dlt.current.resource_state(resource)
+
+
+def window_start(state: dict[str, Any], lookback_ns: int) -> Optional[int]:
+    """The earliest `updated_at` (ns) a run must look at; None: read everything."""
+    newest = state.get("max_ns")
+    return None if newest is None else int(newest) - lookback_ns
+
+
+class _Step:
+    """A dlt filter step over the rows of one table; its state is read on the first row."""
+
+    def __init__(self, api: ApiResource, full_refresh: bool) -> None:
+        self.api = api
+        self.full_refresh = full_refresh
+        self.state: Optional[dict[str, Any]] = None
+
+    def begin(self) -> dict[str, Any]:
+        state = _state(self.api.name)
+        if self.full_refresh:
+            state.clear()
+        state["last_run"] = {"new": 0, "updated": 0, "unchanged": 0}
+        return state
+
+    def __call__(self, row: dict[str, Any]) -> bool:
+        if self.state is None:
+            self.state = self.begin()
+        keep, kind = self.judge(row)
+        self.state["last_run"][kind] += 1
+        return keep
+
+    def judge(self, row: dict[str, Any]) -> tuple[bool, str]:
+        raise NotImplementedError
+
+
+class ChangedSince(_Step):
+    """Keeps rows whose `updated_at` moved since the last run (strategies *_updated_at)."""
+
+    def __init__(self, api: ApiResource, full_refresh: bool, lookback_ns: int) -> None:
+        super().__init__(api, full_refresh)
+        self.lookback_ns = lookback_ns
+        self.cursor: Optional[int] = None
+        self.previous_max: Optional[int] = None
+
+    def begin(self) -> dict[str, Any]:
+        state = super().begin()
+        self.cursor = window_start(state, self.lookback_ns)
+        self.previous_max = state.get("max_ns")
+        seen = state.setdefault("seen", {})
+        if self.cursor is not None:  # forget what slid out of the window
+            for key in [k for k, stamp in seen.items() if parse_ns(stamp) < self.cursor]:
+                del seen[key]
+        return state
+
+    def judge(self, row: dict[str, Any]) -> tuple[bool, str]:
+        assert self.state is not None
+        key = row.get(self.api.primary_key)
+        if key is None:
+            raise ValueError(
+                f"resource '{self.api.name}': a record has no primary key "
+                f"'{self.api.primary_key}' (fields: {sorted(row)[:12]})"
+            )
+        stamp = row.get("updated_at")
+        try:
+            ns = parse_ns(stamp)  # type: ignore[arg-type]
+        except ValueError:
+            raise ValueError(
+                f"resource '{self.api.name}': record {key} has updated_at {stamp!r}, not an RFC 3339 timestamp"
+            ) from None
+        if ns > self.state.get("max_ns", -1):
+            self.state["max_ns"] = ns
+        if self.cursor is not None and ns < self.cursor:
+            return False, "unchanged"
+        seen = self.state["seen"]
+        if seen.get(key) == stamp:
+            return False, "unchanged"
+        seen[key] = stamp
+        created = row.get("created_at")
+        is_new = self.previous_max is None or (
+            isinstance(created, str) and parse_ns(created) > self.previous_max
+        )
+        return True, "new" if is_new else "updated"
+
+
+class NewEvents(_Step):
+    """Keeps events newer than the last one loaded (events never change)."""
+
+    def judge(self, row: dict[str, Any]) -> tuple[bool, str]:
+        assert self.state is not None
+        key = row.get(self.api.primary_key)
+        if not key:
+            raise ValueError(f"resource '{self.api.name}': a record has no primary key '{self.api.primary_key}'")
+        last = self.state.get("last_event_id")
+        if last is not None and key <= last:
+            return False, "unchanged"
+        self.state["last_event_id"] = key
+        return True, "new"
+
+
+class ContentChanged(_Step):
+    """Keeps rows whose content changed (small unpaginated resources without `updated_at`)."""
+
+    def judge(self, row: dict[str, Any]) -> tuple[bool, str]:
+        assert self.state is not None
+        key = str(row.get(self.api.primary_key))
+        digest = hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:16]
+        digests = self.state.setdefault("digests", {})
+        previous = digests.get(key)
+        if previous == digest:
+            return False, "unchanged"
+        digests[key] = digest
+        return True, "updated" if previous else "new"
+
+
+def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int) -> _Step:
+    """The filter step that implements `api.incremental`."""
+    if api.incremental == "after_event_id":
+        return NewEvents(api, full_refresh)
+    if api.incremental == "full":
+        return ContentChanged(api, full_refresh)
+    return ChangedSince(api, full_refresh, lookback_seconds * NS_PER_SECOND)
+
+
+def start_params(
+    api: ApiResource, *, full_refresh: bool, lookback_seconds: int
+) -> Optional[Callable[[], dict[str, str]]]:
+    """Query parameters of a run's first request, from the state (None: the resource has none)."""
+    if api.incremental == "server_updated_at":
+
+        def since() -> dict[str, str]:
+            start = None if full_refresh else window_start(_state(api.name), lookback_seconds * NS_PER_SECOND)
+            return {} if start is None else {"updated_at[GTE]": format_ns(max(start, 0))}
+
+        return since
+    if api.incremental == "after_event_id":
+
+        def after() -> dict[str, str]:
+            last = None if full_refresh else _state(api.name).get("last_event_id")
+            return {"order_by": "id[ASC]", **({"after": last} if last else {})}
+
+        return after
+    return None
