@@ -75,7 +75,7 @@ def analytics_assets(
     """One dlt run for the selected resources, with a fresh source and pipeline each time
     (dagster-dlt mutates the source's schema in place: dagster-io/dagster#34052, NOTES #4)."""
     pipeline = make_pipeline()
-    source = analytics_source()
+    source = analytics_source(full_refresh=config.full_refresh)
     with pipeline_lock(pipeline):
         results = list(
             dlt.run(
@@ -87,12 +87,19 @@ def analytics_assets(
         )
         names = {r.asset_key.path[-1]: r for r in results if isinstance(r, MaterializeResult) and r.asset_key}
         stats = table_stats(pipeline, {n: RESOURCES_BY_NAME[n].primary_key for n in names})
+    resource_states = pipeline.state.get("sources", {}).get(source.name, {}).get("resources", {})
     for name, result in names.items():
+        last_run = resource_states.get(name, {}).get("last_run", {})
         yield MaterializeResult(
             asset_key=result.asset_key,
             metadata={
                 **(result.metadata or {}),
                 "dagster/row_count": stats[name]["rows"],
+                # a run that finds nothing new writes 0 rows and succeeds (shared/NOTES.md #9)
                 "rows_written": int(pipeline.last_trace.last_normalize_info.row_counts.get(name, 0)),
+                "rows_new": int(last_run.get("new", 0)),
+                "rows_updated": int(last_run.get("updated", 0)),
+                "rows_unchanged": int(last_run.get("unchanged", 0)),
+                "full_refresh": config.full_refresh,
             },
         )

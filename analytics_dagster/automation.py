@@ -35,6 +35,16 @@ sync_fast_moving_job = define_asset_job(
     description="Sync the resources that change by the hour: " + ", ".join(FAST_MOVING) + ".",
 )
 
+full_refresh_job = define_asset_job(
+    "full_refresh",
+    selection=AssetSelection.groups(GROUP),
+    config={"ops": {"analytics_api": {"config": {"full_refresh": True}}}},
+    description=(
+        "Forget the incremental state: read every resource whole and write every row (merged on "
+        "its key). The safety net for whatever incremental sync cannot see."
+    ),
+)
+
 hourly_fast_moving = ScheduleDefinition(
     name="hourly_fast_moving",
     job=sync_fast_moving_job,
@@ -47,6 +57,14 @@ daily_all = ScheduleDefinition(
     job=sync_all_job,
     cron_schedule="30 2 * * *",
     description="Every day at 02:30: every resource.",
+    default_status=DefaultScheduleStatus.STOPPED,
+)
+
+weekly_full_refresh = ScheduleDefinition(
+    name="weekly_full_refresh",
+    job=full_refresh_job,
+    cron_schedule="0 4 * * 0",
+    description="Every Sunday at 04:00: a full refresh of every resource.",
     default_status=DefaultScheduleStatus.STOPPED,
 )
 

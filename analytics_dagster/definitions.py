@@ -7,18 +7,20 @@ from analytics_dagster.assets import analytics_assets
 from analytics_dagster.automation import (
     api_events_sensor,
     daily_all,
+    full_refresh_job,
     hourly_fast_moving,
     report_failed_runs,
     sync_all_job,
     sync_fast_moving_job,
+    weekly_full_refresh,
 )
 from analytics_dagster.checks import primary_key_checks
 
 defs = Definitions(
     assets=[analytics_assets],
     asset_checks=[primary_key_checks],
-    jobs=[sync_all_job, sync_fast_moving_job],
-    schedules=[hourly_fast_moving, daily_all],
+    jobs=[sync_all_job, sync_fast_moving_job, full_refresh_job],
+    schedules=[hourly_fast_moving, daily_all, weekly_full_refresh],
     sensors=[api_events_sensor, report_failed_runs],
     resources={"dlt": DagsterDltResource()},
     # One process per run, not per step: the sync is one step and the checks another, and a

@@ -91,6 +91,7 @@ class SandboxApp:
         self._window: dict[str, deque[float]] = defaultdict(deque)
         self._blocked_until: dict[str, float] = {}
         self._injections: list[dict[str, Any]] = []
+        self._deferred: list[tuple[int, dict[str, Any]]] = []  # (at request number, advance args)
         self._lock = asyncio.Lock()  # the world is mutated by admin calls between requests
         api: list[tuple[str, str, Callable[[Request], Response]]] = [
             ("/v1/customers", "customers", self._list),
@@ -133,6 +134,7 @@ class SandboxApp:
             response = response or self._fault(request) or self._injected(resource)
             if response is None:
                 async with self._lock:
+                    self._run_deferred()
                     try:
                         response = handler(request, resource)
                     except _BadRequest as exc:
@@ -141,6 +143,12 @@ class SandboxApp:
             return response
 
         return endpoint
+
+    def _run_deferred(self) -> None:
+        due = [args for at, args in self._deferred if self.stats.total >= at]
+        self._deferred = [(at, args) for at, args in self._deferred if self.stats.total < at]
+        for args in due:
+            self.world.advance(**args)
 
     def _rate_limited(self, request: Request) -> Response | None:
         limit = self.config.rate_limit
@@ -311,12 +319,17 @@ class SandboxApp:
         return self.world.counts()
 
     def _advance(self, request: Request, body: dict[str, Any]) -> Any:
+        """Advance the world now, or (with `after_requests`: N) once N more API requests came in,
+        so that a test can change the world while a sync is paging."""
+        after = body.pop("after_requests", None)
+        if after is not None:
+            self._deferred.append((self.stats.total + int(after), body))
+            return {"deferred_until_request": self.stats.total + int(after)}
         return self.world.advance(**body)
 
     def _mutate(self, request: Request, body: dict[str, Any]) -> Any:
         """Set fields of one entity (a new field, a changed type, a huge value), as the API might."""
-        resource, key = body["resource"], body["key"]
-        return self.world.mutate(resource, key, body["set"])
+        return self.world.mutate(body["resource"], body["key"], body.get("set", {}), body.get("updated_at"))
 
     def _config(self, request: Request, body: dict[str, Any]) -> Any:
         for name, value in body.items():

@@ -552,12 +552,20 @@ class World:
             note("events", self._new_event("transaction.created", txn, txn["created_at"])["event_id"])
         return touched
 
-    def mutate(self, resource: str, key: str, values: dict[str, Any]) -> dict[str, str]:
-        """Set fields of one entity (a new field, a changed type, a huge value) and touch it."""
+    def mutate(
+        self, resource: str, key: str, values: dict[str, Any], updated_at: str | None = None
+    ) -> dict[str, str]:
+        """Set fields of one entity (a new field, a changed type, a huge value) and touch it.
+
+        Args:
+            updated_at: the new `updated_at` as given (default: the world clock, 1 s on).
+        """
         entity = self.entities[resource][key]
         entity.update(values)
-        self.clock_ns += 10**9
-        self._touch(resource, entity, self._stamp())
+        if updated_at is None:
+            self.clock_ns += 10**9
+            updated_at = self._stamp()
+        self._touch(resource, entity, updated_at)
         return {"updated_at": entity["updated_at"]}
 
     def _change(self, resource: str, entity: dict[str, Any]) -> None:

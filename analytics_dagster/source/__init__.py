@@ -15,6 +15,7 @@ from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.rest_api import rest_api_resources
 from requests import Response
 
+from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS, change_filter, start_params
 from analytics_dagster.source.paginator import HasMorePaginator, page_json
 from analytics_dagster.source.resources import RESOURCES, RESOURCES_BY_NAME, ApiResource
 
@@ -40,16 +41,28 @@ def analytics_source(
     api_key: str = dlt.secrets.value,
     page_size: Optional[int] = None,
     parallel_children: bool = True,
+    full_refresh: bool = False,
+    lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS,
 ) -> list[DltResource]:
-    """All twelve resources of the analytics API.
+    """All twelve resources of the analytics API, synced incrementally.
 
     Args:
         base_url: the API root, such as `https://api.example.com` (paths start with `/v1`).
         api_key: the Bearer token.
         page_size: `per_page` for every paginated resource, instead of each one's own.
         parallel_children: fetch the per-customer child resources concurrently.
+        full_refresh: forget the incremental state: read everything, write everything.
+        lookback_seconds: how far behind the newest `updated_at` seen a run looks again
+            (see `analytics_dagster.source.incremental`).
     """
-    return build_resources(base_url, api_key, page_size=page_size, parallel_children=parallel_children)
+    return build_resources(
+        base_url,
+        api_key,
+        page_size=page_size,
+        parallel_children=parallel_children,
+        full_refresh=full_refresh,
+        lookback_seconds=lookback_seconds,
+    )
 
 
 def build_resources(
@@ -58,6 +71,8 @@ def build_resources(
     *,
     page_size: Optional[int] = None,
     parallel_children: bool = True,
+    full_refresh: bool = False,
+    lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS,
 ) -> list[DltResource]:
     """The dlt resources, one per table, from the declarative table in `resources.py`.
 
@@ -68,7 +83,8 @@ def build_resources(
         "client": {"base_url": base_url.rstrip("/"), "auth": BearerTokenAuth(token=api_key)},
         "resource_defaults": {"write_disposition": "merge"},
         "resources": [
-            _endpoint_config(resource, page_size, parallel_children) for resource in RESOURCES
+            _endpoint_config(resource, page_size, parallel_children, full_refresh, lookback_seconds)
+            for resource in RESOURCES
         ],
     }
     resources = {r.name: r for r in rest_api_resources(config)}
@@ -82,6 +98,10 @@ def build_resources(
         columns=customers.columns,
         write_disposition="merge",
     )
+    for api in RESOURCES:  # only changed rows go on to be normalized and written
+        resources[api.name].add_filter(
+            change_filter(api, full_refresh=full_refresh, lookback_seconds=lookback_seconds)
+        )
     return [listing] + [resources[r.name] for r in RESOURCES]
 
 
@@ -89,7 +109,9 @@ def _pass_pages(page: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     yield page
 
 
-def _endpoint_config(resource: ApiResource, page_size: Optional[int], parallel: bool) -> dict[str, Any]:
+def _endpoint_config(
+    resource: ApiResource, page_size: Optional[int], parallel: bool, full_refresh: bool, lookback_seconds: int
+) -> dict[str, Any]:
     params: dict[str, Any] = {}
     endpoint: dict[str, Any] = {
         "path": resource.path,
@@ -99,7 +121,10 @@ def _endpoint_config(resource: ApiResource, page_size: Optional[int], parallel: 
     }
     if resource.paginated:
         params["per_page"] = page_size or resource.page_size
-        endpoint["paginator"] = HasMorePaginator(resource.name)
+        endpoint["paginator"] = HasMorePaginator(
+            resource.name,
+            start_params(resource, full_refresh=full_refresh, lookback_seconds=lookback_seconds),
+        )
     else:
         endpoint["paginator"] = "single_page"
     if resource.archived:

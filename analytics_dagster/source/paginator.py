@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from dlt.sources.helpers.rest_client.paginators import BaseNextUrlPaginator
 from requests import Request, Response
@@ -36,13 +36,22 @@ class HasMorePaginator(BaseNextUrlPaginator):
     Paginators are stateful: build one per resource, never share one.
     """
 
-    def __init__(self, resource: str) -> None:
+    def __init__(self, resource: str, start_params: Optional[Callable[[], dict[str, str]]] = None) -> None:
+        """
+        Args:
+            resource: named in errors.
+            start_params: called before the first request; its query parameters are added to
+                it (how an incremental run tells the API where to start).
+        """
         super().__init__()
         self.resource = resource
+        self.start_params = start_params
         self.pages = 0
 
     def init_request(self, request: Request) -> None:
         self.pages = 0
+        if self.start_params is not None:
+            request.params = {**(request.params or {}), **self.start_params()}
 
     def update_state(self, response: Response, data: Optional[List[Any]] = None) -> None:
         body = page_json(self.resource, response)

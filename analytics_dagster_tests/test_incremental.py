@@ -1,0 +1,129 @@
+"""Incremental sync against the sandbox: only changes are written, and nothing is lost."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from analytics_dagster.rfc3339 import format_ns, parse_ns
+from analytics_dagster.sandbox import SandboxServer
+from analytics_dagster_tests.conftest import (
+    TABLES,
+    Admin,
+    assert_table_equals_truth,
+    assert_warehouse_equals_api,
+    warehouse_rows,
+)
+from analytics_dagster_tests.test_sync import check_results, sync
+
+
+def written(result: Any) -> dict[str, dict[str, int]]:
+    """Per table: rows written, new and updated, from the materialization metadata."""
+    out = {}
+    for m in result.asset_materializations_for_node("analytics_api"):
+        meta = m.metadata
+        out[m.asset_key.path[-1]] = {k: meta[f"rows_{k}"].value for k in ("written", "new", "updated")}
+    return out
+
+
+def test_rounds_of_changes_each_synced_exactly(warehouse: Path, admin: Admin) -> None:
+    first = sync()
+    totals = {t: len(admin.truth(t)) for t in TABLES}
+    assert {t: w["written"] for t, w in written(first).items()} == totals
+    for round_ in range(3):
+        touched = admin.post("advance", updates=12, archives=3, new_customers=2, new_transactions=4)
+        result = sync()
+        assert result.success and all(c.passed for c in check_results(result).values())
+        assert_warehouse_equals_api(warehouse, admin)
+        rows = written(result)
+        for table, keys in touched.items():
+            assert rows[table]["written"] >= len(set(keys)), (round_, table)
+        assert sum(r["written"] for r in rows.values()) < sum(totals.values()) / 4, "wrote far too much"
+        assert rows["customers"]["new"] >= 2 and rows["transactions"]["new"] >= 4
+
+
+def test_no_change_rerun_writes_nothing_and_asks_one_page_of_events_and_transactions(
+    warehouse: Path, admin: Admin, sandbox: SandboxServer
+) -> None:
+    assert sync().success
+    admin.post("stats/reset")
+    result = sync()
+    assert result.success
+    assert all(w["written"] == 0 for w in written(result).values()), written(result)
+    requests = admin.get("stats")["by_resource"]
+    assert requests["events"] == 1 and requests["transactions"] == 1, requests
+    assert requests["customer_addresses"] == len(sandbox.world.ids["customers"])  # forced by the API
+    checks = check_results(result)
+    assert all(c.passed for c in checks.values())
+
+
+def test_an_empty_dlt_directory_resumes_from_the_destination(
+    warehouse: Path, admin: Admin, tmp_path: Path
+) -> None:
+    assert sync().success
+    shutil.rmtree(tmp_path / "dlt")
+    admin.post("stats/reset")
+    result = sync()
+    assert all(w["written"] == 0 for w in written(result).values())
+    assert admin.get("stats")["by_resource"]["events"] == 1
+    admin.post("advance", updates=5, new_transactions=2)
+    shutil.rmtree(tmp_path / "dlt")
+    assert sync().success
+    assert_warehouse_equals_api(warehouse, admin)
+
+
+def test_child_only_run_after_changes_never_loses_customers(warehouse: Path, admin: Admin) -> None:
+    assert sync().success
+    admin.post("advance", updates=20, new_customers=3)
+    assert sync(["customer_addresses"]).success
+    assert_table_equals_truth(warehouse, "customer_addresses", admin.truth("customer_addresses"))
+    assert sync(["customers", "businesses"]).success
+    assert_warehouse_equals_api(warehouse, admin, ["customers", "customer_addresses", "businesses"])
+
+
+def test_a_row_updated_at_the_cursor_instant_is_not_missed(warehouse: Path, admin: Admin) -> None:
+    assert sync(["customers", "transactions"]).success
+    for table in ("customers", "transactions"):
+        truth = admin.truth(table)
+        newest = max(truth, key=lambda e: parse_ns(e["updated_at"]))
+        other = next(e for e in truth if e["id"] != newest["id"])
+        # the same instant, written with a different number of fractional digits
+        same_instant = format_ns(parse_ns(newest["updated_at"]), 9)
+        admin.post("mutate", resource=table, key=other["id"], set={"custom_data": {"boundary": 1}},
+                   updated_at=same_instant)
+        assert sync([table]).success
+        assert_table_equals_truth(warehouse, table, admin.truth(table))
+        assert '"boundary"' in warehouse_rows(warehouse, table)[other["id"]]["custom_data"]
+
+
+def test_nanosecond_apart_updates_are_ordered(warehouse: Path, admin: Admin) -> None:
+    assert sync(["products"]).success
+    products = admin.truth("products")
+    newest = max(parse_ns(p["updated_at"]) for p in products)
+    first, second = products[0]["id"], products[1]["id"]
+    admin.post("mutate", resource="products", key=first, set={"description": "one"}, updated_at=format_ns(newest + 1))
+    assert sync(["products"]).success
+    admin.post("mutate", resource="products", key=second, set={"description": "two"}, updated_at=format_ns(newest + 2))
+    result = sync(["products"])
+    assert written(result)["products"]["written"] == 1
+    assert_table_equals_truth(warehouse, "products", admin.truth("products"))
+
+
+def test_changes_while_paging_are_caught_by_the_next_run(warehouse: Path, admin: Admin) -> None:
+    assert sync().success
+    admin.post("stats/reset")
+    # once the run is 15 requests in (paging the customers' children), the world changes
+    admin.post("advance", after_requests=15, updates=20, archives=4, new_customers=2, new_transactions=3)
+    assert sync().success
+    assert sync().success
+    assert_warehouse_equals_api(warehouse, admin)
+
+
+def test_full_refresh_rewrites_everything(warehouse: Path, admin: Admin) -> None:
+    assert sync().success
+    result = sync(run_config={"ops": {"analytics_api": {"config": {"full_refresh": True}}}})
+    assert {t: w["written"] for t, w in written(result).items()} == {t: len(admin.truth(t)) for t in TABLES}
+    assert_warehouse_equals_api(warehouse, admin)
+    admin.post("stats/reset")
+    assert all(w["written"] == 0 for w in written(sync()).values()), "state after a full refresh"
