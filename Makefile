@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: install demo test test-fast dev sandbox bench clean
+.PHONY: install demo test dev sandbox bench clean
 
 $(BIN)/uv:
 	python3 -m venv $(VENV)
@@ -22,8 +22,18 @@ demo: install  ## sandbox up, every asset materialized into DuckDB, checks run, 
 test: install  ## the whole test suite
 	$(BIN)/pytest
 
+dev: install  ## the sandbox on :8765 and the Dagster UI on http://127.0.0.1:3000 (daemon included)
+	mkdir -p .dagster_home && cp dagster.dev.yaml .dagster_home/dagster.yaml
+	$(BIN)/analytics-sandbox --port 8765 & sandbox=$$!; trap "kill $$sandbox" EXIT INT TERM; \
+	DAGSTER_HOME=$(CURDIR)/.dagster_home \
+	SOURCES__ANALYTICS__API_KEY=$${SOURCES__ANALYTICS__API_KEY:-sandbox_api_key} \
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
 sandbox: install  ## the sandbox API on 127.0.0.1:8765, as .dlt/config.toml expects
 	$(BIN)/analytics-sandbox --port 8765
 
 clean:
 	rm -rf data .dagster_home
+
+bench: install  ## time the full sync and a no-change rerun against the sandbox
+	$(BIN)/python benchmarks/bench.py --customers $${CUSTOMERS:-2000} --latency $${LATENCY:-0}
