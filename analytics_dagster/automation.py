@@ -2,6 +2,7 @@
 
 
 from collections import defaultdict
+from typing import Any
 
 import dlt
 from dagster import (
@@ -45,27 +46,22 @@ full_refresh_job = define_asset_job(
     ),
 )
 
-hourly_fast_moving = ScheduleDefinition(
-    name="hourly_fast_moving",
-    job=sync_fast_moving_job,
-    cron_schedule="0 * * * *",
-    description="Every hour: events, transactions, subscriptions, customers and their children.",
-    default_status=DefaultScheduleStatus.STOPPED,
-)
-daily_all = ScheduleDefinition(
-    name="daily_all",
-    job=sync_all_job,
-    cron_schedule="30 2 * * *",
-    description="Every day at 02:30: every resource.",
-    default_status=DefaultScheduleStatus.STOPPED,
-)
+def _schedule(name: str, job: Any, cron: str, description: str) -> ScheduleDefinition:
+    # schedules ship stopped: a user turns on what fits their API budget
+    return ScheduleDefinition(
+        name=name, job=job, cron_schedule=cron, description=description,
+        default_status=DefaultScheduleStatus.STOPPED,
+    )
 
-weekly_full_refresh = ScheduleDefinition(
-    name="weekly_full_refresh",
-    job=full_refresh_job,
-    cron_schedule="0 4 * * 0",
-    description="Every Sunday at 04:00: a full refresh of every resource.",
-    default_status=DefaultScheduleStatus.STOPPED,
+
+hourly_fast_moving = _schedule(
+    "hourly_fast_moving", sync_fast_moving_job, "0 * * * *",
+    "Every hour: events, transactions, subscriptions, customers and their children.",
+)
+daily_all = _schedule("daily_all", sync_all_job, "30 2 * * *", "Every day at 02:30: every resource.")
+weekly_full_refresh = _schedule(
+    "weekly_full_refresh", full_refresh_job, "0 4 * * 0",
+    "Every Sunday at 04:00: a full refresh of every resource.",
 )
 
 # which assets an event type's prefix touches (events themselves are always synced)
