@@ -85,10 +85,10 @@ def analytics_assets(
                 loader_file_format=loader_file_format(pipeline),
             )
         )
-        names = {r.asset_key.path[-1]: r for r in results if isinstance(r, MaterializeResult) and r.asset_key}
-        stats = table_stats(pipeline, {n: RESOURCES_BY_NAME[n].primary_key for n in names})
+        by_table = {r.asset_key.path[-1]: r for r in results if isinstance(r, MaterializeResult) and r.asset_key}
+        stats = table_stats(pipeline, {n: RESOURCES_BY_NAME[n].primary_key for n in by_table})
     resource_states = pipeline.state.get("sources", {}).get(source.name, {}).get("resources", {})
-    for name, result in names.items():
+    for name, result in by_table.items():
         last_run = resource_states.get(name, {}).get("last_run", {})
         yield MaterializeResult(
             asset_key=result.asset_key,
