@@ -134,3 +134,17 @@ def test_relative_duckdb_path_is_taken_from_the_working_directory(
     result = sync(["products", "prices"])
     assert result.success and all(c.passed for c in check_results(result).values())
     assert_table_equals_truth(workdir / "data" / "relative.duckdb", "products", admin.truth("products"))
+
+
+def test_page_sizes_per_resource(warehouse: Path, admin: Admin, monkeypatch) -> None:
+    monkeypatch.setenv("SOURCES__ANALYTICS__PAGE_SIZES", '{"customers": 7, "transactions": 5}')
+    admin.post("stats/reset")
+    assert sync(["customers", "transactions"]).success
+    requests = admin.get("stats")["by_resource"]
+    customers, transactions = len(admin.truth("customers")), len(admin.truth("transactions"))
+    assert requests["customers"] == -(-customers // 7)
+    assert requests["transactions"] == -(-transactions // 5)
+    assert_warehouse_equals_api(warehouse, admin, ["customers", "transactions"])
+    monkeypatch.setenv("SOURCES__ANALYTICS__PAGE_SIZES", '{"customerz": 7}')
+    result = sync(["customers"], raise_on_error=False)
+    assert not result.success

@@ -40,6 +40,7 @@ def analytics_source(
     base_url: str = dlt.config.value,
     api_key: str = dlt.secrets.value,
     page_size: Optional[int] = None,
+    page_sizes: Optional[dict[str, int]] = None,
     parallel_children: bool = True,
     full_refresh: bool = False,
     lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS,
@@ -50,6 +51,7 @@ def analytics_source(
         base_url: the API root, such as `https://api.example.com` (paths start with `/v1`).
         api_key: the Bearer token.
         page_size: `per_page` for every paginated resource, instead of each one's own.
+        page_sizes: `per_page` by resource name, over `page_size` (e.g. `{"customers": 20}`).
         parallel_children: fetch the per-customer child resources concurrently.
         full_refresh: forget the incremental state: read everything, write everything.
         lookback_seconds: how far behind the newest `updated_at` seen a run looks again
@@ -59,6 +61,7 @@ def analytics_source(
         base_url,
         api_key,
         page_size=page_size,
+        page_sizes=page_sizes,
         parallel_children=parallel_children,
         full_refresh=full_refresh,
         lookback_seconds=lookback_seconds,
@@ -70,6 +73,7 @@ def build_resources(
     api_key: str,
     *,
     page_size: Optional[int] = None,
+    page_sizes: Optional[dict[str, int]] = None,
     parallel_children: bool = True,
     full_refresh: bool = False,
     lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS,
@@ -79,11 +83,17 @@ def build_resources(
     Every call builds new resources and paginators: dlt resources and paginators are stateful
     and must not be shared between runs (shared/NOTES.md #4, #6).
     """
+    unknown = set(page_sizes or {}) - set(RESOURCES_BY_NAME)
+    if unknown:
+        raise ValueError(f"sources.analytics.page_sizes names no resource: {sorted(unknown)}")
     config: dict[str, Any] = {
         "client": {"base_url": base_url.rstrip("/"), "auth": BearerTokenAuth(token=api_key)},
         "resource_defaults": {"write_disposition": "merge"},
         "resources": [
-            _endpoint_config(resource, page_size, parallel_children, full_refresh, lookback_seconds)
+            _endpoint_config(
+                resource, (page_sizes or {}).get(resource.name, page_size), parallel_children,
+                full_refresh, lookback_seconds,
+            )
             for resource in RESOURCES
         ],
     }
