@@ -59,8 +59,10 @@ def test_jobs_schedules_and_sensors() -> None:
     daily = defs.resolve_schedule_def("daily_all")
     assert hourly.cron_schedule == "0 * * * *" and hourly.job_name == "sync_fast_moving"
     assert daily.cron_schedule == "30 2 * * *" and daily.job_name == "sync_all"
-    assert hourly.description and daily.description
-    for schedule in (hourly, daily):
+    weekly = defs.resolve_schedule_def("weekly_full_refresh")
+    assert weekly.cron_schedule == "0 4 * * 0" and weekly.job_name == "full_refresh"
+    assert hourly.description and daily.description and weekly.description
+    for schedule in (hourly, daily, weekly):
         requests = schedule.evaluate_tick(build_schedule_context()).run_requests
         assert requests and len(requests) == 1
     events = defs.resolve_sensor_def("api_events_sensor")

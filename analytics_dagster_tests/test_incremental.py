@@ -6,6 +6,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dagster import DagsterInstance
+
+from analytics_dagster.definitions import defs
 from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.sandbox import SandboxServer
 from analytics_dagster_tests.conftest import (
@@ -122,7 +125,8 @@ def test_changes_while_paging_are_caught_by_the_next_run(warehouse: Path, admin:
 
 def test_full_refresh_rewrites_everything(warehouse: Path, admin: Admin) -> None:
     assert sync().success
-    result = sync(run_config={"ops": {"analytics_api": {"config": {"full_refresh": True}}}})
+    # the job the weekly schedule runs, with its own run config
+    result = defs.resolve_job_def("full_refresh").execute_in_process(instance=DagsterInstance.ephemeral())
     assert {t: w["written"] for t, w in written(result).items()} == {t: len(admin.truth(t)) for t in TABLES}
     assert_warehouse_equals_api(warehouse, admin)
     admin.post("stats/reset")
