@@ -25,7 +25,6 @@ __all__ = [
     "RESOURCES_BY_NAME",
     "ApiResource",
     "analytics_source",
-    "build_resources",
 ]
 
 SOURCE_NAME = "analytics"
@@ -57,32 +56,8 @@ def analytics_source(
         lookback_seconds: how far behind the newest `updated_at` seen a run looks again
             (see `analytics_dagster.source.incremental`).
     """
-    return build_resources(
-        base_url,
-        api_key,
-        page_size=page_size,
-        page_sizes=page_sizes,
-        parallel_children=parallel_children,
-        full_refresh=full_refresh,
-        lookback_seconds=lookback_seconds,
-    )
-
-
-def build_resources(
-    base_url: str,
-    api_key: str,
-    *,
-    page_size: Optional[int] = None,
-    page_sizes: Optional[dict[str, int]] = None,
-    parallel_children: bool = True,
-    full_refresh: bool = False,
-    lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS,
-) -> list[DltResource]:
-    """The dlt resources, one per table, from the declarative table in `resources.py`.
-
-    Every call builds new resources and paginators: dlt resources and paginators are stateful
-    and must not be shared between runs (shared/NOTES.md #4, #6).
-    """
+    # A new call builds new resources and paginators: both are stateful and must not be
+    # shared between runs (shared/NOTES.md #4, #6).
     unknown = set(page_sizes or {}) - set(RESOURCES_BY_NAME)
     if unknown:
         raise ValueError(f"sources.analytics.page_sizes names no resource: {sorted(unknown)}")
