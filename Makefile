@@ -24,8 +24,8 @@ test: install  ## the whole test suite
 
 dev: install  ## the sandbox on :8765 and the Dagster UI on http://127.0.0.1:3000 (daemon included)
 	mkdir -p .dagster_home && cp dagster.dev.yaml .dagster_home/dagster.yaml
-	$(BIN)/analytics-sandbox --port 8765 & sandbox=$$!; trap "kill $$sandbox" EXIT INT TERM; \
-	DAGSTER_HOME=$(CURDIR)/.dagster_home \
+	$(BIN)/analytics-sandbox --port 8765 --rate-limit 1200 & sandbox=$$!; trap "kill $$sandbox" EXIT INT TERM; \
+	DAGSTER_HOME=$(CURDIR)/.dagster_home SOURCES__ANALYTICS__REQUESTS_PER_MINUTE=1200 \
 	SOURCES__ANALYTICS__API_KEY=$${SOURCES__ANALYTICS__API_KEY:-sandbox_api_key} \
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 

@@ -12,7 +12,9 @@ import time
 
 from dagster import DagsterInstance
 
-from analytics_dagster.sandbox import SandboxServer, World
+from analytics_dagster.sandbox import SandboxConfig, SandboxServer, World
+
+DEMO_REQUESTS_PER_MINUTE = 12_000  # a faster API than the real one's 240, to keep the demo short
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    with SandboxServer(World(customers=args.customers, seed=args.seed)) as server:
+    # the sandbox enforces a rate limit, and the sync is paced to match it: no 429 expected
+    config = SandboxConfig(rate_limit=DEMO_REQUESTS_PER_MINUTE, rate_limit_block=60)
+    with SandboxServer(World(customers=args.customers, seed=args.seed), config=config) as server:
         os.environ["SOURCES__ANALYTICS__BASE_URL"] = server.url
         os.environ["SOURCES__ANALYTICS__API_KEY"] = server.config.api_key
+        os.environ["SOURCES__ANALYTICS__REQUESTS_PER_MINUTE"] = str(DEMO_REQUESTS_PER_MINUTE)
         print(f"sandbox API up at {server.url} with {args.customers} customers", flush=True)
 
         # imported here so that the settings above are in place before anything reads them
@@ -41,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         checks = {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations()}
         stats = table_stats(make_pipeline(), {r.name: r.primary_key for r in RESOURCES}) if result.success else {}
         requests = server.app.stats.total
+        throttled = server.app.stats.by_status.get(429, 0)
 
-        print(f"\njob sync_all {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s ({requests} API requests)")
+        print(f"\njob sync_all {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s "
+              f"({requests} API requests, paced to {DEMO_REQUESTS_PER_MINUTE}/min, {throttled} answered 429)")
         print(f"{'table':<20}{'rows':>8}{'API':>8}  primary-key check")
         ok = result.success
         for resource in RESOURCES:

@@ -61,6 +61,7 @@ def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxS
     monkeypatch.setenv("SOURCES__ANALYTICS__API_KEY", sandbox.config.api_key)
     monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(db))
     monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt"))
+    monkeypatch.setenv("SOURCES__ANALYTICS__REQUESTS_PER_MINUTE", "0")  # the test sandbox has no limit
     return db
 
 

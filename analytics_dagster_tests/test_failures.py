@@ -117,3 +117,92 @@ def test_two_materializations_at_once_both_succeed(warehouse: Path, admin: Admin
     for code, err in outcomes:
         assert code == 0, err[-3000:]
     assert_warehouse_equals_api(warehouse, admin)
+
+
+def test_paced_sync_gets_no_429_from_a_rate_limited_api(warehouse: Path, admin: Admin, monkeypatch) -> None:
+    # 600/minute, counted over 2 s windows (20 requests) so that the test crosses it quickly
+    # control: unpaced, the same sync does cross it (a short block, so it recovers)
+    admin.post("config", rate_limit=600, rate_limit_window=2, rate_limit_block=1)
+    assert sync(["products", "customer_addresses"]).success
+    assert admin.get("stats")["by_status"].get("429", 0) > 0, "the control must hit the limit"
+
+    admin.post("config", rate_limit=600, rate_limit_window=2, rate_limit_block=60)
+    admin.post("stats/reset")
+    admin.post("advance", updates=10, new_customers=2)
+    monkeypatch.setenv("SOURCES__ANALYTICS__REQUESTS_PER_MINUTE", "600")
+    assert sync().success
+    stats = admin.get("stats")
+    assert "429" not in stats["by_status"], stats
+    assert stats["total"] > 60, "three times the window's allowance"
+    assert_warehouse_equals_api(warehouse, admin)
+
+
+@pytest.mark.parametrize("stage", ["extract", "load"])
+def test_a_run_killed_mid_way_loses_nothing(
+    stage: str, warehouse: Path, admin: Admin, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """SIGKILL a real `dagster asset materialize` mid-extract or mid-load; the next run is exact:
+    no duplicates, nothing lost, no cursor ahead of the loaded data."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from analytics_dagster_tests.conftest import poll
+
+    assert sync().success
+    admin.post("advance", updates=30, archives=5, new_customers=5, new_transactions=8)
+    admin.post("stats/reset")
+    if stage == "extract":
+        admin.post("config", latency=0.02)  # slow enough to be caught paging
+    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
+               "-m", "analytics_dagster.definitions", "--select", "*"]
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=dict(os.environ),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    normalized = tmp_path / "dlt" / "pipelines" / "analytics_sync" / "load" / "normalized"
+    if stage == "extract":
+        poll(lambda: admin.get("stats")["total"] > 20, timeout=120, interval=0.02)
+    else:
+        poll(lambda: normalized.exists() and any(normalized.iterdir()), timeout=120, interval=0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL, "killed before it finished"
+    admin.post("config", latency=0.0)
+    result = sync()
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    assert_warehouse_equals_api(warehouse, admin)
+
+
+def test_a_new_field_evolves_the_schema(warehouse: Path, admin: Admin) -> None:
+    assert sync(["customers"]).success
+    key = admin.truth("customers")[0]["id"]
+    admin.post("mutate", resource="customers", key=key, set={"loyalty_tier": "gold"})
+    assert sync(["customers"]).success
+    assert_warehouse_equals_api(warehouse, admin, ["customers"])
+
+
+def test_a_changed_type_lands_in_a_variant_column(warehouse: Path, admin: Admin) -> None:
+    """dlt's default schema contract ("evolve"): a value of another type goes to a variant
+    column `<field>__v_<type>`; the rows already loaded keep their type."""
+    from analytics_dagster_tests.conftest import warehouse_rows
+
+    assert sync(["customers"]).success
+    key = admin.truth("customers")[1]["id"]
+    admin.post("mutate", resource="customers", key=key, set={"marketing_consent": "only by post"})
+    assert sync(["customers"]).success
+    row = warehouse_rows(warehouse, "customers")[key]
+    assert row["marketing_consent"] is None and row["marketing_consent__v_text"] == "only by post"
+    others = [r for k, r in warehouse_rows(warehouse, "customers").items() if k != key]
+    assert all(isinstance(r["marketing_consent"], bool) for r in others)
+
+
+def test_a_10_mb_field_is_loaded_whole(warehouse: Path, admin: Admin) -> None:
+    from analytics_dagster_tests.conftest import warehouse_rows
+
+    assert sync(["products"]).success
+    key = admin.truth("products")[0]["id"]
+    blob = "x" * 10_000_000
+    admin.post("mutate", resource="products", key=key, set={"custom_data": {"blob": blob}})
+    assert sync(["products"]).success
+    assert_warehouse_equals_api(warehouse, admin, ["products"])
+    assert len(warehouse_rows(warehouse, "products")[key]["custom_data"]) > 10_000_000

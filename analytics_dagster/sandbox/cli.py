@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     parser.add_argument("--rate-limit", type=int, default=0, help="requests per minute per client; 0: none")
     parser.add_argument("--rate-limit-block", type=float, default=60.0, help="seconds a client is blocked past the limit")
+    parser.add_argument("--rate-limit-window", type=float, default=60.0, help="seconds the limit is counted over (default: a minute)")
     return parser
 
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         latency=args.latency,
         rate_limit=args.rate_limit,
         rate_limit_block=args.rate_limit_block,
+        rate_limit_window=args.rate_limit_window,
     )
     server = SandboxServer(world, host=args.host, port=args.port, config=config)
     counts = ", ".join(f"{name}={n}" for name, n in world.counts().items())

@@ -16,6 +16,7 @@ from dlt.sources.rest_api import rest_api_resources
 from requests import Response
 
 from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS, change_filter, start_params
+from analytics_dagster.source.pacing import paced_session
 from analytics_dagster.source.paginator import HasMorePaginator, page_json
 from analytics_dagster.source.resources import RESOURCES, RESOURCES_BY_NAME, ApiResource
 
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 SOURCE_NAME = "analytics"
+DEFAULT_REQUESTS_PER_MINUTE = 240  # the API's rate limit per client
 # The customers listing feeds both the `customers` table and the two child resources. It is a
 # resource of its own, never loaded, so whatever `customers` filters (incremental sync) does not
 # hide customers from the children, and a child-only run never moves `customers`' state.
@@ -43,6 +45,7 @@ def analytics_source(
     parallel_children: bool = True,
     full_refresh: bool = False,
     lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS,
+    requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE,
 ) -> list[DltResource]:
     """All twelve resources of the analytics API, synced incrementally.
 
@@ -55,6 +58,8 @@ def analytics_source(
         full_refresh: forget the incremental state: read everything, write everything.
         lookback_seconds: how far behind the newest `updated_at` seen a run looks again
             (see `analytics_dagster.source.incremental`).
+        requests_per_minute: the request budget of a run, shared by every resource and worker
+            (the API's limit is 240); 0: unpaced.
     """
     # A new call builds new resources and paginators: both are stateful and must not be
     # shared between runs (shared/NOTES.md #4, #6).
@@ -62,7 +67,11 @@ def analytics_source(
     if unknown:
         raise ValueError(f"sources.analytics.page_sizes names no resource: {sorted(unknown)}")
     config: dict[str, Any] = {
-        "client": {"base_url": base_url.rstrip("/"), "auth": BearerTokenAuth(token=api_key)},
+        "client": {
+            "base_url": base_url.rstrip("/"),
+            "auth": BearerTokenAuth(token=api_key),
+            "session": paced_session(requests_per_minute),
+        },
         "resource_defaults": {"write_disposition": "merge"},
         "resources": [
             _endpoint_config(
