@@ -206,3 +206,19 @@ def test_a_10_mb_field_is_loaded_whole(warehouse: Path, admin: Admin) -> None:
     assert sync(["products"]).success
     assert_warehouse_equals_api(warehouse, admin, ["products"])
     assert len(warehouse_rows(warehouse, "products")[key]["custom_data"]) > 10_000_000
+
+
+def test_a_resource_that_keeps_failing_fails_the_run_then_recovers(warehouse: Path, admin: Admin) -> None:
+    assert sync().success
+    before = table_counts(warehouse)
+    admin.post("advance", updates=8, new_transactions=3)
+    admin.post("inject", resource="transactions", kind="status", status=503, count=4)  # 1 try + 3 retries
+    admin.post("stats/reset")
+    result = sync(raise_on_error=False)
+    assert not result.success
+    error = step_error(result)
+    assert "transactions" in error and "503" in error and "/v1/transactions" in error
+    assert admin.get("stats")["by_status"]["503"] == 4, "exactly 3 retries"
+    assert table_counts(warehouse) == before
+    assert sync().success
+    assert_warehouse_equals_api(warehouse, admin)
