@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: install demo test dev sandbox bench clean
+.PHONY: install demo test dev sandbox bench screenshot clean
 
 $(BIN)/uv:
 	python3 -m venv $(VENV)
@@ -37,3 +37,6 @@ clean:
 
 bench: install  ## time the full sync and a no-change rerun against the sandbox
 	$(BIN)/python benchmarks/bench.py --customers $${CUSTOMERS:-2000} --latency $${LATENCY:-0}
+
+screenshot: install  ## refresh docs/asset-graph.png with the browser test's own screenshot
+	ANALYTICS_SCREENSHOT_DIR=$(CURDIR)/docs $(BIN)/pytest -m browser -q

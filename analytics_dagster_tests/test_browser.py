@@ -1,0 +1,143 @@
+"""The `dagster dev` experience in a real browser: Debian's Chromium driven by Playwright.
+
+Starts the sandbox and `dagster dev` (webserver and daemon) on free ports, checks the asset graph,
+clicks *Materialize all*, waits for the run, and checks that every asset check passed. Set
+ANALYTICS_SCREENSHOT_DIR to keep the screenshots (`make screenshot` writes docs/).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from analytics_dagster.sandbox import SandboxServer
+from analytics_dagster_tests.conftest import TABLES, Admin, assert_warehouse_equals_api, poll
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.browser
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the browser test: install Debian's chromium (.ci/run does)")
+    pytest.skip("no /usr/bin/chromium here (apt-get install chromium); CI installs it and never skips",
+                allow_module_level=True)
+
+from playwright.sync_api import Page, sync_playwright  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def graphql(url: str, query: str) -> dict:
+    response = requests.post(f"{url}/graphql", json={"query": query}, timeout=30)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+@pytest.fixture
+def dagster_dev(warehouse: Path, sandbox: SandboxServer, tmp_path: Path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.dev.yaml", home / "dagster.yaml")
+    port = free_port()
+    log = open(tmp_path / "dagster_dev.log", "w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env={**os.environ, "DAGSTER_HOME": str(home)},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(f"{url}/server_info", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        poll(up, timeout=180, interval=0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def shoot(page: Page, tmp_path: Path, name: str) -> None:
+    folder = Path(os.environ.get("ANALYTICS_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name))
+
+
+def test_materialize_all_in_the_ui(dagster_dev: str, warehouse: Path, admin: Admin, tmp_path: Path) -> None:
+    url = dagster_dev
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+
+        # the group's graph lists all twelve assets
+        page.goto(f"{url}/asset-groups/analytics", wait_until="networkidle")
+        skip = page.get_by_role("button", name="Skip")  # the community sign-up modal, when shown
+        if skip.count():
+            skip.click()
+        for table in TABLES:
+            page.get_by_text(table, exact=True).first.wait_for(timeout=30_000)
+
+        # lineage: customers -> customer_addresses and customers -> businesses
+        page.goto(f"{url}/assets/analytics/customers?view=lineage&lineageScope=downstream&lineageDepth=1",
+                  wait_until="networkidle")
+        graph = page.locator("[class*=AssetNode_assetName]")
+        poll(lambda: graph.count() == 3, timeout=30)
+        assert sorted(graph.all_inner_texts()) == ["businesses", "customer_addresses", "customers"]
+        for child in ("customer_addresses", "businesses"):
+            page.goto(f"{url}/assets/analytics/{child}", wait_until="networkidle")
+            page.locator("a[href='/assets/analytics/customers']").first.wait_for(timeout=30_000)
+
+        # Materialize all, then wait (with a deadline) for the run to succeed
+        page.goto(f"{url}/asset-groups/analytics", wait_until="networkidle")
+        page.get_by_role("button", name="Materialize all").click()
+        runs_query = "{ runsOrError { ... on Runs { results { runId status } } } }"
+
+        def finished() -> str | None:
+            runs = graphql(url, runs_query)["runsOrError"]["results"]
+            done = [r["status"] for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+            return done[0] if done else None
+
+        assert poll(finished, timeout=300, interval=1.0) == "SUCCESS"
+        assert_warehouse_equals_api(warehouse, admin)
+
+        # every check green, as the UI reports it
+        checks_query = """{ assetNodes(group: {groupName: "analytics", repositoryName: "__repository__",
+            repositoryLocationName: "analytics_dagster"}) { assetKey { path }
+            assetChecksOrError { ... on AssetChecks { checks { name executionForLatestMaterialization {
+            evaluation { success } } } } } } }"""
+        nodes = graphql(url, checks_query)["assetNodes"]
+        results = {n["assetKey"]["path"][-1]: [c["executionForLatestMaterialization"]["evaluation"]["success"]
+                                               for c in n["assetChecksOrError"]["checks"]] for n in nodes}
+        assert results == {t: [True] for t in TABLES}
+        page.goto(f"{url}/assets/analytics/customers?view=lineage&lineageScope=downstream&lineageDepth=1",
+                  wait_until="networkidle")
+        page.get_by_text("1 / 1 Passed").first.wait_for(timeout=30_000)
+        poll(lambda: page.get_by_text("1 / 1 Passed").count() == 3, timeout=30)
+        shoot(page, tmp_path, "asset-graph.png")
+        browser.close()
