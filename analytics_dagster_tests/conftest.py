@@ -77,12 +77,21 @@ def poll(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 
         time.sleep(interval)
 
 
-def warehouse_rows(db: Path, table: str) -> dict[str, dict[str, Any]]:
-    """The table's rows keyed by primary key (read-only connection, closed at once)."""
-    with duckdb.connect(str(db), read_only=True) as con:
-        cursor = con.execute(f"SELECT * FROM analytics.{table}")
-        names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+def warehouse_rows(db: Path | str, table: str) -> dict[str, dict[str, Any]]:
+    """The table's rows keyed by primary key, from a DuckDB file or a PostgreSQL DSN."""
+    if isinstance(db, str) and db.startswith("postgresql://"):
+        import psycopg2
+
+        with psycopg2.connect(db) as con, con.cursor() as cursor:
+            cursor.execute(f"SELECT * FROM analytics.{table}")
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+        con.close()
+    else:
+        with duckdb.connect(str(db), read_only=True) as con:
+            cursor = con.execute(f"SELECT * FROM analytics.{table}")
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
     return {row[PRIMARY_KEYS[table]]: row for row in rows}
 
 
@@ -96,7 +105,7 @@ def _same(expected: Any, actual: Any) -> bool:
     return expected == actual
 
 
-def assert_table_equals_truth(db: Path, table: str, truth: list[dict[str, Any]]) -> None:
+def assert_table_equals_truth(db: Path | str, table: str, truth: list[dict[str, Any]]) -> None:
     """Key for key and field for field, the table holds exactly what the API holds."""
     rows = warehouse_rows(db, table)
     key = PRIMARY_KEYS[table]
@@ -111,6 +120,6 @@ def assert_table_equals_truth(db: Path, table: str, truth: list[dict[str, Any]])
             assert _same(value, row[field]), f"{table} {pk}.{field}: API {value!r}, warehouse {row[field]!r}"
 
 
-def assert_warehouse_equals_api(db: Path, admin: Admin, tables: list[str] = TABLES) -> None:
+def assert_warehouse_equals_api(db: Path | str, admin: Admin, tables: list[str] = TABLES) -> None:
     for table in tables:
         assert_table_equals_truth(db, table, admin.truth(table))

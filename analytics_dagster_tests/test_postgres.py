@@ -1,0 +1,138 @@
+"""PostgreSQL: as the warehouse (dlt destination) and behind a production Dagster instance.
+
+Needs a server: ANALYTICS_TEST_POSTGRES=postgresql://user:password@127.0.0.1:5432/db of a role
+that may create databases (`.ci/postgres` installs Debian's PostgreSQL, starts it on 127.0.0.1
+and prints such a DSN). Without it these tests skip, saying so; under CI they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+from analytics_dagster_tests.conftest import TABLES, Admin, assert_warehouse_equals_api, poll
+from analytics_dagster_tests.test_sync import check_results, sync
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER = os.environ.get("ANALYTICS_TEST_POSTGRES")
+
+if not SERVER:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the PostgreSQL tests: set ANALYTICS_TEST_POSTGRES (.ci/run does)")
+    pytest.skip("no PostgreSQL server: set ANALYTICS_TEST_POSTGRES (see .ci/postgres)", allow_module_level=True)
+
+import psycopg2  # noqa: E402
+
+
+def _on_server(statement: str) -> None:
+    # not `with connection:`, which would wrap the statement in a transaction block
+    connection = psycopg2.connect(SERVER)
+    try:
+        connection.autocommit = True
+        connection.cursor().execute(statement)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A fresh database on the server, dropped afterwards; yields its DSN."""
+    name = f"analytics_{uuid.uuid4().hex[:10]}"
+    _on_server(f"CREATE DATABASE {name}")
+    yield urlparse(SERVER)._replace(path=f"/{name}").geturl()
+    _on_server(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_warehouse(warehouse: Path, database: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The project configured, the dlt way, to load into PostgreSQL instead of DuckDB."""
+    monkeypatch.setenv("DESTINATION_TYPE", "postgres")
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", database)
+    return database
+
+
+def test_full_and_incremental_syncs_into_postgres_are_exact(postgres_warehouse: str, admin: Admin) -> None:
+    result = sync()
+    assert result.success and all(c.passed for c in check_results(result).values())
+    assert_warehouse_equals_api(postgres_warehouse, admin)
+    for _ in range(2):
+        admin.post("advance", updates=12, archives=3, new_customers=2, new_transactions=4)
+        result = sync()
+        assert result.success
+        assert_warehouse_equals_api(postgres_warehouse, admin)
+    admin.post("stats/reset")
+    materializations = sync().asset_materializations_for_node("analytics_api")
+    assert all(m.metadata["rows_written"].value == 0 for m in materializations)
+    assert admin.get("stats")["by_resource"]["events"] == 1
+
+
+def test_primary_key_check_queries_postgres(postgres_warehouse: str, admin: Admin) -> None:
+    from analytics_dagster_tests.test_sync import run_checks_only
+
+    assert sync(["products"]).success
+    victim = admin.truth("products")[0]["id"]
+    with psycopg2.connect(postgres_warehouse) as connection, connection.cursor() as cursor:
+        # dlt declares no unique key on `id` in PostgreSQL (only on _dlt_id): a duplicate gets in
+        cursor.execute(f"CREATE TEMP TABLE copy AS SELECT * FROM analytics.products WHERE id = '{victim}'")
+        cursor.execute("UPDATE copy SET _dlt_id = _dlt_id || 'x'")
+        cursor.execute("INSERT INTO analytics.products SELECT * FROM copy")
+    connection.close()
+    evaluation = run_checks_only("products")
+    assert not evaluation.passed and victim in evaluation.description
+
+
+def test_runs_launched_through_a_postgres_backed_instance(
+    postgres_warehouse: str, database: str, admin: Admin, tmp_path: Path
+) -> None:
+    """deploy/dagster.yaml as shipped: runs queued, started by the daemon, recorded in PostgreSQL."""
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        # the instance's tables in the same database as the warehouse's `analytics` schema
+        "DAGSTER_PG_URL": database.replace("postgresql://", "postgresql+psycopg2://", 1),
+    }
+    bin_dir = Path(sys.executable).parent
+    daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-m", "analytics_dagster.definitions"],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        launched = subprocess.run(
+            [str(bin_dir / "dagster"), "job", "launch", "-m", "analytics_dagster.definitions", "-j", "sync_all"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert launched.returncode == 0, launched.stderr[-3000:]
+        for key, value in env.items():
+            if key.startswith("DAGSTER_"):
+                os.environ[key] = value
+        instance = DagsterInstance.get()
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+
+        def done() -> list:
+            runs = instance.get_runs()
+            return [r for r in runs if r.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)]
+
+        finished = poll(done, timeout=300, interval=1.0)
+        assert [r.status for r in finished] == [DagsterRunStatus.SUCCESS]
+        checks = [e for e in instance.all_logs(finished[0].run_id) if e.dagster_event
+                  and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
+        assert len(checks) == len(TABLES)
+        assert_warehouse_equals_api(postgres_warehouse, admin)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=30)
+        for key in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
+            os.environ.pop(key, None)
