@@ -35,8 +35,8 @@ sandbox: install  ## the sandbox API on 127.0.0.1:8765, as .dlt/config.toml expe
 clean:
 	rm -rf data .dagster_home
 
-bench: install  ## time the full sync and a no-change rerun against the sandbox
-	$(BIN)/python benchmarks/bench.py --customers $${CUSTOMERS:-2000} --latency $${LATENCY:-0}
+bench: install  ## the project vs plain dlt vs the bare floor on one sandbox (CUSTOMERS, LATENCY)
+	$(BIN)/python benchmarks/bench.py --customers $${CUSTOMERS:-2000} --latency $${LATENCY:-0} $${BENCH_ARGS:-}
 
 screenshot: install  ## refresh docs/asset-graph.png with the browser test's own screenshot
 	ANALYTICS_SCREENSHOT_DIR=$(CURDIR)/docs $(BIN)/pytest -m browser -q

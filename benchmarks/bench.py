@@ -1,9 +1,16 @@
-"""`make bench`: the project's full sync and a no-change rerun against the sandbox, timed.
+"""`make bench`: the project against plain dlt and a bare floor, on the same sandbox, in one run.
 
-The sandbox runs in a process of its own (so it does not share the GIL with the sync), the
-sync runs through Dagster's CLI exactly as users run it, and every number comes from this run.
-Covered so far: (1) the project's full sync and (4) the no-change incremental rerun; the plain
-dlt and bare-floor baselines of issue #6 are not written yet.
+Every variant runs in a process of its own (peak RSS is that process's), against one sandbox
+process started with the chosen scale and latency:
+
+1. project: `dagster asset materialize --select '*'`, unpaced (the sandbox has no limit here);
+2. plain dlt: a `rest_api` pipeline with dlt's defaults (insert_values, nested child tables,
+   sequential children, the API's default page size);
+3. floor: plain HTTP (one `requests` session) + one Arrow bulk insert per table into DuckDB,
+   sequential, and with the customers' children fetched by 16 threads;
+4. project again, with nothing changed: the no-change incremental rerun.
+
+Ratios are to the floor measured in the same run: this machine is shared and noisy.
 """
 
 from __future__ import annotations
@@ -16,16 +23,124 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import duckdb
-import requests
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+KEY = "sandbox_api_key"
+LISTS = {  # table: (path, primary key, archived hidden by default)
+    "customers": ("/v1/customers", True),
+    "discounts": ("/v1/discounts", True),
+    "prices": ("/v1/prices", True),
+    "products": ("/v1/products", True),
+    "events": ("/v1/events", False),
+    "reports": ("/v1/reports", False),
+    "subscriptions": ("/v1/subscriptions", False),
+    "transactions": ("/v1/transactions", False),
+}
+CHILDREN = {"customer_addresses": "addresses", "businesses": "businesses"}
 
 
-def start_sandbox(customers: int, latency: float) -> tuple[subprocess.Popen, str]:
+# ---------------------------------------------------------------------- the variants (children)
+def floor(url: str, db: str, threads: int) -> int:
+    """Plain HTTP and one Arrow bulk insert per table. Returns rows written."""
+    import duckdb
+    import pyarrow as pa
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {KEY}"
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(threads, 1))
+    session.mount("http://", adapter)
+
+    def listing(path: str, archived: bool) -> list[dict]:
+        params: dict[str, Any] = {"per_page": 200}
+        if archived:
+            params["status"] = "active,archived"
+        rows, response = [], session.get(url + path, params=params)
+        while True:
+            body = response.json()
+            rows += body["data"]
+            if not body["meta"]["pagination"]["has_more"]:
+                return rows
+            response = session.get(body["meta"]["pagination"]["next"])
+
+    tables = {name: listing(path, archived) for name, (path, archived) in LISTS.items()}
+    tables["event_types"] = session.get(url + "/v1/event-types").json()["data"]
+    tables["ip_addresses"] = [{"ipv4_cidr": c} for c in session.get(url + "/v1/ips").json()["data"]["ipv4_cidrs"]]
+    ids = [c["id"] for c in tables["customers"]]
+    for table, path in CHILDREN.items():
+        fetch = lambda cid, path=path: listing(f"/v1/customers/{cid}/{path}", True)  # noqa: E731
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                pages = list(pool.map(fetch, ids))
+        else:
+            pages = [fetch(cid) for cid in ids]
+        tables[table] = [row for page in pages for row in page]
+    with duckdb.connect(db) as con:
+        con.execute("CREATE SCHEMA floor")
+        for name, rows in tables.items():
+            columns = sorted({k for row in rows for k in row})
+            data = {c: [json.dumps(v) if isinstance(v, (dict, list)) else v for v in (r.get(c) for r in rows)]
+                    for c in columns}
+            arrow = pa.table({c: pa.array(v, type=pa.string() if any(isinstance(x, str) for x in v) else None)
+                              for c, v in data.items()})
+            con.register("batch", arrow)
+            con.execute(f"CREATE TABLE floor.{name} AS SELECT * FROM batch")
+            con.unregister("batch")
+    return sum(len(rows) for rows in tables.values())
+
+
+def plain_dlt(url: str, db: str) -> int:
+    """A dlt rest_api pipeline as the docs would have it, every setting left at its default."""
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    from analytics_dagster.source.paginator import HasMorePaginator  # the API's paging contract
+
+    resources: list[dict[str, Any]] = []
+    for name, (path, archived) in LISTS.items():
+        params = {"status": "active,archived"} if archived else {}
+        resources.append({"name": name, "endpoint": {"path": path, "params": params, "data_selector": "data",
+                                                      "paginator": HasMorePaginator(name)},
+                          "primary_key": "event_id" if name == "events" else "id", "write_disposition": "merge"})
+    for name, path in CHILDREN.items():
+        resources.append({"name": name, "endpoint": {
+            "path": f"/v1/customers/{{resources.customers.id}}/{path}",
+            "params": {"status": "active,archived"}, "data_selector": "data", "paginator": HasMorePaginator(name)},
+            "primary_key": "id", "write_disposition": "merge"})
+    resources += [
+        {"name": "event_types", "endpoint": {"path": "/v1/event-types", "paginator": "single_page", "data_selector": "data"},
+         "primary_key": "name", "write_disposition": "merge"},
+        {"name": "ip_addresses", "endpoint": {"path": "/v1/ips", "paginator": "single_page", "data_selector": "data.ipv4_cidrs"},
+         "primary_key": "ipv4_cidr", "write_disposition": "merge",
+         "processing_steps": [{"map": lambda c: {"ipv4_cidr": c}}]},
+    ]
+    source = rest_api_source({"client": {"base_url": url, "auth": {"type": "bearer", "token": KEY}},
+                              "resources": resources})
+    pipeline = dlt.pipeline("bench_plain_dlt", destination=dlt.destinations.duckdb(db), dataset_name="plain")
+    pipeline.run(source)
+    return sum(pipeline.last_trace.last_normalize_info.row_counts.get(t, 0)
+               for t in list(LISTS) + list(CHILDREN) + ["event_types", "ip_addresses"])
+
+
+# ---------------------------------------------------------------------- the orchestrator
+def run_variant(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (MiB) and output of one variant in a process of its own."""
+    started = time.monotonic()
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.monotonic() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} failed:\n{output[-4000:]}")
+    return elapsed, usage.ru_maxrss // 1024, output
+
+
+def start_sandbox(customers: int, latency: float) -> tuple[subprocess.Popen, str, float]:
     started = time.monotonic()
     process = subprocess.Popen(
         [str(BIN / "analytics-sandbox"), "--port", "0", "--customers", str(customers), "--latency", str(latency)],
@@ -36,59 +151,89 @@ def start_sandbox(customers: int, latency: float) -> tuple[subprocess.Popen, str
     if not match:
         process.kill()
         raise SystemExit(f"sandbox did not start: {line}")
-    print(f"sandbox: {customers} customers, latency {latency}s, ready in {time.monotonic() - started:.1f}s")
-    return process, match.group(0)
+    return process, match.group(0), time.monotonic() - started
 
 
-def materialize(env: dict[str, str]) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of `dagster asset materialize --select '*'`."""
-    command = ["/usr/bin/time", "-f", "%M", str(BIN / "dagster"), "asset", "materialize",
-               "-m", "analytics_dagster.definitions", "--select", "*"]
-    if not Path("/usr/bin/time").exists():
-        command = command[3:]
-    started = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    elapsed = time.monotonic() - started
-    if result.returncode != 0:
-        raise SystemExit(result.stderr[-4000:])
-    tail = result.stderr.strip().splitlines()[-1] if command[0] == "/usr/bin/time" else "0"
-    return elapsed, int(tail) if tail.isdigit() else 0
+def import_cost(env: dict[str, str]) -> tuple[float, float]:
+    """Seconds to import dagster alone, and to load the code location (best of 3 each)."""
+    def best(code: str) -> float:
+        times = []
+        for _ in range(3):
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True)
+            times.append(time.monotonic() - started)
+        return min(times)
 
-
-def rows_written(db: Path) -> int:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return sum(con.execute(f"SELECT count(*) FROM analytics.{t} WHERE _dlt_load_id = (SELECT max(load_id) FROM analytics._dlt_loads)").fetchone()[0]
-                   for (t,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='analytics' AND table_name NOT LIKE '_dlt%'").fetchall())
+    return best("import dagster, dagster_dlt, dlt"), best(
+        "import analytics_dagster.definitions as d; d.defs.resolve_asset_graph()")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--skip-plain-dlt", action="store_true", help="the slowest variant")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sandbox, url = start_sandbox(args.customers, args.latency)
+    if args.variant == "floor":
+        print("rows", floor(args.url, args.db, args.threads))
+        return
+    if args.variant == "plain_dlt":
+        print("rows", plain_dlt(args.url, args.db))
+        return
+
+    sandbox, url, ready = start_sandbox(args.customers, args.latency)
+    import requests
+
+    print(f"sandbox: {args.customers} customers, latency {args.latency}s, ready in {ready:.1f}s")
+    results: list[tuple[str, float, int, int, int]] = []  # name, seconds, requests, rows, rss
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            db = Path(tmp) / "bench.duckdb"
-            env = {**os.environ, "SOURCES__ANALYTICS__BASE_URL": url,
-                   "SOURCES__ANALYTICS__API_KEY": "sandbox_api_key",
-                   "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": "0",
-                   "DESTINATION__DUCKDB__CREDENTIALS": str(db), "DLT_DATA_DIR": str(Path(tmp) / "dlt")}
-            truth_rows = sum(requests.get(f"{url}/_admin/counts", timeout=60).json().values())
-            results = []
-            for label in ("full sync", "no-change rerun"):
+            env = {**os.environ, "SOURCES__ANALYTICS__BASE_URL": url, "SOURCES__ANALYTICS__API_KEY": KEY,
+                   "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": "0", "DLT_DATA_DIR": str(Path(tmp) / "dlt"),
+                   "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / "project.duckdb")}
+            me = [sys.executable, str(Path(__file__).resolve()), "--url", url]
+
+            def measure(name: str, argv: list[str]) -> None:
                 requests.post(f"{url}/_admin/stats/reset", timeout=10)
-                seconds, rss = materialize(env)
-                stats = requests.get(f"{url}/_admin/stats", timeout=10).json()
-                results.append((label, seconds, stats["total"], rows_written(db), rss, stats["by_resource"]))
-            print(f"\n{'run':<18}{'wall s':>8}{'requests':>10}{'rows written':>14}{'peak RSS MiB':>14}")
-            for label, seconds, total, rows, rss, _ in results:
-                print(f"{label:<18}{seconds:>8.1f}{total:>10}{rows:>14}{rss / 1024:>14.0f}")
-            print(f"(API holds {truth_rows} rows)")
-            print("requests of the no-change rerun by resource:", json.dumps(results[1][5], sort_keys=True))
+                seconds, rss, output = run_variant(argv, env)
+                total = requests.get(f"{url}/_admin/stats", timeout=10).json()["total"]
+                rows = int(m.group(1)) if (m := re.search(r"^rows (\d+)$", output, re.M)) else -1
+                results.append((name, seconds, total, rows, rss))
+                print(f"  {name}: {seconds:.1f}s", flush=True)
+
+            measure("floor, sequential", me + ["--variant", "floor", "--db", str(Path(tmp) / "f1.duckdb")])
+            measure("floor, 16 threads", me + ["--variant", "floor", "--db", str(Path(tmp) / "f2.duckdb"), "--threads", "16"])
+            if not args.skip_plain_dlt:
+                measure("plain dlt defaults", me + ["--variant", "plain_dlt", "--db", str(Path(tmp) / "p.duckdb")])
+            materialize = [str(BIN / "dagster"), "asset", "materialize", "-m", "analytics_dagster.definitions", "--select", "*"]
+            for name in ("project, full sync", "project, no-change rerun"):
+                measure(name, materialize)
+                import duckdb
+                with duckdb.connect(env["DESTINATION__DUCKDB__CREDENTIALS"], read_only=True) as con:
+                    load = con.execute("SELECT max(load_id) FROM analytics._dlt_loads").fetchone()[0]
+                    tables = [t for (t,) in con.execute("SELECT table_name FROM information_schema.tables WHERE "
+                              "table_schema='analytics' AND table_name NOT LIKE '_dlt%'").fetchall()]
+                    written = sum(con.execute(f"SELECT count(*) FROM analytics.{t} WHERE _dlt_load_id = ?", [load]).fetchone()[0]
+                                  for t in tables)
+                results[-1] = results[-1][:3] + (written,) + results[-1][4:]
+            bare, location = import_cost(env)
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
+
+    floor_seq = results[0][1]
+    floor_par = results[1][1]
+    print(f"\n{'variant':<26}{'wall s':>8}{'requests':>10}{'rows':>9}{'peak RSS MiB':>14}{'/ floor seq':>13}{'/ floor 16':>12}")
+    for name, seconds, total, rows, rss in results:
+        print(f"{name:<26}{seconds:>8.1f}{total:>10}{rows:>9}{rss:>14}{seconds / floor_seq:>12.2f}x{seconds / floor_par:>11.2f}x")
+    by = {r[0]: r for r in results}
+    if "plain dlt defaults" in by:
+        print(f"project full sync is {by['plain dlt defaults'][1] / by['project, full sync'][1]:.1f}x faster than plain dlt defaults")
+    print(f"import dagster+dlt: {bare:.2f}s; load the code location: {location:.2f}s (+{location - bare:.2f}s)")
 
 
 if __name__ == "__main__":
