@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetSpec, Config, Material
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
-from analytics_dagster.source import RESOURCES_BY_NAME, analytics_source
+from analytics_dagster.source import RESOURCES_BY_NAME, Progress, analytics_source
 from analytics_dagster.source.pipeline import (
     DATASET_NAME,
     definition_pipeline,
@@ -21,6 +21,7 @@ GROUP = "analytics"
 # Every writer to the destination runs in this pool; its limit of 1 (dagster.yaml) keeps two
 # runs from writing one DuckDB file at once (shared/NOTES.md #5).
 DESTINATION_POOL = "analytics_destination"
+PROGRESS_EVERY_SECONDS = 10.0  # a line per resource in the run's log, at most this often
 
 
 def asset_key(resource: str) -> AssetKey:
@@ -75,7 +76,8 @@ def analytics_assets(
     """One dlt run for the selected resources, with a fresh source and pipeline each time
     (dagster-dlt mutates the source's schema in place: dagster-io/dagster#34052, NOTES #4)."""
     pipeline = make_pipeline()
-    source = analytics_source(full_refresh=config.full_refresh)
+    progress = Progress(report=context.log.info, every=PROGRESS_EVERY_SECONDS)
+    source = analytics_source(full_refresh=config.full_refresh, progress=progress)
     with pipeline_lock(pipeline):
         results = list(
             dlt.run(
@@ -85,6 +87,7 @@ def analytics_assets(
                 loader_file_format=loader_file_format(pipeline),
             )
         )
+        context.log.info("read: " + "; ".join(progress.summary()))
         by_table = {r.asset_key.path[-1]: r for r in results if isinstance(r, MaterializeResult) and r.asset_key}
         stats = table_stats(pipeline, {n: RESOURCES_BY_NAME[n].primary_key for n in by_table})
     resource_states = pipeline.state.get("sources", {}).get(source.name, {}).get("resources", {})

@@ -104,3 +104,25 @@ def test_timestamps_keep_order_at_nanoseconds() -> None:
     assert parse_ns("2023-08-18T14:07:37.5+02:00") == parse_ns("2023-08-18T12:07:37.5Z")
     with pytest.raises(ValueError):
         parse_ns("2023-08-18 noon")
+
+
+def test_progress_counts_across_paginator_copies_and_reports() -> None:
+    import copy
+
+    from analytics_dagster.source.progress import Progress
+
+    lines: list[str] = []
+    progress = Progress(report=lines.append, every=0.0)
+    paginator = HasMorePaginator("customer_addresses", progress=progress)
+    for copies in range(3):  # dlt deep-copies a child's paginator for every parent row
+        child = copy.deepcopy(paginator)
+        assert child.progress is progress
+        body = b'{"data": [{"id": "a"}, {"id": "b"}], "meta": {"pagination": {"has_more": false, "next": "x"}}}'
+        response = response_of(body)
+        _json_once("customer_addresses")(response)
+        child.update_state(response, [])
+    assert progress.summary()[0].startswith("customer_addresses: 3 pages, 6 rows read")
+    assert len(lines) == 3 and lines[-1].startswith("customer_addresses: 3 pages, 6 rows")
+    quiet = Progress(report=lines.append, every=3600.0)
+    quiet.page("events", 10)
+    assert len(lines) == 3, "at most one line per resource per interval"

@@ -148,3 +148,14 @@ def test_page_sizes_per_resource(warehouse: Path, admin: Admin, monkeypatch) -> 
     monkeypatch.setenv("SOURCES__ANALYTICS__PAGE_SIZES", '{"customerz": 7}')
     result = sync(["customers"], raise_on_error=False)
     assert not result.success
+
+
+def test_the_run_log_reports_progress_per_resource(warehouse: Path, admin: Admin) -> None:
+    instance = DagsterInstance.ephemeral()
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(instance=instance, asset_selection=[AssetKey(["analytics", "customer_addresses"])])
+    messages = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+    summary = next(m for m in messages if m.startswith("read: "))
+    customers = len(admin.truth("customers"))
+    assert f"customer_addresses: {customers} pages" in summary, summary
+    assert f"customers: 1 pages, {customers} rows read" in summary

@@ -18,6 +18,7 @@ from requests import Response
 from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS, change_filter, start_params
 from analytics_dagster.source.pacing import paced_session
 from analytics_dagster.source.paginator import HasMorePaginator, page_json
+from analytics_dagster.source.progress import Progress
 from analytics_dagster.source.resources import RESOURCES, RESOURCES_BY_NAME, ApiResource
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "RESOURCES",
     "RESOURCES_BY_NAME",
     "ApiResource",
+    "Progress",
     "analytics_source",
 ]
 
@@ -46,6 +48,7 @@ def analytics_source(
     full_refresh: bool = False,
     lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS,
     requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE,
+    progress: Optional[Progress] = None,
 ) -> list[DltResource]:
     """All twelve resources of the analytics API, synced incrementally.
 
@@ -60,6 +63,7 @@ def analytics_source(
             (see `analytics_dagster.source.incremental`).
         requests_per_minute: the request budget of a run, shared by every resource and worker
             (the API's limit is 240); 0: unpaced.
+        progress: where pages and rows read are counted and reported (not a setting).
     """
     # A new call builds new resources and paginators: both are stateful and must not be
     # shared between runs (shared/NOTES.md #4, #6).
@@ -76,7 +80,7 @@ def analytics_source(
         "resources": [
             _endpoint_config(
                 resource, (page_sizes or {}).get(resource.name, page_size), parallel_children,
-                full_refresh, lookback_seconds,
+                full_refresh, lookback_seconds, progress,
             )
             for resource in RESOURCES
         ],
@@ -104,7 +108,12 @@ def _pass_pages(page: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 
 def _endpoint_config(
-    resource: ApiResource, page_size: Optional[int], parallel: bool, full_refresh: bool, lookback_seconds: int
+    resource: ApiResource,
+    page_size: Optional[int],
+    parallel: bool,
+    full_refresh: bool,
+    lookback_seconds: int,
+    progress: Optional[Progress],
 ) -> dict[str, Any]:
     params: dict[str, Any] = {}
     endpoint: dict[str, Any] = {
@@ -118,6 +127,7 @@ def _endpoint_config(
         endpoint["paginator"] = HasMorePaginator(
             resource.name,
             start_params(resource, full_refresh=full_refresh, lookback_seconds=lookback_seconds),
+            progress,
         )
     else:
         endpoint["paginator"] = "single_page"

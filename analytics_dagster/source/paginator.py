@@ -7,6 +7,8 @@ from typing import Any, Callable, List, Optional
 from dlt.sources.helpers.rest_client.paginators import BaseNextUrlPaginator
 from requests import Request, Response
 
+from analytics_dagster.source.progress import Progress
+
 
 class MalformedPageError(ValueError):
     """A page that does not follow the API's contract; names the resource and what was wrong."""
@@ -36,16 +38,23 @@ class HasMorePaginator(BaseNextUrlPaginator):
     Paginators are stateful: build one per resource, never share one.
     """
 
-    def __init__(self, resource: str, start_params: Optional[Callable[[], dict[str, str]]] = None) -> None:
+    def __init__(
+        self,
+        resource: str,
+        start_params: Optional[Callable[[], dict[str, str]]] = None,
+        progress: Optional[Progress] = None,
+    ) -> None:
         """
         Args:
             resource: named in errors.
             start_params: called before the first request; its query parameters are added to
                 it (how an incremental run tells the API where to start).
+            progress: counts every page read (shared by all copies of this paginator).
         """
         super().__init__()
         self.resource = resource
         self.start_params = start_params
+        self.progress = progress
         self.pages = 0
 
     def init_request(self, request: Request) -> None:
@@ -64,6 +73,8 @@ class HasMorePaginator(BaseNextUrlPaginator):
                 self.resource, response.url, f"meta.pagination.has_more is {has_more!r}, not true or false"
             )
         self.pages += 1
+        if self.progress is not None:
+            self.progress.page(self.resource, len(body["data"]))
         next_url = pagination.get("next")
         if has_more and not next_url:
             raise MalformedPageError(self.resource, response.url, "has_more is true but there is no next URL")
