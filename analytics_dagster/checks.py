@@ -12,7 +12,7 @@ from dagster import (
 )
 
 from analytics_dagster.assets import DESTINATION_POOL, asset_key
-from analytics_dagster.source import RESOURCES
+from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
 from analytics_dagster.source.pipeline import make_pipeline, pipeline_lock, table_stats
 
 PK_CHECK = "primary_key_unique_not_null"
@@ -34,28 +34,28 @@ PK_CHECK = "primary_key_unique_not_null"
 )
 def primary_key_checks(context: AssetCheckExecutionContext) -> Iterator[AssetCheckResult]:
     """One query per selected table: row count, null keys and the most duplicated keys."""
-    primary_keys = {r.name: r.primary_key for r in RESOURCES}
-    selected = {key.asset_key.path[-1] for key in context.selected_asset_check_keys}
+    selected = sorted(key.asset_key.path[-1] for key in context.selected_asset_check_keys)
     pipeline = make_pipeline()
     with pipeline_lock(pipeline):
-        stats = table_stats(pipeline, {name: primary_keys[name] for name in sorted(selected)})
+        stats = table_stats(pipeline, selected)
     for name, table in stats.items():
+        key = RESOURCES_BY_NAME[name].primary_key
         duplicates = table["duplicate_keys"]
         null_keys = table["null_keys"]
         passed = not duplicates and not null_keys
         problems = []
         if duplicates:
             shown = ", ".join(f"{k} (x{n})" for k, n in duplicates.items())  # type: ignore[union-attr]
-            problems.append(f"duplicated {primary_keys[name]}: {shown}")
+            problems.append(f"duplicated {key}: {shown}")
         if null_keys:
-            problems.append(f"{null_keys} rows without {primary_keys[name]}")
+            problems.append(f"{null_keys} rows without {key}")
         yield AssetCheckResult(
             asset_key=asset_key(name),
             check_name=PK_CHECK,
             passed=passed,
             severity=AssetCheckSeverity.ERROR,
             description=(
-                f"{table['rows']} rows, {primary_keys[name]} unique and not null"
+                f"{table['rows']} rows, {key} unique and not null"
                 if passed
                 else f"{name}: " + "; ".join(problems)
             ),

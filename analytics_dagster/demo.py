@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         elapsed = time.monotonic() - started
         checks = {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations()}
-        stats = table_stats(make_pipeline(), {r.name: r.primary_key for r in RESOURCES}) if result.success else {}
+        stats = table_stats(make_pipeline(), [r.name for r in RESOURCES], keys=False) if result.success else {}
         requests = server.app.stats.total
         throttled = server.app.stats.by_status.get(429, 0)
 

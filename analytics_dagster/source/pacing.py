@@ -26,14 +26,12 @@ class Pacer:
         self.interval = 60.0 / (per_minute * _HEADROOM)
         self._lock = threading.Lock()
         self._next = time.monotonic()
-        self.waited = 0.0
 
     def wait(self) -> None:
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next)
             self._next = start + self.interval
-            self.waited += start - now
         if start > now:
             time.sleep(start - now)
 

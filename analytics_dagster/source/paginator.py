@@ -55,10 +55,8 @@ class HasMorePaginator(BaseNextUrlPaginator):
         self.resource = resource
         self.start_params = start_params
         self.progress = progress
-        self.pages = 0
 
     def init_request(self, request: Request) -> None:
-        self.pages = 0
         if self.start_params is not None:
             request.params = {**(request.params or {}), **self.start_params()}
 
@@ -72,7 +70,6 @@ class HasMorePaginator(BaseNextUrlPaginator):
             raise MalformedPageError(
                 self.resource, response.url, f"meta.pagination.has_more is {has_more!r}, not true or false"
             )
-        self.pages += 1
         if self.progress is not None:
             self.progress.page(self.resource, len(body["data"]))
         next_url = pagination.get("next")
