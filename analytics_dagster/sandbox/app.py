@@ -214,17 +214,16 @@ class SandboxApp:
         return _error(status, codes.get(status, "internal_error"), "Something went wrong.")
 
     def _injected(self, resource: str) -> Response | None:
-        for injection in self._injections:
-            if injection["resource"] == resource and injection["remaining"] > 0 and injection["kind"] == "status":
-                injection["remaining"] -= 1
-                return self._failure(int(injection["status"]))
-        return None
+        injection = self._take_injection(resource, status=True)
+        return self._failure(int(injection["status"])) if injection else None
 
-    def _take_injection(self, resource: str) -> str | None:
+    def _take_injection(self, resource: str, *, status: bool) -> dict[str, Any] | None:
+        """Use up one pending injection for `resource`: a status answer, or a bad page."""
         for injection in self._injections:
-            if injection["resource"] == resource and injection["remaining"] > 0 and injection["kind"] != "status":
+            if (injection["resource"] == resource and injection["remaining"] > 0
+                    and (injection["kind"] == "status") == status):
                 injection["remaining"] -= 1
-                return str(injection["kind"])
+                return injection
         return None
 
     # ------------------------------------------------------------------ /v1 handlers
@@ -265,7 +264,8 @@ class SandboxApp:
         return self._page_response(resource, keys, pagination)
 
     def _page_response(self, resource: str, keys: list[str], pagination: dict[str, Any]) -> Response:
-        injected = self._take_injection(resource)
+        injection = self._take_injection(resource, status=False)
+        injected = injection["kind"] if injection else None
         blobs = [self.world.blob(resource, key) for key in keys]
         if injected == "missing_pk" and keys:
             entity = dict(self.world.entities[resource][keys[0]])
