@@ -11,7 +11,8 @@ $(BIN)/uv:
 
 # the locked environment (uv.lock); uv itself is in the lock, so syncing keeps it
 $(VENV)/.synced: $(BIN)/uv pyproject.toml uv.lock
-	$(BIN)/uv sync --frozen --python $(BIN)/python
+	$(BIN)/uv sync --frozen --compile-bytecode --python $(BIN)/python
+	$(BIN)/python -m compileall -q analytics_dagster benchmarks
 	touch $@
 
 install: $(VENV)/.synced
