@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Optional
 
 import dlt
+from dlt.common.jsonpath import compile_path
 from dlt.extract.resource import DltResource
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.rest_api import rest_api_resources
@@ -118,7 +119,8 @@ def _endpoint_config(
     params: dict[str, Any] = {}
     endpoint: dict[str, Any] = {
         "path": resource.path,
-        "data_selector": resource.data_selector,
+        # compiled once: given as a string, dlt's client parses the JSONPath again for every page
+        "data_selector": compile_path(resource.data_selector),
         "params": params,
         "response_actions": [_json_once(resource.name)],
     }
