@@ -1,10 +1,20 @@
 """The code location: `dagster dev` and `dagster asset materialize -m analytics_dagster.definitions`."""
 
-from dagster import Definitions, in_process_executor
-from dagster_dlt import DagsterDltResource
+# Loading the code location is mostly importing dagster and dlt, which build hundreds of
+# thousands of long-lived objects; every full collection the garbage collector runs meanwhile
+# walks all of them again. Freezing what is loaded moves it out of the collector's way (it lives
+# as long as the process anyway): measured, loading this module took 1.5 s, and 1.1-1.2 s so.
+import gc
 
-from analytics_dagster.assets import analytics_assets
-from analytics_dagster.automation import (
+from dagster import Definitions, in_process_executor
+
+gc.freeze()
+import dlt  # noqa: E402,F401
+from dagster_dlt import DagsterDltResource  # noqa: E402
+
+gc.freeze()
+from analytics_dagster.assets import analytics_assets  # noqa: E402
+from analytics_dagster.automation import (  # noqa: E402
     api_events_sensor,
     daily_all,
     full_refresh_job,
@@ -14,7 +24,7 @@ from analytics_dagster.automation import (
     sync_fast_moving_job,
     weekly_full_refresh,
 )
-from analytics_dagster.checks import primary_key_checks
+from analytics_dagster.checks import primary_key_checks  # noqa: E402
 
 defs = Definitions(
     assets=[analytics_assets],
