@@ -53,13 +53,28 @@ class _Stats:
     total: int = 0
     by_resource: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     by_status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    times: list[tuple[float, str]] = field(default_factory=list)  # (wall clock, resource) of each
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, during: list[str] | None = None) -> dict[str, Any]:
+        stats: dict[str, Any] = {
             "total": self.total,
             "by_resource": dict(self.by_resource),
             "by_status": {str(k): v for k, v in self.by_status.items()},
         }
+        if during:
+            stats["during"] = self.during(during)
+        return stats
+
+    def during(self, resources: list[str]) -> dict[str, Any]:
+        """Requests to any resource from the first request to `resources` to the last one, and
+        their rate: how much of a rate limit a client used while it fetched those resources."""
+        marks = [at for at, resource in self.times if resource in resources]
+        if len(marks) < 2:
+            return {"resources": resources, "requests": len(marks), "seconds": 0.0, "per_minute": None}
+        first, last = min(marks), max(marks)
+        requests = sum(1 for at, _ in self.times if first <= at <= last)
+        return {"resources": resources, "requests": requests, "seconds": last - first,
+                "per_minute": (requests - 1) / (last - first) * 60}  # starts per minute
 
 
 def _error(status: int, code: str, detail: str, errors: list[dict[str, str]] | None = None) -> Response:
@@ -131,6 +146,7 @@ class SandboxApp:
         async def endpoint(request: Request) -> Response:
             self.stats.total += 1
             self.stats.by_resource[resource] += 1
+            self.stats.times.append((time.time(), resource))
             if self.config.latency > 0:
                 await asyncio.sleep(self.config.latency)
             response = self._rate_limited(request) or self._unauthorized(request)
@@ -357,7 +373,8 @@ class SandboxApp:
         return {"injections": self._injections}
 
     def _stats(self, request: Request, body: dict[str, Any]) -> Any:
-        return self.stats.as_dict()
+        during = request.query_params.get("during")
+        return self.stats.as_dict(during=during.split(",") if during else None)
 
     def _reset_stats(self, request: Request, body: dict[str, Any]) -> Any:
         self.stats = _Stats()
