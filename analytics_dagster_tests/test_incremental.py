@@ -131,3 +131,18 @@ def test_full_refresh_rewrites_everything(warehouse: Path, admin: Admin) -> None
     assert_warehouse_equals_api(warehouse, admin)
     admin.post("stats/reset")
     assert all(w["written"] == 0 for w in written(sync()).values()), "state after a full refresh"
+
+
+def test_the_state_keeps_only_keys_the_next_window_can_hold(warehouse: Path, admin: Admin) -> None:
+    """`seen` is saved with every load: a first run must not put every key of a table in it."""
+    from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS
+    from analytics_dagster.source.pipeline import make_pipeline
+
+    assert sync().success
+    resources = make_pipeline().state["sources"]["analytics"]["resources"]
+    for table in ("customers", "subscriptions", "customer_addresses"):
+        state, rows = resources[table], admin.truth(table)
+        window_start = state["max_ns"] - DEFAULT_LOOKBACK_SECONDS * 10**9
+        in_window = {r["id"] for r in rows if parse_ns(r["updated_at"]) >= window_start}
+        assert in_window <= set(state["seen"]), f"{table}: the next run would write these again"
+        assert len(state["seen"]) < len(rows) / 2, f"{table}: {len(state['seen'])} keys of {len(rows)} rows"

@@ -111,7 +111,11 @@ class ChangedSince(_Step):
         seen = self.state["seen"]
         if seen.get(key) == stamp:
             return False, "unchanged"
-        seen[key] = stamp
+        # Remembered only while it can fall inside the next run's window: that window starts at
+        # the final max_ns - lookback, at or after this one. A first run so keeps a handful of
+        # keys, not every key of the table (state is saved with every load).
+        if ns >= self.state["max_ns"] - self.lookback_ns:
+            seen[key] = stamp
         created = row.get("created_at")
         is_new = self.previous_max is None or (
             isinstance(created, str) and parse_ns(created) > self.previous_max
