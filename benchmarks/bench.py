@@ -158,22 +158,30 @@ def start_sandbox(customers: int, latency: float, *extra: str) -> tuple[subproce
     return process, match.group(0), time.monotonic() - started
 
 
-def budget_use(customers: int, per_minute: int, argv: list[str], env: dict[str, str]) -> dict[str, float]:
-    """A paced full sync against a sandbox enforcing `per_minute`: how much of the budget the
-    sync used while the children were fetched (from the first child request to the last)."""
+def sync_on_own_sandbox(customers: int, argv: list[str], env: dict[str, str], per_minute: int = 0,
+                        ) -> tuple[float, int, dict[str, Any]]:
+    """A full sync into a new warehouse against a sandbox of its own (enforcing `per_minute`
+    when set): wall seconds, peak RSS (MiB) and the sandbox's request stats."""
     import requests
 
-    sandbox, url, _ = start_sandbox(customers, 0.0, "--rate-limit", str(per_minute))
+    sandbox, url, _ = start_sandbox(customers, 0.0, *(["--rate-limit", str(per_minute)] if per_minute else []))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             env = {**env, "SOURCES__ANALYTICS__BASE_URL": url,
                    "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": str(per_minute), "DLT_DATA_DIR": str(Path(tmp) / "dlt"),
-                   "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / "paced.duckdb")}
-            seconds, _, _ = run_variant(argv, env)
+                   "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / "own.duckdb")}
+            seconds, rss, _ = run_variant(argv, env)
         stats = requests.get(f"{url}/_admin/stats", params={"during": ",".join(CHILDREN)}, timeout=10).json()
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
+    return seconds, rss, stats
+
+
+def budget_use(customers: int, per_minute: int, argv: list[str], env: dict[str, str]) -> dict[str, float]:
+    """A paced full sync against a sandbox enforcing `per_minute`: how much of the budget the
+    sync used while the children were fetched (from the first child request to the last)."""
+    seconds, _, stats = sync_on_own_sandbox(customers, argv, env, per_minute)
     during = stats["during"]
     return {"seconds": seconds, "requests": stats["total"], "fan_out_seconds": during["seconds"],
             "per_minute": during["per_minute"], "use": during["per_minute"] / per_minute,
@@ -200,6 +208,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--skip-plain-dlt", action="store_true", help="the slowest variant")
+    parser.add_argument("--no-rss-tenth", dest="rss_tenth", action="store_false",
+                        help="skip the full sync at a tenth of the customers (peak RSS against the data)")
     parser.add_argument("--paced-customers", type=int, default=60,
                         help="scale of the paced run (0: skip it); at 240/min, 60 customers take about a minute")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -251,6 +261,9 @@ def main() -> None:
                 results[-1] = results[-1][:3] + (written,) + results[-1][4:]
             bare, with_dlt, location = import_cost(env)
             paced = budget_use(args.paced_customers, 240, materialize, env) if args.paced_customers else None
+            # the same full sync at a tenth of the data: how peak RSS grows with the data
+            small = max(args.customers // 10, 1)
+            small_rss = sync_on_own_sandbox(small, materialize, env)[1] if args.rss_tenth else None
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
@@ -266,6 +279,10 @@ def main() -> None:
     print(f"import dagster: {bare:.2f}s; dagster+dlt+dagster_dlt: {with_dlt:.2f}s (+{with_dlt - bare:.2f}s); "
           f"load the code location: {location:.2f}s (+{location - bare:.2f}s over dagster, "
           f"+{location - with_dlt:.2f}s over dagster+dlt)")
+    if small_rss:
+        full_rss = by["project, full sync"][4]
+        print(f"peak RSS of the full sync: {small_rss} MiB at {small} customers, {full_rss} MiB at "
+              f"{args.customers} (10x the data): {full_rss / small_rss:.2f}x")
     if paced:
         print(f"paced at 240/min, {args.paced_customers} customers: {paced['seconds']:.1f}s, {paced['requests']} requests, "
               f"{paced['per_minute']:.0f}/min over the {paced['fan_out_seconds']:.0f}s children fan-out = "
