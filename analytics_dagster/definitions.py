@@ -3,14 +3,14 @@
 # Loading the code location is mostly importing dagster and dlt, which build hundreds of
 # thousands of long-lived objects; every full collection the garbage collector runs meanwhile
 # walks all of them again. Freezing what is loaded moves it out of the collector's way (it lives
-# as long as the process anyway): measured, loading this module took 1.5 s, and 1.1-1.2 s so.
+# as long as the process anyway). Measured: loading this module 1.5 s without, 1.05 s with
+# (`import dagster` alone: 0.7 s).
 import gc
 
 from dagster import Definitions, in_process_executor
 
 gc.freeze()
-import dlt  # noqa: E402,F401
-from dagster_dlt import DagsterDltResource  # noqa: E402
+from dagster_dlt import DagsterDltResource  # noqa: E402  (imports dlt)
 
 gc.freeze()
 from analytics_dagster.assets import analytics_assets  # noqa: E402

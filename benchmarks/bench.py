@@ -276,9 +276,9 @@ def main() -> None:
     by = {r[0]: r for r in results}
     if "plain dlt defaults" in by:
         print(f"project full sync is {by['plain dlt defaults'][1] / by['project, full sync'][1]:.1f}x faster than plain dlt defaults")
-    print(f"import dagster: {bare:.2f}s; dagster+dlt+dagster_dlt: {with_dlt:.2f}s (+{with_dlt - bare:.2f}s); "
-          f"load the code location: {location:.2f}s (+{location - bare:.2f}s over dagster, "
-          f"+{location - with_dlt:.2f}s over dagster+dlt)")
+    print(f"import dagster: {bare:.2f}s; dagster+dlt+dagster_dlt: {with_dlt:.2f}s ({with_dlt - bare:+.2f}s); "
+          f"load the code location: {location:.2f}s ({location - bare:+.2f}s over dagster, "
+          f"{location - with_dlt:+.2f}s over dagster+dlt)")
     if small_rss:
         full_rss = by["project, full sync"][4]
         print(f"peak RSS of the full sync: {small_rss} MiB at {small} customers, {full_rss} MiB at "

@@ -53,7 +53,8 @@ class _Stats:
     total: int = 0
     by_resource: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     by_status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    times: list[tuple[float, str]] = field(default_factory=list)  # (wall clock, resource) of each
+    # (wall clock, resource) of the latest requests, bounded for a long-running `make dev`
+    times: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=1_000_000))
 
     def as_dict(self, during: list[str] | None = None) -> dict[str, Any]:
         stats: dict[str, Any] = {
