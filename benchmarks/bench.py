@@ -30,20 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from analytics_dagster.source.resources import RESOURCES
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 KEY = "sandbox_api_key"
-LISTS = {  # table: (path, primary key, archived hidden by default)
-    "customers": ("/v1/customers", True),
-    "discounts": ("/v1/discounts", True),
-    "prices": ("/v1/prices", True),
-    "products": ("/v1/products", True),
-    "events": ("/v1/events", False),
-    "reports": ("/v1/reports", False),
-    "subscriptions": ("/v1/subscriptions", False),
-    "transactions": ("/v1/transactions", False),
-}
-CHILDREN = {"customer_addresses": "addresses", "businesses": "businesses"}
+# the API's resources as the project declares them (path, primary key, archived hidden or not)
+LISTS = [r for r in RESOURCES if r.paginated and not r.parent]
+CHILDREN = [r for r in RESOURCES if r.parent]  # listed once per customer
 
 
 # ---------------------------------------------------------------------- the variants (children)
@@ -70,18 +64,18 @@ def floor(url: str, db: str, threads: int) -> int:
                 return rows
             response = session.get(body["meta"]["pagination"]["next"])
 
-    tables = {name: listing(path, archived) for name, (path, archived) in LISTS.items()}
+    tables = {r.name: listing(r.path, r.archived) for r in LISTS}
     tables["event_types"] = session.get(url + "/v1/event-types").json()["data"]
     tables["ip_addresses"] = [{"ipv4_cidr": c} for c in session.get(url + "/v1/ips").json()["data"]["ipv4_cidrs"]]
     ids = [c["id"] for c in tables["customers"]]
-    for table, path in CHILDREN.items():
-        fetch = lambda cid, path=path: listing(f"/v1/customers/{cid}/{path}", True)  # noqa: E731
+    for child in CHILDREN:
+        fetch = lambda cid, child=child: listing(child.path.format(cus_id=cid), child.archived)  # noqa: E731
         if threads > 1:
             with ThreadPoolExecutor(threads) as pool:
                 pages = list(pool.map(fetch, ids))
         else:
             pages = [fetch(cid) for cid in ids]
-        tables[table] = [row for page in pages for row in page]
+        tables[child.name] = [row for page in pages for row in page]
     with duckdb.connect(db) as con:
         con.execute("CREATE SCHEMA floor")
         for name, rows in tables.items():
@@ -104,29 +98,19 @@ def plain_dlt(url: str, db: str) -> int:
     from analytics_dagster.source.paginator import HasMorePaginator  # the API's paging contract
 
     resources: list[dict[str, Any]] = []
-    for name, (path, archived) in LISTS.items():
-        params = {"status": "active,archived"} if archived else {}
-        resources.append({"name": name, "endpoint": {"path": path, "params": params, "data_selector": "data",
-                                                      "paginator": HasMorePaginator(name)},
-                          "primary_key": "event_id" if name == "events" else "id", "write_disposition": "merge"})
-    for name, path in CHILDREN.items():
-        resources.append({"name": name, "endpoint": {
-            "path": f"/v1/customers/{{resources.customers.id}}/{path}",
-            "params": {"status": "active,archived"}, "data_selector": "data", "paginator": HasMorePaginator(name)},
-            "primary_key": "id", "write_disposition": "merge"})
-    resources += [
-        {"name": "event_types", "endpoint": {"path": "/v1/event-types", "paginator": "single_page", "data_selector": "data"},
-         "primary_key": "name", "write_disposition": "merge"},
-        {"name": "ip_addresses", "endpoint": {"path": "/v1/ips", "paginator": "single_page", "data_selector": "data.ipv4_cidrs"},
-         "primary_key": "ipv4_cidr", "write_disposition": "merge",
-         "processing_steps": [{"map": lambda c: {"ipv4_cidr": c}}]},
-    ]
+    for r in RESOURCES:
+        endpoint = {"path": r.path.replace("{cus_id}", "{resources.customers.id}"), "data_selector": r.data_selector,
+                    "params": {"status": "active,archived"} if r.archived else {},
+                    "paginator": HasMorePaginator(r.name) if r.paginated else "single_page"}
+        resources.append({"name": r.name, "endpoint": endpoint, "primary_key": r.primary_key,
+                          "write_disposition": "merge"})
+        if r.name == "ip_addresses":  # the API lists bare CIDR strings
+            resources[-1]["processing_steps"] = [{"map": lambda c: {"ipv4_cidr": c}}]
     source = rest_api_source({"client": {"base_url": url, "auth": {"type": "bearer", "token": KEY}},
                               "resources": resources})
     pipeline = dlt.pipeline("bench_plain_dlt", destination=dlt.destinations.duckdb(db), dataset_name="plain")
     pipeline.run(source)
-    return sum(pipeline.last_trace.last_normalize_info.row_counts.get(t, 0)
-               for t in list(LISTS) + list(CHILDREN) + ["event_types", "ip_addresses"])
+    return sum(pipeline.last_trace.last_normalize_info.row_counts.get(r.name, 0) for r in RESOURCES)
 
 
 # ---------------------------------------------------------------------- the orchestrator
@@ -171,7 +155,7 @@ def sync_on_own_sandbox(customers: int, argv: list[str], env: dict[str, str], pe
                    "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": str(per_minute), "DLT_DATA_DIR": str(Path(tmp) / "dlt"),
                    "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / "own.duckdb")}
             seconds, rss, _ = run_variant(argv, env)
-        stats = requests.get(f"{url}/_admin/stats", params={"during": ",".join(CHILDREN)}, timeout=10).json()
+        stats = requests.get(f"{url}/_admin/stats", params={"during": ",".join(r.name for r in CHILDREN)}, timeout=10).json()
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
