@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from dlt.common.jsonpath import compile_path
 from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 
@@ -17,7 +18,7 @@ def _client(base_url: str, api_key: str) -> RESTClient:
         base_url=base_url.rstrip("/"),
         auth=BearerTokenAuth(token=api_key),
         paginator=HasMorePaginator("events"),
-        data_selector="data",
+        data_selector=compile_path("data"),  # as in the source: a string is parsed again per page
     )
 
 
