@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,11 @@ from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox import SandboxConfig, SandboxServer, World
 from analytics_dagster.source import RESOURCES
 
+REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "paddle"
+DAGSTER = str(Path(sys.executable).parent / "dagster")  # the CLI of this environment
+# the command a user runs: every asset, in a process of its own
+MATERIALIZE_ALL = [DAGSTER, "asset", "materialize", "-m", "analytics_dagster.definitions", "--select", "*"]
 TABLES = [r.name for r in RESOURCES]
 PRIMARY_KEYS = {r.name: r.primary_key for r in RESOURCES}
 

@@ -12,18 +12,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from analytics_dagster.sandbox import SandboxServer
-from analytics_dagster_tests.conftest import TABLES, Admin, assert_warehouse_equals_api, poll
+from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES, Admin, assert_warehouse_equals_api, poll
 
 CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.browser
 if not CHROMIUM.exists():
@@ -55,7 +52,7 @@ def dagster_dev(warehouse: Path, sandbox: SandboxServer, tmp_path: Path):
     port = free_port()
     log = open(tmp_path / "dagster_dev.log", "w")
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
+        [DAGSTER, "dev", "-h", "127.0.0.1", "-p", str(port)],
         cwd=REPO, env={**os.environ, "DAGSTER_HOME": str(home)},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

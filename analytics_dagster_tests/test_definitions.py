@@ -10,9 +10,8 @@ from pathlib import Path
 from dagster import AssetKey, DefaultSensorStatus, build_schedule_context
 
 from analytics_dagster.definitions import defs
-from analytics_dagster_tests.conftest import TABLES
+from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_loads_with_no_settings_and_no_network(tmp_path: Path) -> None:
@@ -73,7 +72,7 @@ def test_jobs_schedules_and_sensors() -> None:
 
 def test_dagster_cli_validates_the_definitions() -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "analytics_dagster.definitions"],
+        [DAGSTER, "definitions", "validate", "-m", "analytics_dagster.definitions"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import duckdb
@@ -9,7 +12,14 @@ import pytest
 from dagster import DagsterInstance
 
 from analytics_dagster.sandbox import SandboxServer
-from analytics_dagster_tests.conftest import TABLES, Admin, assert_warehouse_equals_api
+from analytics_dagster_tests.conftest import (
+    MATERIALIZE_ALL,
+    REPO,
+    TABLES,
+    Admin,
+    assert_warehouse_equals_api,
+    poll,
+)
 from analytics_dagster_tests.test_sync import sync
 
 
@@ -104,14 +114,7 @@ def test_the_key_appears_nowhere(warehouse: Path, admin: Admin, sandbox: Sandbox
 def test_two_materializations_at_once_both_succeed(warehouse: Path, admin: Admin) -> None:
     """Two real `dagster asset materialize` processes started together: the second waits its
     turn on the pipeline lock instead of failing on DuckDB's single-writer lock."""
-    import os
-    import subprocess
-    import sys
-
-    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
-               "-m", "analytics_dagster.definitions", "--select", "*"]
-    repo = Path(__file__).resolve().parents[1]
-    processes = [subprocess.Popen(command, cwd=repo, env=dict(os.environ), stdout=subprocess.DEVNULL,
+    processes = [subprocess.Popen(MATERIALIZE_ALL, cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = [(p.wait(timeout=600), p.stderr.read() if p.stderr else "") for p in processes]
     for code, err in outcomes:
@@ -146,22 +149,12 @@ def test_a_run_killed_mid_way_loses_nothing(
 ) -> None:
     """SIGKILL a real `dagster asset materialize` mid-extract or mid-load; the next run is exact:
     no duplicates, nothing lost, no cursor ahead of the loaded data."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from analytics_dagster_tests.conftest import poll
-
     assert sync().success
     admin.post("advance", updates=30, archives=5, new_customers=5, new_transactions=8)
     admin.post("stats/reset")
     if stage == "extract":
         admin.post("config", latency=0.02)  # slow enough to be caught paging
-    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
-               "-m", "analytics_dagster.definitions", "--select", "*"]
-    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=dict(os.environ),
+    process = subprocess.Popen(MATERIALIZE_ALL, cwd=REPO, env=dict(os.environ),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     normalized = tmp_path / "dlt" / "pipelines" / "analytics_sync" / "load" / "normalized"
     if stage == "extract":

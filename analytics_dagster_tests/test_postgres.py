@@ -19,10 +19,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from analytics_dagster_tests.conftest import TABLES, Admin, assert_warehouse_equals_api, poll
+from analytics_dagster_tests.conftest import REPO, TABLES, Admin, assert_warehouse_equals_api, poll
 from analytics_dagster_tests.test_sync import check_results, sync
 
-REPO = Path(__file__).resolve().parents[1]
 SERVER = os.environ.get("ANALYTICS_TEST_POSTGRES")
 
 if not SERVER:

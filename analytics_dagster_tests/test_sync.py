@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,13 +25,14 @@ from analytics_dagster.checks import PK_CHECK, primary_key_checks
 
 from analytics_dagster.definitions import defs
 from analytics_dagster_tests.conftest import (
+    MATERIALIZE_ALL,
+    REPO,
     TABLES,
     Admin,
     assert_table_equals_truth,
     assert_warehouse_equals_api,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def sync(tables: Optional[list[str]] = None, raise_on_error: bool = True, run_config: Any = None) -> Any:
@@ -113,10 +113,8 @@ def test_primary_key_check_fails_on_a_duplicate_and_names_it(warehouse: Path, ad
 def test_dagster_cli_materialize_is_exact(warehouse: Path, admin: Admin, tmp_path: Path) -> None:
     """The command users run, in a process of its own, with only the documented env set."""
     env = {k: v for k, v in os.environ.items()}
-    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
-               "-m", "analytics_dagster.definitions", "--select", "*"]
     for round_ in range(2):
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(MATERIALIZE_ALL, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         assert_warehouse_equals_api(warehouse, admin)
         admin.post("advance", updates=15, archives=4, new_customers=3, new_transactions=5)
