@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
 import subprocess
@@ -319,3 +320,62 @@ def test_cli_serves_on_a_free_port(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def all_events(server: SandboxServer, after: str | None = None) -> list[dict]:
+    params = {"order_by": "id[ASC]", "per_page": 200, **({"after": after} if after else {})}
+    return walk(server, "/v1/events", **params)[0]
+
+
+def test_every_create_and_update_emits_an_event_with_the_snapshot(sandbox: SandboxServer, admin: Admin) -> None:
+    world = sandbox.world
+    cutoff = world.retention_cutoff_ns()
+    events = all_events(sandbox)
+    assert events and all(parse_ns(e["occurred_at"]) >= cutoff for e in events)
+    created = {e["data"]["id"] for e in events if e["event_type"].endswith(".created")}
+    for table in ("customers", "customer_addresses", "businesses", "subscriptions", "transactions"):
+        recent = {e["id"] for e in admin.truth(table) if parse_ns(e["created_at"]) >= cutoff}
+        assert recent and recent <= created, table
+    newest = events[-1]["event_id"]
+    touched = admin.post("advance", updates=20, archives=4, new_customers=3, new_transactions=3, adjustments=2)
+    new = all_events(sandbox, after=newest)
+    assert [e["event_id"] for e in new] == sorted(touched["events"])
+    latest: dict[str, dict] = {}
+    for event in new:  # the last event of an entity holds its current snapshot
+        latest[event["data"]["id"]] = event
+    prefixes = {"customers": "customer", "customer_addresses": "address", "businesses": "business",
+                "discounts": "discount", "prices": "price", "products": "product",
+                "subscriptions": "subscription", "transactions": "transaction"}
+    for table, prefix in prefixes.items():
+        for key in touched.get(table, []):
+            entity = next(e for e in admin.truth(table) if e["id"] == key)
+            assert latest[key]["event_type"].startswith(prefix + ".") and latest[key]["data"] == entity, (table, key)
+    assert sum(e["event_type"] == "adjustment.created" for e in new) == 2
+    archived = [e for e in new if e["event_type"].endswith(".updated") and e["data"].get("status") == "archived"]
+    assert len(archived) >= 4, "an archive is an update event"
+
+
+def test_events_past_the_retention_are_not_listed_and_date_is_the_world_clock(sandbox: SandboxServer, admin: Admin) -> None:
+    response = get(sandbox, "/v1/events", per_page=1)
+    date = email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
+    assert date == sandbox.world.clock_ns // 10**9
+    newest = all_events(sandbox)[-1]["event_id"]
+    admin.post("advance", seconds=91 * 24 * 3600)
+    assert all_events(sandbox) == [] and all_events(sandbox, after=newest) == []
+    assert admin.get("counts")["events"] == 0 and admin.truth("events") == []
+    later = email.utils.parsedate_to_datetime(get(sandbox, "/v1/events").headers["Date"]).timestamp()
+    assert later - date >= 91 * 24 * 3600
+    touched = admin.post("advance", updates=3)
+    assert [e["event_id"] for e in all_events(sandbox, after=newest)] == touched["events"]
+
+
+def test_a_raw_event_swapped_cidrs_and_new_event_types(sandbox: SandboxServer, admin: Admin) -> None:
+    bad = admin.post("event", event_type="customer.updated", data={"name": "no id"})
+    assert all_events(sandbox)[-1] == bad
+    before = get(sandbox, "/v1/ips").json()["data"]["ipv4_cidrs"]
+    touched = admin.post("advance", cidrs_swapped=1, new_event_types=1)
+    after = get(sandbox, "/v1/ips").json()["data"]["ipv4_cidrs"]
+    gone, new = touched["ip_addresses"]
+    assert gone in before and gone not in after and new in after and len(after) == len(before)
+    names = [t["name"] for t in get(sandbox, "/v1/event-types").json()["data"]]
+    assert touched["event_types"][0] in names

@@ -7,6 +7,7 @@ added latency overlap across concurrent requests, the way a real remote API beha
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import math
 import random
@@ -132,6 +133,7 @@ class SandboxApp:
             Route("/_admin/counts", self._admin(self._counts), methods=["GET"]),
             Route("/_admin/advance", self._admin(self._advance), methods=["POST"]),
             Route("/_admin/mutate", self._admin(self._mutate), methods=["POST"]),
+            Route("/_admin/event", self._admin(self._event), methods=["POST"]),
             Route("/_admin/config", self._admin(self._config), methods=["GET", "POST"]),
             Route("/_admin/inject", self._admin(self._inject), methods=["POST"]),
             Route("/_admin/stats", self._admin(self._stats), methods=["GET"]),
@@ -160,6 +162,8 @@ class SandboxApp:
                     except _BadRequest as exc:
                         response = exc.response
             self.stats.by_status[response.status_code] += 1
+            # the API's clock is the world's (a clock tests move); clients can read it here
+            response.headers["Date"] = email.utils.formatdate(self.world.clock_ns / 1e9, usegmt=True)
             return response
 
         return endpoint
@@ -351,6 +355,11 @@ class SandboxApp:
     def _mutate(self, request: Request, body: dict[str, Any]) -> Any:
         """Set fields of one entity (a new field, a changed type, a huge value), as the API might."""
         return self.world.mutate(body["resource"], body["key"], body.get("set", {}), body.get("updated_at"))
+
+    def _event(self, request: Request, body: dict[str, Any]) -> Any:
+        """Append one event with any `data` (`{"event_type": ..., "data": ...}`), as a faulty or
+        newer API might send it: an unknown type, a `data` without `id`."""
+        return self.world.add_event(body["event_type"], body.get("data"))
 
     def _config(self, request: Request, body: dict[str, Any]) -> Any:
         for name, value in body.items():

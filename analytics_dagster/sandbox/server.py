@@ -45,6 +45,7 @@ class SandboxServer:
             uvicorn.Config(
                 self.app.asgi, log_level="warning", access_log=False, lifespan="off",
                 timeout_keep_alive=30, backlog=2048,
+                date_header=False,  # the app sends the world clock's Date
             )
         )
         self._thread: threading.Thread | None = None

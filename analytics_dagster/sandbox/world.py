@@ -11,7 +11,8 @@ customer_addresses        0 to 3 per customer (1.5 N)
 businesses                0 to 2 per customer (1 N)
 subscriptions             0.5 N
 transactions              0 to 4 per customer (2 N)
-events                    one per subscription, one or two per transaction (about 3.5 N)
+events                    one per create and update of the eight evented resources, of the
+                          last 90 days only (older ones are past the API's retention)
 products                  max(3, N / 20); prices: 2 per product
 discounts                 max(2, N / 20)
 reports                   max(1, N / 100)
@@ -20,6 +21,13 @@ event_types, ips          fixed lists from the real API's payloads
 
 About 10% of the entities that have an ``active``/``archived`` status start archived, and 30%
 were updated after their creation.
+
+The event stream follows the contract: every create or update (archives included) of a
+customer, address, business, discount, price, product, subscription or transaction emits an
+event ``<entity>.<verb>`` whose ``data`` is the entity's snapshot right after the change, and
+``/v1/events`` lists only the events of the last ``EVENT_RETENTION_DAYS`` days of the world
+clock. The world clock is the API's ``now``: it moves only when the world is advanced, and the
+server sends it as the ``Date`` header.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from analytics_dagster.rfc3339 import format_ns, parse_ns
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # sorted in ASCII, all of [a-z0-9]
 _START_NS = 1_672_531_200 * 10**9  # 2023-01-01T00:00:00Z
 _HISTORY_NS = 2 * 365 * 24 * 3600 * 10**9  # the initial world spans two years
+EVENT_RETENTION_DAYS = 90  # /v1/events lists the events of the last 90 days only
+_DAY_NS = 24 * 3600 * 10**9
 
 
 def _template(name: str) -> str:
@@ -70,16 +80,16 @@ RESOURCES: dict[str, Resource] = {
         Resource("transactions", "txn", max_per_page=30),
     ]
 }
-# what `advance(updates=...)` may touch, and the event type each update emits (None: no event)
-_UPDATE_EVENTS = {
-    "customers": "customer.updated",
-    "customer_addresses": "address.updated",
-    "businesses": "business.updated",
-    "discounts": "discount.updated",
-    "prices": "price.updated",
-    "products": "product.updated",
-    "subscriptions": "subscription.updated",
-    "transactions": "transaction.updated",
+# what `advance(updates=...)` may touch, and the entity named in its events (None: no events)
+_EVENT_ENTITY = {
+    "customers": "customer",
+    "customer_addresses": "address",
+    "businesses": "business",
+    "discounts": "discount",
+    "prices": "price",
+    "products": "product",
+    "subscriptions": "subscription",
+    "transactions": "transaction",
     "reports": None,
 }
 _ARCHIVABLE = [name for name, r in RESOURCES.items() if r.default_active_only]
@@ -124,14 +134,18 @@ class World:
             "34.195.105.136/32",
         ]
         # pickled once: unpickling a copy is several times faster than parsing JSON again
+        # events of the initial history, made once the history is written (see `_emit`)
+        self._history: list[tuple[int, str, str, str, str, str]] | None = []
         self._txn_template = pickle.dumps(json.loads(_template("transaction")))
         self._sub_template = pickle.dumps(json.loads(_template("subscription")))
         self._discount_template = pickle.dumps(json.loads(_template("discount")))
         self._generate(customers)
+        self._write_history_events()
 
     # ------------------------------------------------------------------ identities and time
-    def _new_id(self, prefix: str) -> str:
-        ms = max(self._last_id_ms + 1, self.clock_ns // 1_000_000)
+    def _new_id(self, prefix: str, at_ns: int | None = None) -> str:
+        """A new id of the world clock's millisecond, or of `at_ns`'s (never before the last id)."""
+        ms = max(self._last_id_ms + 1, (self.clock_ns if at_ns is None else at_ns) // 1_000_000)
         self._last_id_ms = ms
         # 10 characters of milliseconds, then 16 random ones: a ULID, lower-cased
         value = (ms << 80) | self.rng.getrandbits(80)
@@ -340,14 +354,50 @@ class World:
         entity["details"]["totals"]["total"] = str(self.rng.randint(100, 1_000_000))
         return self._store("transactions", entity)
 
-    def _new_event(self, event_type: str, snapshot: dict[str, Any], ts: str) -> dict[str, Any]:
+    def _new_event(
+        self, event_type: str, snapshot: dict[str, Any], ts: str, at_ns: int | None = None
+    ) -> dict[str, Any]:
         entity = {
-            "event_id": self._new_id("evt"),
+            "event_id": self._new_id("evt", at_ns),
             "event_type": event_type,
             "occurred_at": ts,
             "data": dict(snapshot),  # a snapshot: later top-level changes do not reach it
         }
         return self._store("events", entity)
+
+    def _emit(self, resource: str, verb: str, entity: dict[str, Any]) -> str | None:
+        """The event of a create or update of `entity`, right after it (None: no events for it).
+
+        While the initial history is written, the event is only noted, with the entity's status
+        and `updated_at` of that moment (all that history changes later): `_write_history_events`
+        makes those of the retention window, in time order, once the world's `now` is known.
+        """
+        name = _EVENT_ENTITY.get(resource)
+        if name is None:
+            return None
+        ts = entity["updated_at"]
+        if self._history is not None:
+            key = entity[RESOURCES[resource].primary_key]
+            self._history.append((parse_ns(ts), resource, key, f"{name}.{verb}", entity["status"], ts))
+            return None
+        # it occurred now, whatever `updated_at` a test gave the entity
+        occurred = ts if parse_ns(ts) >= self.clock_ns else self._stamp()
+        return self._new_event(f"{name}.{verb}", entity, occurred)["event_id"]
+
+    def _write_history_events(self) -> None:
+        assert self._history is not None
+        cutoff = self.retention_cutoff_ns()
+        self._last_id_ms = 0  # history ids are of their own instants, before the clock's
+        for at_ns, resource, key, event_type, status, ts in sorted(self._history, key=lambda e: e[0]):
+            if at_ns >= cutoff:
+                snapshot = dict(self.entities[resource][key], status=status, updated_at=ts)
+                self._new_event(event_type, snapshot, ts, at_ns)
+        self._last_id_ms = max(self._last_id_ms, self.clock_ns // 1_000_000)
+        self._history = None
+
+    def retention_cutoff_ns(self) -> int:
+        """Events that occurred before this instant are past the API's retention: never listed."""
+        return self.clock_ns - EVENT_RETENTION_DAYS * _DAY_NS
 
     # ------------------------------------------------------------------ the initial world
     def _generate(self, customers: int) -> None:
@@ -355,44 +405,53 @@ class World:
         step = max(2_000_000, _HISTORY_NS // entities_estimate)
         for _ in range(max(3, customers // 20)):
             product = self._new_product(self._stamp())
+            self._emit("products", "created", product)
             self._tick(step)
             for _ in range(2):
-                self._new_price(product["id"], self._stamp())
+                self._emit("prices", "created", self._new_price(product["id"], self._stamp()))
                 self._tick(step)
         for _ in range(max(2, customers // 20)):
-            self._new_discount(self._stamp())
+            self._emit("discounts", "created", self._new_discount(self._stamp()))
             self._tick(step)
         for i in range(customers):
             customer = self._new_customer(self._stamp())
+            self._emit("customers", "created", customer)
             self._tick(step)
             self._new_children(customer["id"], step)
             if self.rng.random() < 0.5:
-                sub = self._new_subscription(customer["id"], self._stamp())
-                self._new_event("subscription.created", sub, sub["created_at"])
+                self._emit("subscriptions", "created", self._new_subscription(customer["id"], self._stamp()))
                 self._tick(step)
             for _ in range(self.rng.randint(0, 4)):
-                txn = self._new_transaction(customer["id"], self._stamp())
-                self._new_event("transaction.created", txn, txn["created_at"])
-                if txn["status"] == "completed":
-                    self._new_event("transaction.completed", txn, txn["created_at"])
+                self._new_transaction_with_events(customer["id"], self._stamp())
                 self._tick(step)
             if i % 100 == 0:
                 self._new_report(self._stamp())
                 self._tick(step)
         self._age_history()
 
-    def _new_children(self, customer_id: str, step: int) -> None:
+    def _new_transaction_with_events(self, customer_id: str, ts: str) -> tuple[dict[str, Any], list[str]]:
+        """A transaction and the ids of its events (none while the history is written)."""
+        txn = self._new_transaction(customer_id, ts)
+        events = [self._emit("transactions", "created", txn)]
+        if txn["status"] == "completed":  # one action, two events
+            events.append(self._emit("transactions", "completed", txn))
+        return txn, [e for e in events if e]
+
+    def _new_children(self, customer_id: str, step: int) -> list[str]:
+        """0 to 3 addresses and 0 to 2 businesses of a customer, with their events: their event ids."""
+        events = []
         for _ in range(self.rng.randint(0, 3)):
-            self._new_address(customer_id, self._stamp())
+            events.append(self._emit("customer_addresses", "created", self._new_address(customer_id, self._stamp())))
             self._tick(step)
         for _ in range(self.rng.randint(0, 2)):
-            self._new_business(customer_id, self._stamp())
+            events.append(self._emit("businesses", "created", self._new_business(customer_id, self._stamp())))
             self._tick(step)
+        return [e for e in events if e]
 
     def _age_history(self) -> None:
         """Give some entities a later `updated_at`, and archive some, inside the past."""
         now = self.clock_ns
-        for resource in _UPDATE_EVENTS:
+        for resource in _EVENT_ENTITY:
             for key in self.ids[resource]:
                 roll = self.rng.random()
                 if roll >= 0.3:
@@ -403,6 +462,7 @@ class World:
                 if resource in _ARCHIVABLE and roll < 0.1:
                     entity["status"] = "archived"
                 self._touch(resource, entity, self._stamp(when))
+                self._emit(resource, "updated", entity)
 
     # ------------------------------------------------------------------ queries
     def page(
@@ -427,6 +487,8 @@ class World:
             keys: list[str] = self.by_customer[resource].get(customer_id, [])
         elif updated_bounds is not None:
             keys = self._transactions_updated_between(*updated_bounds)
+        elif resource == "events":
+            keys = self.retained_event_ids()
         else:
             keys = self.ids[resource]
         table = self.entities[resource]
@@ -464,16 +526,31 @@ class World:
             hi = bisect.bisect_left(index, probe)
         return sorted(key for _, key in index[lo:hi])
 
+    def retained_event_ids(self) -> list[str]:
+        """The ids of the events `/v1/events` lists now: those inside the retention window.
+
+        Event ids are time-ordered (their first 10 characters are the milliseconds), so the
+        window is a suffix of the sorted ids.
+        """
+        ids = self.ids["events"]
+        cutoff_ms = -(-self.retention_cutoff_ns() // 1_000_000)
+        cutoff = "evt_" + "".join(_CROCKFORD[(cutoff_ms >> s) & 31] for s in range(45, -5, -5))
+        start = bisect.bisect_left(ids, cutoff)
+        return ids[start:] if start else ids
+
     def truth(self, resource: str) -> list[dict[str, Any]]:
-        """Every entity of `resource`, archived included, as the warehouse should hold it."""
+        """Every entity of `resource`, archived included, as the API lists it now (events: the
+        retention window only)."""
         if resource == "ip_addresses":
             return [{"ipv4_cidr": cidr} for cidr in self.ip_cidrs]
         if resource == "event_types":
             return [dict(e) for e in self.event_types]
-        return [self.entities[resource][key] for key in self.ids[resource]]
+        keys = self.retained_event_ids() if resource == "events" else self.ids[resource]
+        return [self.entities[resource][key] for key in keys]
 
     def counts(self) -> dict[str, int]:
         counts = {name: len(ids) for name, ids in self.ids.items()}
+        counts["events"] = len(self.retained_event_ids())
         counts.update(event_types=len(self.event_types), ip_addresses=len(self.ip_cidrs))
         return counts
 
@@ -485,6 +562,9 @@ class World:
         archives: int = 0,
         new_customers: int = 0,
         new_transactions: int = 0,
+        adjustments: int = 0,
+        cidrs_swapped: int = 0,
+        new_event_types: int = 0,
         seconds: float = 60.0,
         same_instant: bool = False,
     ) -> dict[str, list[str]]:
@@ -495,7 +575,11 @@ class World:
             archives: active entities archived (their `status` and `updated_at` change).
             new_customers: customers created, each with 0 to 3 addresses and 0 to 2 businesses.
             new_transactions: transactions created for existing customers.
-            seconds: how far the world clock moves first.
+            adjustments: `adjustment.created` events: a type of event with no table.
+            cidrs_swapped: webhook source CIDRs replaced by new ones (no event).
+            new_event_types: event types added to `/v1/event-types` (no event).
+            seconds: how far the world clock moves first (events older than the retention
+                window then leave `/v1/events`).
             same_instant: give every change of this call the very same `updated_at` string.
 
         Returns:
@@ -511,21 +595,24 @@ class World:
             self._tick(50_000_000)
             return self._stamp()
 
-        def note(resource: str, key: str) -> None:
-            touched.setdefault(resource, []).append(key)
+        def later(entity: dict[str, Any], ts: str) -> str:
+            # stamps are rounded up to their digits: one in the same second may read earlier
+            # than the entity's last, and an entity's updated_at never goes back
+            return ts if parse_ns(ts) >= parse_ns(entity["updated_at"]) else entity["updated_at"]
 
-        updatable = [r for r in _UPDATE_EVENTS if self.ids[r]]
+        def note(resource: str, *keys: str | None) -> None:
+            touched.setdefault(resource, []).extend(k for k in keys if k)
+
+        updatable = [r for r in _EVENT_ENTITY if self.ids[r]]
         weights = [len(self.ids[r]) for r in updatable]
         for _ in range(updates):
             resource = self.rng.choices(updatable, weights)[0]
             key = self.rng.choice(self.ids[resource])
             entity = self.entities[resource][key]
             self._change(resource, entity)
-            ts = stamp()
-            self._touch(resource, entity, ts)
+            self._touch(resource, entity, later(entity, stamp()))
             note(resource, key)
-            if _UPDATE_EVENTS[resource]:
-                note("events", self._new_event(_UPDATE_EVENTS[resource], entity, ts)["event_id"])
+            note("events", self._emit(resource, "updated", entity))
         for _ in range(archives):
             resource = self.rng.choice(_ARCHIVABLE)
             active = [k for k in self.ids[resource] if self.entities[resource][k]["status"] == "active"]
@@ -534,23 +621,45 @@ class World:
             key = self.rng.choice(active)
             entity = self.entities[resource][key]
             entity["status"] = "archived"
-            self._touch(resource, entity, stamp())
+            self._touch(resource, entity, later(entity, stamp()))
             note(resource, key)
+            note("events", self._emit(resource, "updated", entity))  # an archive is an update
         for _ in range(new_customers):
             customer = self._new_customer(stamp())
             note("customers", customer["id"])
-            note("events", self._new_event("customer.created", customer, customer["created_at"])["event_id"])
+            note("events", self._emit("customers", "created", customer))
             before = {r: len(self.ids[r]) for r in ("customer_addresses", "businesses")}
-            self._new_children(customer["id"], 50_000_000)
+            note("events", *self._new_children(customer["id"], 50_000_000))
             for resource, count in before.items():
-                for key in self.ids[resource][count:]:
-                    note(resource, key)
+                note(resource, *self.ids[resource][count:])
         for _ in range(new_transactions):
-            customer_id = self.rng.choice(self.ids["customers"])
-            txn = self._new_transaction(customer_id, stamp())
+            txn, events = self._new_transaction_with_events(self.rng.choice(self.ids["customers"]), stamp())
             note("transactions", txn["id"])
-            note("events", self._new_event("transaction.created", txn, txn["created_at"])["event_id"])
+            note("events", *events)
+        for _ in range(adjustments):
+            ts = stamp()
+            data = {"id": self._new_id("adj"), "action": "refund", "status": "pending_approval",
+                    "transaction_id": self.rng.choice(self.ids["transactions"] or [None]),
+                    "created_at": ts, "updated_at": ts}
+            note("events", self._new_event("adjustment.created", data, ts)["event_id"])
+        for _ in range(cidrs_swapped):
+            gone = self.ip_cidrs.pop(self.rng.randrange(len(self.ip_cidrs)))
+            new = f"34.{self.rng.randint(0, 255)}.{self.rng.randint(0, 255)}.{self.rng.randint(0, 255)}/32"
+            self.ip_cidrs.append(new)
+            note("ip_addresses", gone, new)
+        for _ in range(new_event_types):
+            name = f"feature_{len(self.event_types)}.created"
+            self.event_types.append({"name": name, "description": "A feature was created.",
+                                     "group": "Feature", "available_versions": [1]})
+            note("event_types", name)
         return touched
+
+    def add_event(self, event_type: str, data: Any) -> dict[str, Any]:
+        """An event with any `data` at all, as a faulty or newer API might send it."""
+        self._tick(50_000_000)
+        ts = self._stamp()
+        entity = {"event_id": self._new_id("evt"), "event_type": event_type, "occurred_at": ts, "data": data}
+        return self._store("events", entity)
 
     def mutate(
         self, resource: str, key: str, values: dict[str, Any], updated_at: str | None = None
@@ -566,7 +675,8 @@ class World:
             self.clock_ns += 10**9
             updated_at = self._stamp()
         self._touch(resource, entity, updated_at)
-        return {"updated_at": entity["updated_at"]}
+        event_id = self._emit(resource, "updated", entity)
+        return {"updated_at": entity["updated_at"], "event_id": event_id}
 
     def _change(self, resource: str, entity: dict[str, Any]) -> None:
         """A visible change to one field, as a user of the real API would make it."""
