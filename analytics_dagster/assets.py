@@ -1,19 +1,21 @@
 """The twelve API resources as Dagster assets, made by `@dlt_assets` from the dlt source."""
 
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, Config, MaterializeResult
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
-from analytics_dagster.source import RESOURCES_BY_NAME, Progress, analytics_source
+from analytics_dagster.source import RESOURCES_BY_NAME, Progress, SyncPlan, analytics_source
 from analytics_dagster.source.pipeline import (
     DATASET_NAME,
+    SOURCE_NAME,
     definition_pipeline,
     loader_file_format,
     make_pipeline,
     pipeline_lock,
+    resource_states,
     table_stats,
 )
 
@@ -51,9 +53,16 @@ class AnalyticsTranslator(DagsterDltTranslator):
 
 
 class SyncConfig(Config):
-    """Run configuration of the sync."""
+    """Run configuration of the sync.
+
+    Attributes:
+        full_refresh: forget the incremental state: list every table whole, write every row.
+        incremental: `events` or `listing` for this run only (empty: the setting
+            `sources.analytics.incremental`, default `events`).
+    """
 
     full_refresh: bool = False
+    incremental: str = ""
 
 
 def _definition_source() -> Any:
@@ -77,8 +86,16 @@ def analytics_assets(
     (dagster-dlt mutates the source's schema in place: dagster-io/dagster#34052, NOTES #4)."""
     pipeline = make_pipeline()
     progress = Progress(report=context.log.info, every=PROGRESS_EVERY_SECONDS)
-    source = analytics_source(full_refresh=config.full_refresh, progress=progress)
+    tables = sorted(key.path[-1] for key in context.selected_asset_keys)
+    overrides = {"incremental": config.incremental} if config.incremental else {}
     with pipeline_lock(pipeline):
+        # built here, under the lock: its plan reads the cursors the last run committed
+        source = analytics_source(
+            full_refresh=config.full_refresh, run_state=resource_states(pipeline), tables=tables,
+            progress=progress, **overrides,
+        )
+        plan: SyncPlan = progress.plan
+        context.log.info("plan: " + "; ".join(_plan_line(plan, table) for table in tables))
         results = list(
             dlt.run(
                 context=context,
@@ -91,9 +108,11 @@ def analytics_assets(
         by_table = {r.asset_key.path[-1]: r for r in results if isinstance(r, MaterializeResult) and r.asset_key}
         # the row count is all this step needs: the checks step queries the keys
         stats = table_stats(pipeline, by_table, keys=False)
-    resource_states = pipeline.state.get("sources", {}).get(source.name, {}).get("resources", {})
+    resource_states_now = pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get("resources", {})
+    run_requests = sum(progress.requests.values())
     for name, result in by_table.items():
-        last_run = resource_states.get(name, {}).get("last_run", {})
+        state = resource_states_now.get(name, {})
+        last_run = state.get("last_run", {})
         yield MaterializeResult(
             asset_key=result.asset_key,
             metadata={
@@ -105,5 +124,35 @@ def analytics_assets(
                 "rows_updated": int(last_run.get("updated", 0)),
                 "rows_unchanged": int(last_run.get("unchanged", 0)),
                 "full_refresh": config.full_refresh,
+                "sync_mode": plan.mode(name),
+                "sync_reason": plan.reasons.get(name, ""),
+                "api_requests": _requests_for(progress, plan, name),
+                "api_requests_in_run": run_requests,
+                **_cursor_metadata(state.get("event_cursor")),
             },
         )
+
+
+def _plan_line(plan: SyncPlan, table: str) -> str:
+    mode = plan.mode(table)
+    if table in plan.feeds:
+        return f"{table}: events after {plan.feeds[table] or 'the oldest kept'}"
+    return f"{table}: {mode}" + (f" ({plan.reasons[table]})" if table in plan.reasons else "")
+
+
+def _requests_for(progress: Progress, plan: SyncPlan, table: str) -> int:
+    """The requests this run made for `table`: its own listing's, and the event stream's it read."""
+    own = progress.requests.get(table, 0) if table != "events" else 0
+    return own + (progress.requests.get("events", 0) if table in plan.feeds else 0)
+
+
+def _cursor_metadata(cursor: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The newest event the table has applied, when it occurred, and the API's time as of which
+    the table holds every change (how far behind the API it is)."""
+    if not cursor:
+        return {}
+    return {
+        "event_cursor": cursor.get("event_id") or "(start of the stream)",
+        "event_cursor_occurred_at": cursor.get("occurred_at") or "",
+        "current_as_of": cursor.get("as_of") or "",
+    }

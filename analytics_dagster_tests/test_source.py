@@ -9,7 +9,8 @@ from dlt.sources.helpers.rest_client import RESTClient
 from requests import Response
 
 from analytics_dagster.rfc3339 import format_ns, parse_ns
-from analytics_dagster.source import RESOURCES_BY_NAME, _json_once
+from analytics_dagster.source import RESOURCES_BY_NAME
+from analytics_dagster.source.paginator import json_once
 from analytics_dagster.source.paginator import HasMorePaginator, MalformedPageError
 from analytics_dagster_tests.conftest import FIXTURES
 
@@ -26,7 +27,7 @@ def response_of(body: bytes, url: str = "https://api.example.com/v1/transactions
 def parse_page(resource: str, body: bytes) -> tuple[list, HasMorePaginator]:
     """What the source does with one page: the JSON hook, the data selector, the paginator."""
     response = response_of(body)
-    _json_once(resource)(response)
+    json_once(resource)(response)
     data = RESTClient(base_url="https://api.example.com").extract_response(
         response, RESOURCES_BY_NAME[resource].data_selector
     )
@@ -71,7 +72,7 @@ def test_real_list_pages_parse(resource: str, fixture: str) -> None:
 def test_real_unpaginated_payloads_parse() -> None:
     ips = (FIXTURES / "ips" / "ips.json").read_bytes()
     response = response_of(ips)
-    _json_once("ip_addresses")(response)
+    json_once("ip_addresses")(response)
     cidrs = RESTClient(base_url="https://api.example.com").extract_response(response, "data.ipv4_cidrs")
     assert cidrs == json.loads(ips)["data"]["ipv4_cidrs"]
     event_types = json.loads((FIXTURES / "event_types" / "list_default.json").read_bytes())
@@ -119,7 +120,7 @@ def test_progress_counts_across_paginator_copies_and_reports() -> None:
         assert child.progress is progress
         body = b'{"data": [{"id": "a"}, {"id": "b"}], "meta": {"pagination": {"has_more": false, "next": "x"}}}'
         response = response_of(body)
-        _json_once("customer_addresses")(response)
+        json_once("customer_addresses")(response)
         child.update_state(response, [])
     assert progress.summary()[0].startswith("customer_addresses: 3 pages, 6 rows read")
     assert len(lines) == 3 and lines[-1].startswith("customer_addresses: 3 pages, 6 rows")

@@ -3,40 +3,59 @@
 Settings are read the dlt way from section `sources.analytics` (`.dlt/config.toml`,
 `.dlt/secrets.toml` or env vars such as `SOURCES__ANALYTICS__BASE_URL` and
 `SOURCES__ANALYTICS__API_KEY`), and only when `analytics_source()` is called, never at import.
+
+How a run is laid out depends on its plan (`analytics_dagster.source.events`): a table kept by
+events is a transformer of the one read of the event stream; a table listed in this run is a
+`rest_api` listing, incremental as `analytics_dagster.source.incremental` says.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import dlt
 from dlt.common.jsonpath import compile_path
 from dlt.extract.resource import DltResource
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.rest_api import rest_api_resources
-from requests import Response
 
+from analytics_dagster.source.events import (
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_RETENTION_MARGIN_DAYS,
+    EVENTS_PAGE_SIZE,
+    SyncPlan,
+    event_client,
+    events_from_feed,
+    feed_items,
+    plan_sync,
+    table_from_events,
+)
 from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS, change_filter, start_params
 from analytics_dagster.source.pacing import paced_session
-from analytics_dagster.source.paginator import HasMorePaginator, page_json
+from analytics_dagster.source.paginator import HasMorePaginator, json_once
+from analytics_dagster.source.pipeline import SOURCE_NAME
 from analytics_dagster.source.progress import Progress
 from analytics_dagster.source.resources import RESOURCES, RESOURCES_BY_NAME, ApiResource
 
 __all__ = [
     "CUSTOMER_LISTING",
+    "EVENT_FEED",
     "RESOURCES",
     "RESOURCES_BY_NAME",
     "ApiResource",
     "Progress",
+    "SyncPlan",
     "analytics_source",
 ]
 
-SOURCE_NAME = "analytics"
 DEFAULT_REQUESTS_PER_MINUTE = 240  # the API's rate limit per client
 # The customers listing feeds both the `customers` table and the two child resources. It is a
 # resource of its own, never loaded, so whatever `customers` filters (incremental sync) does not
 # hide customers from the children, and a child-only run never moves `customers`' state.
 CUSTOMER_LISTING = "customer_listing"
+# The run's one read of the event stream, never loaded: the `events` table and every table kept
+# by events are transformers of it.
+EVENT_FEED = "event_feed"
 
 
 @dlt.source(name=SOURCE_NAME, section=SOURCE_NAME, max_table_nesting=0)
@@ -49,6 +68,11 @@ def analytics_source(
     full_refresh: bool = False,
     lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS,
     requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE,
+    incremental: str = "events",
+    event_retention_days: int = DEFAULT_RETENTION_DAYS,
+    event_retention_margin_days: int = DEFAULT_RETENTION_MARGIN_DAYS,
+    run_state: Optional[dict[str, Any]] = None,
+    tables: Optional[Sequence[str]] = None,
     progress: Optional[Progress] = None,
 ) -> list[DltResource]:
     """All twelve resources of the analytics API, synced incrementally.
@@ -59,49 +83,74 @@ def analytics_source(
         page_size: `per_page` for every paginated resource, instead of each one's own.
         page_sizes: `per_page` by resource name, over `page_size` (e.g. `{"customers": 20}`).
         parallel_children: fetch the per-customer child resources concurrently.
-        full_refresh: forget the incremental state: read everything, write everything.
-        lookback_seconds: how far behind the newest `updated_at` seen a run looks again
+        full_refresh: forget the incremental state: list everything, write everything.
+        lookback_seconds: how far behind the newest `updated_at` seen a listing looks again
             (see `analytics_dagster.source.incremental`).
         requests_per_minute: the request budget of a run, shared by every resource and worker
             (the API's limit is 240); 0: unpaced.
-        progress: where pages and rows read are counted and reported (not a setting).
+        incremental: `events` (default): a table listed once is then kept by the event stream;
+            `listing`: every run lists every table (see `analytics_dagster.source.events`).
+        event_retention_days: how long the API keeps events (90).
+        event_retention_margin_days: a table whose event cursor is older than the retention
+            minus this margin is listed again.
+        run_state: the pipeline's resource states of this source, read when the run starts
+            (`analytics_dagster.source.pipeline.resource_states`): they plan the run, and
+            planning makes the run's first request. None: the source is only described (asset
+            definitions): nothing is requested, and it cannot run.
+        tables: the tables this run loads (default: all); the same as `with_resources` selects.
+        progress: where requests, pages and rows are counted and the plan is kept (not a setting).
     """
     # A new call builds new resources and paginators: both are stateful and must not be
     # shared between runs (shared/NOTES.md #4, #6).
     unknown = set(page_sizes or {}) - set(RESOURCES_BY_NAME)
     if unknown:
         raise ValueError(f"sources.analytics.page_sizes names no resource: {sorted(unknown)}")
+    session = paced_session(requests_per_minute, on_request=progress.request if progress else None)
+    sizes = {r.name: (page_sizes or {}).get(r.name, page_size) or r.page_size for r in RESOURCES}
+    if run_state is None:  # described only: every evented table laid out as a listing
+        plan = SyncPlan(incremental=incremental, feeds={"events": None})
+    else:
+        plan = plan_sync(
+            event_client(base_url, api_key, session, progress), run_state, tables or list(RESOURCES_BY_NAME),
+            incremental=incremental, full_refresh=full_refresh, retention_days=event_retention_days,
+            retention_margin_days=event_retention_margin_days, page_size=min(sizes["events"], EVENTS_PAGE_SIZE),
+        )
+    if progress is not None:
+        progress.plan = plan
+    fed = set(plan.feeds) | {"events"}  # the events table always is: it is the stream itself
+    listed = [r for r in RESOURCES if r.name not in fed]
     config: dict[str, Any] = {
-        "client": {
-            "base_url": base_url.rstrip("/"),
-            "auth": BearerTokenAuth(token=api_key),
-            "session": paced_session(requests_per_minute),
-        },
+        "client": {"base_url": base_url.rstrip("/"), "auth": BearerTokenAuth(token=api_key), "session": session},
         "resource_defaults": {"write_disposition": "merge"},
         "resources": [
-            _endpoint_config(
-                resource, (page_sizes or {}).get(resource.name, page_size), parallel_children,
-                full_refresh, lookback_seconds, progress,
-            )
-            for resource in RESOURCES
+            _endpoint_config(resource, sizes[resource.name], parallel_children, full_refresh,
+                             lookback_seconds, progress, plan)
+            for resource in [RESOURCES_BY_NAME["customers"]] + [r for r in listed if r.name != "customers"]
         ],
     }
     resources = {r.name: r for r in rest_api_resources(config)}
     listing = resources.pop(CUSTOMER_LISTING)
-    customers = RESOURCES_BY_NAME["customers"]
-    resources["customers"] = dlt.transformer(
-        _pass_pages,
-        name="customers",
-        data_from=listing,
-        primary_key=customers.primary_key,
-        columns=customers.columns,
+    def event_feed() -> Iterator[Any]:
+        yield from feed_items(plan)
+
+    feed = dlt.resource(event_feed, name=EVENT_FEED, selected=False)
+    for api in RESOURCES:
+        if api.name in fed:
+            step = events_from_feed(plan) if api.name == "events" else table_from_events(api, plan)
+            resources[api.name] = _table(step, api, feed)
+        elif api.name == "customers":
+            resources["customers"] = _table(_pass_pages, api, listing)
+        step = change_filter(api, full_refresh=full_refresh, lookback_seconds=lookback_seconds)
+        if step is not None and api.name not in fed:  # only changed rows go on to be written
+            resources[api.name].add_filter(step)
+    return [listing, feed] + [resources[r.name] for r in RESOURCES]
+
+
+def _table(step: Any, api: ApiResource, parent: DltResource) -> DltResource:
+    return dlt.transformer(
+        step, name=api.name, data_from=parent, primary_key=api.primary_key, columns=api.columns,
         write_disposition="merge",
     )
-    for api in RESOURCES:  # only changed rows go on to be normalized and written
-        resources[api.name].add_filter(
-            change_filter(api, full_refresh=full_refresh, lookback_seconds=lookback_seconds)
-        )
-    return [listing] + [resources[r.name] for r in RESOURCES]
 
 
 def _pass_pages(page: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -110,11 +159,12 @@ def _pass_pages(page: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 def _endpoint_config(
     resource: ApiResource,
-    page_size: Optional[int],
+    page_size: int,
     parallel: bool,
     full_refresh: bool,
     lookback_seconds: int,
     progress: Optional[Progress],
+    plan: SyncPlan,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {}
     endpoint: dict[str, Any] = {
@@ -122,13 +172,16 @@ def _endpoint_config(
         # compiled once: given as a string, dlt's client parses the JSONPath again for every page
         "data_selector": compile_path(resource.data_selector),
         "params": params,
-        "response_actions": [_json_once(resource.name)],
+        "response_actions": [json_once(resource.name)],
     }
     if resource.paginated:
-        params["per_page"] = page_size or resource.page_size
+        params["per_page"] = page_size
+        # a listing's first request: where the stream stood becomes the listed tables' cursor
+        noted = ["customers", "customer_addresses", "businesses"] if resource.name == "customers" else [resource.name]
         endpoint["paginator"] = HasMorePaginator(
             resource.name,
-            start_params(resource, full_refresh=full_refresh, lookback_seconds=lookback_seconds),
+            _listing_start(plan, noted, start_params(resource, full_refresh=full_refresh,
+                                                     lookback_seconds=lookback_seconds)),
             progress,
         )
     else:
@@ -148,22 +201,18 @@ def _endpoint_config(
         config["parallelized"] = parallel
     if resource.name == "ip_addresses":
         config["processing_steps"] = [{"map": _cidr_row}]
+    if resource.incremental == "replace":  # read whole: what left the API leaves the table
+        config["write_disposition"] = "replace"
     return config
+
+
+def _listing_start(plan: SyncPlan, tables: list[str], params: Any) -> Any:
+    def start() -> dict[str, str]:
+        plan.note_listing(tables)
+        return params() if params else {}
+
+    return start
 
 
 def _cidr_row(cidr: str) -> dict[str, str]:
     return {"ipv4_cidr": cidr}
-
-
-def _json_once(resource: str) -> Any:
-    """A response hook: parse a successful page once, with a clear error when it is not JSON.
-
-    dlt's client and the paginator both call `response.json()`; the parsed body is cached.
-    """
-
-    def hook(response: Response, *args: Any, **kwargs: Any) -> None:
-        if 200 <= response.status_code < 300:
-            body = page_json(resource, response)
-            response.json = lambda **_: body  # type: ignore[method-assign]
-
-    return hook

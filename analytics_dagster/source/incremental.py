@@ -1,12 +1,12 @@
-"""Incremental sync: each run writes only the rows that changed since the last one.
+"""Incremental listing: a listing writes only the rows that changed since the last one.
 
-The API's own incremental options are thin (shared/NOTES.md #11), so each resource gets the
-cheapest correct strategy it allows (`ApiResource.incremental`):
+A listing is how a table is backfilled, and how it is kept current in `listing` mode (in
+`events` mode, see `analytics_dagster.source.events`). The API's listing filters are thin
+(shared/NOTES.md #11), so each resource gets the cheapest correct strategy it allows
+(`ApiResource.incremental`):
 
 - ``server_updated_at`` (transactions): the API filters, ``updated_at[GTE]=<window start>``.
 - ``client_updated_at`` (everything else with ``updated_at``): listed whole, filtered here.
-- ``after_event_id`` (events): resumed with ``after=<last event_id>`` in ascending order.
-- ``full`` (event_types, ip_addresses): tiny; a row is written when its content changed.
 
 The window. ``max_ns`` is the newest ``updated_at`` a run has seen. The next run treats every
 row updated at or after ``max_ns - lookback`` as possibly new, and writes it unless the same
@@ -22,8 +22,6 @@ and a machine with an empty dlt working directory resumes from the destination.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Callable, Optional
 
 import dlt
@@ -123,49 +121,17 @@ class ChangedSince(_Step):
         return True, "new" if is_new else "updated"
 
 
-class NewEvents(_Step):
-    """Keeps events newer than the last one loaded (events never change)."""
-
-    def judge(self, row: dict[str, Any]) -> tuple[bool, str]:
-        assert self.state is not None
-        key = row.get(self.api.primary_key)
-        if not key:
-            raise ValueError(f"resource '{self.api.name}': a record has no primary key '{self.api.primary_key}'")
-        last = self.state.get("last_event_id")
-        if last is not None and key <= last:
-            return False, "unchanged"
-        self.state["last_event_id"] = key
-        return True, "new"
-
-
-class ContentChanged(_Step):
-    """Keeps rows whose content changed (small unpaginated resources without `updated_at`)."""
-
-    def judge(self, row: dict[str, Any]) -> tuple[bool, str]:
-        assert self.state is not None
-        key = str(row.get(self.api.primary_key))
-        digest = hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:16]
-        digests = self.state.setdefault("digests", {})
-        previous = digests.get(key)
-        if previous == digest:
-            return False, "unchanged"
-        digests[key] = digest
-        return True, "updated" if previous else "new"
-
-
-def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int) -> _Step:
-    """The filter step that implements `api.incremental`."""
-    if api.incremental == "after_event_id":
-        return NewEvents(api, full_refresh)
-    if api.incremental == "full":
-        return ContentChanged(api, full_refresh)
-    return ChangedSince(api, full_refresh, lookback_seconds * NS_PER_SECOND)
+def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int) -> Optional[ChangedSince]:
+    """The filter step of a listing of `api` (None: every row it reads is written)."""
+    if api.incremental in ("client_updated_at", "server_updated_at"):
+        return ChangedSince(api, full_refresh, lookback_seconds * NS_PER_SECOND)
+    return None
 
 
 def start_params(
     api: ApiResource, *, full_refresh: bool, lookback_seconds: int
 ) -> Optional[Callable[[], dict[str, str]]]:
-    """Query parameters of a run's first request, from the state (None: the resource has none)."""
+    """Query parameters of a listing's first request, from the state (None: the resource has none)."""
     if api.incremental == "server_updated_at":
 
         def since() -> dict[str, str]:
@@ -173,11 +139,4 @@ def start_params(
             return {} if start is None else {"updated_at[GTE]": format_ns(max(start, 0))}
 
         return since
-    if api.incremental == "after_event_id":
-
-        def after() -> dict[str, str]:
-            last = None if full_refresh else _state(api.name).get("last_event_id")
-            return {"order_by": "id[ASC]", **({"after": last} if last else {})}
-
-        return after
     return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 from dlt.sources.helpers.requests import Client
 from requests import PreparedRequest, Response, Session
@@ -37,25 +37,34 @@ class Pacer:
 
 
 class PacedAdapter(HTTPAdapter):
-    """A transport that waits for the pacer before every attempt (retries included)."""
+    """A transport that waits for the pacer (if any) before every attempt, retries included,
+    and tells `on_request` of each."""
 
-    def __init__(self, pacer: Pacer, **kwargs: Any) -> None:
+    def __init__(self, pacer: Optional[Pacer], on_request: Optional[Callable[[str], None]] = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pacer = pacer
+        self.on_request = on_request
 
     def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
-        self.pacer.wait()
+        if self.pacer is not None:
+            self.pacer.wait()
+        if self.on_request is not None:
+            self.on_request(request.url or "")
         return super().send(request, *args, **kwargs)
 
 
-def paced_session(requests_per_minute: int, max_connections: int = 50) -> Session:
+def paced_session(requests_per_minute: int, max_connections: int = 50,
+                  on_request: Optional[Callable[[str], None]] = None) -> Session:
     """A dlt HTTP session (with the configured retries) paced to `requests_per_minute`.
 
     One session serves every resource of a run, so one budget covers them all; 0: unpaced.
+    `on_request` is told the URL of every attempt (the run's request count).
     """
     session = Client(raise_for_status=False, max_connections=max_connections).session
-    if requests_per_minute > 0:
-        adapter = PacedAdapter(Pacer(requests_per_minute), pool_maxsize=max_connections)
+    if requests_per_minute > 0 or on_request is not None:
+        pacer = Pacer(requests_per_minute) if requests_per_minute > 0 else None
+        adapter = PacedAdapter(pacer, on_request, pool_maxsize=max_connections)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
     return session

@@ -84,3 +84,17 @@ class HasMorePaginator(BaseNextUrlPaginator):
 
     def __str__(self) -> str:
         return f"HasMorePaginator({self.resource})"
+
+
+def json_once(resource: str) -> Any:
+    """A response hook: parse a successful page once, with a clear error when it is not JSON.
+
+    dlt's client and the paginator both call `response.json()`; the parsed body is cached.
+    """
+
+    def hook(response: Response, *args: Any, **kwargs: Any) -> None:
+        if 200 <= response.status_code < 300:
+            body = page_json(resource, response)
+            response.json = lambda **_: body  # type: ignore[method-assign]
+
+    return hook

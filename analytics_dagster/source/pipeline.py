@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import dlt
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
@@ -19,6 +19,7 @@ from dlt.common.configuration.exceptions import ConfigFieldMissingException
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
 
 PIPELINE_NAME = "analytics_sync"
+SOURCE_NAME = "analytics"  # the dlt source's name: where its state lives
 DATASET_NAME = "analytics"
 DEFAULT_DUCKDB_FILE = "data/warehouse.duckdb"  # not analytics.duckdb: shared/NOTES.md #7
 
@@ -33,6 +34,18 @@ def make_pipeline() -> dlt.Pipeline:
     else:
         dest = destination_type
     return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination=dest, dataset_name=DATASET_NAME)
+
+
+def resource_states(pipeline: dlt.Pipeline) -> dict[str, Any]:
+    """The source's resource states (cursors) as the destination last committed them.
+
+    The local working directory is dropped first, as dagster-dlt does before every run: after a
+    run killed mid-load it holds a state whose cursors moved with rows that never landed, and
+    a plan made from it would skip those rows. What the destination committed is the truth.
+    """
+    pipeline.drop()
+    pipeline.sync_destination()
+    return dict(pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get("resources", {}))
 
 
 def definition_pipeline() -> dlt.Pipeline:

@@ -1,10 +1,14 @@
-"""Progress of a sync, per resource: pages, rows and elapsed time, reported now and then."""
+"""Progress of a sync, per resource: requests, pages, rows and elapsed time, reported now and then."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Optional
+from collections import Counter
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+from analytics_dagster.source.resources import resource_of_path
 
 Report = Callable[[str], None]
 
@@ -24,9 +28,17 @@ class Progress:
         self._lock = threading.Lock()
         self._counts: dict[str, list[int]] = {}
         self._last: dict[str, float] = {}
+        self.requests: Counter[str] = Counter()  # every attempt, retries included, by resource
+        self.plan: Any = None  # the run's SyncPlan, once the source has planned it
 
     def __deepcopy__(self, memo: dict) -> "Progress":
         return self
+
+    def request(self, url: str) -> None:
+        """Count one HTTP request (called by the transport for every attempt)."""
+        resource = resource_of_path(urlsplit(url).path)
+        with self._lock:
+            self.requests[resource] += 1
 
     def page(self, resource: str, rows: int) -> None:
         now = time.monotonic()
