@@ -22,6 +22,7 @@ from dagster import (
 
 from analytics_dagster.assets import GROUP, asset_key
 from analytics_dagster.source.events import events_after, latest_event_id
+from analytics_dagster.source.resources import table_of_event
 
 FAST_MOVING = ["events", "transactions", "subscriptions", "customers", "customer_addresses", "businesses"]
 
@@ -64,26 +65,13 @@ weekly_full_refresh = _schedule(
     "Every Sunday at 04:00: a full refresh of every resource.",
 )
 
-# which assets an event type's prefix touches (events themselves are always synced)
-_EVENT_ASSETS = {
-    "customer": "customers",
-    "address": "customer_addresses",
-    "business": "businesses",
-    "subscription": "subscriptions",
-    "transaction": "transactions",
-    "product": "products",
-    "price": "prices",
-    "discount": "discounts",
-}
-
-
 def assets_for_events(events: list[dict]) -> list[str]:
     """The assets a batch of events makes stale, `events` included, in a stable order."""
     touched = {"events"}
     for event in events:
-        prefix = str(event.get("event_type", "")).split(".")[0]
-        if prefix in _EVENT_ASSETS:
-            touched.add(_EVENT_ASSETS[prefix])
+        table = table_of_event(event.get("event_type"))
+        if table:
+            touched.add(table)
     return sorted(touched)
 
 
@@ -94,7 +82,8 @@ def assets_for_events(events: list[dict]) -> list[str]:
     default_status=DefaultSensorStatus.STOPPED,
     description=(
         "Polls the API's /v1/events for events newer than its cursor (the last event_id seen) "
-        "and requests a sync of the assets they touch. The first tick only sets the cursor."
+        "and requests a sync of the assets they touch; in events mode such a run costs a "
+        "request per 200 events. The first tick only sets the cursor."
     ),
 )
 def api_events_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:

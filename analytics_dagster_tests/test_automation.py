@@ -13,10 +13,12 @@ from analytics_dagster.automation import (
     report_failed_runs,
 )
 from analytics_dagster.definitions import defs
-from analytics_dagster_tests.conftest import Admin
+from analytics_dagster_tests.conftest import Admin, assert_warehouse_equals_api
+from analytics_dagster_tests.test_sync import sync
 
 
 def test_events_sensor_requests_a_run_only_for_new_events(warehouse: Path, admin: Admin) -> None:
+    assert sync().success  # the backfill
     first = api_events_sensor.evaluate_tick(build_sensor_context(cursor=None))
     assert not first.run_requests
     newest = admin.truth("events")[-1]["event_id"]
@@ -32,6 +34,11 @@ def test_events_sensor_requests_a_run_only_for_new_events(warehouse: Path, admin
     selected = {k.path[-1] for k in request.asset_selection}
     assert {"events", "transactions", "customers"} <= selected
     assert tick.cursor == admin.truth("events")[-1]["event_id"] != first.cursor
+    # the run it requests is fed by the events: one request, and exact
+    admin.post("stats/reset")
+    assert sync(sorted(selected)).success
+    assert admin.get("stats")["by_resource"] == {"events": 1}
+    assert_warehouse_equals_api(warehouse, admin, sorted(selected))
 
     again = api_events_sensor.evaluate_tick(build_sensor_context(cursor=tick.cursor))
     assert not again.run_requests
