@@ -11,7 +11,11 @@ process started with the chosen scale and latency:
 4. project again, with nothing changed: the no-change incremental rerun;
 5. project paced at 240 requests/minute against a sandbox that enforces that limit (at a small
    scale: the budget, not the data, sets its length): the share of the budget used while the
-   customers' children are fetched.
+   customers' children are fetched;
+6. incremental runs by mode (`--incremental`, default 2,000 and 20,000 customers): after an
+   unpaced backfill, a no-change run and a run after 1% of the entities changed, in events mode
+   paced at 240/minute against a sandbox enforcing that limit, and in listing mode unpaced (paced,
+   its runs would take hours: their time at 240/minute is computed from their requests).
 
 Ratios are to the floor measured in the same run: this machine is shared and noisy.
 """
@@ -172,6 +176,58 @@ def budget_use(customers: int, per_minute: int, argv: list[str], env: dict[str, 
             "429s": stats["by_status"].get("429", 0)}
 
 
+def incremental_costs(customers: int, per_minute: int = 240) -> list[dict[str, Any]]:
+    """Backfill, no-change run and 1%-changed run in both modes, against one sandbox."""
+    import requests
+
+    sandbox, url, _ = start_sandbox(customers, 0.0)
+    admin = f"{url}/_admin"
+    rows: list[dict[str, Any]] = []
+    materialize = [str(BIN / "dagster"), "asset", "materialize", "-m", "analytics_dagster.definitions", "--select", "*"]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            def run(mode: str, label: str, paced: bool) -> None:
+                requests.post(f"{admin}/config", json={"rate_limit": per_minute if paced else 0}, timeout=10)
+                requests.post(f"{admin}/stats/reset", timeout=10)
+                env = {**os.environ, "SOURCES__ANALYTICS__BASE_URL": url, "SOURCES__ANALYTICS__API_KEY": KEY,
+                       "SOURCES__ANALYTICS__INCREMENTAL": mode, "DLT_DATA_DIR": str(Path(tmp) / mode),
+                       "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": str(per_minute if paced else 0),
+                       "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / f"{mode}.duckdb")}
+                seconds, _, _ = run_variant(materialize, env)
+                stats = requests.get(f"{admin}/stats", timeout=10).json()
+                rows.append({"customers": customers, "mode": mode, "run": label, "paced": paced, "seconds": seconds,
+                             "requests": stats["total"], "429s": stats["by_status"].get("429", 0)})
+                print(f"  {customers} customers, {mode}, {label}: {seconds:.1f}s, {stats['total']} requests", flush=True)
+
+            for mode in ("events", "listing"):
+                run(mode, "backfill", paced=False)
+            for mode in ("events", "listing"):
+                run(mode, "no change", paced=mode == "events")
+            counts = requests.get(f"{admin}/counts", timeout=10).json()
+            entities = sum(n for table, n in counts.items() if table not in ("events", "event_types", "ip_addresses"))
+            requests.post(f"{admin}/advance", json={"updates": entities // 100}, timeout=60)
+            for mode in ("events", "listing"):
+                run(mode, "1% changed", paced=mode == "events")
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=10)
+    return rows
+
+
+def incremental_table(rows: list[dict[str, Any]], per_minute: int = 240) -> str:
+    """The Markdown table of `incremental_costs` (docs/benchmark.md has the same shape)."""
+    lines = [f"| customers | mode | run | requests | wall time | at {per_minute}/minute |", "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        floor = r["requests"] * 60 / per_minute  # what the budget alone allows
+        at_limit = (f"{r['seconds']:.1f} s measured" if r["paced"] else
+                    f"≥ {floor / 60:.1f} min" if floor >= 60 else f"≥ {floor:.1f} s")
+        wall = f"{r['seconds']:.1f} s" + ("" if r["paced"] else " unpaced")
+        if r["429s"]:
+            at_limit += f" ({r['429s']} x 429)"
+        lines.append(f"| {r['customers']:,} | {r['mode']} | {r['run']} | {r['requests']:,} | {wall} | {at_limit} |")
+    return "\n".join(lines)
+
+
 def import_cost(env: dict[str, str]) -> tuple[float, float, float]:
     """Seconds to import dagster alone, dagster with dlt and dagster-dlt (which `@dlt_assets`
     needs), and to load the code location (best of 3 each)."""
@@ -196,6 +252,9 @@ def main() -> None:
                         help="skip the full sync at a tenth of the customers (peak RSS against the data)")
     parser.add_argument("--paced-customers", type=int, default=60,
                         help="scale of the paced run (0: skip it); at 240/min, 60 customers take about a minute")
+    parser.add_argument("--incremental", default="2000,20000",
+                        help="account sizes for the incremental runs by mode, comma-separated ('': skip)")
+    parser.add_argument("--only-incremental", action="store_true", help="run nothing but the incremental runs")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
@@ -206,6 +265,10 @@ def main() -> None:
         return
     if args.variant == "plain_dlt":
         print("rows", plain_dlt(args.url, args.db))
+        return
+    sizes = [int(n) for n in args.incremental.split(",") if n.strip()]
+    if args.only_incremental:
+        print_incremental(sizes)
         return
 
     sandbox, url, ready = start_sandbox(args.customers, args.latency)
@@ -271,6 +334,15 @@ def main() -> None:
         print(f"paced at 240/min, {args.paced_customers} customers: {paced['seconds']:.1f}s, {paced['requests']} requests, "
               f"{paced['per_minute']:.0f}/min over the {paced['fan_out_seconds']:.0f}s children fan-out = "
               f"{paced['use']:.0%} of the budget, {paced['429s']} x 429")
+    print_incremental(sizes)
+
+
+def print_incremental(sizes: list[int]) -> None:
+    if not sizes:
+        return
+    print("\nincremental runs by mode (events paced at 240/minute against an enforcing sandbox):")
+    rows = [row for size in sizes for row in incremental_costs(size)]
+    print("\n" + incremental_table(rows))
 
 
 if __name__ == "__main__":
