@@ -1,6 +1,7 @@
 """The twelve API resources as Dagster assets, made by `@dlt_assets` from the dlt source."""
 
 
+from collections import Counter
 from typing import Any, Iterator, Optional
 
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, Config, MaterializeResult
@@ -82,36 +83,62 @@ def _definition_source() -> Any:
 def analytics_assets(
     context: AssetExecutionContext, dlt: DagsterDltResource, config: SyncConfig
 ) -> Iterator[MaterializeResult]:
-    """One dlt run for the selected resources, with a fresh source and pipeline each time
-    (dagster-dlt mutates the source's schema in place: dagster-io/dagster#34052, NOTES #4)."""
+    """dlt runs of the selected resources (one, or one per chunk of a backfill), with a fresh
+    source each time (dagster-dlt mutates the source's schema in place:
+    dagster-io/dagster#34052, NOTES #4)."""
     pipeline = make_pipeline()
     progress = Progress(report=context.log.info, every=PROGRESS_EVERY_SECONDS)
     tables = sorted(key.path[-1] for key in context.selected_asset_keys)
     overrides = {"incremental": config.incremental} if config.incremental else {}
+    by_table: dict[str, MaterializeResult] = {}
+    written: Counter[str] = Counter()
+    loads: Counter[str] = Counter()
+    plans: list[SyncPlan] = []
     with pipeline_lock(pipeline):
-        # built here, under the lock: its plan reads the cursors the last run committed
-        source = analytics_source(
-            full_refresh=config.full_refresh, run_state=resource_states(pipeline), tables=tables,
-            progress=progress, **overrides,
-        )
-        plan: SyncPlan = progress.plan
-        context.log.info("plan: " + "; ".join(_plan_line(plan, table) for table in tables))
-        results = list(
-            dlt.run(
+        # Chunk by chunk: a backfill commits every `backfill_chunk_rows` rows, each chunk a
+        # load with its own state, and the next chunk (or the next run, after a failure)
+        # resumes after it. The tables whose backfill ends (and `events`) take, last, the events
+        # of the changes made while they were listed: the run ends with every table current.
+        # Built here, under the lock: a plan reads what the last load committed.
+        chunk, finished, caught_up = tables, set(), False
+        while chunk:
+            source = analytics_source(
+                full_refresh=config.full_refresh and not plans, run_state=resource_states(pipeline),
+                tables=chunk, progress=progress, **overrides,
+            )
+            plans.append(progress.plan)
+            context.log.info(f"plan {len(plans)}: " + "; ".join(_plan_line(progress.plan, t) for t in chunk))
+            results = dlt.run(
                 context=context,
-                dlt_source=source,
+                dlt_source=source if chunk == tables else source.with_resources(*chunk),
                 dlt_pipeline=pipeline,
                 loader_file_format=loader_file_format(pipeline),
             )
-        )
+            by_table.update(
+                {r.asset_key.path[-1]: r for r in results if isinstance(r, MaterializeResult) and r.asset_key}
+            )
+            written.update({t: n for t, n in pipeline.last_trace.last_normalize_info.row_counts.items() if t in tables})
+            loads.update(chunk)
+            states = _resource_states(pipeline)
+            backfilling = [t for t in tables if "backfill" in states.get(t, {})]
+            finished |= set(progress.plan.backfills) - set(backfilling)
+            if backfilling:
+                context.log.info(f"backfill: chunk {len(plans)} committed; " + "; ".join(
+                    f"{t} {states[t]['backfill']['rows']} rows, after {states[t]['backfill']['after']}"
+                    for t in backfilling))
+                chunk = backfilling
+            elif finished and not caught_up:
+                chunk, caught_up = sorted(finished | ({"events"} & set(tables))), True
+            else:
+                chunk = []
         context.log.info("read: " + "; ".join(progress.summary()))
-        by_table = {r.asset_key.path[-1]: r for r in results if isinstance(r, MaterializeResult) and r.asset_key}
         # the row count is all this step needs: the checks step queries the keys
         stats = table_stats(pipeline, by_table, keys=False)
-    resource_states_now = pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get("resources", {})
+    states = _resource_states(pipeline)
+    plan = plans[0]
     run_requests = sum(progress.requests.values())
     for name, result in by_table.items():
-        state = resource_states_now.get(name, {})
+        state = states.get(name, {})
         last_run = state.get("last_run", {})
         yield MaterializeResult(
             asset_key=result.asset_key,
@@ -119,18 +146,23 @@ def analytics_assets(
                 **(result.metadata or {}),
                 "dagster/row_count": stats[name]["rows"],
                 # a run that finds nothing new writes 0 rows and succeeds (shared/NOTES.md #9)
-                "rows_written": int(pipeline.last_trace.last_normalize_info.row_counts.get(name, 0)),
+                "rows_written": written[name],
                 "rows_new": int(last_run.get("new", 0)),
                 "rows_updated": int(last_run.get("updated", 0)),
                 "rows_unchanged": int(last_run.get("unchanged", 0)),
                 "full_refresh": config.full_refresh,
                 "sync_mode": plan.mode(name),
                 "sync_reason": plan.reasons.get(name, ""),
+                "loads": loads[name],
                 "api_requests": _requests_for(progress, plan, name),
                 "api_requests_in_run": run_requests,
                 **_cursor_metadata(state.get("event_cursor")),
             },
         )
+
+
+def _resource_states(pipeline: Any) -> dict[str, Any]:
+    return pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get("resources", {})
 
 
 def _plan_line(plan: SyncPlan, table: str) -> str:

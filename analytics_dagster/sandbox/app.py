@@ -153,7 +153,7 @@ class SandboxApp:
             if self.config.latency > 0:
                 await asyncio.sleep(self.config.latency)
             response = self._rate_limited(request) or self._unauthorized(request)
-            response = response or self._fault(request) or self._injected(resource)
+            response = response or self._fault(request) or self._injected(resource, request.url.path)
             if response is None:
                 async with self._lock:
                     self._run_deferred()
@@ -234,15 +234,21 @@ class SandboxApp:
         codes = {500: "internal_error", 503: "service_unavailable"}
         return _error(status, codes.get(status, "internal_error"), "Something went wrong.")
 
-    def _injected(self, resource: str) -> Response | None:
-        injection = self._take_injection(resource, status=True)
+    def _injected(self, resource: str, path: str) -> Response | None:
+        injection = self._take_injection(resource, status=True, path=path)
         return self._failure(int(injection["status"])) if injection else None
 
-    def _take_injection(self, resource: str, *, status: bool) -> dict[str, Any] | None:
-        """Use up one pending injection for `resource`: a status answer, or a bad page."""
+    def _take_injection(self, resource: str, *, status: bool, path: str = "") -> dict[str, Any] | None:
+        """Use up one pending injection for `resource`: a status answer, or a bad page.
+
+        A status injection sticks to the path that takes it first: with `count` above the
+        retries, that one request keeps failing (other customers' children go on).
+        """
         for injection in self._injections:
             if (injection["resource"] == resource and injection["remaining"] > 0
-                    and (injection["kind"] == "status") == status):
+                    and self.stats.total >= injection["from_request"]
+                    and (injection["kind"] == "status") == status
+                    and injection.setdefault("path", path) == path):
                 injection["remaining"] -= 1
                 return injection
         return None
@@ -372,13 +378,15 @@ class SandboxApp:
 
     def _inject(self, request: Request, body: dict[str, Any]) -> Any:
         """Make the next `count` pages of `resource` bad: `kind` is malformed_json, no_data,
-        no_has_more, missing_pk, or status (with `status`: an HTTP status to answer)."""
+        no_has_more, missing_pk, or status (with `status`: an HTTP status to answer); with
+        `after_requests`: N, only once N more API requests came in (to fail a sync part-way)."""
         kinds = {"malformed_json", "no_data", "no_has_more", "missing_pk", "status"}
         if body.get("kind") not in kinds:
             raise ValueError(f"kind must be one of {sorted(kinds)}")
         self._injections.append(
             {"resource": body["resource"], "kind": body["kind"], "status": body.get("status", 500),
-             "remaining": int(body.get("count", 1))}
+             "remaining": int(body.get("count", 1)),
+             "from_request": self.stats.total + int(body.get("after_requests", 0))}
         )
         return {"injections": self._injections}
 

@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 DEFAULT_REQUESTS_PER_MINUTE = 240  # the API's rate limit per client
+# 2,000 customers with their children are some 4,000 requests: 17 minutes at 240 a minute, the
+# most a killed or failed backfill loses
+DEFAULT_BACKFILL_CHUNK_ROWS = 2000
 # The customers listing feeds both the `customers` table and the two child resources. It is a
 # resource of its own, never loaded, so whatever `customers` filters (incremental sync) does not
 # hide customers from the children, and a child-only run never moves `customers`' state.
@@ -71,6 +74,7 @@ def analytics_source(
     incremental: str = "events",
     event_retention_days: int = DEFAULT_RETENTION_DAYS,
     event_retention_margin_days: int = DEFAULT_RETENTION_MARGIN_DAYS,
+    backfill_chunk_rows: int = DEFAULT_BACKFILL_CHUNK_ROWS,
     run_state: Optional[dict[str, Any]] = None,
     tables: Optional[Sequence[str]] = None,
     progress: Optional[Progress] = None,
@@ -93,6 +97,9 @@ def analytics_source(
         event_retention_days: how long the API keeps events (90).
         event_retention_margin_days: a table whose event cursor is older than the retention
             minus this margin is listed again.
+        backfill_chunk_rows: in events mode, a listing (a backfill) commits after this many
+            rows (the customers listing: after this many customers and their children), and
+            the next run, or the next chunk of this one, resumes after it; 0: one chunk.
         run_state: the pipeline's resource states of this source, read when the run starts
             (`analytics_dagster.source.pipeline.resource_states`): they plan the run, and
             planning makes the run's first request. None: the source is only described (asset
@@ -114,9 +121,11 @@ def analytics_source(
             event_client(base_url, api_key, session, progress), run_state, tables or list(RESOURCES_BY_NAME),
             incremental=incremental, full_refresh=full_refresh, retention_days=event_retention_days,
             retention_margin_days=event_retention_margin_days, page_size=min(sizes["events"], EVENTS_PAGE_SIZE),
+            chunk_rows=backfill_chunk_rows,
         )
     if progress is not None:
         progress.plan = plan
+        progress.committed.update({t: b["rows"] for t, b in plan.backfills.items()})
     fed = set(plan.feeds) | {"events"}  # the events table always is: it is the stream itself
     listed = [r for r in RESOURCES if r.name not in fed]
     config: dict[str, Any] = {
@@ -140,8 +149,9 @@ def analytics_source(
             resources[api.name] = _table(step, api, feed)
         elif api.name == "customers":
             resources["customers"] = _table(_pass_pages, api, listing)
+        # a listing of `listing` mode writes only changed rows; a backfill writes every row
         step = change_filter(api, full_refresh=full_refresh, lookback_seconds=lookback_seconds)
-        if step is not None and api.name not in fed:  # only changed rows go on to be written
+        if step is not None and api.name not in fed and api.name not in plan.backfills:
             resources[api.name].add_filter(step)
     return [listing, feed] + [resources[r.name] for r in RESOURCES]
 
@@ -175,14 +185,11 @@ def _endpoint_config(
         "response_actions": [json_once(resource.name)],
     }
     if resource.paginated:
-        params["per_page"] = page_size
-        # a listing's first request: where the stream stood becomes the listed tables' cursor
-        noted = ["customers", "customer_addresses", "businesses"] if resource.name == "customers" else [resource.name]
+        # in id order, so that a backfill can resume after the last id it committed
+        params.update(per_page=page_size, order_by="id[ASC]")
         endpoint["paginator"] = HasMorePaginator(
-            resource.name,
-            _listing_start(plan, noted, start_params(resource, full_refresh=full_refresh,
-                                                     lookback_seconds=lookback_seconds)),
-            progress,
+            resource.name, _listing_start(plan, resource, full_refresh, lookback_seconds), progress,
+            on_page=None if resource.parent else _listing_page(plan, resource),
         )
     else:
         endpoint["paginator"] = "single_page"
@@ -206,12 +213,29 @@ def _endpoint_config(
     return config
 
 
-def _listing_start(plan: SyncPlan, tables: list[str], params: Any) -> Any:
+def _served(resource: ApiResource) -> list[str]:
+    """The tables a listing serves: the customers listing serves its children too."""
+    return [r.name for r in RESOURCES if r.name == resource.name or r.parent == resource.name]
+
+
+def _listing_start(plan: SyncPlan, resource: ApiResource, full_refresh: bool, lookback_seconds: int) -> Any:
+    """The query parameters of a listing's first request: where its backfill resumes, or the
+    incremental window of a `listing`-mode run."""
+    since = start_params(resource, full_refresh=full_refresh, lookback_seconds=lookback_seconds)
+
     def start() -> dict[str, str]:
-        plan.note_listing(tables)
-        return params() if params else {}
+        if plan.incremental == "events":  # (a child's listing is whole: its customer's)
+            return {} if resource.parent else plan.listing_params(_served(resource))
+        return since() if since else {}
 
     return start
+
+
+def _listing_page(plan: SyncPlan, resource: ApiResource) -> Any:
+    def on_page(data: list[Any], has_more: bool) -> bool:
+        return plan.listing_page(_served(resource), data, resource.primary_key, has_more)
+
+    return on_page
 
 
 def _cidr_row(cidr: str) -> dict[str, str]:

@@ -125,8 +125,12 @@ class SyncPlan:
         reasons: per such table, why it is listed (absent: it takes events).
         feeds: the tables the event stream feeds in this run, each with the id it reads after
             (None: from the oldest event the API keeps); `events` is one of them when selected.
-        position: the newest event before this run's listings began: the cursor a listed table
-            keeps. None when nothing is listed or in `listing` mode.
+        position: the newest event before this run's listings began: the cursor a table whose
+            backfill starts now keeps. None when no backfill starts, or in `listing` mode.
+        backfills: per table listed in events mode, its backfill: `after` (the last id
+            committed, None: from the start), `rows` committed, `position` (the stream's
+            position when it began, its cursor once it is done).
+        chunk_rows: rows of a listing a run commits at most (customers: with their children).
         api_now_ns: the API's clock at the run's first request (None: no request made yet).
     """
 
@@ -135,6 +139,8 @@ class SyncPlan:
     reasons: dict[str, str] = field(default_factory=dict)
     feeds: dict[str, Optional[str]] = field(default_factory=dict)
     position: Optional[Cursor] = None
+    backfills: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chunk_rows: int = 0
     api_now_ns: Optional[int] = None
     _pages: Optional[Iterator[Any]] = None
 
@@ -155,17 +161,39 @@ class SyncPlan:
             )
         yield from pages
 
-    def note_listing(self, tables: Iterable[str]) -> None:
-        """Give each of `tables` listed in this run the stream's position as its event cursor.
+    def listing_params(self, tables: Iterable[str]) -> dict[str, str]:
+        """Where a listing that serves `tables` starts: after the least far of their backfills."""
+        backfills = [self.backfills[t] for t in tables if t in self.backfills]
+        if not backfills:
+            return {}
+        afters = [b["after"] for b in backfills]
+        return {} if None in afters else {"after": min(afters)}
 
-        Called when a listing makes its first request, in the extraction (so the cursor is
-        committed with the listed rows, and only then).
+    def listing_page(self, tables: Iterable[str], data: list[dict[str, Any]], key: str, has_more: bool) -> bool:
+        """Record a page of a backfill's listing in the state of each of `tables` it serves
+        (committed with the page's rows, in the same load); False: the chunk is full, stop.
+
+        When the listing is done, each table's cursor becomes the stream's position at the
+        backfill's start, and the next run replays the changes made since from the events.
         """
-        if self.position is None:
-            return
+        going, chunked = self.chunk_rows <= 0, False
         for table in tables:
-            if self.modes.get(table) == "listing":
-                dlt.current.resource_state(table)["event_cursor"] = dict(self.position)
+            backfill = self.backfills.get(table)
+            if backfill is None:
+                continue
+            chunked = True
+            state = dlt.current.resource_state(table)
+            if data:
+                backfill["after"] = max(backfill["after"] or "", data[-1][key])
+            backfill["rows"] += len(data)
+            backfill["run_rows"] = backfill.get("run_rows", 0) + len(data)
+            if not has_more:
+                state["event_cursor"] = dict(backfill["position"])
+                state.pop("backfill", None)
+                continue
+            state["backfill"] = {k: backfill[k] for k in ("after", "rows", "position")}
+            going = going or backfill["run_rows"] < self.chunk_rows
+        return going or not chunked
 
 
 def plan_sync(
@@ -178,6 +206,7 @@ def plan_sync(
     retention_days: int = DEFAULT_RETENTION_DAYS,
     retention_margin_days: int = DEFAULT_RETENTION_MARGIN_DAYS,
     page_size: int = EVENTS_PAGE_SIZE,
+    chunk_rows: int = 0,
 ) -> SyncPlan:
     """Decide, table by table, how this run syncs `tables`, and make its first events request.
 
@@ -191,20 +220,25 @@ def plan_sync(
         retention_margin_days: a cursor older than `retention_days - retention_margin_days`
             days is not trusted: the table is listed again.
         page_size: events per request.
+        chunk_rows: in events mode, rows of a listing one run commits (0: all).
     """
     if incremental not in INCREMENTAL_MODES:
         raise ValueError(f"sources.analytics.incremental is {incremental!r}: it must be one of {list(INCREMENTAL_MODES)}")
     tables = list(tables)
-    plan = SyncPlan(incremental=incremental)
+    plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows)
     cursors: dict[str, Cursor] = {}
     for table in tables:
         if not RESOURCES_BY_NAME[table].event_entity:
             continue
-        cursor = resource_states.get(table, {}).get("event_cursor")
+        state = resource_states.get(table, {})
+        cursor, backfill = state.get("event_cursor"), state.get("backfill")
         if incremental == "listing":
             plan.modes[table], plan.reasons[table] = "listing", "incremental = listing"
         elif full_refresh:
             plan.modes[table], plan.reasons[table] = "listing", "full refresh"
+        elif backfill:
+            plan.modes[table], plan.backfills[table] = "listing", {**backfill}
+            plan.reasons[table] = f"backfill resumed after {backfill['rows']} rows ({backfill['after']})"
         elif not cursor:
             plan.modes[table], plan.reasons[table] = "listing", "first listing (no event cursor yet)"
         else:
@@ -237,8 +271,12 @@ def plan_sync(
         plan.feeds = {table: cursor["event_id"] for table, cursor in cursors.items()}
         plan._pages = _chain_first(first, pages)
 
-    if incremental == "events" and "listing" in plan.modes.values():
-        plan.position = _position(client, first, start, plan, tables)
+    if incremental == "events":
+        starting = [t for t, mode in plan.modes.items() if mode == "listing" and t not in plan.backfills]
+        if starting:
+            plan.position = _position(client, first, start, plan, tables)
+        for table in starting:
+            plan.backfills[table] = {"after": None, "rows": 0, "position": plan.position}
     return plan
 
 

@@ -48,6 +48,7 @@ class HasMorePaginator(BaseNextUrlPaginator):
         resource: str,
         start_params: Optional[Callable[[], dict[str, str]]] = None,
         progress: Optional[Progress] = None,
+        on_page: Optional[Callable[[list[Any], bool], bool]] = None,
     ) -> None:
         """
         Args:
@@ -55,11 +56,14 @@ class HasMorePaginator(BaseNextUrlPaginator):
             start_params: called before the first request; its query parameters are added to
                 it (how an incremental run tells the API where to start).
             progress: counts every page read (shared by all copies of this paginator).
+            on_page: told each page's records and whether more follow; returns False to stop
+                here (a chunk of a backfill is full).
         """
         super().__init__()
         self.resource = resource
         self.start_params = start_params
         self.progress = progress
+        self.on_page = on_page
 
     def init_request(self, request: Request) -> None:
         if self.start_params is not None:
@@ -76,11 +80,12 @@ class HasMorePaginator(BaseNextUrlPaginator):
                 self.resource, response.url, f"meta.pagination.has_more is {has_more!r}, not true or false"
             )
         if self.progress is not None:
-            self.progress.page(self.resource, len(body["data"]))
+            self.progress.page(self.resource, len(body["data"]), pagination.get("estimated_total"))
         next_url = pagination.get("next")
         if has_more and not next_url:
             raise MalformedPageError(self.resource, response.url, "has_more is true but there is no next URL")
-        self._next_reference = next_url if has_more else None
+        go_on = self.on_page(body["data"], has_more) if self.on_page is not None else True
+        self._next_reference = next_url if has_more and go_on else None
 
     def __str__(self) -> str:
         return f"HasMorePaginator({self.resource})"

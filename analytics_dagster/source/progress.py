@@ -29,6 +29,8 @@ class Progress:
         self._counts: dict[str, list[int]] = {}
         self._last: dict[str, float] = {}
         self.requests: Counter[str] = Counter()  # every attempt, retries included, by resource
+        self.totals: dict[str, int] = {}  # the API's estimated_total of a listing
+        self.committed: dict[str, int] = {}  # rows of a backfill committed by earlier runs
         self.plan: Any = None  # the run's SyncPlan, once the source has planned it
 
     def __deepcopy__(self, memo: dict) -> "Progress":
@@ -40,12 +42,14 @@ class Progress:
         with self._lock:
             self.requests[resource] += 1
 
-    def page(self, resource: str, rows: int) -> None:
+    def page(self, resource: str, rows: int, estimated_total: Any = None) -> None:
         now = time.monotonic()
         with self._lock:
             counts = self._counts.setdefault(resource, [0, 0])
             counts[0] += 1
             counts[1] += rows
+            if isinstance(estimated_total, int) and 0 <= estimated_total < 100001:  # capped or -1: no use
+                self.totals[resource] = estimated_total
             due = now - self._last.get(resource, self.started) >= self.every
             if due:
                 self._last[resource] = now
@@ -55,7 +59,15 @@ class Progress:
 
     def _line(self, resource: str, now: float) -> str:
         pages, rows = self._counts[resource]
-        return f"{resource}: {pages} pages, {rows} rows read, {now - self.started:.1f}s"
+        elapsed = now - self.started
+        line = f"{resource}: {pages} pages, {rows} rows read, {elapsed:.1f}s"
+        total = self.totals.get(resource)
+        if total and rows:  # a listing that says how long it is: how far, how fast, how long to go
+            done = self.committed.get(resource, 0) + rows
+            rate = rows / max(elapsed, 1e-9)
+            left = max(total - done, 0) / rate
+            line += f" ({done} of ~{total} listed, {rate:.0f} rows/s, ETA {left:.0f}s)"
+        return line
 
     def summary(self) -> list[str]:
         now = time.monotonic()

@@ -1,0 +1,99 @@
+"""Backfills in chunks: each chunk committed with its state, a killed or failed backfill resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from analytics_dagster.sandbox import SandboxServer
+from analytics_dagster_tests.conftest import MATERIALIZE_ALL, REPO, Admin, assert_warehouse_equals_api, poll
+from analytics_dagster_tests.test_events import metadata
+from analytics_dagster_tests.test_failures import step_error
+from analytics_dagster_tests.test_sync import sync
+
+CHUNK = 5  # customers (and their children) per chunk, one page of 5
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCES__ANALYTICS__BACKFILL_CHUNK_ROWS", str(CHUNK))
+    monkeypatch.setenv("SOURCES__ANALYTICS__PAGE_SIZES", f'{{"customers": {CHUNK}, "transactions": 10}}')
+
+
+def whole_backfill_requests(admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The requests of a whole backfill, into a warehouse of its own (the control)."""
+    with monkeypatch.context() as patch:
+        patch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(tmp_path / "control.duckdb"))
+        patch.setenv("DLT_DATA_DIR", str(tmp_path / "control_dlt"))
+        admin.post("stats/reset")
+        result = sync()
+        assert result.success
+        assert metadata(result)["customers"]["loads"] > 3, "the backfill came in chunks"
+        return admin.get("stats")["total"]
+
+
+def test_a_chunked_backfill_is_exact_and_keeps_its_events_position(
+    warehouse: Path, admin: Admin, small_chunks: None
+) -> None:
+    # the world changes while the third chunk pages: the replay from where the stream stood
+    # when the backfill began catches it
+    admin.post("advance", after_requests=40, updates=20, archives=3, new_customers=2, new_transactions=3)
+    result = sync()
+    meta = metadata(result)
+    assert meta["customers"]["loads"] >= 40 // CHUNK and meta["transactions"]["loads"] > 1
+    # the same run ends with the events of the changes made while it listed
+    assert_warehouse_equals_api(warehouse, admin)
+    assert meta["customers"]["sync_mode"] == "listing"
+
+
+def test_a_backfill_killed_part_way_resumes_after_its_last_chunk(
+    warehouse: Path, admin: Admin, sandbox: SandboxServer, tmp_path: Path, small_chunks: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = whole_backfill_requests(admin, tmp_path, monkeypatch)
+    admin.post("stats/reset")
+    admin.post("config", latency=0.03)  # slow enough to be caught part-way
+    process = subprocess.Popen(MATERIALIZE_ALL, cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    poll(lambda: admin.get("stats")["total"] >= 0.6 * whole, timeout=300, interval=0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL, "killed before it finished"
+    killed = admin.get("stats")["total"]
+    admin.post("config", latency=0.0)
+    # changes between the killed run and the resume
+    admin.post("advance", updates=15, archives=2, new_customers=2, new_transactions=3)
+    admin.post("stats/reset")
+    result = sync()
+    resumed = admin.get("stats")["total"]
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    assert_warehouse_equals_api(warehouse, admin)
+    # what was left, plus at most one chunk read again (a page of 5 customers and their
+    # children, a page of transactions), plus what every run asks (the stream, read again at the
+    # end for the changes made meanwhile; reports, event types, IPs) and the new customers' children
+    one_chunk = 1 + 2 * CHUNK + 1
+    every_run = 2 + 3
+    assert resumed <= whole - killed + one_chunk + every_run + 2 * 2, (whole, killed, resumed)
+    assert resumed < 0.6 * whole
+
+
+def test_a_request_that_keeps_failing_part_way_fails_the_run_and_the_next_resumes(
+    warehouse: Path, admin: Admin, tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = whole_backfill_requests(admin, tmp_path, monkeypatch)
+    admin.post("stats/reset")
+    # 60% in, one customer's addresses fail 1 + 3 times: past the retries
+    admin.post("inject", resource="customer_addresses", kind="status", status=503, count=4,
+               after_requests=int(0.6 * whole))
+    result = sync(raise_on_error=False)
+    assert not result.success
+    error = step_error(result)
+    assert "503" in error and "/addresses" in error, error[-2000:]
+    admin.post("stats/reset")
+    result = sync()
+    assert result.success
+    assert admin.get("stats")["total"] < 0.6 * whole, "resumed, not started over"
+    assert_warehouse_equals_api(warehouse, admin)
