@@ -90,7 +90,9 @@ def analytics_assets(
     progress = Progress(report=context.log.info, every=PROGRESS_EVERY_SECONDS)
     tables = sorted(key.path[-1] for key in context.selected_asset_keys)
     overrides = {"incremental": config.incremental} if config.incremental else {}
-    by_table: dict[str, MaterializeResult] = {}
+    # dagster-dlt's metadata of each table, merged over the loads that carried it (a load
+    # with no rows for a table has no schema or table name to say)
+    by_table: dict[str, dict[str, Any]] = {}
     written: Counter[str] = Counter()
     loads: Counter[str] = Counter()
     plans: list[SyncPlan] = []
@@ -114,9 +116,10 @@ def analytics_assets(
                 dlt_pipeline=pipeline,
                 loader_file_format=loader_file_format(pipeline),
             )
-            by_table.update(
-                {r.asset_key.path[-1]: r for r in results if isinstance(r, MaterializeResult) and r.asset_key}
-            )
+            for result in results:
+                if isinstance(result, MaterializeResult) and result.asset_key:
+                    name = result.asset_key.path[-1]
+                    by_table[name] = {**by_table.get(name, {}), **(result.metadata or {})}
             written.update({t: n for t, n in pipeline.last_trace.last_normalize_info.row_counts.items() if t in tables})
             loads.update(chunk)
             states = _resource_states(pipeline)
@@ -137,13 +140,13 @@ def analytics_assets(
     states = _resource_states(pipeline)
     plan = plans[0]
     run_requests = sum(progress.requests.values())
-    for name, result in by_table.items():
+    for name, dlt_metadata in by_table.items():
         state = states.get(name, {})
         last_run = state.get("last_run", {})
         yield MaterializeResult(
-            asset_key=result.asset_key,
+            asset_key=asset_key(name),
             metadata={
-                **(result.metadata or {}),
+                **dlt_metadata,
                 "dagster/row_count": stats[name]["rows"],
                 # a run that finds nothing new writes 0 rows and succeeds (shared/NOTES.md #9)
                 "rows_written": written[name],

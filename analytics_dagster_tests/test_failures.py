@@ -221,8 +221,8 @@ def test_a_resource_that_keeps_failing_fails_the_run_then_recovers(warehouse: Pa
     assert sync().success
     before = table_counts(warehouse)
     admin.post("advance", updates=8, new_transactions=3)
-    admin.post("inject", resource="events", kind="status", status=503, count=4)  # 1 try + 3 retries
     admin.post("stats/reset")
+    admin.post("inject", resource="events", kind="status", status=503, count=4)  # 1 try + 3 retries
     result = sync(raise_on_error=False)
     assert not result.success
     error = step_error(result)

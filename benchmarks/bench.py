@@ -317,9 +317,13 @@ def main() -> None:
 
     floor_seq = results[0][1]
     floor_par = results[1][1]
-    print(f"\n{'variant':<26}{'wall s':>8}{'requests':>10}{'rows':>9}{'peak RSS MiB':>14}{'/ floor seq':>13}{'/ floor 16':>12}")
-    for name, seconds, total, rows, rss in results:
-        print(f"{name:<26}{seconds:>8.1f}{total:>10}{rows:>9}{rss:>14}{seconds / floor_seq:>12.2f}x{seconds / floor_par:>11.2f}x")
+    # the table of docs/benchmark.md, row for row: refreshing the page is a paste
+    print("\n| scenario | variant | wall s | requests | rows | peak RSS MiB | / floor seq | / floor 16 |")
+    print("|---|---|---|---|---|---|---|---|")
+    scenario = f"{args.customers:,} customers, {args.latency * 1000:.0f} ms latency"
+    for i, (name, seconds, total, rows, rss) in enumerate(results):
+        print(f"| {scenario if i == 0 else ''} | {name} | {seconds:.1f} | {total:,} | {rows:,} | {rss:,} | "
+              f"{seconds / floor_seq:.2f}x | {seconds / floor_par:.2f}x |")
     by = {r[0]: r for r in results}
     if "plain dlt defaults" in by:
         print(f"project full sync is {by['plain dlt defaults'][1] / by['project, full sync'][1]:.1f}x faster than plain dlt defaults")

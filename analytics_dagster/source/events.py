@@ -183,6 +183,9 @@ class SyncPlan:
                 continue
             chunked = True
             state = dlt.current.resource_state(table)
+            keyless = [row for row in data if not isinstance(row, dict) or not row.get(key)]
+            if keyless:
+                raise ValueError(f"resource '{table}': a record has no primary key '{key}' (the backfill stops here)")
             if data:
                 backfill["after"] = max(backfill["after"] or "", data[-1][key])
             backfill["rows"] += len(data)
@@ -255,7 +258,9 @@ def plan_sync(
         params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": page_size}
         if start["event_id"]:
             params["after"] = start["event_id"]
-        pages = client.paginate(EVENTS_PATH, params=params, hooks={"response": [json_once("events")]})
+        # hooks given replace dlt's, which raise for an error status: raise first, then parse once
+        hooks = {"response": [lambda response, *_, **__: _ok(response), json_once("events")]}
+        pages = client.paginate(EVENTS_PATH, params=params, hooks=hooks)
         first = _request(lambda: next(pages), tables)
         plan.api_now_ns = api_now_ns(first.response)
         trusted_since = plan.api_now_ns - (retention_days - retention_margin_days) * _DAY_NS
