@@ -125,7 +125,8 @@ def analytics_source(
         )
     if progress is not None:
         progress.plan = plan
-        progress.committed.update({t: b["rows"] for t, b in plan.backfills.items()})
+        for table, backfill in plan.backfills.items():  # by earlier runs (this run's rows it counts)
+            progress.committed.setdefault(table, backfill["rows"])
     fed = set(plan.feeds) | {"events"}  # the events table always is: it is the stream itself
     listed = [r for r in RESOURCES if r.name not in fed]
     config: dict[str, Any] = {
