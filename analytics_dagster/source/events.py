@@ -54,7 +54,6 @@ DEFAULT_RETENTION_DAYS = 90  # the API lists the events of the last 90 days
 DEFAULT_RETENTION_MARGIN_DAYS = 3
 _DAY_NS = 24 * 3600 * NS_PER_SECOND
 
-Incremental = Literal["events", "listing"]
 INCREMENTAL_MODES: tuple[str, ...] = ("events", "listing")
 Mode = Literal["events", "listing"]
 # {"event_id": the last event applied, None: the stream's start; "occurred_at": its time;
