@@ -70,7 +70,9 @@ def test_full_and_incremental_syncs_into_postgres_are_exact(postgres_warehouse: 
         assert_warehouse_equals_api(postgres_warehouse, admin)
     admin.post("stats/reset")
     materializations = sync().asset_materializations_for_node("analytics_api")
-    assert all(m.metadata["rows_written"].value == 0 for m in materializations)
+    # nothing written but the two tables every run replaces (read whole: a CIDR can leave)
+    assert all(m.metadata["rows_written"].value == 0 for m in materializations
+               if m.asset_key.path[-1] not in ("event_types", "ip_addresses"))
     assert admin.get("stats")["by_resource"]["events"] == 1
 
 
