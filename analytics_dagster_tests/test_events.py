@@ -224,3 +224,14 @@ def test_same_instant_changes_follow_the_order_of_events(warehouse: Path, admin:
     assert sync(["products"]).success
     assert warehouse_rows(warehouse, "products")[product]["description"] == "two"
     assert_table_equals_truth(warehouse, "products", admin.truth("products"))
+
+
+def test_one_run_can_be_forced_to_list_by_its_run_config(warehouse: Path, admin: Admin) -> None:
+    assert sync().success
+    listing = {"ops": {"analytics_api": {"config": {"incremental": "listing"}}}}
+    result, requests = synced(admin, ["customers", "customer_addresses"], run_config=listing)
+    meta = metadata(result)
+    assert meta["customers"]["sync_mode"] == meta["customer_addresses"]["sync_mode"] == "listing"
+    assert requests["customer_addresses"] == len(admin.truth("customers"))
+    result, requests = synced(admin, ["customers", "customer_addresses"])  # the setting again: events
+    assert requests == {"events": 1}
