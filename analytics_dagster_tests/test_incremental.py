@@ -17,6 +17,7 @@ from analytics_dagster.definitions import defs
 from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.sandbox import SandboxServer
 from analytics_dagster_tests.conftest import (
+    REPLACED,
     TABLES,
     Admin,
     assert_table_equals_truth,
@@ -25,7 +26,6 @@ from analytics_dagster_tests.conftest import (
 )
 from analytics_dagster_tests.test_sync import check_results, sync
 
-REPLACED = {"event_types", "ip_addresses"}  # read whole and replaced by every run
 
 
 @pytest.fixture(autouse=True)
