@@ -25,6 +25,9 @@ One run, in order:
    cursor moves to the last event read, in its own resource state: it is committed with the
    rows, in the same load, so a failed run moves no cursor, and a run of any subset of tables
    never skips another table's changes.
+4. A listing in events mode is a backfill in chunks (`SyncPlan.listing_page`): it stops after
+   `chunk_rows` rows, its progress (`backfill`) is committed with them, and the next chunk or
+   run resumes after the last id committed.
 
 Event types with no table (`adjustment.*`, new ones) land in `events` only. An event of a
 table's type whose `data` has no `id` fails the run, naming the event: nothing of it is written.
@@ -175,16 +178,15 @@ class SyncPlan:
         When the listing is done, each table's cursor becomes the stream's position at the
         backfill's start, and the next run replays the changes made since from the events.
         """
-        going, chunked = self.chunk_rows <= 0, False
-        for table in tables:
-            backfill = self.backfills.get(table)
-            if backfill is None:
-                continue
-            chunked = True
+        served = [t for t in tables if t in self.backfills]
+        if not served:
+            return True  # not a backfill: no chunks
+        if any(not isinstance(row, dict) or not row.get(key) for row in data):
+            raise ValueError(f"resource '{served[0]}': a record has no primary key '{key}' (the backfill stops here)")
+        going = self.chunk_rows <= 0
+        for table in served:
+            backfill = self.backfills[table]
             state = dlt.current.resource_state(table)
-            keyless = [row for row in data if not isinstance(row, dict) or not row.get(key)]
-            if keyless:
-                raise ValueError(f"resource '{table}': a record has no primary key '{key}' (the backfill stops here)")
             if data:
                 backfill["after"] = max(backfill["after"] or "", data[-1][key])
             backfill["rows"] += len(data)
@@ -195,7 +197,7 @@ class SyncPlan:
                 continue
             state["backfill"] = {k: backfill[k] for k in ("after", "rows", "position")}
             going = going or backfill["run_rows"] < self.chunk_rows
-        return going or not chunked
+        return going
 
 
 def plan_sync(
