@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional, Sequence
 import dlt
 from dlt.common.jsonpath import compile_path
 from dlt.extract.resource import DltResource
+from dlt.extract.utils import wrap_parallel_iterator
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.rest_api import rest_api_resources
 
@@ -139,11 +140,15 @@ def analytics_source(
         ],
     }
     resources = {r.name: r for r in rest_api_resources(config)}
+    if parallel_children:
+        for resource in resources.values():
+            if not resource.is_transformer:
+                _in_worker_threads(resource)
     listing = resources.pop(CUSTOMER_LISTING)
     def event_feed() -> Iterator[Any]:
         yield from feed_items(plan)
 
-    feed = dlt.resource(event_feed, name=EVENT_FEED, selected=False)
+    feed = dlt.resource(event_feed, name=EVENT_FEED, selected=False, parallelized=parallel_children)
     for api in RESOURCES:
         if api.name in fed:
             step = events_from_feed(plan) if api.name == "events" else table_from_events(api, plan)
@@ -155,6 +160,23 @@ def analytics_source(
         if step is not None and api.name not in fed and api.name not in plan.backfills:
             resources[api.name].add_filter(step)
     return [listing, feed] + [resources[r.name] for r in RESOURCES]
+
+
+def _in_worker_threads(resource: DltResource) -> None:
+    """Pages `resource` in dlt's worker threads, one page at a time, so that while one of its
+    requests waits out a retry's backoff, the other resources and the children go on using the
+    request budget (on the extract's main thread, that wait stalled every resource).
+
+    `"parallelized": True` does this for a `rest_api` child, but dlt (1.31) drops it for a
+    top-level resource: the incremental wrapper dlt puts around `paginate_resource` wraps the
+    function before it was parallelized.
+    """
+    bound = resource._pipe.gen  # the listing, bound to its arguments: called, it returns its pages
+
+    def pages() -> Iterator[Any]:
+        return wrap_parallel_iterator(bound())
+
+    resource._pipe.replace_gen(pages)
 
 
 def _table(step: Any, api: ApiResource, parent: DltResource) -> DltResource:
