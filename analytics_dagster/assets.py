@@ -97,9 +97,9 @@ def analytics_assets(
     loads: Counter[str] = Counter()
     plans: list[SyncPlan] = []
     with pipeline_lock(pipeline):
-        # Chunk by chunk: a backfill commits every `backfill_chunk_rows` rows, each chunk a
-        # load with its own state, and the next chunk (or the next run, after a failure)
-        # resumes after it. The tables whose backfill ends (and `events`) take, last, the events
+        # Chunk by chunk: a backfill commits every `backfill_chunk_rows` rows and a read of the
+        # event stream every `backfill_chunk_rows` events, each chunk a load with its own state,
+        # and the next chunk (or the next run, after a failure) resumes after it. The tables whose backfill ends (and `events`) take, last, the events
         # of the changes made while they were listed: the run ends with every table current.
         # Built here, under the lock: a plan reads what the last load committed.
         chunk, finished, caught_up = tables, set(), False
@@ -125,11 +125,13 @@ def analytics_assets(
             states = _resource_states(pipeline)
             backfilling = [t for t in tables if "backfill" in states.get(t, {})]
             finished |= set(progress.plan.backfills) - set(backfilling)
-            if backfilling:
-                context.log.info(f"backfill: chunk {len(plans)} committed; " + "; ".join(
-                    f"{t} {states[t]['backfill']['rows']} rows, after {states[t]['backfill']['after']}"
-                    for t in backfilling))
-                chunk = backfilling
+            # the tables fed by a read of the stream that stopped after a chunk read on
+            reading = sorted(progress.plan.feeds) if progress.plan.feed_more else []
+            if backfilling or reading:
+                context.log.info(f"chunk {len(plans)} committed; " + "; ".join(
+                    [f"{t} {states[t]['backfill']['rows']} rows, after {states[t]['backfill']['after']}"
+                     for t in backfilling] + [f"{t} events to {states[t].get('event_cursor', {}).get('event_id')}" for t in reading]))
+                chunk = sorted(set(backfilling) | set(reading))
             elif finished and not caught_up:
                 chunk, caught_up = sorted(finished | ({"events"} & set(tables))), True
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -10,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from analytics_dagster.sandbox import SandboxServer
-from analytics_dagster_tests.conftest import MATERIALIZE_ALL, REPO, Admin, assert_warehouse_equals_api, poll
+from analytics_dagster_tests.conftest import (
+    MATERIALIZE_ALL,
+    REPO,
+    TABLES,
+    Admin,
+    assert_events_cover_api,
+    assert_warehouse_equals_api,
+    poll,
+)
 from analytics_dagster_tests.test_events import metadata
 from analytics_dagster_tests.test_failures import step_error
 from analytics_dagster_tests.test_sync import sync
@@ -108,3 +117,34 @@ def test_a_backfill_page_without_keys_fails_naming_the_resource(warehouse: Path,
     assert "resource 'products': a record has no primary key 'id'" in step_error(result)
     assert sync(["products"]).success
     assert_warehouse_equals_api(warehouse, admin, ["products"])
+
+
+def test_the_event_stream_is_read_and_committed_in_chunks(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCES__ANALYTICS__PAGE_SIZES", '{"events": 50}')
+    assert sync().success
+    cursor = metadata(sync(["products"]))["products"]["event_cursor"]
+    # many changes; then products alone moves its cursor past all of them
+    assert "products" in admin.post("advance", updates=300, new_customers=3)
+    assert sync(["products"]).success
+    new_events = sum(1 for e in admin.truth("events") if e["event_id"] > cursor)
+    assert new_events > 250
+    # a read of at most 100 events a load: the stream in chunks, each table's cursor moving
+    # with them, products' never back before the events it has applied
+    monkeypatch.setenv("SOURCES__ANALYTICS__BACKFILL_CHUNK_ROWS", "100")
+    admin.post("stats/reset")
+    result = sync()
+    requests = admin.get("stats")["by_resource"]
+    meta = metadata(result)
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    assert meta["events"]["loads"] >= new_events // 100 and meta["customers"]["sync_mode"] == "events"
+    # every page of the stream read once, however many loads it took
+    assert requests["events"] == math.ceil(new_events / 50), requests
+    assert_warehouse_equals_api(warehouse, admin, [t for t in TABLES if t != "events"])
+    assert_events_cover_api(warehouse, admin)
+    assert meta["products"]["event_cursor"] == meta["events"]["event_cursor"]
+    assert meta["products"]["rows_written"] == 0, "products applied no event twice"
+    admin.post("stats/reset")
+    assert sync().success
+    assert admin.get("stats")["by_resource"] == {"events": 1, "reports": 1, "event_types": 1, "ip_addresses": 1}

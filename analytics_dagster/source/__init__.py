@@ -100,7 +100,8 @@ def analytics_source(
             minus this margin is listed again.
         backfill_chunk_rows: in events mode, a listing (a backfill) commits after this many
             rows (the customers listing: after this many customers and their children), and
-            the next run, or the next chunk of this one, resumes after it; 0: one chunk.
+            the next run, or the next chunk of this one, resumes after it. The read of the
+            event stream commits after this many events likewise. 0: one chunk.
         run_state: the pipeline's resource states of this source, read when the run starts
             (`analytics_dagster.source.pipeline.resource_states`): they plan the run, and
             planning makes the run's first request. None: the source is only described (asset

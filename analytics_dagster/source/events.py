@@ -27,7 +27,8 @@ One run, in order:
    never skips another table's changes.
 4. A listing in events mode is a backfill in chunks (`SyncPlan.listing_page`): it stops after
    `chunk_rows` rows, its progress (`backfill`) is committed with them, and the next chunk or
-   run resumes after the last id committed.
+   run resumes after the last id committed. The read of the stream stops after `chunk_rows`
+   events likewise (`feed_items`), with the fed tables' cursors where it stopped.
 
 Event types with no table (`adjustment.*`, new ones) land in `events` only. An event of a
 table's type whose `data` has no `id` fails the run, naming the event: nothing of it is written.
@@ -132,8 +133,12 @@ class SyncPlan:
         backfills: per table listed in events mode, its backfill: `after` (the last id
             committed, None: from the start), `rows` committed, `position` (the stream's
             position when it began, its cursor once it is done).
-        chunk_rows: rows of a listing a run commits at most (customers: with their children).
+        chunk_rows: rows of a listing, and events of the stream, one load commits at most
+            (customers: with their children); 0: no limit.
         api_now_ns: the API's clock at the run's first request (None: no request made yet).
+        feed_more: the read of the stream stopped after `chunk_rows` events with more to
+            read: the fed tables' cursors moved to the last event read, and another load
+            (the next chunk, or the next run) reads on from there.
     """
 
     incremental: str
@@ -144,6 +149,7 @@ class SyncPlan:
     backfills: dict[str, dict[str, Any]] = field(default_factory=dict)
     chunk_rows: int = 0
     api_now_ns: Optional[int] = None
+    feed_more: bool = False
     _pages: Optional[Iterator[Any]] = None
 
     def mode(self, table: str) -> str:
@@ -331,13 +337,20 @@ END = _End()
 
 
 def feed_items(plan: SyncPlan) -> Iterator[Any]:
-    """The feed resource's items: each page of events, then `END`."""
+    """The feed resource's items: each page of events, then `END`. The read stops after the
+    page that brings it to `plan.chunk_rows` events (`plan.feed_more`), so that one load holds
+    at most a chunk of the stream, however long it is (a first sync reads 90 days of it)."""
+    read = 0
     for page in plan.pages():
         for event in page:
             if not isinstance(event, dict) or not event.get("event_id"):
                 kind = event.get("event_type") if isinstance(event, dict) else type(event).__name__
                 raise EventStreamError(f"resource 'events': an event has no event_id (type {kind!r})")
         yield list(page)
+        read += len(page)
+        if 0 < plan.chunk_rows <= read and page_json("events", page.response)["meta"]["pagination"]["has_more"]:
+            plan.feed_more = True
+            break
     yield END
 
 
@@ -371,11 +384,11 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
                 yield rows
             return
         for event in item:
-            read["last"] = event
             order += 1
             event_id = event.get("event_id")
             if after is not None and event_id <= after:  # read for a table with an older cursor
                 continue
+            read["last"] = event
             if table_of_event(event.get("event_type")) != api.name:
                 continue
             data = event.get("data")
@@ -407,7 +420,7 @@ def events_from_feed(plan: SyncPlan) -> Callable[[Any], Iterator[Any]]:
         for event in item:
             if after is None or event["event_id"] > after:
                 rows.append(event)
-            read["last"] = event
+                read["last"] = event
         read["rows"] += len(rows)
         if rows:
             yield rows
@@ -416,12 +429,15 @@ def events_from_feed(plan: SyncPlan) -> Callable[[Any], Iterator[Any]]:
 
 
 def _finish(table: str, last: Optional[dict[str, Any]], plan: SyncPlan, written: int, new: int) -> None:
-    """Move the table's cursor to the last event the feed read; record what this run did."""
+    """Move the table's cursor to the last event after it that the feed read; record what this
+    run did."""
     state = dlt.current.resource_state(table)
     now = plan.api_now_ns or time.time_ns()
     if last is not None:
         state["event_cursor"] = _cursor(last, now)
-    else:  # nothing after the cursor: it is current as of now
+        if plan.feed_more:  # read part of the stream: current as of its last event only
+            state["event_cursor"]["as_of"] = state["event_cursor"]["occurred_at"]
+    elif not plan.feed_more:  # read to the end, nothing after the cursor: current as of now
         state["event_cursor"] = {**(state.get("event_cursor") or _cursor(None, now)), "as_of": format_ns(now, 0)}
     state.pop("last_event_id", None)
     state["last_run"] = {"new": new, "updated": written - new, "unchanged": 0}
