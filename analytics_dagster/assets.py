@@ -4,7 +4,7 @@
 from collections import Counter
 from typing import Any, Iterator, Optional
 
-from dagster import AssetExecutionContext, AssetKey, AssetSpec, Config, MaterializeResult
+from dagster import AssetExecutionContext, AssetKey, AssetObservation, AssetSpec, Config, MaterializeResult
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
@@ -24,7 +24,9 @@ GROUP = "analytics"
 # Every writer to the destination runs in this pool; its limit of 1 (dagster.yaml) keeps two
 # runs from writing one DuckDB file at once (shared/NOTES.md #5).
 DESTINATION_POOL = "analytics_destination"
-PROGRESS_EVERY_SECONDS = 10.0  # a line per resource in the run's log, at most this often
+# a line per resource in the run's log, and an observation of each long listing's progress on
+# its asset, at most this often
+PROGRESS_EVERY_SECONDS = 10.0
 
 
 def asset_key(resource: str) -> AssetKey:
@@ -87,8 +89,16 @@ def analytics_assets(
     source each time (dagster-dlt mutates the source's schema in place:
     dagster-io/dagster#34052, NOTES #4)."""
     pipeline = make_pipeline()
-    progress = Progress(report=context.log.info, every=PROGRESS_EVERY_SECONDS)
     tables = sorted(key.path[-1] for key in context.selected_asset_keys)
+
+    def observe(statuses: dict[str, dict[str, Any]]) -> None:
+        """How far each long listing has got, on its asset while the run goes on."""
+        for name, status in statuses.items():
+            if name in tables:
+                context.log_event(AssetObservation(asset_key=asset_key(name), metadata={
+                    f"listing_{k}": v for k, v in status.items()}))
+
+    progress = Progress(report=context.log.info, every=PROGRESS_EVERY_SECONDS, observe=observe)
     overrides = {"incremental": config.incremental} if config.incremental else {}
     # dagster-dlt's metadata of each table, merged over the loads that carried it (a load
     # with no rows for a table has no schema or table name to say)

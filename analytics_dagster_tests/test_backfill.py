@@ -46,8 +46,10 @@ def whole_backfill_requests(admin: Admin, tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_a_chunked_backfill_is_exact_and_keeps_its_events_position(
-    warehouse: Path, admin: Admin, small_chunks: None
+    warehouse: Path, admin: Admin, small_chunks: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("analytics_dagster.assets.PROGRESS_EVERY_SECONDS", 0.3)  # (10 s in use)
+    admin.post("config", latency=0.01)
     # the world changes while the third chunk pages: the replay from where the stream stood
     # when the backfill began catches it
     admin.post("advance", after_requests=40, updates=20, archives=3, new_customers=2, new_transactions=3)
@@ -57,6 +59,15 @@ def test_a_chunked_backfill_is_exact_and_keeps_its_events_position(
     # the same run ends with the events of the changes made while it listed
     assert_warehouse_equals_api(warehouse, admin)
     assert meta["customers"]["sync_mode"] == "listing"
+    # while it ran, the customers asset was observed getting on: customers listed of the
+    # estimated total, the rate and the time to go
+    seen = [(e.asset_key.path[-1], {k: v.value for k, v in e.asset_observation_data.asset_observation.metadata.items()})
+            for e in result.get_asset_observation_events()]
+    progress = [m for table, m in seen if table == "customers"]
+    assert len(progress) >= 3, seen
+    listed = [m["listing_listed"] for m in progress]
+    assert listed == sorted(listed) and listed[0] < listed[-1] <= progress[-1]["listing_estimated_total"]
+    assert all(m["listing_rows_per_second"] > 0 and m["listing_eta_seconds"] >= 0 for m in progress)
 
 
 def test_a_backfill_killed_part_way_resumes_after_its_last_chunk(

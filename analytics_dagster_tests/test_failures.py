@@ -45,6 +45,22 @@ def test_syncs_are_exact_through_15_percent_faults(warehouse: Path, admin: Admin
     assert_warehouse_equals_api(warehouse, admin)
 
 
+def test_a_list_waiting_out_a_backoff_holds_up_no_other_resource(
+    warehouse: Path, admin: Admin, sandbox: SandboxServer
+) -> None:
+    # the first page of transactions fails once: its retry waits 2 s (backoff factor 2)
+    admin.post("inject", resource="transactions", kind="status", status=503, count=1)
+    assert sync().success
+    assert_warehouse_equals_api(warehouse, admin)
+    times = list(sandbox.app.stats.times)
+    failed, retried = [at for at, resource in times if resource == "transactions"][:2]
+    assert retried - failed >= 1.5
+    # meanwhile the other lists and the customers' children went on: more requests than the 20
+    # futures dlt keeps in flight, which is all a wait on the extract's main thread would allow
+    between = [resource for at, resource in times if failed < at < retried]
+    assert len(between) > 40 and {"customer_addresses", "businesses"} <= set(between), between
+
+
 def test_a_wrong_key_fails_at_once_without_retries(warehouse: Path, admin: Admin, monkeypatch) -> None:
     monkeypatch.setenv("SOURCES__ANALYTICS__API_KEY", "wrong-key-xyz-42")
     admin.post("stats/reset")

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,8 @@ KEY = "sandbox_api_key"
 # the API's resources as the project declares them (path, primary key, archived hidden or not)
 LISTS = [r for r in RESOURCES if r.paginated and not r.parent]
 CHILDREN = [r for r in RESOURCES if r.parent]  # listed once per customer
+# the project's sync, as a user runs it: every asset, in a process of its own
+MATERIALIZE = [str(BIN / "dagster"), "asset", "materialize", "-m", "analytics_dagster.definitions", "--select", "*"]
 
 
 # ---------------------------------------------------------------------- the variants (children)
@@ -147,12 +150,14 @@ def start_sandbox(customers: int, latency: float, *extra: str) -> tuple[subproce
 
 
 def sync_on_own_sandbox(customers: int, argv: list[str], env: dict[str, str], per_minute: int = 0,
-                        ) -> tuple[float, int, dict[str, Any]]:
+                        fault_rate: float = 0.0) -> tuple[float, int, dict[str, Any]]:
     """A full sync into a new warehouse against a sandbox of its own (enforcing `per_minute`
-    when set): wall seconds, peak RSS (MiB) and the sandbox's request stats."""
+    when set, failing `fault_rate` of the requests transiently): wall seconds, peak RSS (MiB)
+    and the sandbox's request stats."""
     import requests
 
-    sandbox, url, _ = start_sandbox(customers, 0.0, *(["--rate-limit", str(per_minute)] if per_minute else []))
+    sandbox, url, _ = start_sandbox(customers, 0.0, *(["--rate-limit", str(per_minute)] if per_minute else []),
+                                    *(["--fault-rate", str(fault_rate)] if fault_rate else []))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             env = {**env, "SOURCES__ANALYTICS__BASE_URL": url,
@@ -176,6 +181,57 @@ def budget_use(customers: int, per_minute: int, argv: list[str], env: dict[str, 
             "429s": stats["by_status"].get("429", 0)}
 
 
+def peak_rss(sizes: list[int], argv: list[str], env: dict[str, str]) -> dict[int, int]:
+    """Peak RSS (MiB) of a full sync at each size, each against a sandbox of its own."""
+    return {size: sync_on_own_sandbox(size, argv, env)[1] for size in sizes}
+
+
+def fault_cost(customers: int, per_minute: int, fault_rate: float, argv: list[str], env: dict[str, str],
+               ) -> dict[str, Any]:
+    """A paced backfill against a sandbox enforcing `per_minute`, clean and with `fault_rate`
+    of the requests failing transiently (429 with Retry-After, 500, 502, 503, 504)."""
+    clean, _, clean_stats = sync_on_own_sandbox(customers, argv, env, per_minute)
+    faulty, _, faulty_stats = sync_on_own_sandbox(customers, argv, env, per_minute, fault_rate)
+    failed = sum(n for status, n in faulty_stats["by_status"].items() if status != "200")
+    return {"clean": clean, "faulty": faulty, "ratio": faulty / clean, "requests": clean_stats["total"],
+            "faulty_requests": faulty_stats["total"], "failed": failed}
+
+
+def resume_cost(customers: int, at: float, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Requests of a backfill killed (SIGKILL) once it made `at` of a whole backfill's requests,
+    then run again; unpaced, against one sandbox."""
+    import requests
+
+    sandbox, url, _ = start_sandbox(customers, 0.0)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            def env_for(name: str) -> dict[str, str]:
+                return {**env, "SOURCES__ANALYTICS__BASE_URL": url, "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": "0",
+                        "DLT_DATA_DIR": str(Path(tmp) / name), "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / f"{name}.duckdb")}
+
+            def total() -> int:
+                return requests.get(f"{url}/_admin/stats", timeout=10).json()["total"]
+
+            requests.post(f"{url}/_admin/stats/reset", timeout=10)
+            run_variant(argv, env_for("whole"))
+            whole = total()
+            requests.post(f"{url}/_admin/stats/reset", timeout=10)
+            process = subprocess.Popen(argv, cwd=ROOT, env=env_for("killed"), stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True)
+            while total() < at * whole and process.poll() is None:
+                time.sleep(0.02)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            killed = total()
+            requests.post(f"{url}/_admin/stats/reset", timeout=10)
+            seconds, _, _ = run_variant(argv, env_for("killed"))
+            resumed = total()
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=10)
+    return {"whole": whole, "killed": killed, "resumed": resumed, "left": whole - killed, "seconds": seconds}
+
+
 def incremental_costs(customers: int, per_minute: int = 240) -> list[dict[str, Any]]:
     """Backfill, no-change run and 1%-changed run in both modes, against one sandbox."""
     import requests
@@ -183,7 +239,7 @@ def incremental_costs(customers: int, per_minute: int = 240) -> list[dict[str, A
     sandbox, url, _ = start_sandbox(customers, 0.0)
     admin = f"{url}/_admin"
     rows: list[dict[str, Any]] = []
-    materialize = [str(BIN / "dagster"), "asset", "materialize", "-m", "analytics_dagster.definitions", "--select", "*"]
+    materialize = MATERIALIZE
     try:
         with tempfile.TemporaryDirectory() as tmp:
             def run(mode: str, label: str, paced: bool) -> None:
@@ -248,13 +304,19 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--skip-plain-dlt", action="store_true", help="the slowest variant")
-    parser.add_argument("--no-rss-tenth", dest="rss_tenth", action="store_false",
-                        help="skip the full sync at a tenth of the customers (peak RSS against the data)")
+    parser.add_argument("--rss", default="1000,10000",
+                        help="account sizes of full syncs whose peak RSS is compared, comma-separated ('': skip)")
+    parser.add_argument("--fault-customers", type=int, default=150,
+                        help="scale of the paced backfill with and without 12%% faults (0: skip)")
+    parser.add_argument("--resume-customers", type=int, default=2000,
+                        help="scale of the backfill killed at 75%% and resumed (0: skip)")
     parser.add_argument("--paced-customers", type=int, default=60,
                         help="scale of the paced run (0: skip it); at 240/min, 60 customers take about a minute")
     parser.add_argument("--incremental", default="2000,20000",
                         help="account sizes for the incremental runs by mode, comma-separated ('': skip)")
     parser.add_argument("--only-incremental", action="store_true", help="run nothing but the incremental runs")
+    parser.add_argument("--only-backfills", action="store_true",
+                        help="run nothing but the backfill measures (--rss, --fault-customers, --resume-customers)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
@@ -269,6 +331,9 @@ def main() -> None:
     sizes = [int(n) for n in args.incremental.split(",") if n.strip()]
     if args.only_incremental:
         print_incremental(sizes)
+        return
+    if args.only_backfills:
+        print_backfills(args, MATERIALIZE, {**os.environ, "SOURCES__ANALYTICS__API_KEY": KEY})
         return
 
     sandbox, url, ready = start_sandbox(args.customers, args.latency)
@@ -295,7 +360,7 @@ def main() -> None:
             measure("floor, 16 threads", me + ["--variant", "floor", "--db", str(Path(tmp) / "f2.duckdb"), "--threads", "16"])
             if not args.skip_plain_dlt:
                 measure("plain dlt defaults", me + ["--variant", "plain_dlt", "--db", str(Path(tmp) / "p.duckdb")])
-            materialize = [str(BIN / "dagster"), "asset", "materialize", "-m", "analytics_dagster.definitions", "--select", "*"]
+            materialize = MATERIALIZE
             for name in ("project, full sync", "project, no-change rerun"):
                 measure(name, materialize)
                 import duckdb
@@ -308,9 +373,6 @@ def main() -> None:
                 results[-1] = results[-1][:3] + (written,) + results[-1][4:]
             bare, with_dlt, location = import_cost(env)
             paced = budget_use(args.paced_customers, 240, materialize, env) if args.paced_customers else None
-            # the same full sync at a tenth of the data: how peak RSS grows with the data
-            small = max(args.customers // 10, 1)
-            small_rss = sync_on_own_sandbox(small, materialize, env)[1] if args.rss_tenth else None
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
@@ -330,15 +392,32 @@ def main() -> None:
     print(f"import dagster: {bare:.2f}s; dagster+dlt+dagster_dlt: {with_dlt:.2f}s ({with_dlt - bare:+.2f}s); "
           f"load the code location: {location:.2f}s ({location - bare:+.2f}s over dagster, "
           f"{location - with_dlt:+.2f}s over dagster+dlt)")
-    if small_rss:
-        full_rss = by["project, full sync"][4]
-        print(f"peak RSS of the full sync: {small_rss} MiB at {small} customers, {full_rss} MiB at "
-              f"{args.customers} (10x the data): {full_rss / small_rss:.2f}x")
     if paced:
         print(f"paced at 240/min, {args.paced_customers} customers: {paced['seconds']:.1f}s, {paced['requests']} requests, "
               f"{paced['per_minute']:.0f}/min over the {paced['fan_out_seconds']:.0f}s children fan-out = "
               f"{paced['use']:.0%} of the budget, {paced['429s']} x 429")
+    print_backfills(args, materialize, env)
     print_incremental(sizes)
+
+
+def print_backfills(args: argparse.Namespace, argv: list[str], env: dict[str, str]) -> None:
+    """Peak RSS against the data, a paced backfill under faults, and a resume after a kill."""
+    rss_sizes = [int(n) for n in args.rss.split(",") if n.strip()]
+    if rss_sizes:
+        rss = peak_rss(rss_sizes, argv, env)
+        print("peak RSS of a full sync: " + ", ".join(f"{rss[n]} MiB at {n:,} customers" for n in rss_sizes)
+              + (f": {rss[rss_sizes[-1]] / rss[rss_sizes[0]]:.2f}x" if len(rss_sizes) > 1 else ""), flush=True)
+    if args.fault_customers:
+        f = fault_cost(args.fault_customers, 1200, 0.12, argv, env)
+        print(f"paced backfill at 1,200/minute, {args.fault_customers} customers: clean {f['clean']:.1f}s "
+              f"({f['requests']} requests), with 12% faults {f['faulty']:.1f}s ({f['faulty_requests']} requests, "
+              f"{f['failed']} failed and retried): {f['ratio']:.2f}x", flush=True)
+    if args.resume_customers:
+        r = resume_cost(args.resume_customers, 0.75, argv, env)
+        print(f"backfill of {args.resume_customers:,} customers killed at 75%: whole {r['whole']:,} requests, "
+              f"killed after {r['killed']:,}, left {r['left']:,}; the resume made {r['resumed']:,} "
+              f"({r['resumed'] / r['whole']:.0%} of a whole backfill, {r['resumed'] - r['left']:+,} over what was left) "
+              f"in {r['seconds']:.1f}s", flush=True)
 
 
 def print_incremental(sizes: list[int]) -> None:

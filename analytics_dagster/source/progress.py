@@ -11,20 +11,28 @@ from urllib.parse import urlsplit
 from analytics_dagster.source.resources import resource_of_path
 
 Report = Callable[[str], None]
+Observe = Callable[[dict[str, dict[str, Any]]], None]
 
 
 class Progress:
     """Counts pages and rows per resource across every worker thread and reports a line per
     resource at most every `every` seconds, and once more at the end (`summary`).
 
+    `observe`, when given, is called at most every `every` seconds from the extract's main
+    thread (`row`, a step of every table) with how far each listing that says its length has
+    got: `status` of each, by resource.
+
     Shared, never copied: dlt deep-copies a child resource's paginator for each parent row, and
     every copy must count into this one object.
     """
 
-    def __init__(self, report: Optional[Report] = None, every: float = 10.0) -> None:
+    def __init__(self, report: Optional[Report] = None, every: float = 10.0,
+                 observe: Optional[Observe] = None) -> None:
         self.report = report
         self.every = every
+        self.observe = observe
         self.started = time.monotonic()
+        self._observed = self.started
         self._lock = threading.Lock()
         self._counts: dict[str, list[int]] = {}
         self._last: dict[str, float] = {}
@@ -57,16 +65,36 @@ class Progress:
         if line and self.report:
             self.report(line)
 
+    def row(self, item: Any) -> Any:
+        """A step of every table, on the extract's main thread: observe, when due."""
+        if self.observe is not None and time.monotonic() - self._observed >= self.every:
+            now = time.monotonic()
+            with self._lock:
+                self._observed = now
+                statuses = {r: status for r in self.totals if (status := self.status(r, now))}
+            if statuses:
+                self.observe(statuses)
+        return item
+
+    def status(self, resource: str, now: float) -> dict[str, Any]:
+        """How far a listing that says how long it is has got: rows listed (by earlier runs
+        too) of its `estimated_total`, how fast, how long to go; {} before its first rows."""
+        pages, rows = self._counts.get(resource, (0, 0))
+        total = self.totals.get(resource)
+        if not (total and rows):
+            return {}
+        rate = rows / max(now - self.started, 1e-9)
+        done = self.committed.get(resource, 0) + rows
+        return {"listed": done, "estimated_total": total, "rows_per_second": round(rate, 1),
+                "eta_seconds": round(max(total - done, 0) / rate)}
+
     def _line(self, resource: str, now: float) -> str:
         pages, rows = self._counts[resource]
-        elapsed = now - self.started
-        line = f"{resource}: {pages} pages, {rows} rows read, {elapsed:.1f}s"
-        total = self.totals.get(resource)
-        if total and rows:  # a listing that says how long it is: how far, how fast, how long to go
-            done = self.committed.get(resource, 0) + rows
-            rate = rows / max(elapsed, 1e-9)
-            left = max(total - done, 0) / rate
-            line += f" ({done} of ~{total} listed, {rate:.0f} rows/s, ETA {left:.0f}s)"
+        line = f"{resource}: {pages} pages, {rows} rows read, {now - self.started:.1f}s"
+        status = self.status(resource, now)
+        if status:  # a listing that says how long it is: how far, how fast, how long to go
+            line += (f" ({status['listed']} of ~{status['estimated_total']} listed, {status['rows_per_second']:.0f}"
+                     f" rows/s, ETA {status['eta_seconds']}s)")
         return line
 
     def summary(self) -> list[str]:
