@@ -109,8 +109,9 @@ def analytics_assets(
     with pipeline_lock(pipeline):
         # Chunk by chunk: a backfill commits every `backfill_chunk_rows` rows and a read of the
         # event stream every `backfill_chunk_rows` events, each chunk a load with its own state,
-        # and the next chunk (or the next run, after a failure) resumes after it. The tables whose backfill ends (and `events`) take, last, the events
-        # of the changes made while they were listed: the run ends with every table current.
+        # and the next chunk (or the next run, after a failure) resumes after it. In events mode
+        # the tables whose backfill ends (and `events`) take, last, the events of the changes
+        # made while they were listed: the run ends with every table current.
         # Built here, under the lock: a plan reads what the last load committed.
         chunk, finished, caught_up = tables, set(), False
         while chunk:
@@ -133,8 +134,8 @@ def analytics_assets(
             written.update({t: n for t, n in pipeline.last_trace.last_normalize_info.row_counts.items() if t in tables})
             loads.update(chunk)
             states = _resource_states(pipeline)
-            backfilling = [t for t in tables if "backfill" in states.get(t, {})]
-            finished |= set(progress.plan.backfills) - set(backfilling)
+            backfilling = [t for t in chunk if "backfill" in states.get(t, {}) and t in progress.plan.backfills]
+            finished |= {t for t, b in progress.plan.backfills.items() if b["position"]} - set(backfilling)
             # the tables fed by a read of the stream that stopped after a chunk read on
             reading = sorted(progress.plan.feeds) if progress.plan.feed_more else []
             if backfilling or reading:

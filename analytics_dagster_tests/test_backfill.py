@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import subprocess
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,40 @@ def test_the_event_stream_is_read_and_committed_in_chunks(
     admin.post("stats/reset")
     assert sync().success
     assert admin.get("stats")["by_resource"] == {"events": 1, "reports": 1, "event_types": 1, "ip_addresses": 1}
+
+
+def test_a_listing_mode_run_that_fails_part_way_resumes_within_its_first_window(
+    warehouse: Path, admin: Admin, tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SOURCES__ANALYTICS__INCREMENTAL", "listing")
+    first = sync()
+    assert first.success and metadata(first)["customers"]["loads"] > 3, "listing mode commits in chunks too"
+    # the last customer changes now, the first one two hours on: the first chunk's rows move
+    # the change window far past the last customer's change
+    ids = sorted(c["id"] for c in admin.truth("customers"))
+    changed = admin.post("mutate", resource="customers", key=ids[-1], set={"name": "Changed first"})
+    later = (datetime.fromisoformat(changed["updated_at"].replace("Z", "+00:00")) + timedelta(hours=2))
+    admin.post("mutate", resource="customers", key=ids[0], set={"name": "Changed later"},
+               updated_at=later.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    admin.post("stats/reset")
+    whole = sync()
+    assert whole.success
+    whole_requests = admin.get("stats")["total"]
+    assert_warehouse_equals_api(warehouse, admin)
+    # once more, the same way, failing 60% in: the customers listing stops after some chunks
+    for key, name, at in ((ids[-1], "Changed again", later + timedelta(minutes=1)),
+                          (ids[0], "Changed later again", later + timedelta(hours=2))):
+        admin.post("mutate", resource="customers", key=key, set={"name": name},
+                   updated_at=at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    admin.post("stats/reset")
+    admin.post("inject", resource="customer_addresses", kind="status", status=503, count=4,
+               after_requests=int(0.6 * whole_requests))
+    assert not sync(raise_on_error=False).success
+    admin.post("stats/reset")
+    result = sync()
+    assert result.success
+    assert admin.get("stats")["total"] < 0.6 * whole_requests, "resumed, not started over"
+    assert "resumed" in metadata(result)["customers"]["sync_reason"]
+    # the last customer's change is older than the window the first chunk's rows imply: the
+    # resume kept the window of its first chunk
+    assert_warehouse_equals_api(warehouse, admin)

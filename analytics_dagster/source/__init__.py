@@ -98,7 +98,7 @@ def analytics_source(
         event_retention_days: how long the API keeps events (90).
         event_retention_margin_days: a table whose event cursor is older than the retention
             minus this margin is listed again.
-        backfill_chunk_rows: in events mode, a listing (a backfill) commits after this many
+        backfill_chunk_rows: a listing (in events mode, a backfill) commits after this many
             rows (the customers listing: after this many customers and their children), and
             the next run, or the next chunk of this one, resumes after it. The read of the
             event stream commits after this many events likewise. 0: one chunk.
@@ -156,9 +156,12 @@ def analytics_source(
             resources[api.name] = _table(step, api, feed)
         elif api.name == "customers":
             resources["customers"] = _table(_pass_pages, api, listing)
-        # a listing of `listing` mode writes only changed rows; a backfill writes every row
-        step = change_filter(api, full_refresh=full_refresh, lookback_seconds=lookback_seconds)
-        if step is not None and api.name not in fed and api.name not in plan.backfills:
+        # a listing of `listing` mode writes only changed rows (chunked, with the window of its
+        # first chunk); a backfill of events mode writes every row
+        backfill = plan.backfills.get(api.name, {})
+        step = change_filter(api, full_refresh=full_refresh, lookback_seconds=lookback_seconds,
+                             since=backfill.get("since_ns", ...))
+        if step is not None and api.name not in fed and not backfill.get("position"):
             resources[api.name].add_filter(step)
     if progress is not None:
         for api in RESOURCES:
@@ -248,12 +251,13 @@ def _served(resource: ApiResource) -> list[str]:
 def _listing_start(plan: SyncPlan, resource: ApiResource, full_refresh: bool, lookback_seconds: int) -> Any:
     """The query parameters of a listing's first request: where its backfill resumes, or the
     incremental window of a `listing`-mode run."""
-    since = start_params(resource, full_refresh=full_refresh, lookback_seconds=lookback_seconds)
+    since = start_params(resource, full_refresh=full_refresh, lookback_seconds=lookback_seconds,
+                         since=plan.backfills.get(resource.name, {}).get("since_ns", ...))
 
     def start() -> dict[str, str]:
-        if plan.incremental == "events":  # (a child's listing is whole: its customer's)
-            return {} if resource.parent else plan.listing_params(_served(resource))
-        return since() if since else {}
+        window = since() if since and plan.incremental == "listing" else {}
+        # (a child's listing is whole: its customer's)
+        return window if resource.parent else {**window, **plan.listing_params(_served(resource))}
 
     return start
 

@@ -198,10 +198,11 @@ class SyncPlan:
             backfill["rows"] += len(data)
             backfill["run_rows"] = backfill.get("run_rows", 0) + len(data)
             if not has_more:
-                state["event_cursor"] = dict(backfill["position"])
+                if backfill["position"]:  # (a listing of `listing` mode has none)
+                    state["event_cursor"] = dict(backfill["position"])
                 state.pop("backfill", None)
                 continue
-            state["backfill"] = {k: backfill[k] for k in ("after", "rows", "position")}
+            state["backfill"] = {k: backfill[k] for k in ("after", "rows", "position", "since_ns") if k in backfill}
             going = going or backfill["run_rows"] < self.chunk_rows
         return going
 
@@ -242,11 +243,14 @@ def plan_sync(
             continue
         state = resource_states.get(table, {})
         cursor, backfill = state.get("event_cursor"), state.get("backfill")
-        if incremental == "listing":
+        if incremental == "listing" and backfill and backfill.get("position") is None and not full_refresh:
+            plan.modes[table], plan.backfills[table] = "listing", {**backfill}
+            plan.reasons[table] = f"incremental = listing, resumed after {backfill['rows']} rows ({backfill['after']})"
+        elif incremental == "listing":
             plan.modes[table], plan.reasons[table] = "listing", "incremental = listing"
         elif full_refresh:
             plan.modes[table], plan.reasons[table] = "listing", "full refresh"
-        elif backfill:
+        elif backfill and backfill.get("position"):  # (not one of `listing` mode, left when the mode changed)
             plan.modes[table], plan.backfills[table] = "listing", {**backfill}
             plan.reasons[table] = f"backfill resumed after {backfill['rows']} rows ({backfill['after']})"
         elif not cursor:
@@ -283,12 +287,16 @@ def plan_sync(
         plan.feeds = {table: cursor["event_id"] for table, cursor in cursors.items()}
         plan._pages = _chain_first(first, pages)
 
+    starting = [t for t, mode in plan.modes.items() if mode == "listing" and t not in plan.backfills]
     if incremental == "events":
-        starting = [t for t, mode in plan.modes.items() if mode == "listing" and t not in plan.backfills]
         if starting:
             plan.position = _position(client, first, start, plan, tables)
         for table in starting:
             plan.backfills[table] = {"after": None, "rows": 0, "position": plan.position}
+    else:  # chunked too, its change window kept from its first chunk (`since_ns`)
+        for table in starting:
+            since = None if full_refresh else resource_states.get(table, {}).get("max_ns")
+            plan.backfills[table] = {"after": None, "rows": 0, "position": None, "since_ns": since}
     return plan
 
 
@@ -440,6 +448,7 @@ def _finish(table: str, last: Optional[dict[str, Any]], plan: SyncPlan, written:
     elif not plan.feed_more:  # read to the end, nothing after the cursor: current as of now
         state["event_cursor"] = {**(state.get("event_cursor") or _cursor(None, now)), "as_of": format_ns(now, 0)}
     state.pop("last_event_id", None)
+    state.pop("backfill", None)  # a chunked listing of `listing` mode, left when the mode changed
     state["last_run"] = {"new": new, "updated": written - new, "unchanged": 0}
 
 

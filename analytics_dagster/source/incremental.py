@@ -52,8 +52,11 @@ class _Step:
 
     def begin(self) -> dict[str, Any]:
         state = _state(self.api.name)
-        if self.full_refresh:
+        if self.full_refresh:  # (a chunked listing's progress stays: it is this run's)
+            backfill = state.get("backfill")
             state.clear()
+            if backfill is not None:
+                state["backfill"] = backfill
         state["last_run"] = {"new": 0, "updated": 0, "unchanged": 0}
         return state
 
@@ -71,16 +74,19 @@ class _Step:
 class ChangedSince(_Step):
     """Keeps rows whose `updated_at` moved since the last run (strategies *_updated_at)."""
 
-    def __init__(self, api: ApiResource, full_refresh: bool, lookback_ns: int) -> None:
+    def __init__(self, api: ApiResource, full_refresh: bool, lookback_ns: int, since: Any = ...) -> None:
         super().__init__(api, full_refresh)
         self.lookback_ns = lookback_ns
+        self.since = since
         self.cursor: Optional[int] = None
         self.previous_max: Optional[int] = None
 
     def begin(self) -> dict[str, Any]:
         state = super().begin()
-        self.cursor = window_start(state, self.lookback_ns)
-        self.previous_max = state.get("max_ns")
+        # a chunked listing keeps the window of its first chunk: its later chunks' `max_ns`
+        # moved with the rows committed, not with the ones still to list
+        self.previous_max = state.get("max_ns") if self.since is ... else self.since
+        self.cursor = window_start({"max_ns": self.previous_max}, self.lookback_ns)
         seen = state.setdefault("seen", {})
         if self.cursor is not None:  # forget what slid out of the window
             for key in [k for k, stamp in seen.items() if parse_ns(stamp) < self.cursor]:
@@ -121,22 +127,26 @@ class ChangedSince(_Step):
         return True, "new" if is_new else "updated"
 
 
-def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int) -> Optional[ChangedSince]:
-    """The filter step of a listing of `api` (None: every row it reads is written)."""
+def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int, since: Any = ...,
+                  ) -> Optional[ChangedSince]:
+    """The filter step of a listing of `api` (None: every row it reads is written); `since`:
+    the `max_ns` its window starts from, when not the state's (a chunked listing's)."""
     if api.incremental in ("client_updated_at", "server_updated_at"):
-        return ChangedSince(api, full_refresh, lookback_seconds * NS_PER_SECOND)
+        return ChangedSince(api, full_refresh, lookback_seconds * NS_PER_SECOND, since)
     return None
 
 
 def start_params(
-    api: ApiResource, *, full_refresh: bool, lookback_seconds: int
+    api: ApiResource, *, full_refresh: bool, lookback_seconds: int, since: Any = ...,
 ) -> Optional[Callable[[], dict[str, str]]]:
-    """Query parameters of a listing's first request, from the state (None: the resource has none)."""
+    """Query parameters of a listing's first request, from the state (None: the resource has
+    none); `since` as for `change_filter`."""
     if api.incremental == "server_updated_at":
 
-        def since() -> dict[str, str]:
-            start = None if full_refresh else window_start(_state(api.name), lookback_seconds * NS_PER_SECOND)
+        def since_params() -> dict[str, str]:
+            state = _state(api.name) if since is ... else {"max_ns": since}
+            start = None if full_refresh else window_start(state, lookback_seconds * NS_PER_SECOND)
             return {} if start is None else {"updated_at[GTE]": format_ns(max(start, 0))}
 
-        return since
+        return since_params
     return None
