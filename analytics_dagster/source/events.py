@@ -130,9 +130,10 @@ class SyncPlan:
             (None: from the oldest event the API keeps); `events` is one of them when selected.
         position: the newest event before this run's listings began: the cursor a table whose
             backfill starts now keeps. None when no backfill starts, or in `listing` mode.
-        backfills: per table listed in events mode, its backfill: `after` (the last id
-            committed, None: from the start), `rows` committed, `position` (the stream's
-            position when it began, its cursor once it is done).
+        backfills: per table listed in chunks, its progress: `after` (the last id committed,
+            None: from the start), `rows` committed, and in events mode `position` (the
+            stream's position when the backfill began, its cursor once it is done), in
+            `listing` mode `since_ns` (the `max_ns` its change window starts from) instead.
         chunk_rows: rows of a listing, and events of the stream, one load commits at most
             (customers: with their children); 0: no limit.
         api_now_ns: the API's clock at the run's first request (None: no request made yet).
