@@ -11,7 +11,6 @@ from dagster_dlt.translator import DltResourceTranslatorData
 from analytics_dagster.source import RESOURCES_BY_NAME, Progress, SyncPlan, analytics_source
 from analytics_dagster.source.pipeline import (
     DATASET_NAME,
-    SOURCE_NAME,
     definition_pipeline,
     loader_file_format,
     make_pipeline,
@@ -112,11 +111,13 @@ def analytics_assets(
         # and the next chunk (or the next run, after a failure) resumes after it. In events mode
         # the tables whose backfill ends (and `events`) take, last, the events of the changes
         # made while they were listed: the run ends with every table current.
-        # Built here, under the lock: a plan reads what the last load committed.
-        chunk, finished, caught_up = tables, set(), False
+        # Built here, under the lock: a plan reads what the last load committed (from the
+        # destination for the first chunk; a later chunk's is the state its previous chunk's
+        # load just committed, so it is not read again).
+        chunk, finished, caught_up, states = tables, set(), False, resource_states(pipeline)
         while chunk:
             source = analytics_source(
-                full_refresh=config.full_refresh and not plans, run_state=resource_states(pipeline),
+                full_refresh=config.full_refresh and not plans, run_state=states,
                 tables=chunk, progress=progress, **overrides,
             )
             plans.append(progress.plan)
@@ -133,7 +134,7 @@ def analytics_assets(
                     by_table[name] = {**by_table.get(name, {}), **(result.metadata or {})}
             written.update({t: n for t, n in pipeline.last_trace.last_normalize_info.row_counts.items() if t in tables})
             loads.update(chunk)
-            states = _resource_states(pipeline)
+            states = resource_states(pipeline, from_destination=False)
             backfilling = [t for t in chunk if "backfill" in states.get(t, {}) and t in progress.plan.backfills]
             finished |= {t for t, b in progress.plan.backfills.items() if b["position"]} - set(backfilling)
             # the tables fed by a read of the stream that stopped after a chunk read on
@@ -150,7 +151,6 @@ def analytics_assets(
         context.log.info("read: " + "; ".join(progress.summary()))
         # the row count is all this step needs: the checks step queries the keys
         stats = table_stats(pipeline, by_table, keys=False)
-    states = _resource_states(pipeline)
     plan = plans[0]
     run_requests = sum(progress.requests.values())
     for name, dlt_metadata in by_table.items():
@@ -175,10 +175,6 @@ def analytics_assets(
                 **_cursor_metadata(state.get("event_cursor")),
             },
         )
-
-
-def _resource_states(pipeline: Any) -> dict[str, Any]:
-    return pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get("resources", {})
 
 
 def _plan_line(plan: SyncPlan, table: str) -> str:

@@ -158,10 +158,9 @@ def analytics_source(
             resources["customers"] = _table(_pass_pages, api, listing)
         # a listing of `listing` mode writes only changed rows (chunked, with the window of its
         # first chunk); a backfill of events mode writes every row
-        backfill = plan.backfills.get(api.name, {})
         step = change_filter(api, full_refresh=full_refresh, lookback_seconds=lookback_seconds,
-                             since=backfill.get("since_ns", ...))
-        if step is not None and api.name not in fed and not backfill.get("position"):
+                             since=plan.since_ns(api.name))
+        if step is not None and api.name not in fed and not plan.backfills.get(api.name, {}).get("position"):
             resources[api.name].add_filter(step)
     if progress is not None:
         for api in RESOURCES:
@@ -252,7 +251,7 @@ def _listing_start(plan: SyncPlan, resource: ApiResource, full_refresh: bool, lo
     """The query parameters of a listing's first request: where its backfill resumes, or the
     incremental window of a `listing`-mode run."""
     since = start_params(resource, full_refresh=full_refresh, lookback_seconds=lookback_seconds,
-                         since=plan.backfills.get(resource.name, {}).get("since_ns", ...))
+                         since=plan.since_ns(resource.name))
 
     def start() -> dict[str, str]:
         window = since() if since and plan.incremental == "listing" else {}

@@ -170,6 +170,11 @@ class SyncPlan:
             )
         yield from pages
 
+    def since_ns(self, table: str) -> Any:
+        """The `max_ns` a chunked listing of `listing` mode keeps its change window from;
+        `...`: none kept, the state's applies."""
+        return self.backfills.get(table, {}).get("since_ns", ...)
+
     def listing_params(self, tables: Iterable[str]) -> dict[str, str]:
         """Where a listing that serves `tables` starts: after the least far of their backfills."""
         backfills = [self.backfills[t] for t in tables if t in self.backfills]
@@ -303,7 +308,7 @@ def plan_sync(
 
 def _position(client: RESTClient, first: Any, start: Cursor, plan: SyncPlan, tables: list[str]) -> Cursor:
     """The newest event now, before any listing of the run begins."""
-    if first is not None and not page_json("events", first.response)["meta"]["pagination"]["has_more"]:
+    if first is not None and not _has_more(first):
         assert plan.api_now_ns is not None
         if first:  # the first page of the run's read of the stream is also its last
             return _cursor(first[-1], plan.api_now_ns)
@@ -314,6 +319,11 @@ def _position(client: RESTClient, first: Any, start: Cursor, plan: SyncPlan, tab
     plan.api_now_ns = plan.api_now_ns or now
     newest = page_json("events", response).get("data") or []
     return _cursor(newest[0] if newest else None, now)
+
+
+def _has_more(page: Any) -> bool:
+    """Whether more events follow a page of the stream (as read by the paginator)."""
+    return bool(page_json("events", page.response)["meta"]["pagination"]["has_more"])
 
 
 def _ok(response: Response) -> Response:
@@ -357,7 +367,7 @@ def feed_items(plan: SyncPlan) -> Iterator[Any]:
                 raise EventStreamError(f"resource 'events': an event has no event_id (type {kind!r})")
         yield list(page)
         read += len(page)
-        if 0 < plan.chunk_rows <= read and page_json("events", page.response)["meta"]["pagination"]["has_more"]:
+        if 0 < plan.chunk_rows <= read and _has_more(page):
             plan.feed_more = True
             break
     yield END

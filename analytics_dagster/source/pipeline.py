@@ -36,15 +36,18 @@ def make_pipeline() -> dlt.Pipeline:
     return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination=dest, dataset_name=DATASET_NAME)
 
 
-def resource_states(pipeline: dlt.Pipeline) -> dict[str, Any]:
+def resource_states(pipeline: dlt.Pipeline, *, from_destination: bool = True) -> dict[str, Any]:
     """The source's resource states (cursors) as the destination last committed them.
 
     The local working directory is dropped first, as dagster-dlt does before every run: after a
     run killed mid-load it holds a state whose cursors moved with rows that never landed, and
     a plan made from it would skip those rows. What the destination committed is the truth.
+    `from_destination=False` reads the local state as it is: right after a load this process
+    made, it is what the destination committed.
     """
-    pipeline.drop()
-    pipeline.sync_destination()
+    if from_destination:
+        pipeline.drop()
+        pipeline.sync_destination()
     return dict(pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get("resources", {}))
 
 

@@ -79,7 +79,7 @@ class Progress:
     def status(self, resource: str, now: float) -> dict[str, Any]:
         """How far a listing that says how long it is has got: rows listed (by earlier runs
         too) of its `estimated_total`, how fast, how long to go; {} before its first rows."""
-        pages, rows = self._counts.get(resource, (0, 0))
+        _, rows = self._counts.get(resource, (0, 0))
         total = self.totals.get(resource)
         if not (total and rows):
             return {}
