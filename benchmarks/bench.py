@@ -403,9 +403,15 @@ def main() -> None:
 def print_backfills(args: argparse.Namespace, argv: list[str], env: dict[str, str]) -> None:
     """Peak RSS against the data, a paced backfill under faults, and a resume after a kill."""
     rss_sizes = [int(n) for n in args.rss.split(",") if n.strip()]
-    if rss_sizes:
-        rss = peak_rss(rss_sizes, argv, env)
-        print("peak RSS of a full sync: " + ", ".join(f"{rss[n]} MiB at {n:,} customers" for n in rss_sizes)
+    # the same syncs with DuckDB's row-group compaction off, which is not a setting we ship: it
+    # tells the project's memory (the chunk) from the checkpoint's merge of a table's small row
+    # groups, which holds up to a whole row group of the table (docs/benchmark.md)
+    no_compaction = {**env, "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG": json.dumps({"max_vacuum_tasks": 0})}
+    for label, variant_env in (("", env), (" with DuckDB's compaction off (a diagnostic)", no_compaction)):
+        if not rss_sizes:
+            break
+        rss = peak_rss(rss_sizes, argv, variant_env)
+        print(f"peak RSS of a full sync{label}: " + ", ".join(f"{rss[n]} MiB at {n:,} customers" for n in rss_sizes)
               + (f": {rss[rss_sizes[-1]] / rss[rss_sizes[0]]:.2f}x" if len(rss_sizes) > 1 else ""), flush=True)
     if args.fault_customers:
         f = fault_cost(args.fault_customers, 1200, 0.12, argv, env)
