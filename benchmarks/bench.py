@@ -15,7 +15,11 @@ process started with the chosen scale and latency:
 6. incremental runs by mode (`--incremental`, default 2,000 and 20,000 customers): after an
    unpaced backfill, a no-change run and a run after 1% of the entities changed, in events mode
    paced at 240/minute against a sandbox enforcing that limit, and in listing mode unpaced (paced,
-   its runs would take hours: their time at 240/minute is computed from their requests).
+   its runs would take hours: their time at 240/minute is computed from their requests);
+7. backfills (`--rss`, `--fault-customers`, `--resume-customers`; `--only-backfills`): peak RSS of
+   a full sync at 1,000 and 10,000 customers, with DuckDB's defaults and, as a diagnostic, with
+   its row-group compaction off; a backfill paced at 1,200/minute, clean and with 12% of the
+   requests failing transiently; the requests of a resume after a SIGKILL at 75%.
 
 Ratios are to the floor measured in the same run: this machine is shared and noisy.
 """
