@@ -153,6 +153,13 @@ def start_sandbox(customers: int, latency: float, *extra: str) -> tuple[subproce
     return process, match.group(0), time.monotonic() - started
 
 
+def own_warehouse(env: dict[str, str], url: str, directory: Path, name: str, per_minute: int = 0) -> dict[str, str]:
+    """`env` for a sync against the sandbox at `url` into a warehouse (and a dlt working
+    directory) of its own, `name` under `directory`, paced at `per_minute` (0: unpaced)."""
+    return {**env, "SOURCES__ANALYTICS__BASE_URL": url, "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": str(per_minute),
+            "DLT_DATA_DIR": str(directory / name), "DESTINATION__DUCKDB__CREDENTIALS": str(directory / f"{name}.duckdb")}
+
+
 def sync_on_own_sandbox(customers: int, argv: list[str], env: dict[str, str], per_minute: int = 0,
                         fault_rate: float = 0.0) -> tuple[float, int, dict[str, Any]]:
     """A full sync into a new warehouse against a sandbox of its own (enforcing `per_minute`
@@ -164,10 +171,7 @@ def sync_on_own_sandbox(customers: int, argv: list[str], env: dict[str, str], pe
                                     *(["--fault-rate", str(fault_rate)] if fault_rate else []))
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**env, "SOURCES__ANALYTICS__BASE_URL": url,
-                   "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": str(per_minute), "DLT_DATA_DIR": str(Path(tmp) / "dlt"),
-                   "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / "own.duckdb")}
-            seconds, rss, _ = run_variant(argv, env)
+            seconds, rss, _ = run_variant(argv, own_warehouse(env, url, Path(tmp), "own", per_minute))
         stats = requests.get(f"{url}/_admin/stats", params={"during": ",".join(r.name for r in CHILDREN)}, timeout=10).json()
     finally:
         sandbox.terminate()
@@ -209,18 +213,14 @@ def resume_cost(customers: int, at: float, argv: list[str], env: dict[str, str])
     sandbox, url, _ = start_sandbox(customers, 0.0)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            def env_for(name: str) -> dict[str, str]:
-                return {**env, "SOURCES__ANALYTICS__BASE_URL": url, "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": "0",
-                        "DLT_DATA_DIR": str(Path(tmp) / name), "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / f"{name}.duckdb")}
-
             def total() -> int:
                 return requests.get(f"{url}/_admin/stats", timeout=10).json()["total"]
 
             requests.post(f"{url}/_admin/stats/reset", timeout=10)
-            run_variant(argv, env_for("whole"))
+            run_variant(argv, own_warehouse(env, url, Path(tmp), "whole"))
             whole = total()
             requests.post(f"{url}/_admin/stats/reset", timeout=10)
-            process = subprocess.Popen(argv, cwd=ROOT, env=env_for("killed"), stdout=subprocess.DEVNULL,
+            process = subprocess.Popen(argv, cwd=ROOT, env=own_warehouse(env, url, Path(tmp), "killed"), stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, start_new_session=True)
             while total() < at * whole and process.poll() is None:
                 time.sleep(0.02)
@@ -228,7 +228,7 @@ def resume_cost(customers: int, at: float, argv: list[str], env: dict[str, str])
             process.wait()
             killed = total()
             requests.post(f"{url}/_admin/stats/reset", timeout=10)
-            seconds, _, _ = run_variant(argv, env_for("killed"))
+            seconds, _, _ = run_variant(argv, own_warehouse(env, url, Path(tmp), "killed"))
             resumed = total()
     finally:
         sandbox.terminate()
@@ -243,17 +243,14 @@ def incremental_costs(customers: int, per_minute: int = 240) -> list[dict[str, A
     sandbox, url, _ = start_sandbox(customers, 0.0)
     admin = f"{url}/_admin"
     rows: list[dict[str, Any]] = []
-    materialize = MATERIALIZE
     try:
         with tempfile.TemporaryDirectory() as tmp:
             def run(mode: str, label: str, paced: bool) -> None:
                 requests.post(f"{admin}/config", json={"rate_limit": per_minute if paced else 0}, timeout=10)
                 requests.post(f"{admin}/stats/reset", timeout=10)
-                env = {**os.environ, "SOURCES__ANALYTICS__BASE_URL": url, "SOURCES__ANALYTICS__API_KEY": KEY,
-                       "SOURCES__ANALYTICS__INCREMENTAL": mode, "DLT_DATA_DIR": str(Path(tmp) / mode),
-                       "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": str(per_minute if paced else 0),
-                       "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / f"{mode}.duckdb")}
-                seconds, _, _ = run_variant(materialize, env)
+                env = own_warehouse({**os.environ, "SOURCES__ANALYTICS__API_KEY": KEY, "SOURCES__ANALYTICS__INCREMENTAL": mode},
+                                    url, Path(tmp), mode, per_minute if paced else 0)
+                seconds, _, _ = run_variant(MATERIALIZE, env)
                 stats = requests.get(f"{admin}/stats", timeout=10).json()
                 rows.append({"customers": customers, "mode": mode, "run": label, "paced": paced, "seconds": seconds,
                              "requests": stats["total"], "429s": stats["by_status"].get("429", 0)})
@@ -347,9 +344,7 @@ def main() -> None:
     results: list[tuple[str, float, int, int, int]] = []  # name, seconds, requests, rows, rss
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "SOURCES__ANALYTICS__BASE_URL": url, "SOURCES__ANALYTICS__API_KEY": KEY,
-                   "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": "0", "DLT_DATA_DIR": str(Path(tmp) / "dlt"),
-                   "DESTINATION__DUCKDB__CREDENTIALS": str(Path(tmp) / "project.duckdb")}
+            env = own_warehouse({**os.environ, "SOURCES__ANALYTICS__API_KEY": KEY}, url, Path(tmp), "project")
             me = [sys.executable, str(Path(__file__).resolve()), "--url", url]
 
             def measure(name: str, argv: list[str]) -> None:
@@ -364,9 +359,8 @@ def main() -> None:
             measure("floor, 16 threads", me + ["--variant", "floor", "--db", str(Path(tmp) / "f2.duckdb"), "--threads", "16"])
             if not args.skip_plain_dlt:
                 measure("plain dlt defaults", me + ["--variant", "plain_dlt", "--db", str(Path(tmp) / "p.duckdb")])
-            materialize = MATERIALIZE
             for name in ("project, full sync", "project, no-change rerun"):
-                measure(name, materialize)
+                measure(name, MATERIALIZE)
                 import duckdb
                 with duckdb.connect(env["DESTINATION__DUCKDB__CREDENTIALS"], read_only=True) as con:
                     load = con.execute("SELECT max(load_id) FROM analytics._dlt_loads").fetchone()[0]
@@ -376,7 +370,7 @@ def main() -> None:
                                   for t in tables)
                 results[-1] = results[-1][:3] + (written,) + results[-1][4:]
             bare, with_dlt, location = import_cost(env)
-            paced = budget_use(args.paced_customers, 240, materialize, env) if args.paced_customers else None
+            paced = budget_use(args.paced_customers, 240, MATERIALIZE, env) if args.paced_customers else None
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
@@ -400,7 +394,7 @@ def main() -> None:
         print(f"paced at 240/min, {args.paced_customers} customers: {paced['seconds']:.1f}s, {paced['requests']} requests, "
               f"{paced['per_minute']:.0f}/min over the {paced['fan_out_seconds']:.0f}s children fan-out = "
               f"{paced['use']:.0%} of the budget, {paced['429s']} x 429")
-    print_backfills(args, materialize, env)
+    print_backfills(args, MATERIALIZE, env)
     print_incremental(sizes)
 
 
