@@ -359,15 +359,16 @@ def main() -> None:
             measure("floor, 16 threads", me + ["--variant", "floor", "--db", str(Path(tmp) / "f2.duckdb"), "--threads", "16"])
             if not args.skip_plain_dlt:
                 measure("plain dlt defaults", me + ["--variant", "plain_dlt", "--db", str(Path(tmp) / "p.duckdb")])
+            last_load = 0.0  # the newest load before the run: a run makes a load per chunk
             for name in ("project, full sync", "project, no-change rerun"):
                 measure(name, MATERIALIZE)
                 import duckdb
                 with duckdb.connect(env["DESTINATION__DUCKDB__CREDENTIALS"], read_only=True) as con:
-                    load = con.execute("SELECT max(load_id) FROM analytics._dlt_loads").fetchone()[0]
                     tables = [t for (t,) in con.execute("SELECT table_name FROM information_schema.tables WHERE "
                               "table_schema='analytics' AND table_name NOT LIKE '_dlt%'").fetchall()]
-                    written = sum(con.execute(f"SELECT count(*) FROM analytics.{t} WHERE _dlt_load_id = ?", [load]).fetchone()[0]
-                                  for t in tables)
+                    written = sum(con.execute(f"SELECT count(*) FROM analytics.{t} WHERE CAST(_dlt_load_id AS DOUBLE) > ?",
+                                              [last_load]).fetchone()[0] for t in tables)
+                    last_load = con.execute("SELECT max(CAST(load_id AS DOUBLE)) FROM analytics._dlt_loads").fetchone()[0]
                 results[-1] = results[-1][:3] + (written,) + results[-1][4:]
             bare, with_dlt, location = import_cost(env)
             paced = budget_use(args.paced_customers, 240, MATERIALIZE, env) if args.paced_customers else None
