@@ -36,9 +36,15 @@ def _state(resource: str) -> dict[str, Any]:
     return dlt.current.resource_state(resource)
 
 
-def window_start(state: dict[str, Any], lookback_ns: int) -> Optional[int]:
-    """The earliest `updated_at` (ns) a run must look at; None: read everything."""
-    newest = state.get("max_ns")
+def window_max(state: dict[str, Any], since: Any = ...) -> Optional[int]:
+    """The newest `updated_at` (ns) a listing's change window starts from: the state's `max_ns`,
+    or `since` when a chunked listing kept its first chunk's (its later chunks' `max_ns` moved
+    with the rows committed, not with the ones still to list)."""
+    return state.get("max_ns") if since is ... else since
+
+
+def window_start(newest: Optional[int], lookback_ns: int) -> Optional[int]:
+    """The earliest `updated_at` (ns) a run must look at, from `window_max`; None: read everything."""
     return None if newest is None else int(newest) - lookback_ns
 
 
@@ -83,10 +89,8 @@ class ChangedSince(_Step):
 
     def begin(self) -> dict[str, Any]:
         state = super().begin()
-        # a chunked listing keeps the window of its first chunk: its later chunks' `max_ns`
-        # moved with the rows committed, not with the ones still to list
-        self.previous_max = state.get("max_ns") if self.since is ... else self.since
-        self.cursor = window_start({"max_ns": self.previous_max}, self.lookback_ns)
+        self.previous_max = window_max(state, self.since)
+        self.cursor = window_start(self.previous_max, self.lookback_ns)
         seen = state.setdefault("seen", {})
         if self.cursor is not None:  # forget what slid out of the window
             for key in [k for k, stamp in seen.items() if parse_ns(stamp) < self.cursor]:
@@ -144,8 +148,8 @@ def start_params(
     if api.incremental == "server_updated_at":
 
         def since_params() -> dict[str, str]:
-            state = _state(api.name) if since is ... else {"max_ns": since}
-            start = None if full_refresh else window_start(state, lookback_seconds * NS_PER_SECOND)
+            start = None if full_refresh else window_start(window_max(_state(api.name), since),
+                                                           lookback_seconds * NS_PER_SECOND)
             return {} if start is None else {"updated_at[GTE]": format_ns(max(start, 0))}
 
         return since_params
