@@ -1,16 +1,22 @@
 """Jobs, schedules and sensors: when the sync runs, and what watches it."""
 
+from __future__ import annotations
 
+import json
+import time
 from collections import defaultdict
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
 
 import dlt
 from dagster import (
     AssetSelection,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
+    RunsFilter,
     ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -22,9 +28,13 @@ from dagster import (
 
 from analytics_dagster.assets import GROUP, asset_key
 from analytics_dagster.source.events import events_after, latest_event_id
-from analytics_dagster.source.resources import table_of_event
+from analytics_dagster.source.resources import RESOURCES, table_of_event
 
-FAST_MOVING = ["events", "transactions", "subscriptions", "customers", "customer_addresses", "businesses"]
+# The event stream and every table it keeps. In events mode one read of the stream serves them
+# all, so a run of all of them costs what a run of one costs, and every run moves each table's
+# `as_of`: a quiet table's cursor never ages past the retention (which would list it in full).
+STREAM_TABLES = ["events", *(r.name for r in RESOURCES if r.event_entity)]
+FAST_MOVING = STREAM_TABLES
 
 sync_all_job = define_asset_job(
     "sync_all",
@@ -34,7 +44,10 @@ sync_all_job = define_asset_job(
 sync_fast_moving_job = define_asset_job(
     "sync_fast_moving",
     selection=AssetSelection.assets(*[asset_key(n) for n in FAST_MOVING]),
-    description="Sync the resources that change by the hour: " + ", ".join(FAST_MOVING) + ".",
+    description=(
+        "Sync the event stream and every table it keeps (" + ", ".join(FAST_MOVING) + "): in events "
+        "mode one read of the stream, a request per 200 changes."
+    ),
 )
 
 full_refresh_job = define_asset_job(
@@ -57,7 +70,7 @@ def _schedule(name: str, job: Any, cron: str, description: str) -> ScheduleDefin
 
 hourly_fast_moving = _schedule(
     "hourly_fast_moving", sync_fast_moving_job, "0 * * * *",
-    "Every hour: events, transactions, subscriptions, customers and their children.",
+    "Every hour: the event stream and every table it keeps (sync_fast_moving).",
 )
 daily_all = _schedule("daily_all", sync_all_job, "30 2 * * *", "Every day at 02:30: every resource.")
 weekly_full_refresh = _schedule(
@@ -66,7 +79,8 @@ weekly_full_refresh = _schedule(
 )
 
 def assets_for_events(events: list[dict]) -> list[str]:
-    """The assets a batch of events makes stale, `events` included, in a stable order."""
+    """The tables a batch of events touches, `events` included, in a stable order (the sensor
+    logs them; the run it requests syncs every table of `STREAM_TABLES`)."""
     touched = {"events"}
     for event in events:
         table = table_of_event(event.get("event_type"))
@@ -75,42 +89,149 @@ def assets_for_events(events: list[dict]) -> list[str]:
     return sorted(touched)
 
 
+SENSOR_NAME = "api_events_sensor"
+# the tags the sensor daemon puts on a run it launches for a sensor's run request
+# (dagster._core.storage.tags RUN_KEY_TAG, SENSOR_NAME_TAG): how the sensor finds its run again
+RUN_KEY_TAG = "dagster/run_key"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+# After the n-th run in a row failed, the next run is requested RETRY_DELAYS[n-1] seconds after
+# it ended (the last delay for any later one): at the next tick, then 5 min, 15 min, 1 h. With no
+# new event, a failed run is run again MAX_RETRIES times at most; then the sensor waits for new
+# events (still at most one run an hour while runs keep failing) or a schedule.
+RETRY_DELAYS = (0, 300, 900, 3600)
+MAX_RETRIES = 4
+_IN_FLIGHT = {
+    DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.MANAGED,
+    DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING,
+}
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass
+class EventsSensorCursor:
+    """What `api_events_sensor` keeps between ticks, as JSON in its cursor.
+
+    Before runs were followed the cursor was the newest event id alone (or "" for an empty
+    stream); `decode` reads that too.
+    """
+
+    event_id: Optional[str] = None  # the newest event seen (None: the stream was empty)
+    run_key: Optional[str] = None  # the run requested last, until it is seen finished
+    owed: bool = False  # a run is owed: events came after the last run requested, or it failed
+    failures: int = 0  # the runs requested that failed in a row (0 after a success)
+    failed_at: Optional[float] = None  # when the last of them ended (seconds since the epoch)
+
+    @classmethod
+    def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
+        if not text:
+            return cls()
+        if not text.lstrip().startswith("{"):
+            return cls(event_id=text)  # the cursor of before: an event id
+        data = json.loads(text)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    def wait_seconds(self, now: float) -> float:
+        """How long the next run must wait after failed runs (0: none failed, or time is up)."""
+        if not self.failures:
+            return 0.0
+        delay = RETRY_DELAYS[min(self.failures, len(RETRY_DELAYS)) - 1]
+        return max(0.0, (self.failed_at or 0.0) + delay - now)
+
+
+def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> str:
+    """Update `state` with the outcome of the run it follows; a phrase saying what became of it."""
+    key = state.run_key
+    records = context.instance.get_run_records(
+        filters=RunsFilter(tags={RUN_KEY_TAG: key, SENSOR_NAME_TAG: SENSOR_NAME}), limit=1
+    )
+    if not records:  # never launched, or deleted: nothing to wait for, nothing known to retry
+        state.run_key = None
+        return f"run {key} not found in the instance; no longer followed"
+    run = records[0].dagster_run
+    if run.status in _IN_FLIGHT:
+        return f"run {run.run_id} ({key}) is {run.status.value.lower()}"
+    state.run_key = None
+    if run.status == DagsterRunStatus.SUCCESS:
+        state.failures, state.failed_at = 0, None
+        return f"run {run.run_id} ({key}) succeeded"
+    if run.status == DagsterRunStatus.CANCELED:  # someone stopped it: not retried
+        return f"run {run.run_id} ({key}) was canceled; not retried"
+    state.failures += 1
+    state.failed_at = records[0].end_time or _now()
+    if state.failures <= MAX_RETRIES:
+        state.owed = True
+        return f"run {run.run_id} ({key}) failed ({state.failures} in a row): it will be run again"
+    return (
+        f"run {run.run_id} ({key}) failed ({state.failures} in a row): no more retries; "
+        "the next new event or schedule runs it again"
+    )
+
+
 @sensor(
-    name="api_events_sensor",
+    name=SENSOR_NAME,
     job=sync_all_job,
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.STOPPED,
     description=(
-        "Polls the API's /v1/events for events newer than its cursor (the last event_id seen) "
-        "and requests a sync of the assets they touch; in events mode such a run costs a "
-        "request per 200 events. The first tick only sets the cursor."
+        "Polls the API's /v1/events for events newer than its cursor and requests a sync of the "
+        "event stream and every table it keeps (" + ", ".join(STREAM_TABLES) + "), not only the "
+        "tables the events touch: in events mode the run reads the stream once (a request per "
+        "200 events) and every table's cursor stays current, so no quiet table ages past the "
+        "retention into a full listing. It follows the run it requested: if that run failed, it "
+        "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
+        "1 h (at most 4 retries without new events). The first tick only sets the cursor."
     ),
 )
-def api_events_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
     # settings are resolved here, at evaluation, never when the code location loads
     base_url = dlt.config["sources.analytics.base_url"]
     api_key = dlt.secrets["sources.analytics.api_key"]
     if context.cursor is None:
         newest = latest_event_id(base_url, api_key)
-        return SensorResult(skip_reason=SkipReason(f"cursor set to the newest event {newest}"), cursor=newest or "")
-    events = events_after(base_url, api_key, context.cursor or None)
-    if not events:
-        return SkipReason(f"no events after {context.cursor}")
-    newest = events[-1]["event_id"]
-    names = assets_for_events(events)
-    by_type: dict[str, int] = defaultdict(int)
-    for event in events:
-        by_type[str(event.get("event_type"))] += 1
-    context.log.info(f"{len(events)} new events up to {newest}: {dict(by_type)}; syncing {names}")
+        return SensorResult(
+            skip_reason=SkipReason(f"cursor set to the newest event {newest}"),
+            cursor=EventsSensorCursor(event_id=newest).encode(),
+        )
+    state = EventsSensorCursor.decode(context.cursor)
+    notes = []
+    events = events_after(base_url, api_key, state.event_id)
+    if events:
+        state.event_id, state.owed = events[-1]["event_id"], True
+        by_type: dict[str, int] = defaultdict(int)
+        for event in events:
+            by_type[str(event.get("event_type"))] += 1
+        notes.append(
+            f"{len(events)} new events up to {state.event_id}: {dict(by_type)}, touching "
+            f"{assets_for_events(events)}"
+        )
+    else:
+        notes.append(f"no events after {state.event_id}")
+    if state.run_key:
+        notes.append(_follow_run(context, state))
+    wait = state.wait_seconds(_now())
+    if not state.owed or wait > 0:
+        if state.owed:
+            notes.append(f"the next run waits {wait:.0f} s more after {state.failures} failed runs")
+        return SensorResult(skip_reason=SkipReason("; ".join(notes)), cursor=state.encode())
+
+    after = state.failures
+    run_key = f"events-up-to-{state.event_id}" + (f"-after-{after}-failed" if after else "")
+    tags = {"analytics/events_up_to": str(state.event_id)}
+    if after:
+        tags["analytics/after_failed_runs"] = str(after)
+    state.run_key, state.owed = run_key, False
+    context.log.info("; ".join(notes) + f"; requesting {run_key} of {STREAM_TABLES}")
     return SensorResult(
         run_requests=[
-            RunRequest(
-                run_key=f"events-up-to-{newest}",
-                asset_selection=[asset_key(n) for n in names],
-                tags={"analytics/events_up_to": newest},
-            )
+            RunRequest(run_key=run_key, asset_selection=[asset_key(n) for n in STREAM_TABLES], tags=tags)
         ],
-        cursor=newest,
+        cursor=state.encode(),
     )
 
 

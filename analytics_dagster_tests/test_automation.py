@@ -2,46 +2,214 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
+from typing import Any, Optional
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, build_run_status_sensor_context, build_sensor_context
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    RunRequest,
+    build_run_status_sensor_context,
+    build_sensor_context,
+)
 
+from analytics_dagster import automation
 from analytics_dagster.automation import (
+    MAX_RETRIES,
+    RUN_KEY_TAG,
+    SENSOR_NAME,
+    SENSOR_NAME_TAG,
+    STREAM_TABLES,
+    EventsSensorCursor,
     api_events_sensor,
     assets_for_events,
     failure_report,
     report_failed_runs,
 )
 from analytics_dagster.definitions import defs
-from analytics_dagster_tests.conftest import Admin, assert_warehouse_equals_api
+from analytics_dagster.rfc3339 import parse_ns
+from analytics_dagster_tests.conftest import Admin, assert_events_cover_api, assert_warehouse_equals_api
+from analytics_dagster_tests.test_events import metadata
 from analytics_dagster_tests.test_sync import sync
+
+DAY = 24 * 3600
+KEPT = [t for t in STREAM_TABLES if t != "events"]  # the tables the event stream keeps
+
+
+def evaluate(instance: DagsterInstance, cursor: Optional[str]) -> Any:
+    """One tick of the events sensor, with the instance the daemon would give it."""
+    return api_events_sensor.evaluate_tick(build_sensor_context(cursor=cursor, instance=instance))
+
+
+def launch(instance: DagsterInstance, request: RunRequest) -> Any:
+    """Run a run request of the sensor in-process, in `instance`, as the daemon would launch it:
+    job sync_all (the sensor's), the request's selection and tags, plus the tags the daemon
+    adds to a sensor's run (its run_key as `dagster/run_key`, the sensor's name as
+    `dagster/sensor_name`), by which the sensor finds the run on its next tick."""
+    return defs.resolve_job_def("sync_all").execute_in_process(
+        instance=instance,
+        asset_selection=list(request.asset_selection or []),
+        tags={**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: SENSOR_NAME},
+        raise_on_error=False,
+    )
+
+
+def selected(request: RunRequest) -> set[str]:
+    return {k.path[-1] for k in request.asset_selection or []}
 
 
 def test_events_sensor_requests_a_run_only_for_new_events(warehouse: Path, admin: Admin) -> None:
     assert sync().success  # the backfill
-    first = api_events_sensor.evaluate_tick(build_sensor_context(cursor=None))
+    instance = DagsterInstance.ephemeral()
+    first = evaluate(instance, None)
     assert not first.run_requests
     newest = admin.truth("events")[-1]["event_id"]
-    assert first.cursor == newest
+    assert EventsSensorCursor.decode(first.cursor) == EventsSensorCursor(event_id=newest)
 
-    quiet = api_events_sensor.evaluate_tick(build_sensor_context(cursor=first.cursor))
-    assert not quiet.run_requests and quiet.cursor in (None, first.cursor)
+    quiet = evaluate(instance, first.cursor)
+    assert not quiet.run_requests
+    assert EventsSensorCursor.decode(quiet.cursor) == EventsSensorCursor(event_id=newest)
 
     admin.post("advance", new_transactions=2, new_customers=1)
-    tick = api_events_sensor.evaluate_tick(build_sensor_context(cursor=first.cursor))
+    # a cursor of before runs were followed (the event id alone) still works
+    tick = evaluate(instance, newest)
     assert len(tick.run_requests) == 1
     request = tick.run_requests[0]
-    selected = {k.path[-1] for k in request.asset_selection}
-    assert {"events", "transactions", "customers"} <= selected
-    assert tick.cursor == admin.truth("events")[-1]["event_id"] != first.cursor
+    # every table the stream keeps, not only those the events touch (customers, transactions)
+    assert selected(request) == set(STREAM_TABLES)
+    state = EventsSensorCursor.decode(tick.cursor)
+    assert state.event_id == admin.truth("events")[-1]["event_id"] != newest
+    assert state.run_key == request.run_key and not state.owed
     # the run it requests is fed by the events: one request, and exact
     admin.post("stats/reset")
-    assert sync(sorted(selected)).success
+    assert launch(instance, request).success
     assert admin.get("stats")["by_resource"] == {"events": 1}
-    assert_warehouse_equals_api(warehouse, admin, sorted(selected))
+    assert_warehouse_equals_api(warehouse, admin, STREAM_TABLES)
 
-    again = api_events_sensor.evaluate_tick(build_sensor_context(cursor=tick.cursor))
+    again = evaluate(instance, tick.cursor)
     assert not again.run_requests
+    assert "succeeded" in again.skip_message
+    assert EventsSensorCursor.decode(again.cursor) == EventsSensorCursor(event_id=state.event_id)
+
+
+def test_the_sensor_keeps_quiet_tables_current_and_never_lists_them_again(warehouse: Path, admin: Admin) -> None:
+    """100 days of changes to customers and transactions only, synced by the sensor's runs alone:
+    the other tables are current as of every run, so none ages past the 87 days after which a
+    table is listed again."""
+    assert sync().success  # the backfill
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    customers = [c["id"] for c in admin.truth("customers")]
+    quiet = [t for t in KEPT if t not in ("customers", "transactions")]
+    as_of: dict[str, int] = {}
+    for step in range(4):
+        admin.post("advance", seconds=25 * DAY)
+        admin.post("mutate", resource="customers", key=customers[step], set={"name": f"Renamed {step}"})
+        admin.post("advance", new_transactions=2)
+        tick = evaluate(instance, cursor)
+        assert len(tick.run_requests) == 1, tick.skip_message
+        request = tick.run_requests[0]
+        assert selected(request) == set(STREAM_TABLES)
+        admin.post("stats/reset")
+        result = launch(instance, request)
+        assert result.success
+        # one read of the stream, and no listing of any table
+        assert admin.get("stats")["by_resource"] == {"events": 1}, step
+        meta = metadata(result)
+        assert {t: meta[t]["sync_mode"] for t in KEPT} == {t: "events" for t in KEPT}, step
+        for table in quiet:
+            assert meta[table]["rows_written"] == 0
+            moved = parse_ns(meta[table]["current_as_of"])
+            assert moved > as_of.get(table, 0), (step, table)
+            as_of[table] = moved
+        cursor = tick.cursor
+    assert_warehouse_equals_api(warehouse, admin, KEPT)
+    assert_events_cover_api(warehouse, admin)  # the API keeps 90 days of them; the warehouse all
+
+
+def test_a_failed_run_is_run_again_without_a_new_event(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sync().success  # the backfill
+    instance = DagsterInstance.ephemeral()
+    first = evaluate(instance, None)
+    admin.post("advance", updates=10, archives=2, new_customers=2, new_transactions=3)
+    tick = evaluate(instance, first.cursor)
+    assert len(tick.run_requests) == 1
+    # the run's first request, to the event stream, fails: no retry, the run fails
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "1")
+    admin.post("inject", resource="events", kind="status", status=500, count=1)
+    assert not launch(instance, tick.run_requests[0]).success
+
+    # no new event: the next tick finds the run failed and requests another at once
+    retry = evaluate(instance, tick.cursor)
+    assert len(retry.run_requests) == 1, retry.skip_message
+    assert retry.run_requests[0].run_key != tick.run_requests[0].run_key
+    assert selected(retry.run_requests[0]) == set(STREAM_TABLES)
+    assert EventsSensorCursor.decode(retry.cursor).failures == 1
+
+    # that one fails too: the next waits 5 minutes, however often the sensor ticks
+    admin.post("inject", resource="events", kind="status", status=500, count=1)
+    assert not launch(instance, retry.run_requests[0]).success
+    waiting = evaluate(instance, retry.cursor)
+    assert not waiting.run_requests and "waits" in waiting.skip_message
+    state = EventsSensorCursor.decode(waiting.cursor)
+    assert state.failures == 2 and state.owed and state.run_key is None
+    assert not evaluate(instance, waiting.cursor).run_requests
+
+    later = time.time() + 301
+    monkeypatch.setattr(automation, "_now", lambda: later)
+    again = evaluate(instance, waiting.cursor)
+    assert len(again.run_requests) == 1, again.skip_message
+    assert launch(instance, again.run_requests[0]).success
+    assert_warehouse_equals_api(warehouse, admin)
+
+    done = evaluate(instance, again.cursor)
+    assert not done.run_requests
+    assert EventsSensorCursor.decode(done.cursor) == EventsSensorCursor(event_id=state.event_id)
+
+
+def test_a_run_that_keeps_failing_is_not_run_again_forever(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the last retry failed, only a new event brings a run, and then not before an hour."""
+    instance = DagsterInstance.ephemeral()
+    newest = admin.truth("events")[-1]["event_id"]
+    request = RunRequest(run_key=f"events-up-to-{newest}-after-{MAX_RETRIES}-failed", asset_selection=[
+        AssetKey(["analytics", t]) for t in STREAM_TABLES
+    ])
+    key = os.environ["SOURCES__ANALYTICS__API_KEY"]
+    monkeypatch.setenv("SOURCES__ANALYTICS__API_KEY", "a-wrong-key-0123456789")  # 403 at once
+    assert not launch(instance, request).success
+    monkeypatch.setenv("SOURCES__ANALYTICS__API_KEY", key)
+    failing = EventsSensorCursor(event_id=newest, run_key=request.run_key, failures=MAX_RETRIES)
+
+    gave_up = evaluate(instance, failing.encode())
+    assert not gave_up.run_requests and "no more retries" in gave_up.skip_message
+    state = EventsSensorCursor.decode(gave_up.cursor)
+    assert state.failures == MAX_RETRIES + 1 and not state.owed and state.run_key is None
+    assert not evaluate(instance, gave_up.cursor).run_requests
+
+    admin.post("advance", updates=3)
+    soon = evaluate(instance, gave_up.cursor)
+    assert not soon.run_requests and "waits" in soon.skip_message
+    later = time.time() + 3601
+    monkeypatch.setattr(automation, "_now", lambda: later)
+    assert len(evaluate(instance, soon.cursor).run_requests) == 1
+
+
+def test_the_sensor_cursor_reads_the_old_format_and_backs_off() -> None:
+    assert EventsSensorCursor.decode("evt_01abc") == EventsSensorCursor(event_id="evt_01abc")
+    assert EventsSensorCursor.decode("") == EventsSensorCursor()
+    state = EventsSensorCursor(event_id="evt_1", run_key="k", owed=True, failures=2, failed_at=1000.0)
+    assert EventsSensorCursor.decode(state.encode()) == state
+    waits = [EventsSensorCursor(failures=n, failed_at=1000.0).wait_seconds(1000.0) for n in range(7)]
+    assert waits == [0, 0, 300, 900, 3600, 3600, 3600]
+    assert EventsSensorCursor(failures=3, failed_at=1000.0).wait_seconds(1000.0 + 900) == 0
 
 
 def test_event_types_map_to_assets() -> None:
