@@ -87,7 +87,8 @@ def analytics_assets(
     """dlt runs of the selected resources (one, or one per chunk of a backfill), with a fresh
     source each time (dagster-dlt mutates the source's schema in place:
     dagster-io/dagster#34052, NOTES #4)."""
-    pipeline = make_pipeline()
+    # a DuckDB file held by another process is waited for, saying so in the run's log
+    pipeline = make_pipeline(report=context.log.warning)
     tables = sorted(key.path[-1] for key in context.selected_asset_keys)
 
     def observe(statuses: dict[str, dict[str, Any]]) -> None:

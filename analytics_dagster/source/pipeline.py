@@ -2,7 +2,9 @@
 
 The destination is dlt's own configuration: DuckDB unless `DESTINATION_TYPE` (or
 `destination_type` in `.dlt/config.toml`) names another, with its credentials in the usual
-place (`DESTINATION__DUCKDB__CREDENTIALS`, `DESTINATION__POSTGRES__CREDENTIALS`, ...).
+place (`DESTINATION__DUCKDB__CREDENTIALS`, `DESTINATION__POSTGRES__CREDENTIALS`, ...). A DuckDB
+file held by another process (a notebook, a BI tool) is waited for, up to
+`destination.duckdb.lock_wait_seconds`, by every connection the pipeline opens (`duckdb_lock`).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import dlt
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
 
+from analytics_dagster.source.duckdb_lock import DEFAULT_LOCK_WAIT_SECONDS, waiting_credentials
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
 
 PIPELINE_NAME = "analytics_sync"
@@ -24,13 +27,19 @@ DATASET_NAME = "analytics"
 DEFAULT_DUCKDB_FILE = "data/warehouse.duckdb"  # not analytics.duckdb: shared/NOTES.md #7
 
 
-def make_pipeline() -> dlt.Pipeline:
-    """The pipeline, with its destination resolved from dlt's configuration at call time."""
+def make_pipeline(report: Optional[Callable[[str], None]] = None) -> dlt.Pipeline:
+    """The pipeline, with its destination resolved from dlt's configuration at call time.
+
+    `report`: where a connection waiting for a DuckDB file held by another process says so
+    (at most every few seconds); default, the logger `analytics_dagster.warehouse`.
+    """
     destination_type = dlt.config.get("destination_type", str) or "duckdb"
     if destination_type == "duckdb":
         target = _duckdb_file()
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        dest = dlt.destinations.duckdb(credentials=target)
+        dest = dlt.destinations.duckdb(credentials=waiting_credentials(
+            target, lock_wait_seconds=_setting("destination.duckdb.lock_wait_seconds", float, DEFAULT_LOCK_WAIT_SECONDS),
+            report=report))
     else:
         dest = destination_type
     return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination=dest, dataset_name=DATASET_NAME)
@@ -62,11 +71,16 @@ def _duckdb_file() -> str:
     dlt would resolve a relative path against its own local dir, which is not always the
     working directory (seen: two steps of one run opening two different files).
     """
+    return os.path.abspath(_setting("destination.duckdb.credentials", str, None) or DEFAULT_DUCKDB_FILE)
+
+
+def _setting(key: str, kind: type, default: Any) -> Any:
+    """A setting from dlt's configuration, read now (never at import), or `default`."""
     try:
-        configured = dlt.config.get("destination.duckdb.credentials", str)
+        value = dlt.config.get(key, kind)
     except ConfigFieldMissingException:
-        configured = None
-    return os.path.abspath(configured or DEFAULT_DUCKDB_FILE)
+        value = None
+    return default if value is None else value
 
 
 # Chosen per destination: into DuckDB parquet is 5 to 20x faster than the default insert_values
