@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -137,3 +137,37 @@ def test_runs_launched_through_a_postgres_backed_instance(
         daemon.wait(timeout=30)
         for key in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
             os.environ.pop(key, None)
+
+
+def test_a_load_that_fails_leaves_the_replaced_tables_as_they_were_in_postgres(
+    postgres_warehouse: str, admin: Admin, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real failure of the load itself: PostgreSQL refuses a NUL character in text, so the
+    COPY of an event type whose description holds one fails. Loaded into the staging dataset
+    and swapped in by one transaction, event_types keeps its previous rows; dlt's default,
+    truncate-and-insert, emptied it at the start of the load (the control below)."""
+    from analytics_dagster_tests.conftest import warehouse_rows
+    from analytics_dagster_tests.test_failures import step_error
+
+    assert sync().success
+    before = {t: warehouse_rows(postgres_warehouse, t) for t in sorted(REPLACED)}
+    assert all(before.values())
+    admin.post("advance", new_event_types=1, cidrs_swapped=1)
+    sandbox.world.event_types[-1]["description"] = "a NUL \u0000 in the text"
+    result = sync(sorted(REPLACED), raise_on_error=False)
+    assert not result.success
+    error = step_error(result)
+    assert "0x00" in error and "event_types" in error, error[-3000:]
+    after = {t: warehouse_rows(postgres_warehouse, t) for t in sorted(REPLACED)}
+    assert after["event_types"] == before["event_types"], "the previous rows, the very same (same _dlt_load_id)"
+    ips = set(after["ip_addresses"])
+    assert after["ip_addresses"] == before["ip_addresses"] or ips == {r["ipv4_cidr"] for r in admin.truth("ip_addresses")}
+
+    monkeypatch.setenv("DESTINATION__REPLACE_STRATEGY", "truncate-and-insert")  # the control
+    assert not sync(sorted(REPLACED), raise_on_error=False).success
+    assert warehouse_rows(postgres_warehouse, "event_types") == {}
+
+    monkeypatch.delenv("DESTINATION__REPLACE_STRATEGY")
+    sandbox.world.event_types[-1]["description"] = "no NUL any more"
+    assert sync().success
+    assert_warehouse_equals_api(postgres_warehouse, admin)
