@@ -49,3 +49,16 @@ def format_ns(ns: int, digits: int = 9) -> str:
     if digits <= 0:
         return base + "Z"
     return f"{base}.{nanos:09d}"[: len(base) + 1 + digits] + "Z"
+
+
+# Ids are `<prefix>_` and a lower-case ULID: 10 characters of milliseconds since the epoch in
+# Crockford base32 (an alphabet whose order is ASCII order), then 16 random ones. So ids sort by
+# the instant they were taken, and the smallest id of an instant can be written down.
+CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def id_floor(prefix: str, ns: int) -> str:
+    """The smallest id of `prefix` taken at or after the millisecond of `ns`: every id of that
+    millisecond or later sorts after it (`after=` this id lists them)."""
+    ms = max(ns, 0) // 1_000_000
+    return f"{prefix}_" + "".join(CROCKFORD[(ms >> s) & 31] for s in range(45, -5, -5)) + "0" * 16

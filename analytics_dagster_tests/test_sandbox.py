@@ -379,3 +379,46 @@ def test_a_raw_event_swapped_cidrs_and_new_event_types(sandbox: SandboxServer, a
     assert gone in before and gone not in after and new in after and len(after) == len(before)
     names = [t["name"] for t in get(sandbox, "/v1/event-types").json()["data"]]
     assert touched["event_types"][0] in names
+
+
+def test_precision_traps_make_a_later_change_read_earlier(sandbox: SandboxServer, admin: Admin) -> None:
+    before = len(admin.truth("events"))
+    admin.post("advance", precision_traps=3)
+    events = admin.truth("events")[before:]
+    assert len(events) == 6
+    for first, second in zip(events[::2], events[1::2]):
+        assert first["data"]["id"] == second["data"]["id"] and first["event_id"] < second["event_id"]
+        assert re.search(r"\.9\d{5}Z$", first["data"]["updated_at"]) and second["data"]["updated_at"].endswith(".9Z")
+        assert parse_ns(second["data"]["updated_at"]) < parse_ns(first["data"]["updated_at"])
+
+
+def test_ordinary_rounds_cut_stamps_so_a_later_change_can_read_earlier() -> None:
+    world = World(customers=30, seed=5)
+    earlier = 0
+    for _ in range(20):
+        before = {k: dict(e) for k, e in world.entities["customers"].items()}
+        touched = world.advance(updates=40, seconds=0.2)
+        for key in touched.get("customers", []):
+            if key in before and parse_ns(world.entities["customers"][key]["updated_at"]) < parse_ns(before[key]["updated_at"]):
+                earlier += 1
+    assert earlier > 0, "stamps cut to their digits: within one second a later change reads earlier"
+
+
+def test_a_held_event_is_listed_only_once_released(sandbox: SandboxServer, admin: Admin) -> None:
+    customer = admin.truth("customers")[0]["id"]
+    held = admin.post("mutate", resource="customers", key=customer, set={"name": "held"}, hold_event=True)
+    admin.post("advance", seconds=2, updates=3)
+    listed = [e["event_id"] for e in all_events(sandbox)]
+    assert held["event_id"] not in listed and max(listed) > held["event_id"], "later events are listed already"
+    assert {c["id"]: c for c in admin.truth("customers")}[customer]["name"] == "held", "the change itself is visible"
+    assert admin.post("release", event_ids=[held["event_id"]]) == {"released": [held["event_id"]]}
+    assert held["event_id"] in [e["event_id"] for e in all_events(sandbox)]
+
+
+def test_malformed_events_are_listed_as_sent(sandbox: SandboxServer, admin: Admin) -> None:
+    no_data = admin.post("event", event_type="customer.updated", drop=["data"])
+    admin.post("event", event_type="transaction.updated", data={"id": "txn_x"}, event_id=12345)
+    admin.post("event", event_type="business.updated", data={"id": "biz_x"}, drop=["event_id"])
+    tail = all_events(sandbox)[-3:]
+    assert tail[0]["event_id"] == no_data["event_id"] and "data" not in tail[0]
+    assert tail[1]["event_id"] == 12345 and "event_id" not in tail[2]

@@ -111,7 +111,8 @@ class SandboxApp:
         self._window: dict[str, deque[float]] = defaultdict(deque)
         self._blocked_until: dict[str, float] = {}
         self._injections: list[dict[str, Any]] = []
-        self._deferred: list[tuple[int, dict[str, Any]]] = []  # (at request number, advance args)
+        # (at request number, a change of the world to make then: advance or mutate, and its args)
+        self._deferred: list[tuple[int, Callable[..., Any], dict[str, Any]]] = []
         self._lock = asyncio.Lock()  # the world is mutated by admin calls between requests
         api: list[tuple[str, str, Callable[[Request], Response]]] = [
             ("/v1/customers", "customers", self._list),
@@ -134,6 +135,7 @@ class SandboxApp:
             Route("/_admin/advance", self._admin(self._advance), methods=["POST"]),
             Route("/_admin/mutate", self._admin(self._mutate), methods=["POST"]),
             Route("/_admin/event", self._admin(self._event), methods=["POST"]),
+            Route("/_admin/release", self._admin(self._release), methods=["POST"]),
             Route("/_admin/config", self._admin(self._config), methods=["GET", "POST"]),
             Route("/_admin/inject", self._admin(self._inject), methods=["POST"]),
             Route("/_admin/stats", self._admin(self._stats), methods=["GET"]),
@@ -169,10 +171,10 @@ class SandboxApp:
         return endpoint
 
     def _run_deferred(self) -> None:
-        due = [args for at, args in self._deferred if self.stats.total >= at]
-        self._deferred = [(at, args) for at, args in self._deferred if self.stats.total < at]
-        for args in due:
-            self.world.advance(**args)
+        due = [(change, args) for at, change, args in self._deferred if self.stats.total >= at]
+        self._deferred = [item for item in self._deferred if self.stats.total < item[0]]
+        for change, args in due:
+            change(**args)
 
     def _rate_limited(self, request: Request) -> Response | None:
         limit = self.config.rate_limit
@@ -352,20 +354,32 @@ class SandboxApp:
     def _advance(self, request: Request, body: dict[str, Any]) -> Any:
         """Advance the world now, or (with `after_requests`: N) once N more API requests came in,
         so that a test can change the world while a sync is paging."""
-        after = body.pop("after_requests", None)
-        if after is not None:
-            self._deferred.append((self.stats.total + int(after), body))
-            return {"deferred_until_request": self.stats.total + int(after)}
-        return self.world.advance(**body)
+        return self._now_or_later(self.world.advance, body)
 
     def _mutate(self, request: Request, body: dict[str, Any]) -> Any:
-        """Set fields of one entity (a new field, a changed type, a huge value), as the API might."""
-        return self.world.mutate(body["resource"], body["key"], body.get("set", {}), body.get("updated_at"))
+        """Set fields of one entity (a new field, a changed type, a huge value), as the API might;
+        with `after_requests`: N, once N more API requests came in."""
+        args = {"resource": body.pop("resource"), "key": body.pop("key"), "values": body.pop("set", {}),
+                "updated_at": body.pop("updated_at", None), "hold_event": bool(body.pop("hold_event", False))}
+        return self._now_or_later(self.world.mutate, {**body, **args})
+
+    def _now_or_later(self, change: Callable[..., Any], body: dict[str, Any]) -> Any:
+        after = body.pop("after_requests", None)
+        if after is not None:
+            self._deferred.append((self.stats.total + int(after), change, body))
+            return {"deferred_until_request": self.stats.total + int(after)}
+        return change(**body)
 
     def _event(self, request: Request, body: dict[str, Any]) -> Any:
         """Append one event with any `data` (`{"event_type": ..., "data": ...}`), as a faulty or
-        newer API might send it: an unknown type, a `data` without `id`."""
-        return self.world.add_event(body["event_type"], body.get("data"))
+        newer API might send it: an unknown type, a `data` without `id`; `drop` lists fields it
+        lacks (`["data"]`), `event_id` what its id says instead (`12345`)."""
+        return self.world.add_event(body["event_type"], body.get("data"), drop=body.get("drop", ()),
+                                    event_id=body.get("event_id"))
+
+    def _release(self, request: Request, body: dict[str, Any]) -> Any:
+        """Make held events visible: `{"event_ids": [...]}`, or all of them."""
+        return {"released": self.world.release_events(body.get("event_ids"))}
 
     def _config(self, request: Request, body: dict[str, Any]) -> Any:
         for name, value in body.items():

@@ -40,9 +40,8 @@ from dataclasses import dataclass
 from importlib import resources as importlib_resources
 from typing import Any, Iterable
 
-from analytics_dagster.rfc3339 import format_ns, parse_ns
+from analytics_dagster.rfc3339 import CROCKFORD as _CROCKFORD, format_ns, id_floor, parse_ns
 
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # sorted in ASCII, all of [a-z0-9]
 _START_NS = 1_672_531_200 * 10**9  # 2023-01-01T00:00:00Z
 _HISTORY_NS = 2 * 365 * 24 * 3600 * 10**9  # the initial world spans two years
 EVENT_RETENTION_DAYS = 90  # /v1/events lists the events of the last 90 days only
@@ -128,6 +127,9 @@ class World:
         # transactions sorted by updated_at, for the server-side `updated_at[...]` filters
         self.txn_updated: list[tuple[int, str]] = []
         self._blobs: dict[str, bytes] = {}
+        # events whose change happened (their id is taken) but that `/v1/events` does not list
+        # yet: a write that commits late (`hold_event`, `release_events`)
+        self.held: set[str] = set()
         self.event_types: list[dict[str, Any]] = json.loads(_template("event_types"))
         self.ip_cidrs: list[str] = json.loads(_template("ips"))["ipv4_cidrs"] + [
             "34.232.58.13/32",
@@ -151,13 +153,17 @@ class World:
         value = (ms << 80) | self.rng.getrandbits(80)
         return prefix + "_" + "".join(_CROCKFORD[(value >> s) & 31] for s in range(125, -5, -5))
 
-    def _stamp(self, ns: int | None = None) -> str:
+    def _stamp(self, ns: int | None = None, *, truncate: bool = False) -> str:
         """A timestamp at `ns` (default: the world clock) with 0 to 9 fractional digits.
 
-        The instant is rounded up to what the digits can say, so it is never before `ns`.
+        The instant is rounded up to what the digits can say, so it is never before `ns`; with
+        `truncate`, cut as a formatter cuts it, so that a later change can read earlier than
+        the one before (`…52.928731Z`, then `…52.9Z`), as the API allows.
         """
         ns = self.clock_ns if ns is None else ns
         digits = self.rng.randint(0, 9)
+        if truncate:
+            return format_ns(ns, digits)
         unit = 10 ** (9 - digits)
         return format_ns(-(-ns // unit) * unit, digits)
 
@@ -533,10 +539,9 @@ class World:
         window is a suffix of the sorted ids.
         """
         ids = self.ids["events"]
-        cutoff_ms = -(-self.retention_cutoff_ns() // 1_000_000)
-        cutoff = "evt_" + "".join(_CROCKFORD[(cutoff_ms >> s) & 31] for s in range(45, -5, -5))
-        start = bisect.bisect_left(ids, cutoff)
-        return ids[start:] if start else ids
+        start = bisect.bisect_left(ids, id_floor("evt", self.retention_cutoff_ns() + 999_999))
+        listed = ids[start:] if start else ids
+        return [i for i in listed if i not in self.held] if self.held else listed
 
     def truth(self, resource: str) -> list[dict[str, Any]]:
         """Every entity of `resource`, archived included, as the API lists it now (events: the
@@ -567,6 +572,7 @@ class World:
         new_event_types: int = 0,
         seconds: float = 60.0,
         same_instant: bool = False,
+        precision_traps: int = 0,
     ) -> dict[str, list[str]]:
         """Move the world forward: update, archive and create entities, emitting events.
 
@@ -581,6 +587,9 @@ class World:
             seconds: how far the world clock moves first (events older than the retention
                 window then leave `/v1/events`).
             same_instant: give every change of this call the very same `updated_at` string.
+            precision_traps: entities changed twice within one second, the first stamped
+                `…SS.9xxxxxZ` (6 digits), the second 10 ms later `…SS.9Z` (1 digit): the later
+                change reads earlier (each has its event, in the order of the changes).
 
         Returns:
             The keys touched, per resource.
@@ -590,15 +599,12 @@ class World:
         touched: dict[str, list[str]] = {}
 
         def stamp() -> str:
+            # cut to its digits, as the API's are: within one second, an entity's later change
+            # can read earlier than the one before
             if shared_stamp is not None:
                 return shared_stamp
             self._tick(50_000_000)
-            return self._stamp()
-
-        def later(entity: dict[str, Any], ts: str) -> str:
-            # stamps are rounded up to their digits: one in the same second may read earlier
-            # than the entity's last, and an entity's updated_at never goes back
-            return ts if parse_ns(ts) >= parse_ns(entity["updated_at"]) else entity["updated_at"]
+            return self._stamp(truncate=True)
 
         def note(resource: str, *keys: str | None) -> None:
             touched.setdefault(resource, []).extend(k for k in keys if k)
@@ -610,9 +616,20 @@ class World:
             key = self.rng.choice(self.ids[resource])
             entity = self.entities[resource][key]
             self._change(resource, entity)
-            self._touch(resource, entity, later(entity, stamp()))
+            self._touch(resource, entity, stamp())
             note(resource, key)
             note("events", self._emit(resource, "updated", entity))
+        for _ in range(precision_traps):
+            resource = self.rng.choices(updatable, weights)[0]
+            key = self.rng.choice(self.ids[resource])
+            entity = self.entities[resource][key]
+            self.clock_ns = (self.clock_ns // 10**9 + 1) * 10**9 + 900_000_000 + self.rng.randint(1, 89) * 10**6
+            for digits in (6, 1):
+                self._change(resource, entity)
+                self._touch(resource, entity, format_ns(self.clock_ns, digits))
+                note(resource, key)
+                note("events", self._emit(resource, "updated", entity))
+                self.clock_ns += 10_000_000
         for _ in range(archives):
             resource = self.rng.choice(_ARCHIVABLE)
             active = [k for k in self.ids[resource] if self.entities[resource][k]["status"] == "active"]
@@ -621,7 +638,7 @@ class World:
             key = self.rng.choice(active)
             entity = self.entities[resource][key]
             entity["status"] = "archived"
-            self._touch(resource, entity, later(entity, stamp()))
+            self._touch(resource, entity, stamp())
             note(resource, key)
             note("events", self._emit(resource, "updated", entity))  # an archive is an update
         for _ in range(new_customers):
@@ -654,20 +671,43 @@ class World:
             note("event_types", name)
         return touched
 
-    def add_event(self, event_type: str, data: Any) -> dict[str, Any]:
-        """An event with any `data` at all, as a faulty or newer API might send it."""
+    def add_event(self, event_type: str, data: Any, *, drop: Iterable[str] = (),
+                  event_id: Any = None) -> dict[str, Any]:
+        """An event with any `data` at all, as a faulty or newer API might send it.
+
+        Args:
+            drop: fields the event lacks altogether (`data`, `event_id`).
+            event_id: what its `event_id` says instead of a string id (a number, say). It is
+                still listed in the place of the id it was given.
+        """
         self._tick(50_000_000)
         ts = self._stamp()
-        entity = {"event_id": self._new_id("evt"), "event_type": event_type, "occurred_at": ts, "data": data}
-        return self._store("events", entity)
+        entity = self._store("events", {"event_id": self._new_id("evt"), "event_type": event_type,
+                                        "occurred_at": ts, "data": data})
+        listed = dict(entity)
+        if event_id is not None:
+            entity["event_id"] = event_id
+        for name in drop:
+            entity.pop(name, None)
+        return listed
+
+    def release_events(self, event_ids: Iterable[str] | None = None) -> list[str]:
+        """Make held events visible (all of them by default): their writes committed."""
+        released = sorted(self.held if event_ids is None else self.held & set(event_ids))
+        self.held -= set(released)
+        return released
 
     def mutate(
-        self, resource: str, key: str, values: dict[str, Any], updated_at: str | None = None
-    ) -> dict[str, str]:
+        self, resource: str, key: str, values: dict[str, Any], updated_at: str | None = None,
+        hold_event: bool = False,
+    ) -> dict[str, str | None]:
         """Set fields of one entity (a new field, a changed type, a huge value) and touch it.
 
         Args:
             updated_at: the new `updated_at` as given (default: the world clock, 1 s on).
+            hold_event: the change is made (listings show it) and its event's id taken now, but
+                `/v1/events` lists the event only once released (`release_events`): a write
+                that commits after events with later ids were listed.
         """
         entity = self.entities[resource][key]
         entity.update(values)
@@ -676,6 +716,8 @@ class World:
             updated_at = self._stamp()
         self._touch(resource, entity, updated_at)
         event_id = self._emit(resource, "updated", entity)
+        if hold_event and event_id:
+            self.held.add(event_id)
         return {"updated_at": entity["updated_at"], "event_id": event_id}
 
     def _change(self, resource: str, entity: dict[str, Any]) -> None:
