@@ -133,6 +133,12 @@ def analytics_assets(
                 if isinstance(result, MaterializeResult) and result.asset_key:
                     name = result.asset_key.path[-1]
                     by_table[name] = {**by_table.get(name, {}), **(result.metadata or {})}
+            for problem in progress.plan.problems:  # applied none of it; every other change went in
+                context.log.warning(f"resource '{problem['table']}': event {problem['event_id']} "
+                                    f"({problem['event_type']}) was not applied: {problem['problem']}")
+            for table, gap in progress.plan.gaps.items():
+                context.log.warning(f"resource '{table}': the events from {gap['from']} to {gap['to']} passed "
+                                    "the API's retention before this run read them: they are missing")
             written.update({t: n for t, n in pipeline.last_trace.last_normalize_info.row_counts.items() if t in tables})
             loads.update(chunk)
             states = resource_states(pipeline, from_destination=False)
@@ -174,6 +180,7 @@ def analytics_assets(
                 "api_requests": _requests_for(progress, plan, name),
                 "api_requests_in_run": run_requests,
                 **_cursor_metadata(state.get("event_cursor")),
+                **_findings_metadata(state),
             },
         )
 
@@ -189,6 +196,15 @@ def _requests_for(progress: Progress, plan: SyncPlan, table: str) -> int:
     """The requests this run made for `table`: its own listing's, and the event stream's it read."""
     own = progress.requests.get(table, 0) if table != "events" else 0
     return own + (progress.requests.get("events", 0) if table in plan.feeds else 0)
+
+
+def _findings_metadata(state: dict[str, Any]) -> dict[str, Any]:
+    """Events the table could not apply, and spans of the stream it missed, as its check says."""
+    if "event_cursor" not in state:
+        return {}
+    gaps = state.get("gaps", [])
+    return {"bad_events": len(state.get("bad_events", [])),
+            "events_gap": "; ".join(f"{g['from']} to {g['to']}" for g in gaps) or "none"}
 
 
 def _cursor_metadata(cursor: Optional[dict[str, Any]]) -> dict[str, Any]:

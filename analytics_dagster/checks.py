@@ -1,4 +1,6 @@
-"""Primary-key checks on every table, queried from the destination after each merge."""
+"""Checks on every table after each merge: primary keys (blocking), and for the tables the event
+stream keeps, that every event was applied and none passed the API's retention unread (a
+warning: one bad event must block nothing downstream)."""
 
 
 from typing import Iterator
@@ -13,9 +15,12 @@ from dagster import (
 
 from analytics_dagster.assets import DESTINATION_POOL, asset_key
 from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
-from analytics_dagster.source.pipeline import make_pipeline, pipeline_lock, table_stats
+from analytics_dagster.source.pipeline import make_pipeline, pipeline_lock, resource_states, table_stats
 
 PK_CHECK = "primary_key_unique_not_null"
+EVENTS_CHECK = "events_applied"
+# the tables the event stream keeps: their own events' types, and `events` itself
+STREAM_TABLES = [r.name for r in RESOURCES if r.event_entity or r.incremental == "event_stream"]
 
 
 @multi_asset_check(
@@ -27,6 +32,18 @@ PK_CHECK = "primary_key_unique_not_null"
             description=f"Every row of {r.name} has a `{r.primary_key}`, and no two share one.",
         )
         for r in RESOURCES
+    ] + [
+        AssetCheckSpec(
+            EVENTS_CHECK,
+            asset=asset_key(name),
+            blocking=False,
+            description=(
+                f"Every event of {name} in the stream was applied: none malformed (no data, no "
+                "data.id, no timestamp, no string event_id), none past the API's retention "
+                "unread. Warns, naming the events, for as long as the API keeps them."
+            ),
+        )
+        for name in STREAM_TABLES
     ],
     can_subset=True,
     name="primary_key_checks",
@@ -34,10 +51,16 @@ PK_CHECK = "primary_key_unique_not_null"
 )
 def primary_key_checks(context: AssetCheckExecutionContext) -> Iterator[AssetCheckResult]:
     """One query per selected table: row count, null keys and the most duplicated keys."""
-    selected = sorted(key.asset_key.path[-1] for key in context.selected_asset_check_keys)
+    selected = sorted({key.asset_key.path[-1] for key in context.selected_asset_check_keys
+                       if key.name == PK_CHECK})
+    applied = sorted({key.asset_key.path[-1] for key in context.selected_asset_check_keys
+                      if key.name == EVENTS_CHECK})
     pipeline = make_pipeline(report=context.log.warning)  # waits for a DuckDB file held elsewhere
     with pipeline_lock(pipeline):
         stats = table_stats(pipeline, selected)
+        states = resource_states(pipeline) if applied else {}
+    for name in applied:
+        yield events_applied(name, states.get(name, {}))
     for name, table in stats.items():
         key = RESOURCES_BY_NAME[name].primary_key
         duplicates = table["duplicate_keys"]
@@ -65,3 +88,24 @@ def primary_key_checks(context: AssetCheckExecutionContext) -> Iterator[AssetChe
                 "duplicate_keys": ", ".join(duplicates) or "none",  # type: ignore[arg-type]
             },
         )
+
+
+def events_applied(table: str, state: dict) -> AssetCheckResult:
+    """The table's findings, kept in its dlt state by the runs that read the stream: events it
+    could not apply, and (for `events`) the span the API dropped before it was read."""
+    bad, gaps = state.get("bad_events", []), state.get("gaps", [])
+    problems = [f"event {b.get('event_id')} ({b.get('event_type')}): {b.get('problem')}" for b in bad]
+    problems += [f"events from {g.get('from')} to {g.get('to')} passed the API's retention unread" for g in gaps]
+    return AssetCheckResult(
+        asset_key=asset_key(table),
+        check_name=EVENTS_CHECK,
+        passed=not problems,
+        severity=AssetCheckSeverity.WARN,
+        description=("every event applied" if not problems else
+                     f"{table}: {len(bad)} events not applied, {len(gaps)} gaps; " + "; ".join(problems[:5])),
+        metadata={
+            "bad_event_ids": ", ".join(str(b.get("event_id")) for b in bad) or "none",
+            "bad_events": len(bad),
+            "gaps": "; ".join(f"{g.get('from')} to {g.get('to')}" for g in gaps) or "none",
+        },
+    )

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 from dagster import DagsterInstance
 
@@ -43,21 +44,24 @@ def main(argv: list[str] | None = None) -> int:
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         elapsed = time.monotonic() - started
-        checks = {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations()}
+        checks: dict[str, list[Any]] = {}
+        for evaluation in result.get_asset_check_evaluations():
+            checks.setdefault(evaluation.asset_key.path[-1], []).append(evaluation)
         stats = table_stats(make_pipeline(), [r.name for r in RESOURCES], keys=False) if result.success else {}
         requests = server.app.stats.total
         throttled = server.app.stats.by_status.get(429, 0)
 
         print(f"\njob sync_all {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s "
               f"({requests} API requests, paced to {DEMO_REQUESTS_PER_MINUTE}/min, {throttled} answered 429)")
-        print(f"{'table':<20}{'rows':>8}{'API':>8}  primary-key check")
+        print(f"{'table':<20}{'rows':>8}{'API':>8}  checks")
         ok = result.success
         for resource in RESOURCES:
             expected = len(server.world.truth(resource.name))
             rows = stats.get(resource.name, {}).get("rows", "-")
             check = checks.get(resource.name)
-            verdict = "passed" if check and check.passed else "FAILED" if check else "not run"
-            ok = ok and rows == expected and verdict == "passed"
+            verdict = ("not run" if not check else f"{len(check)} passed" if all(c.passed for c in check)
+                       else "FAILED: " + ", ".join(c.check_name for c in check if not c.passed))
+            ok = ok and rows == expected and verdict.endswith("passed")
             print(f"{resource.name:<20}{rows:>8}{expected:>8}  {verdict}")
         print(f"\nwarehouse: {os.environ.get('DESTINATION__DUCKDB__CREDENTIALS', 'data/warehouse.duckdb')} (dataset analytics)")
     print("sandbox down; " + ("all tables equal the API, all checks passed" if ok else "SOMETHING IS WRONG (see above)"))

@@ -101,7 +101,7 @@ def warehouse_rows(db: Path | str, table: str) -> dict[str, dict[str, Any]]:
     return {row[PRIMARY_KEYS[table]]: row for row in rows}
 
 
-def _same(expected: Any, actual: Any) -> bool:
+def same_value(expected: Any, actual: Any) -> bool:
     if expected is None:
         return actual is None
     if isinstance(actual, datetime):  # the warehouse keeps microseconds (README, "Timestamps")
@@ -125,7 +125,7 @@ def assert_table_equals_truth(
         row = rows[pk]
         for field, value in entity.items():
             assert field in row, f"{table}.{field} is not a column"
-            assert _same(value, row[field]), f"{table} {pk}.{field}: API {value!r}, warehouse {row[field]!r}"
+            assert same_value(value, row[field]), f"{table} {pk}.{field}: API {value!r}, warehouse {row[field]!r}"
 
 
 def assert_events_cover_api(db: Path | str, admin: Admin) -> None:

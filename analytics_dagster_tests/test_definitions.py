@@ -10,6 +10,7 @@ from pathlib import Path
 from dagster import AssetKey, DefaultSensorStatus, build_schedule_context
 
 from analytics_dagster.definitions import defs
+from analytics_dagster.source import RESOURCES
 from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES
 
 
@@ -43,11 +44,19 @@ def test_asset_keys_groups_lineage_and_descriptions() -> None:
 
 def test_every_asset_has_a_blocking_primary_key_check() -> None:
     graph = defs.resolve_asset_graph()
-    checks = {k.asset_key.path[-1]: k for k in graph.asset_check_keys}
+    checks = {k.asset_key.path[-1]: k for k in graph.asset_check_keys if k.name == "primary_key_unique_not_null"}
     assert set(checks) == set(TABLES)
-    assert {k.name for k in checks.values()} == {"primary_key_unique_not_null"}
     for key in checks.values():
         assert graph.get_check_spec(key).blocking
+
+
+def test_every_table_the_stream_keeps_has_a_warning_check_of_its_events() -> None:
+    graph = defs.resolve_asset_graph()
+    checks = {k.asset_key.path[-1]: k for k in graph.asset_check_keys if k.name == "events_applied"}
+    assert set(checks) == {r.name for r in RESOURCES if r.event_entity} | {"events"}
+    assert {k.name for k in graph.asset_check_keys} == {"primary_key_unique_not_null", "events_applied"}
+    for key in checks.values():
+        assert not graph.get_check_spec(key).blocking, "one bad event must block nothing downstream"
 
 
 def test_jobs_schedules_and_sensors() -> None:

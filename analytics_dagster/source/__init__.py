@@ -23,8 +23,10 @@ from dlt.sources.rest_api import rest_api_resources
 from analytics_dagster.source.events import (
     DEFAULT_RETENTION_DAYS,
     DEFAULT_RETENTION_MARGIN_DAYS,
+    DEFAULT_VISIBILITY_LAG_SECONDS,
     EVENTS_PAGE_SIZE,
     SyncPlan,
+    api_now_ns,
     event_client,
     events_from_feed,
     feed_items,
@@ -75,6 +77,7 @@ def analytics_source(
     incremental: str = "events",
     event_retention_days: int = DEFAULT_RETENTION_DAYS,
     event_retention_margin_days: int = DEFAULT_RETENTION_MARGIN_DAYS,
+    event_visibility_lag_seconds: int = DEFAULT_VISIBILITY_LAG_SECONDS,
     backfill_chunk_rows: int = DEFAULT_BACKFILL_CHUNK_ROWS,
     run_state: Optional[dict[str, Any]] = None,
     tables: Optional[Sequence[str]] = None,
@@ -98,6 +101,9 @@ def analytics_source(
         event_retention_days: how long the API keeps events (90).
         event_retention_margin_days: a table whose event cursor is older than the retention
             minus this margin is listed again.
+        event_visibility_lag_seconds: how late an event may become visible after events with
+            later ids were listed: each read of the stream starts this far behind the last
+            one, and applies what it had not seen (see `analytics_dagster.source.events`).
         backfill_chunk_rows: a listing (in events mode, a backfill) commits after this many
             rows (the customers listing: after this many customers and their children), and
             the next run, or the next chunk of this one, resumes after it. The read of the
@@ -122,7 +128,8 @@ def analytics_source(
         plan = plan_sync(
             event_client(base_url, api_key, session, progress), run_state, tables or list(RESOURCES_BY_NAME),
             incremental=incremental, full_refresh=full_refresh, retention_days=event_retention_days,
-            retention_margin_days=event_retention_margin_days, page_size=min(sizes["events"], EVENTS_PAGE_SIZE),
+            retention_margin_days=event_retention_margin_days,
+            visibility_lag_seconds=event_visibility_lag_seconds, page_size=min(sizes["events"], EVENTS_PAGE_SIZE),
             chunk_rows=backfill_chunk_rows,
         )
     if progress is not None:
@@ -159,7 +166,7 @@ def analytics_source(
         # a listing of `listing` mode writes only changed rows (chunked, with the window of its
         # first chunk); a backfill of events mode writes every row
         step = change_filter(api, full_refresh=full_refresh, lookback_seconds=lookback_seconds,
-                             since=plan.since_ns(api.name))
+                             since=plan.since_ns(api.name), began=lambda: plan.api_now_ns)
         if step is not None and api.name not in fed and not plan.backfills.get(api.name, {}).get("position"):
             resources[api.name].add_filter(step)
     if progress is not None:
@@ -218,7 +225,7 @@ def _endpoint_config(
         params.update(per_page=page_size, order_by="id[ASC]")
         endpoint["paginator"] = HasMorePaginator(
             resource.name, _listing_start(plan, resource, full_refresh, lookback_seconds), progress,
-            on_page=None if resource.parent else _listing_page(plan, resource),
+            on_page=None if resource.parent else _listing_page(plan, resource), clock=_clock(plan),
         )
     else:
         endpoint["paginator"] = "single_page"
@@ -266,6 +273,18 @@ def _listing_page(plan: SyncPlan, resource: ApiResource) -> Any:
         return plan.listing_page(_served(resource), data, resource.primary_key, has_more)
 
     return on_page
+
+
+def _clock(plan: SyncPlan) -> Any:
+    """Keeps the API's clock of a run that made no request to plan (no event stream selected)
+    from its first listing's response: where the next listing's change window starts. A plain
+    function, not a bound method: dlt deep-copies a child's paginator, and must not copy the plan."""
+
+    def clock(response: Any) -> None:
+        if plan.api_now_ns is None:
+            plan.api_now_ns = api_now_ns(response)
+
+    return clock
 
 
 def _cidr_row(cidr: str) -> dict[str, str]:

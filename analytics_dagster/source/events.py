@@ -2,7 +2,7 @@
 
 Every create or update of a customer, address, business, discount, price, product,
 subscription or transaction emits an event whose `data` is the entity's whole new snapshot
-(shared/API_CONTRACT.md, "The event stream"). So once such a table has been listed whole (its
+(docs/api.md, "The event stream"). So once such a table has been listed whole (its
 backfill), a run takes its changes from the events after the table's own cursor: a run costs
 about one request per 200 changes, not one listing of everything (plus one request per
 customer for the children).
@@ -19,19 +19,29 @@ One run, in order:
    any listing began (the newest event), so the next run replays every change made while the
    listing paged. That costs nothing more when the first page is the last; else one request.
 3. During extraction one feed resource pages through the stream once, and every fed table
-   takes what is after its own cursor: the `events` table every event, the others the `data`
-   of their own event types (`address.*` -> customer_addresses), merged on `id`. The newest
-   snapshot of an entity wins, by `updated_at` and then by the order of events. Each table's
-   cursor moves to the last event read, in its own resource state: it is committed with the
-   rows, in the same load, so a failed run moves no cursor, and a run of any subset of tables
-   never skips another table's changes.
-4. A listing in events mode is a backfill in chunks (`SyncPlan.listing_page`): it stops after
+   takes what is after its own start: the `events` table every event, the others the `data`
+   of their own event types (`address.*` -> customer_addresses), merged on `id`. Of several
+   snapshots of one entity, the one of the newest event wins: the stream's order (by id) is
+   the order of changes, and `updated_at` is not (its precision varies from one update to the
+   next, so a later update can carry an earlier-looking stamp). Each table's cursor moves to
+   the newest event read, in its own resource state: it is committed with the rows, in the
+   same load, so a failed run moves no cursor, and a run of any subset of tables never skips
+   another table's changes.
+4. Late events. An event's id is taken when its change happens, and it can become visible
+   after events with later ids were listed. So a table's read starts `visibility_lag_seconds`
+   behind the API time of its last read (at the smallest id of that instant), its cursor keeps
+   the ids it applied in that window (`recent`), and an event read again is not applied again;
+   one that appeared meanwhile is, unless a newer event of the same entity already was.
+5. A listing in events mode is a backfill in chunks (`SyncPlan.listing_page`): it stops after
    `chunk_rows` rows, its progress (`backfill`) is committed with them, and the next chunk or
    run resumes after the last id committed. The read of the stream stops after `chunk_rows`
    events likewise (`feed_items`), with the fed tables' cursors where it stopped.
 
-Event types with no table (`adjustment.*`, new ones) land in `events` only. An event of a
-table's type whose `data` has no `id` fails the run, naming the event: nothing of it is written.
+Event types with no table (`adjustment.*`, new ones) land in `events` only. An event that cannot
+be applied (no `data`, no `data.id`, a `data.updated_at` that is no timestamp, an `event_id` that
+is no string) is kept in `events` (when it has an id at all), reported in the run (`problems`)
+and kept in its table's findings (`bad_events`), which the table's `events_applied` check
+reports; every other change is applied, and later runs go on.
 """
 
 from __future__ import annotations
@@ -47,8 +57,9 @@ from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from requests import Response, Session
 
-from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, parse_ns
+from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, id_floor, parse_ns
 from analytics_dagster.source.paginator import HasMorePaginator, json_once, page_json
+from analytics_dagster.source.incremental import window_max
 from analytics_dagster.source.progress import Progress
 from analytics_dagster.source.resources import RESOURCES_BY_NAME, ApiResource, table_of_event
 
@@ -56,17 +67,21 @@ EVENTS_PATH = "/v1/events"
 EVENTS_PAGE_SIZE = 200  # the API's maximum
 DEFAULT_RETENTION_DAYS = 90  # the API lists the events of the last 90 days
 DEFAULT_RETENTION_MARGIN_DAYS = 3
+# An event becomes visible in the stream up to this long after events with later ids were listed
+# (its id is taken when the change happens, its write commits later: seconds, rarely minutes).
+# Each read starts this far behind the API time of the last one, which costs a request only when
+# more than a page of events (200) occurred in the window.
+DEFAULT_VISIBILITY_LAG_SECONDS = 600
 _DAY_NS = 24 * 3600 * NS_PER_SECOND
 
 INCREMENTAL_MODES: tuple[str, ...] = ("events", "listing")
 Mode = Literal["events", "listing"]
 # {"event_id": the last event applied, None: the stream's start; "occurred_at": its time;
-#  "as_of": the API's clock when the stream was last read to its end after it}
-Cursor = dict[str, Optional[str]]
-
-
-class EventStreamError(ValueError):
-    """An event this project cannot apply; names the event, its type and what was wrong."""
+#  "as_of": the API's clock when the stream was last read to its end after it;
+#  "read_at": the API's clock when the last read began (a read in chunks: its first chunk);
+#  "partial": that read stopped after a chunk, "resume": the id it stopped at; "recent": the ids applied in the window the next
+#  read starts with (see `_read_start`)}
+Cursor = dict[str, Any]
 
 
 def event_client(base_url: str, api_key: str, session: Optional[Session] = None,
@@ -140,6 +155,13 @@ class SyncPlan:
         feed_more: the read of the stream stopped after `chunk_rows` events with more to
             read: the fed tables' cursors moved to the last event read, and another load
             (the next chunk, or the next run) reads on from there.
+        lag_ns: how far behind its last read a fed table's read starts (late events).
+        retention_ns: how long the API keeps events (and the project its findings).
+        cursor_ids: per fed table, the newest event it has applied.
+        seen: per fed table, the events of its window it has applied already (ids).
+        problems: the events this run could not apply (table, event_id, event_type, problem).
+        gaps: per table, the events it missed because they passed the API's retention
+            (`from`, `to`): only `events`, whose cursor is never listed again.
     """
 
     incremental: str
@@ -151,6 +173,12 @@ class SyncPlan:
     chunk_rows: int = 0
     api_now_ns: Optional[int] = None
     feed_more: bool = False
+    lag_ns: int = 0
+    retention_ns: int = DEFAULT_RETENTION_DAYS * _DAY_NS
+    cursor_ids: dict[str, Optional[str]] = field(default_factory=dict)
+    seen: dict[str, set[str]] = field(default_factory=dict)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
     _pages: Optional[Iterator[Any]] = None
 
     def mode(self, table: str) -> str:
@@ -203,12 +231,17 @@ class SyncPlan:
                 backfill["after"] = max(backfill["after"] or "", data[-1][key])
             backfill["rows"] += len(data)
             backfill["run_rows"] = backfill.get("run_rows", 0) + len(data)
+            if backfill.get("began_ns") is None and self.api_now_ns is not None:
+                backfill["began_ns"] = self.api_now_ns  # the API's clock as the listing began
             if not has_more:
                 if backfill["position"]:  # (a listing of `listing` mode has none)
                     state["event_cursor"] = dict(backfill["position"])
+                if backfill.get("began_ns") is not None:  # the next listing's window starts here
+                    state["window_ns"] = backfill["began_ns"]
                 state.pop("backfill", None)
                 continue
-            state["backfill"] = {k: backfill[k] for k in ("after", "rows", "position", "since_ns") if k in backfill}
+            keep = ("after", "rows", "position", "since_ns", "began_ns")
+            state["backfill"] = {k: backfill[k] for k in keep if k in backfill}
             going = going or backfill["run_rows"] < self.chunk_rows
         return going
 
@@ -222,6 +255,7 @@ def plan_sync(
     full_refresh: bool,
     retention_days: int = DEFAULT_RETENTION_DAYS,
     retention_margin_days: int = DEFAULT_RETENTION_MARGIN_DAYS,
+    visibility_lag_seconds: int = DEFAULT_VISIBILITY_LAG_SECONDS,
     page_size: int = EVENTS_PAGE_SIZE,
     chunk_rows: int = 0,
 ) -> SyncPlan:
@@ -236,13 +270,16 @@ def plan_sync(
         retention_days: how long the API keeps events.
         retention_margin_days: a cursor older than `retention_days - retention_margin_days`
             days is not trusted: the table is listed again.
+        visibility_lag_seconds: how late an event may become visible after events with later
+            ids were listed: each read starts this far behind what the last one saw.
         page_size: events per request.
         chunk_rows: in events mode, rows of a listing one run commits (0: all).
     """
     if incremental not in INCREMENTAL_MODES:
         raise ValueError(f"sources.analytics.incremental is {incremental!r}: it must be one of {list(INCREMENTAL_MODES)}")
     tables = list(tables)
-    plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows)
+    plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows, lag_ns=visibility_lag_seconds * NS_PER_SECOND,
+                    retention_ns=retention_days * _DAY_NS)
     cursors: dict[str, Cursor] = {}
     for table in tables:
         if not RESOURCES_BY_NAME[table].event_entity:
@@ -268,56 +305,107 @@ def plan_sync(
         cursors["events"] = cursor or {"event_id": None}
 
     first: Any = None
-    start: Cursor = {"event_id": None, "occurred_at": None}
     if cursors:
-        if all(c["event_id"] for c in cursors.values()):
-            start = min(cursors.values(), key=lambda c: c["event_id"])  # type: ignore[arg-type,return-value]
-        params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": page_size}
-        if start["event_id"]:
-            params["after"] = start["event_id"]
-        # hooks given replace dlt's, which raise for an error status: raise first, then parse once
-        hooks = {"response": [lambda response, *_, **__: _ok(response), json_once("events")]}
-        pages = client.paginate(EVENTS_PATH, params=params, hooks=hooks)
+        starts = {table: _read_start(cursor, plan.lag_ns) for table, cursor in cursors.items()}
+        pages = _read_from(client, _earliest(starts.values()), page_size)
         first = _request(lambda: next(pages), tables)
         plan.api_now_ns = api_now_ns(first.response)
         trusted_since = plan.api_now_ns - (retention_days - retention_margin_days) * _DAY_NS
         for table, cursor in list(cursors.items()):
             checked = _checked_ns(cursor)
-            if table != "events" and (checked is None or checked < trusted_since):
+            if table == "events":
+                if cursor["event_id"] and checked is not None and checked < plan.api_now_ns - plan.retention_ns:
+                    # what occurred between the cursor and the oldest event the API keeps is gone
+                    plan.gaps["events"] = {"from": cursor.get("as_of") or cursor.get("occurred_at"),
+                                           "to": format_ns(plan.api_now_ns - plan.retention_ns, 0)}
+            elif checked is None or checked < trusted_since:
                 plan.modes[table] = "listing"
                 plan.reasons[table] = (
                     f"its event cursor (current as of {cursor.get('as_of') or cursor.get('occurred_at')}) "
                     f"is older than the API's {retention_days}-day retention minus {retention_margin_days} days"
                 )
-                del cursors[table]
-        plan.feeds = {table: cursor["event_id"] for table, cursor in cursors.items()}
-        plan._pages = _chain_first(first, pages)
+                del cursors[table], starts[table]
+        if cursors and _earliest(starts.values()) != first.request_after:
+            # the oldest cursor was a table now listed instead: read only from where the others need
+            pages = _read_from(client, _earliest(starts.values()), page_size)
+            first = _request(lambda: next(pages), tables)
+        plan.feeds = starts
+        plan.cursor_ids = {table: cursor["event_id"] for table, cursor in cursors.items()}
+        plan.seen = {table: set(cursor.get("recent") or ()) for table, cursor in cursors.items()}
+        plan._pages = _chain_first(first, pages) if cursors else None
 
     starting = [t for t, mode in plan.modes.items() if mode == "listing" and t not in plan.backfills]
     if incremental == "events":
         if starting:
-            plan.position = _position(client, first, start, plan, tables)
+            plan.position = _position(client, first, plan, tables)
         for table in starting:
             plan.backfills[table] = {"after": None, "rows": 0, "position": plan.position}
     else:  # chunked too, its change window kept from its first chunk (`since_ns`)
         for table in starting:
-            since = None if full_refresh else resource_states.get(table, {}).get("max_ns")
+            state = resource_states.get(table, {})
+            since = None if full_refresh else window_max(state)
             plan.backfills[table] = {"after": None, "rows": 0, "position": None, "since_ns": since}
     return plan
 
 
-def _position(client: RESTClient, first: Any, start: Cursor, plan: SyncPlan, tables: list[str]) -> Cursor:
+def _read_start(cursor: Cursor, lag_ns: int) -> Optional[str]:
+    """Where a table's read of the stream starts: `lag_ns` behind the API time its last read
+    began (an event of that window may have become visible since), or at its cursor when that
+    is older (every event before then was visible when it read them); None: the stream's
+    start. A read that stopped after a chunk goes on right after its cursor: the window is
+    read again when the read has reached the stream's end, not at every chunk."""
+    event_id = cursor.get("event_id")
+    began = _window_from(cursor)
+    if cursor.get("partial"):  # where that read stopped (in the window, maybe: not the cursor)
+        return cursor.get("resume", event_id)
+    if event_id is None or began is None or lag_ns <= 0:
+        return event_id
+    return min(event_id, id_floor("evt", began - lag_ns))
+
+
+def _window_from(cursor: Cursor) -> Optional[int]:
+    """The API time the table's last read of the stream began (its first chunk's, for a read
+    in chunks): an event not visible then occurred after it, less the visibility lag."""
+    try:
+        return parse_ns(cursor["read_at"])
+    except (KeyError, TypeError, ValueError):
+        return _checked_ns(cursor)
+
+
+def _earliest(starts: Iterable[Optional[str]]) -> Optional[str]:
+    starts = list(starts)
+    return None if None in starts else min(starts)  # type: ignore[type-var]
+
+
+def _read_from(client: RESTClient, after: Optional[str], page_size: int) -> Iterator[Any]:
+    """The stream's pages after `after` (None: from the oldest event the API keeps), oldest first."""
+    params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": page_size}
+    if after:
+        params["after"] = after
+    # hooks given replace dlt's, which raise for an error status: raise first, then parse once
+    hooks = {"response": [lambda response, *_, **__: _ok(response), json_once("events")]}
+
+    def pages() -> Iterator[Any]:
+        for page in client.paginate(EVENTS_PATH, params=params, hooks=hooks):
+            page.request_after = after  # type: ignore[attr-defined]
+            yield page
+
+    return pages()
+
+
+def _position(client: RESTClient, first: Any, plan: SyncPlan, tables: list[str]) -> Cursor:
     """The newest event now, before any listing of the run begins."""
     if first is not None and not _has_more(first):
         assert plan.api_now_ns is not None
-        if first:  # the first page of the run's read of the stream is also its last
-            return _cursor(first[-1], plan.api_now_ns)
+        newest = _last_keyed(first)
+        if newest is not None:  # the first page of the run's read of the stream is also its last
+            return _cursor(newest, plan.api_now_ns)
         # nothing after the feed's start: the stream stands there
-        return {**_cursor(None, plan.api_now_ns), "event_id": start["event_id"], "occurred_at": start.get("occurred_at")}
+        return {**_cursor(None, plan.api_now_ns), "event_id": first.request_after}
     response = _request(lambda: _ok(client.get(EVENTS_PATH, params={"per_page": 1})), tables)
     now = api_now_ns(response)
     plan.api_now_ns = plan.api_now_ns or now
-    newest = page_json("events", response).get("data") or []
+    newest = [e for e in page_json("events", response).get("data") or [] if _keyed(e)]
     return _cursor(newest[0] if newest else None, now)
 
 
@@ -361,10 +449,6 @@ def feed_items(plan: SyncPlan) -> Iterator[Any]:
     at most a chunk of the stream, however long it is (a first sync reads 90 days of it)."""
     read = 0
     for page in plan.pages():
-        for event in page:
-            if not isinstance(event, dict) or not event.get("event_id"):
-                kind = event.get("event_type") if isinstance(event, dict) else type(event).__name__
-                raise EventStreamError(f"resource 'events': an event has no event_id (type {kind!r})")
         yield list(page)
         read += len(page)
         if 0 < plan.chunk_rows <= read and _has_more(page):
@@ -373,94 +457,188 @@ def feed_items(plan: SyncPlan) -> Iterator[Any]:
     yield END
 
 
-def _updated_ns(api: ApiResource, event: dict[str, Any], data: dict[str, Any]) -> int:
-    stamp = data.get("updated_at")
+def _keyed(event: Any) -> bool:
+    """Whether an event has an id this project can order and key it by."""
+    return isinstance(event, dict) and isinstance(event.get("event_id"), str) and bool(event["event_id"])
+
+
+def _last_keyed(page: Iterable[Any]) -> Optional[dict[str, Any]]:
+    keyed = [e for e in page if _keyed(e)]
+    return keyed[-1] if keyed else None
+
+
+def event_problem(event: Any) -> Optional[str]:
+    """What makes an event of a table's type impossible to apply; None: nothing."""
+    if not _keyed(event):
+        value = event.get("event_id") if isinstance(event, dict) else event
+        return f"its event_id is {value!r}, not a string"
+    if "data" not in event:
+        return "it has no data"
+    data = event["data"]
+    if not isinstance(data, dict):
+        return "its data is null" if data is None else f"its data is a {type(data).__name__}, not an object"
+    if not data.get("id"):
+        return "its data has no id"
     try:
-        return parse_ns(stamp)  # type: ignore[arg-type]
+        parse_ns(data.get("updated_at"))  # type: ignore[arg-type]
     except ValueError:
-        raise EventStreamError(
-            f"resource '{api.name}': event {event.get('event_id')} ({event.get('event_type')}) has "
-            f"data.updated_at {stamp!r}, not an RFC 3339 timestamp"
-        ) from None
+        return f"its data.updated_at is {data.get('updated_at')!r}, not an RFC 3339 timestamp"
+    return None
+
+
+class _Read:
+    """What one table took from a read of the stream: the events after its start, by id."""
+
+    def __init__(self, table: str, plan: SyncPlan) -> None:
+        self.table = table
+        self.plan = plan
+        self.start = plan.feeds.get(table)
+        self.seen = plan.seen.get(table, set())
+        self.last: Optional[dict[str, Any]] = None  # the newest keyed event read after the start
+        self.ids: list[str] = []  # the ids of the events it took (its type; `events`: all)
+
+    def after_start(self, events: Iterable[Any]) -> Iterator[dict[str, Any]]:
+        """The events after the table's start; unkeyed ones (no string id) pass through."""
+        for event in events:
+            if not _keyed(event):
+                yield event
+                continue
+            if self.start is not None and event["event_id"] <= self.start:
+                continue  # read for a table whose read starts earlier
+            if self.last is None or event["event_id"] > self.last["event_id"]:
+                self.last = event
+            yield event
+
+    def bad(self, event: Any, problem: str) -> None:
+        """Report an event that cannot be applied, once (not again when a window reads it again)."""
+        event_id = event.get("event_id") if isinstance(event, dict) else None
+        if isinstance(event_id, str) and event_id in self.seen:
+            return
+        event_type = event.get("event_type") if isinstance(event, dict) else None
+        self.plan.problems.append({"table": self.table, "event_id": event_id, "event_type": event_type,
+                                   "problem": problem})
+
+    def finish(self, written: int, new: int) -> None:
+        _finish(self, written, new)
 
 
 def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Iterator[Any]]:
-    """The transformer of the feed that keeps `api`'s table: the newest snapshot per `id` of the
-    events of its type after its cursor, written when the feed ends."""
-    after = plan.feeds[api.name]
-    winners: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+    """The transformer of the feed that keeps `api`'s table: per `id`, the snapshot of the
+    newest event of its type (by event id: the stream's order is the order of changes; the
+    entities' `updated_at`, whose precision varies, is not), written when the feed ends unless
+    that event was applied already (a read starts a window behind the last one)."""
+    read = _Read(api.name, plan)
+    winners: dict[str, dict[str, Any]] = {}  # by entity id: its newest event
     created: set[str] = set()
-    read: dict[str, Any] = {"last": None}
-    order = 0
 
     def apply(item: Any) -> Iterator[Any]:
-        nonlocal order
         if item is END:
-            _finish(api.name, read["last"], plan, len(winners), len(created))
-            rows = [row for _, row in winners.values()]
+            rows = [e["data"] for e in winners.values() if e["event_id"] not in read.seen]
+            new = sum(1 for key in created if winners[key]["event_id"] not in read.seen)
+            read.finish(len(rows), new)
             winners.clear()
             if rows:
                 yield rows
             return
-        for event in item:
-            order += 1
-            event_id = event.get("event_id")
-            if after is not None and event_id <= after:  # read for a table with an older cursor
+        for event in read.after_start(item):
+            if table_of_event(event.get("event_type") if isinstance(event, dict) else None) != api.name:
                 continue
-            read["last"] = event
-            if table_of_event(event.get("event_type")) != api.name:
+            problem = event_problem(event)
+            if problem is not None:
+                read.bad(event, problem)
                 continue
-            data = event.get("data")
-            key = data.get("id") if isinstance(data, dict) else None
-            if not key:
-                raise EventStreamError(
-                    f"resource '{api.name}': event {event_id} ({event.get('event_type')}) has no "
-                    f"data.id, so it cannot be applied; nothing of this run was written"
-                )
-            rank = (_updated_ns(api, event, data), order)
-            if key not in winners or rank >= winners[key][0]:
-                winners[key] = (rank, data)
-            if str(event.get("event_type", "")).endswith(".created"):
+            read.ids.append(event["event_id"])
+            key = event["data"]["id"]
+            if key not in winners or event["event_id"] > winners[key]["event_id"]:
+                winners[key] = event
+            if str(event.get("event_type", "")).endswith(".created") and event["event_id"] not in read.seen:
                 created.add(key)
 
     return apply
 
 
 def events_from_feed(plan: SyncPlan) -> Callable[[Any], Iterator[Any]]:
-    """The transformer of the feed that keeps the `events` table: every event after its cursor."""
-    after = plan.feeds.get("events")
-    read: dict[str, Any] = {"last": None, "rows": 0}
+    """The transformer of the feed that keeps the `events` table: every event after its start
+    that it does not have yet. An event whose `event_id` is not a string is kept under its
+    text (an event with none at all cannot be keyed: it is reported, not kept)."""
+    read = _Read("events", plan)
+    counts = {"rows": 0}
 
     def apply(item: Any) -> Iterator[Any]:
         if item is END:
-            _finish("events", read["last"], plan, read["rows"], read["rows"])
+            read.finish(counts["rows"], counts["rows"])
             return
         rows = []
-        for event in item:
-            if after is None or event["event_id"] > after:
+        for event in read.after_start(item):
+            if not _keyed(event):
+                value = event.get("event_id") if isinstance(event, dict) else None
+                read.bad(event, event_problem(event) or "")
+                if value is None or value == "" or not isinstance(event, dict):
+                    continue
+                event = {**event, "event_id": str(value)}
+            read.ids.append(event["event_id"])
+            if event["event_id"] not in read.seen:
                 rows.append(event)
-                read["last"] = event
-        read["rows"] += len(rows)
+        counts["rows"] += len(rows)
         if rows:
             yield rows
 
     return apply
 
 
-def _finish(table: str, last: Optional[dict[str, Any]], plan: SyncPlan, written: int, new: int) -> None:
-    """Move the table's cursor to the last event after it that the feed read; record what this
-    run did."""
-    state = dlt.current.resource_state(table)
+def _finish(read: _Read, written: int, new: int) -> None:
+    """Move the table's cursor to the newest event the feed read after it (never back); keep
+    the ids of the events of the window the next read starts with; record what this run did."""
+    plan, state = read.plan, dlt.current.resource_state(read.table)
     now = plan.api_now_ns or time.time_ns()
-    if last is not None:
-        state["event_cursor"] = _cursor(last, now)
-        if plan.feed_more:  # read part of the stream: current as of its last event only
-            state["event_cursor"]["as_of"] = state["event_cursor"]["occurred_at"]
-    elif not plan.feed_more:  # read to the end, nothing after the cursor: current as of now
-        state["event_cursor"] = {**(state.get("event_cursor") or _cursor(None, now)), "as_of": format_ns(now, 0)}
+    before = dict(state.get("event_cursor") or _cursor(None, now))
+    cursor = dict(before)
+    if read.last is not None and (cursor.get("event_id") is None or read.last["event_id"] > cursor["event_id"]):
+        cursor = _cursor(read.last, now)
+    if plan.feed_more:  # read part of the stream: current as of its last event only
+        if read.last is not None:
+            cursor["as_of"] = _cursor(read.last, now)["occurred_at"] or cursor.get("as_of")
+    else:  # read to the end: current as of the API's clock when the read began
+        cursor["as_of"] = format_ns(now, 0)
+    # a read in chunks began with its first chunk: that is where the next read's window starts
+    began = _window_from(before) if before.get("partial") else now
+    cursor["read_at"] = format_ns(began if began is not None else now, 0)
+    cursor["partial"] = plan.feed_more
+    if plan.feed_more:  # the next chunk reads on from the last event this one read for the table
+        cursor["resume"] = read.last["event_id"] if read.last is not None else read.start
+    else:
+        cursor.pop("resume", None)
+    # what the next read's window meets again; while this read goes on in chunks, also what its
+    # later chunks meet (after where it stopped)
+    floor = id_floor("evt", parse_ns(cursor["read_at"]) - plan.lag_ns)
+    if plan.feed_more:
+        floor = min(floor, cursor["resume"] or "")
+    cursor["recent"] = sorted(i for i in read.seen.union(read.ids) if i > floor) if plan.lag_ns > 0 else []
+    state["event_cursor"] = cursor
+    _keep_findings(state, read, now)
     state.pop("last_event_id", None)
     state.pop("backfill", None)  # a chunked listing of `listing` mode, left when the mode changed
     state["last_run"] = {"new": new, "updated": written - new, "unchanged": 0}
+
+
+# findings are kept while they are this recent (the API's retention: the events were listed then)
+_MAX_FINDINGS = 50
+
+
+def _keep_findings(state: dict[str, Any], read: _Read, now: int) -> None:
+    """Add this read's bad events (and the stream's gap, for `events`) to the table's findings,
+    which its `events_applied` check reports, and drop those older than the API's retention."""
+    found = format_ns(now, 0)
+    bad = [{**p, "found_at": found} for p in read.plan.problems if p["table"] == read.table]
+    gaps = [{**read.plan.gaps[read.table], "found_at": found}] if read.table in read.plan.gaps else []
+    for name, new in (("bad_events", bad), ("gaps", gaps)):
+        kept = [f for f in state.get(name, []) if parse_ns(f["found_at"]) >= now - read.plan.retention_ns]
+        known = {f.get("event_id") for f in kept if f.get("event_id")}
+        kept += [f for f in new if not f.get("event_id") or f["event_id"] not in known]
+        if kept:
+            state[name] = kept[-_MAX_FINDINGS:]
+        else:
+            state.pop(name, None)
 
 
 # ---------------------------------------------------------------------- for the events sensor

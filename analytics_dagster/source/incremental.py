@@ -8,12 +8,15 @@ A listing is how a table is backfilled, and how it is kept current in `listing` 
 - ``server_updated_at`` (transactions): the API filters, ``updated_at[GTE]=<window start>``.
 - ``client_updated_at`` (everything else with ``updated_at``): listed whole, filtered here.
 
-The window. ``max_ns`` is the newest ``updated_at`` a run has seen. The next run treats every
-row updated at or after ``max_ns - lookback`` as possibly new, and writes it unless the same
-``updated_at`` of the same key is already in ``seen`` (the keys it wrote inside the window).
-That makes the boundary exact for rows updated at the very same instant as the cursor, and for
-rows changed while a run was paging (as long as paging a resource takes less than the
-lookback). Timestamps are compared as integer nanoseconds (0 to 9 fractional digits).
+The window. ``window_ns`` is the API's clock (its ``Date`` header) when the last complete
+listing began, ``max_ns`` the newest ``updated_at`` it saw. The next run treats every row
+updated at or after the earlier of the two, less the lookback, as possibly new, and writes it unless the same key with the same ``updated_at`` and the same
+content is already in ``seen`` (the rows it wrote inside the window). A row updated before the
+listing began was listed in its new state; one updated while the listing paged (however long
+that took: at 240 requests a minute, hours) is inside the next window. The lookback covers
+the API's clock and its stamps disagreeing, and the ``Date`` header's whole seconds. Content
+is compared because two updates within one second can carry the same stamp (0 to 9 fractional
+digits: ``…52Z`` twice). Timestamps are compared as integer nanoseconds.
 
 The state is dlt resource state: it is loaded into the destination with the rows it describes,
 in the same load package, so a crashed or failed run never leaves a cursor ahead of the data,
@@ -22,9 +25,11 @@ and a machine with an empty dlt working directory resumes from the destination.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Optional
 
 import dlt
+import orjson
 
 from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, parse_ns
 from analytics_dagster.source.resources import ApiResource
@@ -37,10 +42,20 @@ def _state(resource: str) -> dict[str, Any]:
 
 
 def window_max(state: dict[str, Any], since: Any = ...) -> Optional[int]:
-    """The newest `updated_at` (ns) a listing's change window starts from: the state's `max_ns`,
-    or `since` when a chunked listing kept its first chunk's (its later chunks' `max_ns` moved
-    with the rows committed, not with the ones still to list)."""
-    return state.get("max_ns") if since is ... else since
+    """The instant (ns) a listing's change window starts from, before the lookback: the earlier
+    of when the last complete listing began on the API's clock (`window_ns`) and the newest
+    `updated_at` it saw (`max_ns`), or `since` when a chunked listing kept its first chunk's (its
+    later chunks' state moved with the rows committed, not with the ones still to list)."""
+    if since is not ...:
+        return since
+    known = [state[k] for k in ("window_ns", "max_ns") if state.get(k) is not None]
+    return min(known) if known else None
+
+
+def _mark(stamp: str, row: dict[str, Any]) -> str:
+    """What `seen` keeps of a row: its `updated_at` and a digest of its content."""
+    digest = hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+    return f"{stamp}#{digest}"
 
 
 def window_start(newest: Optional[int], lookback_ns: int) -> Optional[int]:
@@ -80,20 +95,28 @@ class _Step:
 class ChangedSince(_Step):
     """Keeps rows whose `updated_at` moved since the last run (strategies *_updated_at)."""
 
-    def __init__(self, api: ApiResource, full_refresh: bool, lookback_ns: int, since: Any = ...) -> None:
+    def __init__(self, api: ApiResource, full_refresh: bool, lookback_ns: int, since: Any = ...,
+                 began: Callable[[], Optional[int]] = lambda: None) -> None:
         super().__init__(api, full_refresh)
         self.lookback_ns = lookback_ns
         self.since = since
+        self.began = began
         self.cursor: Optional[int] = None
         self.previous_max: Optional[int] = None
+        self.window_ns: Optional[int] = None
 
     def begin(self) -> dict[str, Any]:
         state = super().begin()
         self.previous_max = window_max(state, self.since)
         self.cursor = window_start(self.previous_max, self.lookback_ns)
+        self.window_ns = self.began()
+        if self.since is ... and self.window_ns is not None:
+            # a listing in one load: the next window starts where this one began (a chunked
+            # listing's is set when its last chunk is listed: `SyncPlan.listing_page`)
+            state["window_ns"] = self.window_ns
         seen = state.setdefault("seen", {})
         if self.cursor is not None:  # forget what slid out of the window
-            for key in [k for k, stamp in seen.items() if parse_ns(stamp) < self.cursor]:
+            for key in [k for k, mark in seen.items() if parse_ns(mark.split("#")[0]) < self.cursor]:
                 del seen[key]
         return state
 
@@ -117,13 +140,16 @@ class ChangedSince(_Step):
         if self.cursor is not None and ns < self.cursor:
             return False, "unchanged"
         seen = self.state["seen"]
-        if seen.get(key) == stamp:
+        mark = _mark(stamp, row)  # type: ignore[arg-type]
+        if seen.get(key) == mark:
             return False, "unchanged"
-        # Remembered only while it can fall inside the next run's window: that window starts at
-        # the final max_ns - lookback, at or after this one. A first run so keeps a handful of
-        # keys, not every key of the table (state is saved with every load).
-        if ns >= self.state["max_ns"] - self.lookback_ns:
-            seen[key] = stamp
+        # Remembered only while it can fall inside the next run's window, which starts at
+        # the lookback before this listing began, or before its newest row when that is older.
+        # A first run so keeps a handful of keys, not every key of the table (state is saved
+        # with every load).
+        newest = self.state["max_ns"] if self.window_ns is None else min(self.state["max_ns"], self.window_ns)
+        if ns >= newest - self.lookback_ns:
+            seen[key] = mark
         created = row.get("created_at")
         is_new = self.previous_max is None or (
             isinstance(created, str) and parse_ns(created) > self.previous_max
@@ -132,11 +158,12 @@ class ChangedSince(_Step):
 
 
 def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int, since: Any = ...,
-                  ) -> Optional[ChangedSince]:
+                  began: Callable[[], Optional[int]] = lambda: None) -> Optional[ChangedSince]:
     """The filter step of a listing of `api` (None: every row it reads is written); `since`:
-    the `max_ns` its window starts from, when not the state's (a chunked listing's)."""
+    the instant its window starts from, when not the state's (a chunked listing's); `began`:
+    the API's clock when the listing began (None: not known)."""
     if api.incremental in ("client_updated_at", "server_updated_at"):
-        return ChangedSince(api, full_refresh, lookback_seconds * NS_PER_SECOND, since)
+        return ChangedSince(api, full_refresh, lookback_seconds * NS_PER_SECOND, since, began)
     return None
 
 

@@ -49,6 +49,7 @@ class HasMorePaginator(BaseNextUrlPaginator):
         start_params: Optional[Callable[[], dict[str, str]]] = None,
         progress: Optional[Progress] = None,
         on_page: Optional[Callable[[list[Any], bool], bool]] = None,
+        clock: Optional[Callable[[Response], None]] = None,
     ) -> None:
         """
         Args:
@@ -58,12 +59,14 @@ class HasMorePaginator(BaseNextUrlPaginator):
             progress: counts every page read (shared by all copies of this paginator).
             on_page: told each page's records and whether more follow; returns False to stop
                 here (a chunk of a backfill is full).
+            clock: told each page's response, before `on_page` (the API's clock, `Date`).
         """
         super().__init__()
         self.resource = resource
         self.start_params = start_params
         self.progress = progress
         self.on_page = on_page
+        self.clock = clock
 
     def init_request(self, request: Request) -> None:
         if self.start_params is not None:
@@ -81,6 +84,8 @@ class HasMorePaginator(BaseNextUrlPaginator):
             )
         if self.progress is not None:
             self.progress.page(self.resource, len(body["data"]), pagination.get("estimated_total"))
+        if self.clock is not None:
+            self.clock(response)
         next_url = pagination.get("next")
         if has_more and not next_url:
             raise MalformedPageError(self.resource, response.url, "has_more is true but there is no next URL")
