@@ -13,7 +13,8 @@ process started with the chosen scale and latency:
    scale: the budget, not the data, sets its length): the share of the budget used while the
    customers' children are fetched;
 6. incremental runs by mode (`--incremental`, default 2,000 and 20,000 customers): after an
-   unpaced backfill, a no-change run and a run after 1% of the entities changed, in events mode
+   unpaced backfill, a no-change run, a run after 1% of the entities changed and a no-change run
+   right after it, in events mode (with its late-event window, and without: what it cost before)
    paced at 240/minute against a sandbox enforcing that limit, and in listing mode unpaced (paced,
    its runs would take hours: their time at 240/minute is computed from their requests);
 7. backfills (`--rss`, `--fault-customers`, `--resume-customers`; `--only-backfills`): peak RSS of
@@ -236,8 +237,19 @@ def resume_cost(customers: int, at: float, argv: list[str], env: dict[str, str])
     return {"whole": whole, "killed": killed, "resumed": resumed, "left": whole - killed, "seconds": seconds}
 
 
+# each mode's settings: events mode with its late-event window (the default), without it (what a
+# run cost before the window), and listing mode
+MODES = {
+    "events": {"SOURCES__ANALYTICS__INCREMENTAL": "events"},
+    "events, no window": {"SOURCES__ANALYTICS__INCREMENTAL": "events", "SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS": "0"},
+    "listing": {"SOURCES__ANALYTICS__INCREMENTAL": "listing"},
+}
+
+
 def incremental_costs(customers: int, per_minute: int = 240) -> list[dict[str, Any]]:
-    """Backfill, no-change run and 1%-changed run in both modes, against one sandbox."""
+    """Backfill, no-change run, 1%-changed run and a no-change run right after it (which reads
+    the 1% of changes again in events mode's late-event window), in each mode, against one
+    sandbox; each mode has a warehouse of its own."""
     import requests
 
     sandbox, url, _ = start_sandbox(customers, 0.0)
@@ -248,23 +260,25 @@ def incremental_costs(customers: int, per_minute: int = 240) -> list[dict[str, A
             def run(mode: str, label: str, paced: bool) -> None:
                 requests.post(f"{admin}/config", json={"rate_limit": per_minute if paced else 0}, timeout=10)
                 requests.post(f"{admin}/stats/reset", timeout=10)
-                env = own_warehouse({**os.environ, "SOURCES__ANALYTICS__API_KEY": KEY, "SOURCES__ANALYTICS__INCREMENTAL": mode},
-                                    url, Path(tmp), mode, per_minute if paced else 0)
+                env = own_warehouse({**os.environ, "SOURCES__ANALYTICS__API_KEY": KEY, **MODES[mode]},
+                                    url, Path(tmp), mode.replace(",", "").replace(" ", "_"), per_minute if paced else 0)
                 seconds, _, _ = run_variant(MATERIALIZE, env)
                 stats = requests.get(f"{admin}/stats", timeout=10).json()
                 rows.append({"customers": customers, "mode": mode, "run": label, "paced": paced, "seconds": seconds,
                              "requests": stats["total"], "429s": stats["by_status"].get("429", 0)})
                 print(f"  {customers} customers, {mode}, {label}: {seconds:.1f}s, {stats['total']} requests", flush=True)
 
-            for mode in ("events", "listing"):
+            for mode in MODES:
                 run(mode, "backfill", paced=False)
-            for mode in ("events", "listing"):
-                run(mode, "no change", paced=mode == "events")
+            for mode in MODES:
+                run(mode, "no change", paced=mode != "listing")
             counts = requests.get(f"{admin}/counts", timeout=10).json()
             entities = sum(n for table, n in counts.items() if table not in ("events", "event_types", "ip_addresses"))
             requests.post(f"{admin}/advance", json={"updates": entities // 100}, timeout=60)
-            for mode in ("events", "listing"):
-                run(mode, "1% changed", paced=mode == "events")
+            for mode in MODES:
+                run(mode, "1% changed", paced=mode != "listing")
+            for mode in MODES:
+                run(mode, "no change, right after", paced=mode != "listing")
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
