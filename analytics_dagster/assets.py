@@ -21,7 +21,7 @@ from analytics_dagster.source.pipeline import (
 
 GROUP = "analytics"
 # Every writer to the destination runs in this pool; its limit of 1 (dagster.yaml) keeps two
-# runs from writing one DuckDB file at once (shared/NOTES.md #5).
+# runs from writing one DuckDB file at once (DuckDB allows one writer per file).
 DESTINATION_POOL = "analytics_destination"
 # a line per resource in the run's log, and an observation of each long listing's progress on
 # its asset, at most this often
@@ -34,7 +34,8 @@ def asset_key(resource: str) -> AssetKey:
 
 class AnalyticsTranslator(DagsterDltTranslator):
     """Keys `analytics/<resource>`, group `analytics`, and the customers -> children lineage
-    that dagster-dlt does not draw by itself (shared/NOTES.md #2)."""
+    that dagster-dlt does not draw by itself (it gives a child resource a dependency on a
+    placeholder key of its parent resource, not on the parent's asset)."""
 
     def get_asset_spec(self, data: DltResourceTranslatorData) -> AssetSpec:
         spec = super().get_asset_spec(data)
@@ -70,7 +71,7 @@ class SyncConfig(Config):
 def _definition_source() -> Any:
     # Placeholders: only the resources' names and hints are used to build the asset specs. The
     # real settings are resolved when a run starts, so the code location loads with none set
-    # (shared/NOTES.md #13).
+    # (reading a secret while the definitions are built would make the location fail to load).
     return analytics_source(base_url="http://configured.at.run.time", api_key="unset")
 
 
@@ -86,7 +87,7 @@ def analytics_assets(
 ) -> Iterator[MaterializeResult]:
     """dlt runs of the selected resources (one, or one per chunk of a backfill), with a fresh
     source each time (dagster-dlt mutates the source's schema in place:
-    dagster-io/dagster#34052, NOTES #4)."""
+    dagster-io/dagster#34052)."""
     # a DuckDB file held by another process is waited for, saying so in the run's log
     pipeline = make_pipeline(report=context.log.warning)
     tables = sorted(key.path[-1] for key in context.selected_asset_keys)
@@ -168,7 +169,8 @@ def analytics_assets(
             metadata={
                 **dlt_metadata,
                 "dagster/row_count": stats[name]["rows"],
-                # a run that finds nothing new writes 0 rows and succeeds (shared/NOTES.md #9)
+                # a run that finds nothing new writes 0 rows and succeeds (dagster-dlt's fetch_row_count raises on
+                # a load of 0 rows: dagster-io/dagster#34158)
                 "rows_written": written[name],
                 "rows_new": int(last_run.get("new", 0)),
                 "rows_updated": int(last_run.get("updated", 0)),

@@ -1,4 +1,4 @@
-"""The sandbox against shared/API_CONTRACT.md, clause by clause, over real HTTP."""
+"""The sandbox against the API contract (docs/api.md), clause by clause, over real HTTP."""
 
 from __future__ import annotations
 

@@ -116,7 +116,8 @@ def analytics_source(
         progress: where requests, pages and rows are counted and the plan is kept (not a setting).
     """
     # A new call builds new resources and paginators: both are stateful and must not be
-    # shared between runs (shared/NOTES.md #4, #6).
+    # shared between runs (dagster-dlt mutates a source's schema in place, dagster-io/dagster#34052; a
+    # paginator keeps its place).
     unknown = set(page_sizes or {}) - set(RESOURCES_BY_NAME)
     if unknown:
         raise ValueError(f"sources.analytics.page_sizes names no resource: {sorted(unknown)}")

@@ -2,7 +2,7 @@
 
 A listing is how a table is backfilled, and how it is kept current in `listing` mode (in
 `events` mode, see `analytics_dagster.source.events`). The API's listing filters are thin
-(shared/NOTES.md #11), so each resource gets the cheapest correct strategy it allows
+(of the lists, only transactions filter by `updated_at` on the server), so each resource gets the cheapest correct strategy it allows
 (`ApiResource.incremental`):
 
 - ``server_updated_at`` (transactions): the API filters, ``updated_at[GTE]=<window start>``.

@@ -39,7 +39,7 @@ class HasMorePaginator(BaseNextUrlPaginator):
     """Follows the absolute `meta.pagination.next` URL while `meta.pagination.has_more` is true.
 
     The API returns `next` on every page, the last one too, so `has_more` is the only stop
-    condition (dlt's `JSONLinkPaginator` stops only when `next` is missing: shared/NOTES.md #6).
+    condition (dlt's `JSONLinkPaginator` stops only when `next` is missing).
     Paginators are stateful: build one per resource, never share one.
     """
 
