@@ -94,6 +94,41 @@ def test_order_by_id(sandbox: SandboxServer) -> None:
     ascending = [e["id"] for e in get(sandbox, "/v1/customers", per_page=200, order_by="id[ASC]").json()["data"]]
     assert default == sorted(default, reverse=True)
     assert ascending == sorted(default)
+    # the direction in either case, as the real API takes it (Paddle's SDK sends `id[asc]`)
+    for order_by, expected in [("id[asc]", ascending), ("id[desc]", default), ("ID[Desc]", default)]:
+        got = [e["id"] for e in get(sandbox, "/v1/customers", per_page=200, order_by=order_by).json()["data"]]
+        assert got == expected, order_by
+    for order_by in ("name[ASC]", "id", "id[up]", "updated_at[DESC]"):  # products only take updated_at
+        bad = get(sandbox, "/v1/customers", order_by=order_by)
+        assert bad.status_code == 400 and bad.json()["error"]["errors"][0]["field"] == "order_by", order_by
+
+
+def test_products_order_by_updated_at_either_way(sandbox: SandboxServer) -> None:
+    truth = sandbox.world.truth("products")
+    oldest_first = [p["id"] for p in sorted(truth, key=lambda p: (parse_ns(p["updated_at"]), p["id"]))]
+    for order_by, expected in [("updated_at[ASC]", oldest_first), ("updated_at[desc]", oldest_first[::-1])]:
+        got, _ = walk(sandbox, "/v1/products", per_page=2, status="active,archived", order_by=order_by)
+        assert [p["id"] for p in got] == expected, order_by
+
+
+def test_unprefixed_paths_serve_the_same_api() -> None:
+    """`path_prefix=""`: the paths of Paddle's own API (`/customers`), the same data and paging."""
+    with SandboxServer(World(customers=30, seed=3)) as prefixed, \
+            SandboxServer(World(customers=30, seed=3), path_prefix="") as bare:
+        assert bare.path_prefix == "" and prefixed.path_prefix == "/v1"
+        for path in ["/customers", "/transactions", "/events", "/event-types", "/ips"]:
+            params = {"per_page": 7, "order_by": "id[ASC]"} if path not in ("/event-types", "/ips") else {}
+            assert get(bare, path, **params).json()["data"] == get(prefixed, "/v1" + path, **params).json()["data"]
+            assert get(bare, "/v1" + path).status_code == 404
+            assert get(prefixed, path).status_code == 404
+        customer = bare.world.ids["customers"][0]
+        assert get(bare, f"/customers/{customer}/addresses", status="active,archived").status_code == 200
+        entities, metas = walk(bare, "/transactions", per_page=7)
+        assert len(entities) == len(bare.world.ids["transactions"])
+        assert all(urlparse(m["pagination"]["next"]).path == "/transactions" for m in metas)
+        assert Admin(bare.url).get("counts") == Admin(prefixed.url).get("counts"), "admin stays at /_admin"
+    with pytest.raises(ValueError):
+        SandboxServer(World(customers=1), path_prefix="v1/")
 
 
 def test_archived_hidden_unless_asked() -> None:

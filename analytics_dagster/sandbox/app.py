@@ -1,5 +1,8 @@
 """The sandbox's HTTP face: the API contract (`/v1/...`) and an admin interface (`/_admin/...`).
 
+The API's paths are Paddle's (`/customers`, `/events`, ...) under a prefix: `/v1` by default, as
+the seed API serves them; `path_prefix=""` serves them as Paddle itself does, at the root.
+
 Built on Starlette (served by uvicorn): a small, well-kept ASGI toolkit whose async handlers let
 added latency overlap across concurrent requests, the way a real remote API behaves.
 """
@@ -11,6 +14,7 @@ import email.utils
 import json
 import math
 import random
+import re
 import time
 import uuid
 from collections import defaultdict, deque
@@ -26,6 +30,7 @@ from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox.world import RESOURCES, World
 
 DEFAULT_API_KEY = "sandbox_api_key"
+DEFAULT_PATH_PREFIX = "/v1"  # the seed API's; Paddle's own API serves the same paths with none
 DEFAULT_PER_PAGE = 50
 RETRYABLE_FAULTS = (429, 500, 502, 503, 504)
 _DOCS = "https://developer.paddle.com/v1/errors/shared/"
@@ -102,9 +107,13 @@ class _BadRequest(Exception):
 class SandboxApp:
     """The ASGI application plus the state behind it (world, config, faults, counters)."""
 
-    def __init__(self, world: World, config: SandboxConfig | None = None) -> None:
+    def __init__(self, world: World, config: SandboxConfig | None = None,
+                 path_prefix: str = DEFAULT_PATH_PREFIX) -> None:
         self.world = world
         self.config = config or SandboxConfig()
+        if path_prefix and (not path_prefix.startswith("/") or path_prefix.endswith("/")):
+            raise ValueError(f"path_prefix must be empty or start, and not end, with '/': {path_prefix!r}")
+        self.path_prefix = path_prefix  # fixed for the app's life: its routes are built with it
         self.stats = _Stats()
         self._attempts: dict[str, int] = defaultdict(int)
         self._streak: dict[str, int] = defaultdict(int)
@@ -115,20 +124,21 @@ class SandboxApp:
         self._deferred: list[tuple[int, Callable[..., Any], dict[str, Any]]] = []
         self._lock = asyncio.Lock()  # the world is mutated by admin calls between requests
         api: list[tuple[str, str, Callable[[Request], Response]]] = [
-            ("/v1/customers", "customers", self._list),
-            ("/v1/customers/{cus_id}/addresses", "customer_addresses", self._list),
-            ("/v1/customers/{cus_id}/businesses", "businesses", self._list),
-            ("/v1/discounts", "discounts", self._list),
-            ("/v1/prices", "prices", self._list),
-            ("/v1/products", "products", self._list),
-            ("/v1/events", "events", self._list),
-            ("/v1/event-types", "event_types", self._event_types),
-            ("/v1/reports", "reports", self._list),
-            ("/v1/ips", "ip_addresses", self._ips),
-            ("/v1/subscriptions", "subscriptions", self._list),
-            ("/v1/transactions", "transactions", self._list),
+            ("/customers", "customers", self._list),
+            ("/customers/{cus_id}/addresses", "customer_addresses", self._list),
+            ("/customers/{cus_id}/businesses", "businesses", self._list),
+            ("/discounts", "discounts", self._list),
+            ("/prices", "prices", self._list),
+            ("/products", "products", self._list),
+            ("/events", "events", self._list),
+            ("/event-types", "event_types", self._event_types),
+            ("/reports", "reports", self._list),
+            ("/ips", "ip_addresses", self._ips),
+            ("/subscriptions", "subscriptions", self._list),
+            ("/transactions", "transactions", self._list),
         ]
-        routes = [Route(path, self._api_endpoint(name, fn), methods=["GET"]) for path, name, fn in api]
+        routes = [Route(path_prefix + path, self._api_endpoint(name, fn), methods=["GET"])
+                  for path, name, fn in api]
         routes += [
             Route("/_admin/truth/{resource}", self._admin(self._truth), methods=["GET"]),
             Route("/_admin/counts", self._admin(self._counts), methods=["GET"]),
@@ -144,7 +154,7 @@ class SandboxApp:
         self.asgi = Starlette(routes=routes)
         self.asgi.add_exception_handler(404, self._not_found)
 
-    # ------------------------------------------------------------------ the /v1 pipeline
+    # ------------------------------------------------------------------ the API's pipeline
     def _api_endpoint(
         self, resource: str, handler: Callable[[Request, str], Response]
     ) -> Callable[[Request], Awaitable[Response]]:
@@ -255,14 +265,13 @@ class SandboxApp:
                 return injection
         return None
 
-    # ------------------------------------------------------------------ /v1 handlers
+    # ------------------------------------------------------------------ the API's handlers
     def _list(self, request: Request, resource: str) -> Response:
         spec = RESOURCES[resource]
         query = request.query_params
         per_page = _int_param(query.get("per_page"), "per_page", DEFAULT_PER_PAGE)
         per_page = min(per_page, spec.max_per_page)
-        by_updated = resource == "products" and query.get("order_by") == "updated_at[DESC]"
-        ascending = False if by_updated else _order(query.get("order_by"), resource)
+        order_field, ascending = _order(query.get("order_by"), resource)
         statuses: frozenset[str] | None = None
         if query.get("status") and resource != "events":  # events have no status to filter on
             statuses = frozenset(s.strip() for s in query["status"].split(",") if s.strip())
@@ -280,7 +289,7 @@ class SandboxApp:
             statuses=statuses,
             customer_id=customer_id,
             updated_bounds=bounds,
-            order_by_updated=by_updated,
+            order_by_updated=order_field == "updated_at",
         )
         last = keys[-1] if keys else query.get("after")
         next_url = str(request.url.include_query_params(after=last)) if last else str(request.url)
@@ -426,13 +435,25 @@ def _int_param(value: str | None, name: str, default: int) -> int:
     return number
 
 
-def _order(value: str | None, resource: str) -> bool:
-    """True for ascending. `id[ASC]` and `id[DESC]` are accepted everywhere."""
-    if value is None or value == "id[DESC]":
-        return False
-    if value == "id[ASC]":
-        return True
-    raise _BadRequest("order_by", f"order_by must be id[ASC] or id[DESC] for {resource}")
+_ORDER_BY = re.compile(r"^([a-z_]+)\[(asc|desc)\]$", re.IGNORECASE)
+# the fields a list can be ordered by besides `id` (the real API's products take more)
+_ORDER_FIELDS = {"products": ("id", "updated_at")}
+
+
+def _order(value: str | None, resource: str) -> tuple[str, bool]:
+    """The field to order by and whether ascending; by default `id[DESC]`.
+
+    `id[ASC]` and `id[DESC]` are accepted everywhere, products also `updated_at[...]`; the
+    direction in either case, as the real API takes it (Paddle's own SDK sends `id[asc]`).
+    """
+    if value is None:
+        return "id", False
+    match = _ORDER_BY.match(value)
+    fields = _ORDER_FIELDS.get(resource, ("id",))
+    if not match or match.group(1).lower() not in fields:
+        allowed = " or ".join(f"{f}[ASC|DESC]" for f in fields)
+        raise _BadRequest("order_by", f"order_by must be {allowed} for {resource}")
+    return match.group(1).lower(), match.group(2).lower() == "asc"
 
 
 def _updated_bounds(query: Any) -> tuple[int | None, bool, int | None, bool] | None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from analytics_dagster.sandbox.app import DEFAULT_API_KEY, SandboxConfig
+from analytics_dagster.sandbox.app import DEFAULT_API_KEY, DEFAULT_PATH_PREFIX, SandboxConfig
 from analytics_dagster.sandbox.server import SandboxServer
 from analytics_dagster.sandbox.world import World
 
@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     parser.add_argument("--rate-limit", type=int, default=0, help="requests per minute per client; 0: none")
     parser.add_argument("--rate-limit-block", type=float, default=60.0, help="seconds a client is blocked past the limit")
+    parser.add_argument("--path-prefix", default=DEFAULT_PATH_PREFIX,
+                        help="the API's paths go under it; '' serves them at the root, as Paddle's own API does (default: %(default)s)")
     parser.add_argument("--rate-limit-window", type=float, default=60.0, help="seconds the limit is counted over (default: a minute)")
     return parser
 
@@ -43,9 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         rate_limit_block=args.rate_limit_block,
         rate_limit_window=args.rate_limit_window,
     )
-    server = SandboxServer(world, host=args.host, port=args.port, config=config)
+    server = SandboxServer(world, host=args.host, port=args.port, config=config, path_prefix=args.path_prefix)
     counts = ", ".join(f"{name}={n}" for name, n in world.counts().items())
-    print(f"analytics sandbox serving {server.url} (built in {time.monotonic() - started:.1f}s: {counts})", flush=True)
+    paths = f"paths under {args.path_prefix}" if args.path_prefix else "paths at the root"
+    print(f"analytics sandbox serving {server.url} ({paths}; built in {time.monotonic() - started:.1f}s: {counts})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ from typing import Any
 
 import uvicorn
 
-from analytics_dagster.sandbox.app import SandboxApp, SandboxConfig
+from analytics_dagster.sandbox.app import DEFAULT_PATH_PREFIX, SandboxApp, SandboxConfig
 from analytics_dagster.sandbox.world import World
 
 
@@ -25,6 +25,9 @@ def _bind(host: str, port: int) -> socket.socket:
 class SandboxServer:
     """The sandbox API on `host:port` (port 0: a free one), started and stopped in-process.
 
+    Its API's paths are under `path_prefix` (`/v1`, the seed API's; `""`: at the root, as
+    Paddle's own API serves them).
+
     Example:
         >>> with SandboxServer(World(customers=20, seed=1)) as server:
         ...     requests.get(server.url + "/v1/customers", headers=server.auth_header)
@@ -37,8 +40,9 @@ class SandboxServer:
         host: str = "127.0.0.1",
         port: int = 0,
         config: SandboxConfig | None = None,
+        path_prefix: str = DEFAULT_PATH_PREFIX,
     ) -> None:
-        self.app = SandboxApp(world or World(), config)
+        self.app = SandboxApp(world or World(), config, path_prefix=path_prefix)
         self._socket = _bind(host, port)
         self.host, self.port = self._socket.getsockname()[:2]
         self._server = uvicorn.Server(
@@ -59,8 +63,13 @@ class SandboxServer:
         return self.app.config
 
     @property
+    def path_prefix(self) -> str:
+        return self.app.path_prefix
+
+    @property
     def url(self) -> str:
-        """The API's base URL (paths such as `/v1/customers` go after it)."""
+        """The server's root URL: the API's paths (`/v1/customers`, or `/customers` with no
+        prefix) and the admin interface (`/_admin/...`) go after it."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 

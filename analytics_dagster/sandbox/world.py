@@ -501,8 +501,12 @@ class World:
         if order_by_updated:  # products only, a few hundred: sorting per request is fine
             keys = sorted(keys, key=lambda k: (parse_ns(table[k]["updated_at"]), k))
             position = {k: i for i, k in enumerate(keys)}
-            start = position.get(after, len(keys)) - 1 if after else len(keys) - 1
-            candidates: Iterable[str] = (keys[i] for i in range(start, -1, -1))
+            if ascending:
+                start = position[after] + 1 if after in position else 0
+                candidates: Iterable[str] = (keys[i] for i in range(start, len(keys)))
+            else:
+                start = position.get(after, len(keys)) - 1 if after else len(keys) - 1
+                candidates = (keys[i] for i in range(start, -1, -1))
         elif ascending:
             start = bisect.bisect_right(keys, after) if after else 0
             candidates = (keys[i] for i in range(start, len(keys)))
