@@ -16,7 +16,7 @@ import requests
 
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox import RESOURCES, SandboxConfig, SandboxServer, World
-from analytics_dagster_tests.conftest import Admin, poll
+from analytics_dagster_tests.conftest import REPO, Admin, poll
 
 ID = re.compile(r"^[a-z]{3}_[a-z0-9]{26}$")
 LISTS = {
@@ -237,6 +237,77 @@ def test_entities_have_the_real_payload_shapes(sandbox: SandboxServer) -> None:
         assert not missing, f"{resource} lacks fields of the real API: {missing}"
         amounts = [v for k, v in ours.get("unit_price", {}).items() if k == "amount"]
         assert all(isinstance(a, str) for a in amounts), "amounts are strings"
+
+
+def test_every_subscription_has_an_address_of_its_customer() -> None:
+    """The spec types a subscription's `address_id` as a string: a customer with no address is
+    given one with its subscription (and its `address.created` event)."""
+    world = World(customers=200, seed=4)
+    subscriptions = world.truth("subscriptions")
+    assert subscriptions
+    for subscription in subscriptions:
+        address = world.entities["customer_addresses"].get(subscription["address_id"])
+        assert address and address["customer_id"] == subscription["customer_id"], subscription["id"]
+
+
+def test_the_spec_shapes_are_produced_for_a_share_of_entities(sandbox: SandboxServer, admin: Admin) -> None:
+    """Subscription discounts, transaction payments and adjustment snapshots, as the real
+    payloads have them, for a realistic share of entities (not for none, not for all)."""
+    world = World(customers=300, seed=2)
+    subscriptions, transactions = world.truth("subscriptions"), world.truth("transactions")
+    discounted = [s for s in subscriptions if s["discount"] is not None]
+    assert 0.1 < len(discounted) / len(subscriptions) < 0.3
+    for subscription in discounted:
+        discount = subscription["discount"]
+        assert set(discount) == {"id", "starts_at", "ends_at"} and discount["id"] in world.entities["discounts"]
+        assert parse_ns(discount["starts_at"]) <= parse_ns(discount["ends_at"] or discount["starts_at"])
+    templates = REPO / "analytics_dagster" / "sandbox" / "templates"  # copies of real payloads
+    real_payment = json.loads((templates / "transaction_payment.json").read_text())
+    paid = [t for t in transactions if t["status"] in ("paid", "completed")]
+    assert paid and len(paid) < len(transactions)
+    for txn in transactions:
+        payments = txn["payments"]
+        assert all(set(p) == set(real_payment) for p in payments), txn["id"]
+        captured = [p for p in payments if p["status"] == "captured"]
+        assert len(captured) == (1 if txn in paid else 0), txn["id"]
+        assert all(p["captured_at"] and p["error_code"] is None and p["amount"] == txn["details"]["totals"]["total"]
+                   for p in captured)
+        assert all(p["error_code"] and p["captured_at"] is None for p in payments if p["status"] == "error")
+    # a transaction paid later, or falling past due, gets an attempt more; every event keeps the
+    # payments of its moment (a later one only adds to them)
+    world.advance(updates=600)
+    snapshots: dict[str, list[list[dict]]] = {}
+    for event in world.truth("events"):
+        if event["event_type"].startswith("transaction."):
+            snapshots.setdefault(event["data"]["id"], []).append(event["data"]["payments"])
+    grown = 0
+    for key, seen in snapshots.items():
+        for earlier, later in zip(seen, seen[1:]):
+            assert later[: len(earlier)] == earlier, key
+            grown += len(later) > len(earlier)
+        assert seen[-1] == world.entities["transactions"][key]["payments"], key
+    assert grown > 0
+    # adjustments: the whole entity, of a transaction of the world
+    touched = admin.post("advance", adjustments=3)
+    events = [e for e in admin.truth("events") if e["event_id"] in touched["events"]]
+    assert [e["event_type"] for e in events] == ["adjustment.created"] * 3
+    real_adjustment = json.loads((templates / "adjustment.json").read_text())
+    txns = {t["id"]: t for t in admin.truth("transactions")}
+    for event in events:
+        adjustment = event["data"]
+        assert set(real_adjustment) <= set(adjustment) and adjustment["id"].startswith("adj_")
+        txn = txns[adjustment["transaction_id"]]
+        assert adjustment["customer_id"] == txn["customer_id"] and adjustment["currency_code"] == txn["currency_code"]
+        assert adjustment["items"][0]["item_id"] == txn["details"]["line_items"][0]["id"]
+        assert adjustment["created_at"] == event["occurred_at"]
+
+
+def test_report_filters_are_named_for_their_type() -> None:
+    names = {"transactions": "updated_at", "adjustments": "updated_at", "discounts": "updated_at",
+             "products_prices": "product_updated_at"}
+    reports = World(customers=1000, seed=3).truth("reports")
+    assert {r["type"] for r in reports} == set(names)
+    assert all(f["name"] == names[r["type"]] for r in reports for f in r["filters"])
 
 
 def test_determinism_and_scale() -> None:

@@ -7,10 +7,10 @@ Scale: for ``customers = N`` the initial world holds (on average)
 
 ========================  =========================================
 customers                 N
-customer_addresses        0 to 3 per customer (1.5 N)
+customer_addresses        0 to 3 per customer (1.6 N: one at least with a subscription)
 businesses                0 to 2 per customer (1 N)
-subscriptions             0.5 N
-transactions              0 to 4 per customer (2 N)
+subscriptions             0.5 N, each with an address, 20% with a discount
+transactions              0 to 4 per customer (2 N); paid or completed ones with a payment
 events                    one per create and update of the eight evented resources, of the
                           last 90 days only (older ones are past the API's retention)
 products                  max(3, N / 20); prices: 2 per product
@@ -36,6 +36,7 @@ import bisect
 import json
 import pickle
 import random
+import uuid
 from dataclasses import dataclass
 from importlib import resources as importlib_resources
 from typing import Any, Iterable
@@ -104,6 +105,10 @@ _CITIES = [
     ("Paris", None, "FR", "75001"),
 ]
 _CURRENCIES = ["USD", "EUR", "GBP", "AUD", "CAD"]
+_SUBSCRIPTION_DISCOUNT_SHARE = 0.2  # subscriptions created with a discount
+# the filter on when a report's rows were updated, by its type, as the spec names it
+_REPORT_UPDATED_FILTER = {"transactions": "updated_at", "adjustments": "updated_at", "discounts": "updated_at",
+                          "products_prices": "product_updated_at"}
 
 
 class World:
@@ -141,6 +146,8 @@ class World:
         self._txn_template = pickle.dumps(json.loads(_template("transaction")))
         self._sub_template = pickle.dumps(json.loads(_template("subscription")))
         self._discount_template = pickle.dumps(json.loads(_template("discount")))
+        self._payment_template = pickle.dumps(json.loads(_template("transaction_payment")))
+        self._adjustment_template = pickle.dumps(json.loads(_template("adjustment")))
         self._generate(customers)
         self._write_history_events()
 
@@ -166,6 +173,10 @@ class World:
             return format_ns(ns, digits)
         unit = 10 ** (9 - digits)
         return format_ns(-(-ns // unit) * unit, digits)
+
+    def _uuid(self) -> str:
+        """A version-4 UUID from the world's generator (reproducible)."""
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def _tick(self, max_ns: int) -> None:
         self.clock_ns += self.rng.randint(1_000_000, max(1_000_001, max_ns))
@@ -318,19 +329,25 @@ class World:
     def _new_report(self, ts: str) -> dict[str, Any]:
         entity = self._common("rep", ts, status="pending")
         entity.update(
-            type=self.rng.choice(["transactions", "adjustments", "discounts", "products_prices"]),
+            type=self.rng.choice(list(_REPORT_UPDATED_FILTER)),
             rows=None,
-            filters=[{"name": "updated_at", "operator": "lt", "value": ts[:10]}],
             expires_at=None,
         )
+        # each type of report names its filters as the spec does (`product_updated_at`, ...)
+        entity["filters"] = [{"name": _REPORT_UPDATED_FILTER[entity["type"]], "operator": "lt", "value": ts[:10]}]
         if self.rng.random() < 0.7:
             entity.update(status="ready", rows=self.rng.randint(1, 5000))
         return self._store("reports", entity)
 
     def _new_subscription(self, customer_id: str, ts: str) -> dict[str, Any]:
+        """A subscription of the customer; one with no address gets one first (with its event):
+        the API types a subscription's `address_id` as a string, never null."""
+        addresses = self.by_customer["customer_addresses"].get(customer_id)
+        if not addresses:
+            self._emit("customer_addresses", "created", self._new_address(customer_id, ts))
+            addresses = self.by_customer["customer_addresses"][customer_id]
         entity = pickle.loads(self._sub_template)
         entity.update(self._common("sub", ts))
-        addresses = self.by_customer["customer_addresses"].get(customer_id) or [None]
         businesses = self.by_customer["businesses"].get(customer_id) or [None]
         entity.update(
             status=self.rng.choice(["active", "active", "trialing", "past_due", "paused"]),
@@ -340,9 +357,15 @@ class World:
             currency_code=self.rng.choice(_CURRENCIES),
             started_at=ts,
             first_billed_at=ts,
+            discount=None,
             custom_data=self._custom_data(),
             import_meta=None,
         )
+        if self.ids["discounts"] and self.rng.random() < _SUBSCRIPTION_DISCOUNT_SHARE:
+            ends = None  # a discount that recurs forever
+            if self.rng.random() < 0.5:  # or for some billing periods
+                ends = self._stamp(parse_ns(ts) + self.rng.choice([3, 6, 12]) * 30 * _DAY_NS)
+            entity["discount"] = {"id": self.rng.choice(self.ids["discounts"]), "starts_at": ts, "ends_at": ends}
         return self._store("subscriptions", entity)
 
     def _new_transaction(self, customer_id: str, ts: str) -> dict[str, Any]:
@@ -358,7 +381,82 @@ class World:
             custom_data=self._custom_data(),
         )
         entity["details"]["totals"]["total"] = str(self.rng.randint(100, 1_000_000))
+        entity["payments"] = self._payments_after(entity, entity["status"], ts)
         return self._store("transactions", entity)
+
+    def _payments_after(self, txn: dict[str, Any], status: str, ts: str) -> list[dict[str, Any]]:
+        """The transaction's payment attempts once it has `status`: a new list (event snapshots
+        keep the one they were taken with). Paid or completed: a captured payment (after a
+        failed attempt, now and then); past due: one more failed attempt."""
+        payments = list(txn.get("payments") or [])
+        captured = any(p["status"] == "captured" for p in payments)
+        if status in ("paid", "completed") and not captured:
+            if self.rng.random() < 0.15:
+                payments.append(self._payment_attempt(txn, ts, captured=False))
+            payments.append(self._payment_attempt(txn, ts, captured=True))
+        elif status == "past_due":
+            payments.append(self._payment_attempt(txn, ts, captured=False))
+        return payments
+
+    def _payment_attempt(self, txn: dict[str, Any], ts: str, *, captured: bool) -> dict[str, Any]:
+        payment = pickle.loads(self._payment_template)
+        at = parse_ns(ts)
+        payment.update(
+            payment_attempt_id=self._uuid(),
+            payment_method_id=self._new_id("paymtd", at),
+            stored_payment_method_id=self._uuid(),
+            amount=txn["details"]["totals"]["total"],
+            status="captured" if captured else "error",
+            error_code=None if captured else self.rng.choice(["declined", "expired_card", "not_enough_balance"]),
+            created_at=ts,
+            captured_at=self._stamp(at + self.rng.randint(1, 5) * 10**9) if captured else None,
+        )
+        payment["method_details"]["card"].update(
+            type=self.rng.choice(["visa", "mastercard", "american_express"]),
+            last4=f"{self.rng.randint(0, 9999):04d}",
+            expiry_month=self.rng.randint(1, 12),
+            expiry_year=int(ts[:4]) + self.rng.randint(1, 5),
+        )
+        return payment
+
+    def _new_adjustment(self, ts: str) -> dict[str, Any] | None:
+        """An adjustment (a refund or a credit) of a completed transaction, whole, as the
+        `data` of its `adjustment.created` event; None when there is no transaction at all."""
+        completed = [k for k in self.ids["transactions"] if self.entities["transactions"][k]["status"] == "completed"]
+        candidates = completed or self.ids["transactions"]
+        if not candidates:
+            return None
+        txn = self.entities["transactions"][self.rng.choice(candidates)]
+        line = txn["details"]["line_items"][0]
+        line_total = int(line["totals"]["total"])
+        amount = line_total if self.rng.random() < 0.3 else self.rng.randint(1, max(1, line_total // 2))
+        tax = amount * 8 // 108
+        fee = amount * 5 // 100
+        credit = self.rng.random() < 0.2
+        currency = txn["currency_code"]
+        totals = {"subtotal": str(amount - tax), "tax": str(tax), "total": str(amount)}
+        adjustment = pickle.loads(self._adjustment_template)
+        adjustment.update(
+            id=self._new_id("adj"),
+            action="credit" if credit else "refund",
+            type="partial",
+            transaction_id=txn["id"],
+            subscription_id=txn.get("subscription_id"),
+            customer_id=txn["customer_id"],
+            reason=self.rng.choice(["error", "customer request", "duplicate charge"]),
+            credit_applied_to_balance=False if credit else None,
+            currency_code=currency,
+            status="approved" if credit else "pending_approval",
+            items=[{"id": self._new_id("adjitm"), "item_id": line["id"],
+                    "type": "full" if amount == line_total else "partial", "amount": str(amount),
+                    "proration": None, "totals": dict(totals)}],
+            totals={**totals, "fee": str(fee), "earnings": str(amount - tax - fee), "currency_code": currency},
+            payout_totals={**totals, "fee": str(fee), "earnings": str(amount - tax - fee), "currency_code": currency},
+            tax_rates_used=[{"tax_rate": "0.08", "totals": dict(totals)}],
+            created_at=ts,
+            updated_at=ts,
+        )
+        return adjustment
 
     def _new_event(
         self, event_type: str, snapshot: dict[str, Any], ts: str, at_ns: int | None = None
@@ -659,10 +757,9 @@ class World:
             note("events", *events)
         for _ in range(adjustments):
             ts = stamp()
-            data = {"id": self._new_id("adj"), "action": "refund", "status": "pending_approval",
-                    "transaction_id": self.rng.choice(self.ids["transactions"] or [None]),
-                    "created_at": ts, "updated_at": ts}
-            note("events", self._new_event("adjustment.created", data, ts)["event_id"])
+            data = self._new_adjustment(ts)
+            if data is not None:
+                note("events", self._new_event("adjustment.created", data, ts)["event_id"])
         for _ in range(cidrs_swapped):
             gone = self.ip_cidrs.pop(self.rng.randrange(len(self.ip_cidrs)))
             new = f"34.{self.rng.randint(0, 255)}.{self.rng.randint(0, 255)}.{self.rng.randint(0, 255)}/32"
@@ -737,6 +834,7 @@ class World:
             entity["status"] = self.rng.choice(["active", "past_due", "paused", "canceled"])
         elif resource == "transactions":
             entity["status"] = self.rng.choice(["billed", "paid", "completed", "past_due"])
+            entity["payments"] = self._payments_after(entity, entity["status"], self._stamp())
         elif resource == "reports":
             entity.update(status="ready", rows=n)
         else:
