@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from analytics_dagster.source.resources import RESOURCES
+from analytics_dagster.source.resources import DEFAULT_PATH_PREFIX, RESOURCES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -68,7 +68,7 @@ def floor(url: str, db: str, threads: int) -> int:
         params: dict[str, Any] = {"per_page": 200}
         if archived:
             params["status"] = "active,archived"
-        rows, response = [], session.get(url + path, params=params)
+        rows, response = [], session.get(url + DEFAULT_PATH_PREFIX + path, params=params)
         while True:
             body = response.json()
             rows += body["data"]
@@ -118,7 +118,7 @@ def plain_dlt(url: str, db: str) -> int:
                           "write_disposition": "merge"})
         if r.name == "ip_addresses":  # the API lists bare CIDR strings
             resources[-1]["processing_steps"] = [{"map": lambda c: {"ipv4_cidr": c}}]
-    source = rest_api_source({"client": {"base_url": url, "auth": {"type": "bearer", "token": KEY}},
+    source = rest_api_source({"client": {"base_url": url + DEFAULT_PATH_PREFIX, "auth": {"type": "bearer", "token": KEY}},
                               "resources": resources})
     pipeline = dlt.pipeline("bench_plain_dlt", destination=dlt.destinations.duckdb(db), dataset_name="plain")
     pipeline.run(source)
@@ -241,12 +241,12 @@ def resume_cost(customers: int, at: float, argv: list[str], env: dict[str, str])
 # run cost before the window), and listing mode
 MODES = {
     "events": {"SOURCES__ANALYTICS__INCREMENTAL": "events"},
-    "events, no window": {"SOURCES__ANALYTICS__INCREMENTAL": "events", "SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS": "0"},
+    "events_no_window": {"SOURCES__ANALYTICS__INCREMENTAL": "events", "SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS": "0"},
     "listing": {"SOURCES__ANALYTICS__INCREMENTAL": "listing"},
 }
 
 
-def incremental_costs(customers: int, per_minute: int = 240) -> list[dict[str, Any]]:
+def incremental_costs(customers: int, per_minute: int = 240, modes: list[str] = list(MODES)) -> list[dict[str, Any]]:
     """Backfill, no-change run, 1%-changed run and a no-change run right after it (which reads
     the 1% of changes again in events mode's late-event window), in each mode, against one
     sandbox; each mode has a warehouse of its own."""
@@ -261,23 +261,23 @@ def incremental_costs(customers: int, per_minute: int = 240) -> list[dict[str, A
                 requests.post(f"{admin}/config", json={"rate_limit": per_minute if paced else 0}, timeout=10)
                 requests.post(f"{admin}/stats/reset", timeout=10)
                 env = own_warehouse({**os.environ, "SOURCES__ANALYTICS__API_KEY": KEY, **MODES[mode]},
-                                    url, Path(tmp), mode.replace(",", "").replace(" ", "_"), per_minute if paced else 0)
+                                    url, Path(tmp), mode, per_minute if paced else 0)
                 seconds, _, _ = run_variant(MATERIALIZE, env)
                 stats = requests.get(f"{admin}/stats", timeout=10).json()
                 rows.append({"customers": customers, "mode": mode, "run": label, "paced": paced, "seconds": seconds,
                              "requests": stats["total"], "429s": stats["by_status"].get("429", 0)})
                 print(f"  {customers} customers, {mode}, {label}: {seconds:.1f}s, {stats['total']} requests", flush=True)
 
-            for mode in MODES:
+            for mode in modes:
                 run(mode, "backfill", paced=False)
-            for mode in MODES:
+            for mode in modes:
                 run(mode, "no change", paced=mode != "listing")
             counts = requests.get(f"{admin}/counts", timeout=10).json()
             entities = sum(n for table, n in counts.items() if table not in ("events", "event_types", "ip_addresses"))
             requests.post(f"{admin}/advance", json={"updates": entities // 100}, timeout=60)
-            for mode in MODES:
+            for mode in modes:
                 run(mode, "1% changed", paced=mode != "listing")
-            for mode in MODES:
+            for mode in modes:
                 run(mode, "no change, right after", paced=mode != "listing")
     finally:
         sandbox.terminate()
@@ -330,6 +330,8 @@ def main() -> None:
     parser.add_argument("--incremental", default="2000,20000",
                         help="account sizes for the incremental runs by mode, comma-separated ('': skip)")
     parser.add_argument("--only-incremental", action="store_true", help="run nothing but the incremental runs")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"the incremental runs' modes, comma-separated (default: {','.join(MODES)})")
     parser.add_argument("--only-backfills", action="store_true",
                         help="run nothing but the backfill measures (--rss, --fault-customers, --resume-customers)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -344,8 +346,12 @@ def main() -> None:
         print("rows", plain_dlt(args.url, args.db))
         return
     sizes = [int(n) for n in args.incremental.split(",") if n.strip()]
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"--modes: no such mode {sorted(unknown)}; choose from {list(MODES)}")
     if args.only_incremental:
-        print_incremental(sizes)
+        print_incremental(sizes, modes)
         return
     if args.only_backfills:
         print_backfills(args, MATERIALIZE, {**os.environ, "SOURCES__ANALYTICS__API_KEY": KEY})
@@ -410,7 +416,7 @@ def main() -> None:
               f"{paced['per_minute']:.0f}/min over the {paced['fan_out_seconds']:.0f}s children fan-out = "
               f"{paced['use']:.0%} of the budget, {paced['429s']} x 429")
     print_backfills(args, MATERIALIZE, env)
-    print_incremental(sizes)
+    print_incremental(sizes, modes)
 
 
 def print_backfills(args: argparse.Namespace, argv: list[str], env: dict[str, str]) -> None:
@@ -439,11 +445,11 @@ def print_backfills(args: argparse.Namespace, argv: list[str], env: dict[str, st
               f"in {r['seconds']:.1f}s", flush=True)
 
 
-def print_incremental(sizes: list[int]) -> None:
+def print_incremental(sizes: list[int], modes: list[str]) -> None:
     if not sizes:
         return
     print("\nincremental runs by mode (events paced at 240/minute against an enforcing sandbox):")
-    rows = [row for size in sizes for row in incremental_costs(size)]
+    rows = [row for size in sizes for row in incremental_costs(size, modes=modes)]
     print("\n" + incremental_table(rows))
 
 
