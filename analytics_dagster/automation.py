@@ -27,6 +27,7 @@ from dagster import (
 )
 
 from analytics_dagster.assets import GROUP, asset_key
+from analytics_dagster.source import configured_api_root
 from analytics_dagster.source.events import events_after, latest_event_id
 from analytics_dagster.source.resources import RESOURCES, table_of_event
 
@@ -179,9 +180,9 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.STOPPED,
     description=(
-        "Polls the API's /v1/events for events newer than its cursor and requests a sync of the "
-        "event stream and every table it keeps (" + ", ".join(STREAM_TABLES) + "), not only the "
-        "tables the events touch: in events mode the run reads the stream once (a request per "
+        "Polls the API's event stream (/v1/events; /events on Paddle itself) for events newer than "
+        "its cursor and requests a sync of the event stream and every table it keeps ("
+        + ", ".join(STREAM_TABLES) + "), not only the tables the events touch: in events mode the run reads the stream once (a request per "
         "200 events) and every table's cursor stays current, so no quiet table ages past the "
         "retention into a full listing. It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
@@ -189,8 +190,9 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
     ),
 )
 def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
-    # settings are resolved here, at evaluation, never when the code location loads
-    base_url = dlt.config["sources.analytics.base_url"]
+    # settings are resolved here, at evaluation, never when the code location loads; the API's
+    # root as a run resolves it (environment, base_url, path_prefix)
+    base_url = configured_api_root()
     api_key = dlt.secrets["sources.analytics.api_key"]
     if context.cursor is None:
         newest = latest_event_id(base_url, api_key)

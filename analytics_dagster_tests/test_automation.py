@@ -32,6 +32,7 @@ from analytics_dagster.automation import (
 )
 from analytics_dagster.definitions import defs
 from analytics_dagster.rfc3339 import parse_ns
+from analytics_dagster.sandbox import SandboxServer, World
 from analytics_dagster_tests.conftest import Admin, assert_events_cover_api, assert_warehouse_equals_api
 from analytics_dagster_tests.test_events import metadata
 from analytics_dagster_tests.test_sync import sync
@@ -200,6 +201,25 @@ def test_a_run_that_keeps_failing_is_not_run_again_forever(
     later = time.time() + 3601
     monkeypatch.setattr(automation, "_now", lambda: later)
     assert len(evaluate(instance, soon.cursor).run_requests) == 1
+
+
+def test_the_sensor_finds_the_stream_where_a_run_does(monkeypatch) -> None:
+    """The sensor resolves the API's root as a run does: `environment = sandbox` reads Paddle's
+    `/events` (here a sandbox serving Paddle's paths at the base URL given), not `/v1/events`."""
+    with SandboxServer(World(customers=10, seed=3), path_prefix="") as server:
+        admin = Admin(server.url)
+        monkeypatch.setenv("SOURCES__ANALYTICS__ENVIRONMENT", "sandbox")
+        monkeypatch.setenv("SOURCES__ANALYTICS__BASE_URL", server.url)
+        monkeypatch.setenv("SOURCES__ANALYTICS__API_KEY", server.config.api_key)
+        instance = DagsterInstance.ephemeral()
+        first = evaluate(instance, None)
+        assert EventsSensorCursor.decode(first.cursor).event_id == admin.truth("events")[-1]["event_id"]
+        admin.post("advance", new_transactions=2)
+        assert len(evaluate(instance, first.cursor).run_requests) == 1
+        assert admin.get("stats")["by_resource"] == {"events": 2}
+        monkeypatch.delenv("SOURCES__ANALYTICS__ENVIRONMENT")  # the seed API's /v1/events: not served
+        with pytest.raises(Exception, match="404"):
+            evaluate(instance, first.cursor)
 
 
 def test_the_sensor_cursor_reads_the_old_format_and_backs_off() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from dagster import AssetKey, DefaultSensorStatus, build_schedule_context
 
 from analytics_dagster.definitions import defs
-from analytics_dagster.source import RESOURCES
+from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
 from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES
 
 
@@ -37,7 +37,8 @@ def test_asset_keys_groups_lineage_and_descriptions() -> None:
     for key in keys:
         node = graph.get(key)
         assert node.group_name == "analytics"
-        assert node.description and "/v1/" in node.description
+        # the path under the API's root (its prefix, `/v1` by default, is a setting)
+        assert node.description and f"`GET {RESOURCES_BY_NAME[key.path[-1]].path}`" in node.description
         expected = {AssetKey(["analytics", "customers"])} if key.path[-1] in ("customer_addresses", "businesses") else set()
         assert set(node.parent_keys) == expected, key
 

@@ -9,7 +9,8 @@ from dlt.sources.helpers.rest_client import RESTClient
 from requests import Response
 
 from analytics_dagster.rfc3339 import format_ns, parse_ns
-from analytics_dagster.source import RESOURCES_BY_NAME
+from analytics_dagster.source import RESOURCES_BY_NAME, configured_api_root
+from analytics_dagster.source.resources import api_root, resource_of_path
 from analytics_dagster.source.paginator import json_once
 from analytics_dagster.source.paginator import HasMorePaginator, MalformedPageError
 from analytics_dagster_tests.conftest import FIXTURES
@@ -127,3 +128,42 @@ def test_progress_counts_across_paginator_copies_and_reports() -> None:
     quiet = Progress(report=lines.append, every=3600.0)
     quiet.page("events", 10)
     assert len(lines) == 3, "at most one line per resource per interval"
+
+
+def test_the_api_root_by_environment_base_url_and_prefix() -> None:
+    assert api_root() == "http://127.0.0.1:8765/v1"  # the seed API, as the local sandbox serves it
+    assert api_root("live") == "https://api.paddle.com"  # Paddle's own: no prefix
+    assert api_root("sandbox") == "https://sandbox-api.paddle.com"
+    assert api_root("LIVE", base_url="http://127.0.0.1:9/") == "http://127.0.0.1:9"
+    assert api_root(base_url="https://api.example.com/") == "https://api.example.com/v1"
+    assert api_root(base_url="https://api.example.com", path_prefix="") == "https://api.example.com"
+    assert api_root("sandbox", path_prefix="v2/") == "https://sandbox-api.paddle.com/v2"
+    with pytest.raises(ValueError, match="sources.analytics.environment must be one of"):
+        api_root("production")
+
+
+def test_the_configured_api_root_reads_the_settings_by_their_full_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ENVIRONMENT", "BASE_URL", "PATH_PREFIX"):
+        monkeypatch.delenv(f"SOURCES__ANALYTICS__{name}", raising=False)
+    # a bare ENVIRONMENT belongs to the deployment, not to this API
+    monkeypatch.setenv("ENVIRONMENT", "sandbox")
+    assert configured_api_root() == "http://127.0.0.1:8765/v1"
+    monkeypatch.setenv("SOURCES__ANALYTICS__ENVIRONMENT", "live")
+    assert configured_api_root() == "https://api.paddle.com"
+    monkeypatch.setenv("SOURCES__ANALYTICS__BASE_URL", "http://127.0.0.1:9")
+    assert configured_api_root() == "http://127.0.0.1:9"
+    assert configured_api_root("http://127.0.0.1:10") == "http://127.0.0.1:10"
+    monkeypatch.setenv("SOURCES__ANALYTICS__PATH_PREFIX", "/v1")
+    assert configured_api_root() == "http://127.0.0.1:9/v1"
+    monkeypatch.setenv("SOURCES__ANALYTICS__ENVIRONMENT", "staging")
+    with pytest.raises(ValueError, match="staging"):
+        configured_api_root()
+
+
+def test_requests_are_counted_by_resource_under_any_prefix() -> None:
+    for prefix in ("", "/v1"):
+        assert resource_of_path(prefix + "/customers") == "customers"
+        assert resource_of_path(prefix + "/customers/ctm_1/addresses") == "customer_addresses"
+        assert resource_of_path(prefix + "/event-types") == "event_types"
+        assert resource_of_path(prefix + "/events") == "events"
+    assert resource_of_path("/v1/nothing") == "/v1/nothing"

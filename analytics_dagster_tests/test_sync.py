@@ -24,6 +24,7 @@ from analytics_dagster.assets import analytics_assets
 from analytics_dagster.checks import PK_CHECK, primary_key_checks
 
 from analytics_dagster.definitions import defs
+from analytics_dagster.sandbox import SandboxServer, World
 from analytics_dagster_tests.conftest import (
     MATERIALIZE_ALL,
     REPO,
@@ -158,3 +159,34 @@ def test_the_run_log_reports_progress_per_resource(warehouse: Path, admin: Admin
     customers = len(admin.truth("customers"))
     assert f"customer_addresses: {customers} pages" in summary, summary
     assert f"customers: 1 pages, {customers} rows read" in summary
+
+
+def test_paddle_configuration_syncs_paddle_paths_exactly(tmp_path: Path, monkeypatch) -> None:
+    """A Paddle account's settings (`environment = live`: paths with no `/v1`), the base URL
+    overridden to a sandbox that serves Paddle's paths: the backfill, then a run from the event
+    stream, are exact, and no request went anywhere else."""
+    with SandboxServer(World(customers=40, seed=7), path_prefix="") as server:
+        admin = Admin(server.url)
+        db = tmp_path / "warehouse" / "paddle.duckdb"
+        monkeypatch.setenv("SOURCES__ANALYTICS__BASE_URL", server.url)  # instead of https://api.paddle.com
+        monkeypatch.setenv("SOURCES__ANALYTICS__API_KEY", server.config.api_key)
+        monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(db))
+        monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt"))
+        monkeypatch.setenv("SOURCES__ANALYTICS__REQUESTS_PER_MINUTE", "0")
+        # without the environment, the seed API's paths (/v1/...): a 404 fails the run at once
+        failed = sync(["products"], raise_on_error=False)
+        error = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error
+        assert not failed.success and "404" in error.to_string() and "/v1/events" in error.to_string()
+        monkeypatch.setenv("SOURCES__ANALYTICS__ENVIRONMENT", "live")
+        assert sync().success
+        assert_warehouse_equals_api(db, admin)
+        admin.post("advance", updates=25, archives=6, new_customers=4, new_transactions=7, adjustments=3)
+        admin.post("stats/reset")
+        result = sync()
+        assert result.success
+        assert_warehouse_equals_api(db, admin)
+        modes = {m.asset_key.path[-1]: m.metadata["sync_mode"].value
+                 for m in result.asset_materializations_for_node("analytics_api")}
+        assert {modes[t] for t in ("customers", "subscriptions", "transactions")} == {"events"}
+        stats = admin.get("stats")
+        assert stats["total"] > 0 and stats["by_status"] == {"200": stats["total"]}

@@ -3,6 +3,8 @@
 Settings are read the dlt way from section `sources.analytics` (`.dlt/config.toml`,
 `.dlt/secrets.toml` or env vars such as `SOURCES__ANALYTICS__BASE_URL` and
 `SOURCES__ANALYTICS__API_KEY`), and only when `analytics_source()` is called, never at import.
+Where the API is (`environment`, `base_url`, `path_prefix`) is resolved by `configured_api_root`,
+for a run and for the events sensor alike.
 
 How a run is laid out depends on its plan (`analytics_dagster.source.events`): a table kept by
 events is a transformer of the one read of the event stream; a table listed in this run is a
@@ -38,7 +40,7 @@ from analytics_dagster.source.pacing import paced_session
 from analytics_dagster.source.paginator import HasMorePaginator, json_once
 from analytics_dagster.source.pipeline import SOURCE_NAME
 from analytics_dagster.source.progress import Progress
-from analytics_dagster.source.resources import RESOURCES, RESOURCES_BY_NAME, ApiResource
+from analytics_dagster.source.resources import RESOURCES, RESOURCES_BY_NAME, ApiResource, api_root
 
 __all__ = [
     "CUSTOMER_LISTING",
@@ -49,6 +51,7 @@ __all__ = [
     "Progress",
     "SyncPlan",
     "analytics_source",
+    "configured_api_root",
 ]
 
 DEFAULT_REQUESTS_PER_MINUTE = 240  # the API's rate limit per client
@@ -64,9 +67,27 @@ CUSTOMER_LISTING = "customer_listing"
 EVENT_FEED = "event_feed"
 
 
+def configured_api_root(base_url: Optional[str] = None) -> str:
+    """The API's root URL from the settings, read now: `sources.analytics.environment` (`live`,
+    `sandbox`: Paddle's own API, paths with no prefix; unset: the seed API, paths under `/v1`),
+    `sources.analytics.base_url` (`base_url` given wins) and `sources.analytics.path_prefix`,
+    each of which wins over what the environment implies (see `resources.api_root`).
+
+    Read by their full keys only: a source argument would also take a bare `ENVIRONMENT`
+    variable, which many deployments set for a purpose of their own.
+    """
+
+    def setting(name: str) -> Optional[str]:
+        value = dlt.config.get(f"sources.{SOURCE_NAME}.{name}", str)
+        return None if value is None else str(value)
+
+    return api_root(environment=setting("environment"), base_url=base_url or setting("base_url"),
+                    path_prefix=setting("path_prefix"))
+
+
 @dlt.source(name=SOURCE_NAME, section=SOURCE_NAME, max_table_nesting=0)
 def analytics_source(
-    base_url: str = dlt.config.value,
+    base_url: Optional[str] = None,
     api_key: str = dlt.secrets.value,
     page_size: Optional[int] = None,
     page_sizes: Optional[dict[str, int]] = None,
@@ -86,7 +107,9 @@ def analytics_source(
     """All twelve resources of the analytics API, synced incrementally.
 
     Args:
-        base_url: the API root, such as `https://api.example.com` (paths start with `/v1`).
+        base_url: the API's base URL (default: the environment's, else the local sandbox's);
+            the root every path goes after is `configured_api_root(base_url)`, with the path
+            prefix (`/v1` unless `environment` or `path_prefix` says otherwise).
         api_key: the Bearer token.
         page_size: `per_page` for every paginated resource, instead of each one's own.
         page_sizes: `per_page` by resource name, over `page_size` (e.g. `{"customers": 20}`).
@@ -122,12 +145,14 @@ def analytics_source(
     if unknown:
         raise ValueError(f"sources.analytics.page_sizes names no resource: {sorted(unknown)}")
     session = paced_session(requests_per_minute, on_request=progress.request if progress else None)
+    # a source only described (asset definitions) reads no setting: it makes no request
+    root = configured_api_root(base_url) if run_state is not None else api_root(base_url=base_url)
     sizes = {r.name: (page_sizes or {}).get(r.name, page_size) or r.page_size for r in RESOURCES}
     if run_state is None:  # described only: every evented table laid out as a listing
         plan = SyncPlan(incremental=incremental, feeds={"events": None})
     else:
         plan = plan_sync(
-            event_client(base_url, api_key, session, progress), run_state, tables or list(RESOURCES_BY_NAME),
+            event_client(root, api_key, session, progress), run_state, tables or list(RESOURCES_BY_NAME),
             incremental=incremental, full_refresh=full_refresh, retention_days=event_retention_days,
             retention_margin_days=event_retention_margin_days,
             visibility_lag_seconds=event_visibility_lag_seconds, page_size=min(sizes["events"], EVENTS_PAGE_SIZE),
@@ -140,7 +165,7 @@ def analytics_source(
     fed = set(plan.feeds) | {"events"}  # the events table always is: it is the stream itself
     listed = [r for r in RESOURCES if r.name not in fed]
     config: dict[str, Any] = {
-        "client": {"base_url": base_url.rstrip("/"), "auth": BearerTokenAuth(token=api_key), "session": session},
+        "client": {"base_url": root, "auth": BearerTokenAuth(token=api_key), "session": session},
         "resource_defaults": {"write_disposition": "merge"},
         "resources": [
             _endpoint_config(resource, sizes[resource.name], parallel_children, full_refresh,

@@ -63,7 +63,7 @@ from analytics_dagster.source.incremental import window_max
 from analytics_dagster.source.progress import Progress
 from analytics_dagster.source.resources import RESOURCES_BY_NAME, ApiResource, table_of_event
 
-EVENTS_PATH = "/v1/events"
+EVENTS_PATH = RESOURCES_BY_NAME["events"].path  # under the API's root (`configured_api_root`)
 EVENTS_PAGE_SIZE = 200  # the API's maximum
 DEFAULT_RETENTION_DAYS = 90  # the API lists the events of the last 90 days
 DEFAULT_RETENTION_MARGIN_DAYS = 3
@@ -643,7 +643,8 @@ def _keep_findings(state: dict[str, Any], read: _Read, now: int) -> None:
 
 # ---------------------------------------------------------------------- for the events sensor
 def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
-    """The newest event's id, or None when the API has no events."""
+    """The newest event's id, or None when the API has no events (`base_url`: the API's root,
+    prefix included)."""
     response = event_client(base_url, api_key).get(EVENTS_PATH, params={"per_page": 1})
     response.raise_for_status()
     data = response.json().get("data") or []

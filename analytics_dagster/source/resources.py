@@ -3,13 +3,16 @@
 Everything about a resource that a reader of the API's docs would look for sits on one line:
 its table, its path, its primary key, its page size and how it can be read incrementally.
 The `rest_api` configuration is generated from this table (see `analytics_dagster.source`).
+
+Paths are Paddle's (`/customers`, `/events`, ...), under the API's root (`api_root`): the seed
+API serves them under `/v1`, Paddle's own API (`environment` `live` or `sandbox`) at its root.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 # how a resource is listed between runs (see README, "Incremental sync"); the eight resources
 # with an `event_entity` are kept from the event stream instead once listed whole
@@ -21,13 +24,39 @@ Incremental = Literal[
 ]
 
 
+DEFAULT_BASE_URL = "http://127.0.0.1:8765"  # the local sandbox (`make sandbox`)
+DEFAULT_PATH_PREFIX = "/v1"  # where the seed API's paths start
+# Paddle's own API, by `environment`: the `servers` of its OpenAPI spec, whose paths have no prefix
+ENVIRONMENTS: dict[str, str] = {"live": "https://api.paddle.com", "sandbox": "https://sandbox-api.paddle.com"}
+
+
+def api_root(environment: Optional[str] = None, base_url: Optional[str] = None,
+             path_prefix: Optional[str] = None) -> str:
+    """The URL every resource's path goes after: the base URL, then the path prefix.
+
+    `environment` (`live` or `sandbox`) is Paddle's own API: its base URL, and no prefix. Unset,
+    the seed API: `/v1`, at `DEFAULT_BASE_URL` (the local sandbox). An explicit `base_url` or
+    `path_prefix` wins over what the environment implies (`path_prefix=""`: none).
+    """
+    if environment:
+        if environment.lower() not in ENVIRONMENTS:
+            raise ValueError(f"sources.analytics.environment must be one of {sorted(ENVIRONMENTS)} "
+                             f"(or unset, for the seed API under /v1), not {environment!r}")
+        implied_url, implied_prefix = ENVIRONMENTS[environment.lower()], ""
+    else:
+        implied_url, implied_prefix = DEFAULT_BASE_URL, DEFAULT_PATH_PREFIX
+    prefix = (implied_prefix if path_prefix is None else path_prefix).strip().strip("/")
+    return (base_url or implied_url).rstrip("/") + (f"/{prefix}" if prefix else "")
+
+
 @dataclass(frozen=True)
 class ApiResource:
     """One resource of the API and the table it lands in.
 
     Attributes:
         name: the table (and asset) name.
-        path: the path under the base URL; `{cus_id}` marks a child listed once per customer.
+        path: the path under the API's root (`api_root`); `{cus_id}` marks a child listed once
+            per customer.
         primary_key: the column rows are merged on.
         page_size: `per_page` asked for (the API caps it: 200, transactions 30).
         archived: the API hides archived entities unless `status=active,archived` is asked.
@@ -70,56 +99,56 @@ class ApiResource:
 
 RESOURCES: tuple[ApiResource, ...] = (
     ApiResource(
-        "customers", "/v1/customers", "id", "Customers (ctm_…), archived included.", archived=True,
+        "customers", "/customers", "id", "Customers (ctm_…), archived included.", archived=True,
         event_entity="customer",
     ),
     ApiResource(
-        "customer_addresses", "/v1/customers/{cus_id}/addresses", "id",
+        "customer_addresses", "/customers/{cus_id}/addresses", "id",
         "Addresses (add_…) of each customer, archived included; fetched once per customer.",
         archived=True, event_entity="address",
         nullable=(("description", "text"), ("second_line", "text"), ("region", "text")),
     ),
     ApiResource(
-        "businesses", "/v1/customers/{cus_id}/businesses", "id",
+        "businesses", "/customers/{cus_id}/businesses", "id",
         "Businesses (biz_…) of each customer, archived included; fetched once per customer.",
         archived=True, event_entity="business",
     ),
     ApiResource(
-        "discounts", "/v1/discounts", "id", "Discounts (dsc_…), archived included.", archived=True,
+        "discounts", "/discounts", "id", "Discounts (dsc_…), archived included.", archived=True,
         event_entity="discount",
         nullable=(("code", "text"), ("expires_at", "text"), ("usage_limit", "bigint"),
                   ("maximum_recurring_intervals", "bigint"), ("restrict_to", "json"),
                   ("discount_group_id", "text"), ("discount_group", "json")),
     ),
     ApiResource(
-        "prices", "/v1/prices", "id", "Prices (pri_…) of products, archived included.", archived=True,
+        "prices", "/prices", "id", "Prices (pri_…) of products, archived included.", archived=True,
         event_entity="price",
         nullable=(("billing_cycle", "json"), ("trial_period", "json"), ("name", "text")),
     ),
     ApiResource(
-        "products", "/v1/products", "id", "Products (pro_…), archived included.", archived=True,
+        "products", "/products", "id", "Products (pro_…), archived included.", archived=True,
         event_entity="product",
     ),
     ApiResource(
-        "events", "/v1/events", "event_id",
+        "events", "/events", "event_id",
         "Events (evt_…): every change the API notified, each with a snapshot of the entity.",
         incremental="event_stream",
     ),
     ApiResource(
-        "event_types", "/v1/event-types", "name", "The types of event the API can send.",
+        "event_types", "/event-types", "name", "The types of event the API can send.",
         paginated=False, incremental="replace",
     ),
     ApiResource(
-        "reports", "/v1/reports", "id", "Reports (rep_…); rows is null while pending.",
+        "reports", "/reports", "id", "Reports (rep_…); rows is null while pending.",
         nullable=(("rows", "bigint"), ("expires_at", "timestamp")),
     ),
     ApiResource(
-        "ip_addresses", "/v1/ips", "ipv4_cidr",
+        "ip_addresses", "/ips", "ipv4_cidr",
         "The API's webhook source addresses, one row per IPv4 CIDR.",
         paginated=False, data_selector="data.ipv4_cidrs", incremental="replace",
     ),
     ApiResource(
-        "subscriptions", "/v1/subscriptions", "id", "Subscriptions (sub_…).", event_entity="subscription",
+        "subscriptions", "/subscriptions", "id", "Subscriptions (sub_…).", event_entity="subscription",
         nullable=(("address_id", "text"), ("business_id", "text"), ("paused_at", "timestamp"),
                   ("canceled_at", "timestamp"), ("next_billed_at", "timestamp"),
                   ("discount", "json"), ("billing_details", "json"), ("scheduled_change", "json"),
@@ -127,7 +156,7 @@ RESOURCES: tuple[ApiResource, ...] = (
                   ("recurring_transaction_details", "json"), ("management_urls", "json")),
     ),
     ApiResource(
-        "transactions", "/v1/transactions", "id", "Transactions (txn_…), with items and totals.",
+        "transactions", "/transactions", "id", "Transactions (txn_…), with items and totals.",
         page_size=30, incremental="server_updated_at", event_entity="transaction",
         nullable=(("address_id", "text"), ("business_id", "text"), ("subscription_id", "text"),
                   ("invoice_id", "text"), ("invoice_number", "text"), ("discount_id", "text"),
@@ -148,13 +177,14 @@ def table_of_event(event_type: object) -> str | None:
     return api.name if api else None
 
 
-_PATHS = [(re.compile("^" + re.sub(r"\\{[a-z_]+\\}", "[^/]+", re.escape(r.path)) + "/?$"), r.name) for r in RESOURCES]
+# a path ends with a resource's, after the root's prefix if any
+_PATHS = [(re.compile(re.sub(r"\\{[a-z_]+\\}", "[^/]+", re.escape(r.path)) + "/?$"), r.name) for r in RESOURCES]
 
 
 def resource_of_path(path: str) -> str:
-    """The resource a request path belongs to (`/v1/customers/ctm_1/addresses` ->
-    customer_addresses); the path itself when it is none of them."""
+    """The resource a request path belongs to, under any prefix (`/v1/customers/ctm_1/addresses`
+    and `/customers/ctm_1/addresses` -> customer_addresses); the path itself when it is none."""
     for pattern, name in _PATHS:
-        if pattern.match(path):
+        if pattern.search(path):
             return name
     return path
