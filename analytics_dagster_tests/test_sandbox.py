@@ -259,7 +259,8 @@ def test_the_spec_shapes_are_produced_for_a_share_of_entities(sandbox: SandboxSe
     assert 0.1 < len(discounted) / len(subscriptions) < 0.3
     for subscription in discounted:
         discount = subscription["discount"]
-        assert set(discount) == {"id", "starts_at", "ends_at"} and discount["id"] in world.entities["discounts"]
+        assert set(discount) == {"id", "type", "starts_at", "ends_at"} and discount["id"] in world.entities["discounts"]
+        assert discount["type"] in ("recurring", "one-off")
         assert parse_ns(discount["starts_at"]) <= parse_ns(discount["ends_at"] or discount["starts_at"])
     templates = REPO / "analytics_dagster" / "sandbox" / "templates"  # copies of real payloads
     real_payment = json.loads((templates / "transaction_payment.json").read_text())

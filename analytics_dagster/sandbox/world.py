@@ -362,10 +362,13 @@ class World:
             import_meta=None,
         )
         if self.ids["discounts"] and self.rng.random() < _SUBSCRIPTION_DISCOUNT_SHARE:
-            ends = None  # a discount that recurs forever
-            if self.rng.random() < 0.5:  # or for some billing periods
-                ends = self._stamp(parse_ns(ts) + self.rng.choice([3, 6, 12]) * 30 * _DAY_NS)
-            entity["discount"] = {"id": self.rng.choice(self.ids["discounts"]), "starts_at": ts, "ends_at": ends}
+            # `type` as Paddle's current payloads carry it (its SDK requires it): a discount that
+            # recurs, forever (no end) or for some billing periods, or one for the first only
+            kind = "one-off" if self.rng.random() < 0.3 else "recurring"
+            periods = 1 if kind == "one-off" else self.rng.choice([0, 3, 6, 12])
+            ends = self._stamp(parse_ns(ts) + periods * 30 * _DAY_NS) if periods else None
+            entity["discount"] = {"id": self.rng.choice(self.ids["discounts"]), "type": kind,
+                                  "starts_at": ts, "ends_at": ends}
         return self._store("subscriptions", entity)
 
     def _new_transaction(self, customer_id: str, ts: str) -> dict[str, Any]:
