@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
 import dlt
@@ -28,7 +28,8 @@ from dagster import (
 
 from analytics_dagster.assets import GROUP, asset_key
 from analytics_dagster.source import configured_api_root
-from analytics_dagster.source.events import events_after, latest_event_id
+from analytics_dagster.rfc3339 import NS_PER_SECOND, id_floor
+from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS, events_after, latest_event_id
 from analytics_dagster.source.resources import RESOURCES, table_of_event
 
 # The event stream and every table it keeps. In events mode one read of the stream serves them
@@ -124,6 +125,10 @@ class EventsSensorCursor:
     owed: bool = False  # a run is owed: events came after the last run requested, or it failed
     failures: int = 0  # the runs requested that failed in a row (0 after a success)
     failed_at: Optional[float] = None  # when the last of them ended (seconds since the epoch)
+    # the last poll (the API's clock, seconds since the epoch) and the ids it saw within the lag before
+    # it: the next poll reads that window again, so an event that becomes visible late is seen
+    polled_at: Optional[float] = None
+    recent: list[str] = field(default_factory=list)
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -202,9 +207,9 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
         )
     state = EventsSensorCursor.decode(context.cursor)
     notes = []
-    events = events_after(base_url, api_key, state.event_id)
+    events, newest_new = _new_events(base_url, api_key, state)
     if events:
-        state.event_id, state.owed = events[-1]["event_id"], True
+        state.event_id, state.owed = max(state.event_id or "", events[-1]["event_id"]), True
         by_type: dict[str, int] = defaultdict(int)
         for event in events:
             by_type[str(event.get("event_type"))] += 1
@@ -223,7 +228,9 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
         return SensorResult(skip_reason=SkipReason("; ".join(notes)), cursor=state.encode())
 
     after = state.failures
-    run_key = f"events-up-to-{state.event_id}" + (f"-after-{after}-failed" if after else "")
+    # keyed by the newest event new to this tick: a late one (older than the cursor) makes a key
+    # of its own, where the cursor's would repeat a run key already used, and launch nothing
+    run_key = f"events-up-to-{newest_new or state.event_id}" + (f"-after-{after}-failed" if after else "")
     tags = {"analytics/events_up_to": str(state.event_id)}
     if after:
         tags["analytics/after_failed_runs"] = str(after)
@@ -235,6 +242,24 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
         ],
         cursor=state.encode(),
     )
+
+
+def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str]]:
+    """The events this tick has not seen, oldest first, and the newest of their ids. The read
+    starts the visibility lag before the last poll (or at the cursor, when that is older) and
+    drops the ids that poll saw: an event that became visible late is new to it."""
+    lag = dlt.config.get("sources.analytics.event_visibility_lag_seconds", int)
+    lag_ns = (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
+    after = state.event_id
+    if after and state.polled_at is not None and lag_ns > 0:
+        after = min(after, id_floor("evt", int(state.polled_at * NS_PER_SECOND) - lag_ns))
+    read, now_ns = events_after(base_url, api_key, after)
+    seen = set(state.recent)
+    new = [e for e in read if e["event_id"] not in seen]
+    floor = id_floor("evt", now_ns - lag_ns)
+    state.recent = sorted(i for i in {e["event_id"] for e in read} | seen if i > floor) if lag_ns > 0 else []
+    state.polled_at = now_ns / NS_PER_SECOND  # the API's clock (its Date), not this machine's
+    return new, max((e["event_id"] for e in new), default=None)
 
 
 @run_failure_sensor(

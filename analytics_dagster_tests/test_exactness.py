@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from analytics_dagster.rfc3339 import format_ns
 from analytics_dagster.sandbox import SandboxServer
 from analytics_dagster_tests.conftest import (
     TABLES,
@@ -276,3 +277,74 @@ def test_events_past_the_retention_unread_are_reported(warehouse: Path, admin: A
     assert not check.passed and check.severity.value == "WARN" and check.metadata["gaps"].value == gap
     log = "\n".join(str(e.message) for e in result.all_events if e.message)
     assert "passed the API's retention" in log
+
+
+# ---------------------------------------------------------------------- found by an adversary
+@pytest.mark.parametrize("value", [12345, ["x"], {"a": 1}], ids=["number", "list", "object"])
+def test_an_event_whose_data_id_is_no_string_is_reported_and_adds_no_row(
+    warehouse: Path, admin: Admin, value: Any
+) -> None:
+    assert sync().success
+    customer = admin.truth("customers")[0]
+    bad = admin.post("event", event_type="customer.updated", data={**customer, "name": "phantom", "id": value})
+    admin.post("advance", updates=5)
+    result = sync()
+    assert_warehouse_equals_api(warehouse, admin, WITHOUT_EVENTS)  # no phantom row, no crash
+    check = check_results(result, "events_applied")["customers"]
+    assert not check.passed and bad["event_id"] in check.metadata["bad_event_ids"].value
+    assert "not a string" in check.description
+    assert sync().success, "later runs go on"
+
+
+def test_an_event_without_an_id_is_reported_once_and_kept_once(warehouse: Path, admin: Admin) -> None:
+    assert sync().success
+    admin.post("event", event_type="customer.updated", data={"id": "ctm_x"}, drop=["event_id"])
+    admin.post("event", event_type="transaction.updated", data={"id": "txn_x"}, event_id=12345)
+    admin.post("advance", updates=3)
+    first = sync()
+    assert metadata(first)["customers"]["bad_events"] == 1 and metadata(first)["events"]["bad_events"] == 2
+    # read again by the late-event window: not reported again, not written again
+    result = sync()
+    meta = metadata(result)
+    assert meta["customers"]["bad_events"] == 1 and meta["events"]["bad_events"] == 2
+    assert meta["events"]["rows_written"] == 0
+    assert "12345" in warehouse_rows(warehouse, "events")
+
+
+def test_a_listing_after_events_wrote_a_row_does_not_trust_its_old_memory_of_it(
+    warehouse: Path, admin: Admin, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sync().success
+    customer = admin.truth("customers")[2]["id"]
+    second = (sandbox.world.clock_ns // 10**9 + 5) * 10**9
+    whole, half = format_ns(second, 0), format_ns(second + 500_000_000, 1)  # "…:05Z", "…:05.5Z"
+    listing = {"ops": {"analytics_api": {"config": {"incremental": "listing"}}}}
+    admin.post("mutate", resource="customers", key=customer, set={"name": "A"}, updated_at=whole)
+    assert sync(run_config=listing).success  # listing mode writes A, and remembers it
+    admin.post("mutate", resource="customers", key=customer, set={"name": "B"}, updated_at=half)
+    assert sync().success  # events mode writes B
+    # a third change in that second, stamped with 0 digits: back to A, with A's very stamp
+    admin.post("mutate", resource="customers", key=customer, set={"name": "A"}, updated_at=whole)
+    assert sync(run_config=listing).success
+    assert warehouse_rows(warehouse, "customers")[customer]["name"] == "A"
+    assert_warehouse_equals_api(warehouse, admin, WITHOUT_EVENTS)
+
+
+def test_a_full_refresh_keeps_what_it_listed_while_a_newer_event_is_still_late(
+    warehouse: Path, admin: Admin
+) -> None:
+    assert sync().success
+    customer = admin.truth("customers")[1]["id"]
+    admin.post("mutate", resource="customers", key=customer, set={"name": "visible old"})
+    admin.post("advance", seconds=2)
+    late = admin.post("mutate", resource="customers", key=customer, set={"name": "held newer"}, hold_event=True)
+    admin.post("advance", seconds=2, updates=4)
+    assert sync(run_config={"ops": {"analytics_api": {"config": {"full_refresh": True}}}}).success
+    # the listing saw the newer state; the events before its start are not applied over it
+    assert warehouse_rows(warehouse, "customers")[customer]["name"] == "held newer"
+    assert_warehouse_equals_api(warehouse, admin, WITHOUT_EVENTS)
+    admin.post("release", event_ids=[late["event_id"]])
+    admin.post("advance", seconds=2)
+    assert sync().success
+    assert_warehouse_equals_api(warehouse, admin, WITHOUT_EVENTS)
+    assert_events_cover_api(warehouse, admin)

@@ -47,11 +47,13 @@ reports; every other change is applied, and later runs go on.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
 import dlt
+import orjson
 from dlt.common.jsonpath import compile_path
 from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
@@ -157,8 +159,10 @@ class SyncPlan:
             (the next chunk, or the next run) reads on from there.
         lag_ns: how far behind its last read a fed table's read starts (late events).
         retention_ns: how long the API keeps events (and the project its findings).
+        read_from: where the run's read of the stream starts (the earliest of `feeds`).
         cursor_ids: per fed table, the newest event it has applied.
         seen: per fed table, the events of its window it has applied already (ids).
+        unkeyed: per fed table, the events without a string id it has seen (`~<digest>`).
         problems: the events this run could not apply (table, event_id, event_type, problem).
         gaps: per table, the events it missed because they passed the API's retention
             (`from`, `to`): only `events`, whose cursor is never listed again.
@@ -175,8 +179,10 @@ class SyncPlan:
     feed_more: bool = False
     lag_ns: int = 0
     retention_ns: int = DEFAULT_RETENTION_DAYS * _DAY_NS
+    read_from: Optional[str] = None
     cursor_ids: dict[str, Optional[str]] = field(default_factory=dict)
     seen: dict[str, set[str]] = field(default_factory=dict)
+    unkeyed: dict[str, list[str]] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
     gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
     _pages: Optional[Iterator[Any]] = None
@@ -235,7 +241,7 @@ class SyncPlan:
                 backfill["began_ns"] = self.api_now_ns  # the API's clock as the listing began
             if not has_more:
                 if backfill["position"]:  # (a listing of `listing` mode has none)
-                    state["event_cursor"] = dict(backfill["position"])
+                    state["event_cursor"] = {**backfill["position"], "after_listing": True}
                 if backfill.get("began_ns") is not None:  # the next listing's window starts here
                     state["window_ns"] = backfill["began_ns"]
                 state.pop("backfill", None)
@@ -329,9 +335,10 @@ def plan_sync(
             # the oldest cursor was a table now listed instead: read only from where the others need
             pages = _read_from(client, _earliest(starts.values()), page_size)
             first = _request(lambda: next(pages), tables)
-        plan.feeds = starts
+        plan.feeds, plan.read_from = starts, _earliest(starts.values())
         plan.cursor_ids = {table: cursor["event_id"] for table, cursor in cursors.items()}
         plan.seen = {table: set(cursor.get("recent") or ()) for table, cursor in cursors.items()}
+        plan.unkeyed = {table: list(cursor.get("unkeyed") or ()) for table, cursor in cursors.items()}
         plan._pages = _chain_first(first, pages) if cursors else None
 
     starting = [t for t, mode in plan.modes.items() if mode == "listing" and t not in plan.backfills]
@@ -358,6 +365,10 @@ def _read_start(cursor: Cursor, lag_ns: int) -> Optional[str]:
     began = _window_from(cursor)
     if cursor.get("partial"):  # where that read stopped (in the window, maybe: not the cursor)
         return cursor.get("resume", event_id)
+    if cursor.get("after_listing"):
+        # a listing that began after this position saw every change made before it, late
+        # events' included: reading those again would put older snapshots over the listed rows
+        return event_id
     if event_id is None or began is None or lag_ns <= 0:
         return event_id
     return min(event_id, id_floor("evt", began - lag_ns))
@@ -462,6 +473,10 @@ def _keyed(event: Any) -> bool:
     return isinstance(event, dict) and isinstance(event.get("event_id"), str) and bool(event["event_id"])
 
 
+def _digest(event: Any) -> str:
+    return hashlib.blake2b(orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=str), digest_size=8).hexdigest()
+
+
 def _last_keyed(page: Iterable[Any]) -> Optional[dict[str, Any]]:
     keyed = [e for e in page if _keyed(e)]
     return keyed[-1] if keyed else None
@@ -479,6 +494,8 @@ def event_problem(event: Any) -> Optional[str]:
         return "its data is null" if data is None else f"its data is a {type(data).__name__}, not an object"
     if not data.get("id"):
         return "its data has no id"
+    if not isinstance(data["id"], str):
+        return f"its data.id is {data['id']!r}, not a string"
     try:
         parse_ns(data.get("updated_at"))  # type: ignore[arg-type]
     except ValueError:
@@ -495,28 +512,42 @@ class _Read:
         self.start = plan.feeds.get(table)
         self.seen = plan.seen.get(table, set())
         self.last: Optional[dict[str, Any]] = None  # the newest keyed event read after the start
-        self.ids: list[str] = []  # the ids of the events it took (its type; `events`: all)
+        self.ids: list[str] = []  # the keys of the events it took (its type; `events`: all)
+        self._before: Optional[str] = plan.read_from  # the id of the keyed event the feed read last
+        self.unkeyed: list[str] = list(plan.unkeyed.get(table, ()))  # events without an id, seen
 
-    def after_start(self, events: Iterable[Any]) -> Iterator[dict[str, Any]]:
-        """The events after the table's start; unkeyed ones (no string id) pass through."""
+    def has_seen(self, key: str) -> bool:
+        """Whether an earlier read applied (or reported) the event of this key."""
+        return key in self.unkeyed if key.startswith("~") else key in self.seen
+
+    def after_start(self, events: Iterable[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The events after the table's start, each with its key: its id, or for an event
+        without a string id, `~` and a digest of its content (it is placed after the event
+        before it, and told apart by what it says when a window reads it again)."""
         for event in events:
             if not _keyed(event):
-                yield event
+                if self.start is None or (self._before or "") >= self.start:
+                    yield "~" + _digest(event), event
                 continue
+            self._before = event["event_id"]
             if self.start is not None and event["event_id"] <= self.start:
                 continue  # read for a table whose read starts earlier
             if self.last is None or event["event_id"] > self.last["event_id"]:
                 self.last = event
-            yield event
+            yield event["event_id"], event
 
-    def bad(self, event: Any, problem: str) -> None:
+    def bad(self, key: str, event: Any, problem: str) -> None:
         """Report an event that cannot be applied, once (not again when a window reads it again)."""
-        event_id = event.get("event_id") if isinstance(event, dict) else None
-        if isinstance(event_id, str) and event_id in self.seen:
+        if self.has_seen(key):
             return
+        if key.startswith("~"):
+            self.unkeyed.append(key)
+        else:
+            self.ids.append(key)
+        event_id = event.get("event_id") if isinstance(event, dict) else None
         event_type = event.get("event_type") if isinstance(event, dict) else None
-        self.plan.problems.append({"table": self.table, "event_id": event_id, "event_type": event_type,
-                                   "problem": problem})
+        self.plan.problems.append({"table": self.table, "key": key, "event_id": event_id,
+                                   "event_type": event_type, "problem": problem})
 
     def finish(self, written: int, new: int) -> None:
         _finish(self, written, new)
@@ -536,16 +567,19 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
             rows = [e["data"] for e in winners.values() if e["event_id"] not in read.seen]
             new = sum(1 for key in created if winners[key]["event_id"] not in read.seen)
             read.finish(len(rows), new)
+            listed = dlt.current.resource_state(api.name).get("seen") or {}
+            for row in rows:  # listing mode's memory of these rows is stale now
+                listed.pop(row["id"], None)
             winners.clear()
             if rows:
                 yield rows
             return
-        for event in read.after_start(item):
+        for key, event in read.after_start(item):
             if table_of_event(event.get("event_type") if isinstance(event, dict) else None) != api.name:
                 continue
             problem = event_problem(event)
             if problem is not None:
-                read.bad(event, problem)
+                read.bad(key, event, problem)
                 continue
             read.ids.append(event["event_id"])
             key = event["data"]["id"]
@@ -569,15 +603,17 @@ def events_from_feed(plan: SyncPlan) -> Callable[[Any], Iterator[Any]]:
             read.finish(counts["rows"], counts["rows"])
             return
         rows = []
-        for event in read.after_start(item):
+        for key, event in read.after_start(item):
             if not _keyed(event):
                 value = event.get("event_id") if isinstance(event, dict) else None
-                read.bad(event, event_problem(event) or "")
-                if value is None or value == "" or not isinstance(event, dict):
+                seen = read.has_seen(key)
+                read.bad(key, event, event_problem(event) or "")
+                if seen or value is None or value == "" or not isinstance(event, dict):
                     continue
-                event = {**event, "event_id": str(value)}
-            read.ids.append(event["event_id"])
-            if event["event_id"] not in read.seen:
+                rows.append({**event, "event_id": str(value)})
+                continue
+            read.ids.append(key)
+            if key not in read.seen:
                 rows.append(event)
         counts["rows"] += len(rows)
         if rows:
@@ -593,6 +629,7 @@ def _finish(read: _Read, written: int, new: int) -> None:
     now = plan.api_now_ns or time.time_ns()
     before = dict(state.get("event_cursor") or _cursor(None, now))
     cursor = dict(before)
+    cursor.pop("after_listing", None)
     if read.last is not None and (cursor.get("event_id") is None or read.last["event_id"] > cursor["event_id"]):
         cursor = _cursor(read.last, now)
     if plan.feed_more:  # read part of the stream: current as of its last event only
@@ -614,6 +651,8 @@ def _finish(read: _Read, written: int, new: int) -> None:
     if plan.feed_more:
         floor = min(floor, cursor["resume"] or "")
     cursor["recent"] = sorted(i for i in read.seen.union(read.ids) if i > floor) if plan.lag_ns > 0 else []
+    if read.unkeyed:  # no id places them: the newest few are kept, whatever the window
+        cursor["unkeyed"] = read.unkeyed[-_MAX_FINDINGS:]
     state["event_cursor"] = cursor
     _keep_findings(state, read, now)
     state.pop("last_event_id", None)
@@ -633,8 +672,8 @@ def _keep_findings(state: dict[str, Any], read: _Read, now: int) -> None:
     gaps = [{**read.plan.gaps[read.table], "found_at": found}] if read.table in read.plan.gaps else []
     for name, new in (("bad_events", bad), ("gaps", gaps)):
         kept = [f for f in state.get(name, []) if parse_ns(f["found_at"]) >= now - read.plan.retention_ns]
-        known = {f.get("event_id") for f in kept if f.get("event_id")}
-        kept += [f for f in new if not f.get("event_id") or f["event_id"] not in known]
+        known = {f.get("key", f.get("event_id")) for f in kept}
+        kept += [f for f in new if f.get("key", f.get("event_id")) not in known]
         if kept:
             state[name] = kept[-_MAX_FINDINGS:]
         else:
@@ -647,20 +686,23 @@ def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
     prefix included)."""
     response = event_client(base_url, api_key).get(EVENTS_PATH, params={"per_page": 1})
     response.raise_for_status()
-    data = response.json().get("data") or []
+    data = [e for e in response.json().get("data") or [] if _keyed(e)]
     return data[0]["event_id"] if data else None
 
 
 def events_after(
     base_url: str, api_key: str, after: Optional[str], max_pages: int = 10
-) -> list[dict[str, Any]]:
-    """Events newer than `after`, oldest first (at most `max_pages` pages of 200)."""
+) -> tuple[list[dict[str, Any]], int]:
+    """Events newer than `after`, oldest first (at most `max_pages` pages of 200), and the API's
+    clock when the read began (its first page's `Date`)."""
     params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
     if after:
         params["after"] = after
     events: list[dict[str, Any]] = []
+    now: Optional[int] = None
     for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
-        events.extend(page)
+        now = now or api_now_ns(page.response)
+        events.extend(e for e in page if _keyed(e))  # (one without a string id cannot be a cursor)
         if pages >= max_pages:
             break
-    return events
+    return events, now or time.time_ns()
