@@ -32,10 +32,11 @@ One run, in order:
    behind the API time of its last read (at the smallest id of that instant), its cursor keeps
    the ids it applied in that window (`recent`), and an event read again is not applied again;
    one that appeared meanwhile is, unless a newer event of the same entity already was.
-5. A listing in events mode is a backfill in chunks (`SyncPlan.listing_page`): it stops after
-   `chunk_rows` rows, its progress (`backfill`) is committed with them, and the next chunk or
-   run resumes after the last id committed. The read of the stream stops after `chunk_rows`
-   events likewise (`feed_items`), with the fed tables' cursors where it stopped.
+5. A listing in events mode is a backfill in chunks (`SyncPlan.listing_page`): it stops at
+   the page that brings it to `chunk_seconds` of extraction or `chunk_rows` rows, whichever
+   comes first, its progress (`backfill`) is committed with them, and the next chunk or run
+   resumes after the last id committed. The read of the stream stops at the same bounds
+   likewise (`feed_items`), with the fed tables' cursors where it stopped.
 
 Event types with no table (`adjustment.*`, new ones) land in `events` only. An event that cannot
 be applied (no `data`, no `data.id`, a `data.updated_at` that is no timestamp, an `event_id` that
@@ -81,8 +82,9 @@ Mode = Literal["events", "listing"]
 # {"event_id": the last event applied, None: the stream's start; "occurred_at": its time;
 #  "as_of": the API's clock when the stream was last read to its end after it;
 #  "read_at": the API's clock when the last read began (a read in chunks: its first chunk);
-#  "partial": that read stopped after a chunk, "resume": the id it stopped at; "recent": the ids applied in the window the next
-#  read starts with (see `_read_start`)}
+#  "partial": that read stopped after a chunk, "resume": the id it stopped at; "recent": the
+#  ids applied in the window the next read starts with (see `_read_start`); "unkeyed": the
+#  events without a string id it saw; "after_listing": the position a listing began at}
 Cursor = dict[str, Any]
 
 
@@ -153,14 +155,16 @@ class SyncPlan:
             `listing` mode `since_ns` (the `max_ns` its change window starts from) instead.
         chunk_rows: rows of a listing, and events of the stream, one load commits at most
             (customers: with their children); 0: no limit.
+        chunk_seconds: seconds of extraction after which a listing, or the read of the stream,
+            stops at its next page (the chunk's load commits it, the next chunk goes on);
+            0: no limit. The clock starts with the chunk's extraction (`start_clock`).
         api_now_ns: the API's clock at the run's first request (None: no request made yet).
-        feed_more: the read of the stream stopped after `chunk_rows` events with more to
-            read: the fed tables' cursors moved to the last event read, and another load
+        feed_more: the read of the stream stopped after a chunk (`chunk_rows` events or
+            `chunk_seconds`) with more to read: the fed tables' cursors moved to the last event read, and another load
             (the next chunk, or the next run) reads on from there.
         lag_ns: how far behind its last read a fed table's read starts (late events).
         retention_ns: how long the API keeps events (and the project its findings).
         read_from: where the run's read of the stream starts (the earliest of `feeds`).
-        cursor_ids: per fed table, the newest event it has applied.
         seen: per fed table, the events of its window it has applied already (ids).
         unkeyed: per fed table, the events without a string id it has seen (`~<digest>`).
         problems: the events this run could not apply (table, event_id, event_type, problem).
@@ -175,17 +179,32 @@ class SyncPlan:
     position: Optional[Cursor] = None
     backfills: dict[str, dict[str, Any]] = field(default_factory=dict)
     chunk_rows: int = 0
+    chunk_seconds: float = 0
     api_now_ns: Optional[int] = None
     feed_more: bool = False
     lag_ns: int = 0
     retention_ns: int = DEFAULT_RETENTION_DAYS * _DAY_NS
     read_from: Optional[str] = None
-    cursor_ids: dict[str, Optional[str]] = field(default_factory=dict)
     seen: dict[str, set[str]] = field(default_factory=dict)
     unkeyed: dict[str, list[str]] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
     gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
     _pages: Optional[Iterator[Any]] = None
+    _clock: Optional[float] = None  # (monotonic) when this chunk's extraction began
+
+    def start_clock(self) -> None:
+        """The chunk's clock starts with its extraction: the first listing's first request, or
+        the first page of the stream taken (whichever comes first; later calls keep it)."""
+        if self._clock is None:
+            self._clock = time.monotonic()
+
+    def chunk_time_is_up(self) -> bool:
+        """Whether this chunk has extracted for `chunk_seconds` (never, when 0)."""
+        if self.chunk_seconds <= 0:
+            return False
+        self.start_clock()
+        assert self._clock is not None
+        return time.monotonic() - self._clock >= self.chunk_seconds
 
     def mode(self, table: str) -> str:
         """How `table` is synced in this run: events, listing, or replace (tiny, no events)."""
@@ -219,7 +238,8 @@ class SyncPlan:
 
     def listing_page(self, tables: Iterable[str], data: list[dict[str, Any]], key: str, has_more: bool) -> bool:
         """Record a page of a backfill's listing in the state of each of `tables` it serves
-        (committed with the page's rows, in the same load); False: the chunk is full, stop.
+        (committed with the page's rows, in the same load); False: the chunk is full (its rows,
+        or its time, `chunk_seconds`), stop: a chunk ends on a page, on time or on rows alike.
 
         When the listing is done, each table's cursor becomes the stream's position at the
         backfill's start, and the next run replays the changes made since from the events.
@@ -249,7 +269,7 @@ class SyncPlan:
             keep = ("after", "rows", "position", "since_ns", "began_ns")
             state["backfill"] = {k: backfill[k] for k in keep if k in backfill}
             going = going or backfill["run_rows"] < self.chunk_rows
-        return going
+        return going and not self.chunk_time_is_up()
 
 
 def plan_sync(
@@ -264,6 +284,7 @@ def plan_sync(
     visibility_lag_seconds: int = DEFAULT_VISIBILITY_LAG_SECONDS,
     page_size: int = EVENTS_PAGE_SIZE,
     chunk_rows: int = 0,
+    chunk_seconds: float = 0,
 ) -> SyncPlan:
     """Decide, table by table, how this run syncs `tables`, and make its first events request.
 
@@ -279,12 +300,14 @@ def plan_sync(
         visibility_lag_seconds: how late an event may become visible after events with later
             ids were listed: each read starts this far behind what the last one saw.
         page_size: events per request.
-        chunk_rows: in events mode, rows of a listing one run commits (0: all).
+        chunk_rows: rows of a listing (or events of the stream) one load commits (0: all).
+        chunk_seconds: seconds of extraction after which a listing, or the stream, stops at its
+            next page and the load commits it (0: no limit).
     """
     if incremental not in INCREMENTAL_MODES:
         raise ValueError(f"sources.analytics.incremental is {incremental!r}: it must be one of {list(INCREMENTAL_MODES)}")
     tables = list(tables)
-    plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows, lag_ns=visibility_lag_seconds * NS_PER_SECOND,
+    plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds, lag_ns=visibility_lag_seconds * NS_PER_SECOND,
                     retention_ns=retention_days * _DAY_NS)
     cursors: dict[str, Cursor] = {}
     for table in tables:
@@ -322,8 +345,9 @@ def plan_sync(
             if table == "events":
                 if cursor["event_id"] and checked is not None and checked < plan.api_now_ns - plan.retention_ns:
                     # what occurred between the cursor and the oldest event the API keeps is gone
-                    plan.gaps["events"] = {"from": cursor.get("as_of") or cursor.get("occurred_at"),
-                                           "to": format_ns(plan.api_now_ns - plan.retention_ns, 0)}
+                    gap_from = cursor.get("as_of") or cursor.get("occurred_at")
+                    gap_to = format_ns(plan.api_now_ns - plan.retention_ns, 0)
+                    plan.gaps["events"] = {"from": gap_from, "to": gap_to, "key": f"{gap_from}..{gap_to}"}
             elif checked is None or checked < trusted_since:
                 plan.modes[table] = "listing"
                 plan.reasons[table] = (
@@ -336,7 +360,6 @@ def plan_sync(
             pages = _read_from(client, _earliest(starts.values()), page_size)
             first = _request(lambda: next(pages), tables)
         plan.feeds, plan.read_from = starts, _earliest(starts.values())
-        plan.cursor_ids = {table: cursor["event_id"] for table, cursor in cursors.items()}
         plan.seen = {table: set(cursor.get("recent") or ()) for table, cursor in cursors.items()}
         plan.unkeyed = {table: list(cursor.get("unkeyed") or ()) for table, cursor in cursors.items()}
         plan._pages = _chain_first(first, pages) if cursors else None
@@ -359,16 +382,16 @@ def _read_start(cursor: Cursor, lag_ns: int) -> Optional[str]:
     """Where a table's read of the stream starts: `lag_ns` behind the API time its last read
     began (an event of that window may have become visible since), or at its cursor when that
     is older (every event before then was visible when it read them); None: the stream's
-    start. A read that stopped after a chunk goes on right after its cursor: the window is
-    read again when the read has reached the stream's end, not at every chunk."""
+    start. A read that stopped after a chunk goes on where it stopped (`resume`): the window
+    is read once, at a read's first chunk, not at every chunk."""
     event_id = cursor.get("event_id")
-    began = _window_from(cursor)
     if cursor.get("partial"):  # where that read stopped (in the window, maybe: not the cursor)
         return cursor.get("resume", event_id)
     if cursor.get("after_listing"):
         # a listing that began after this position saw every change made before it, late
         # events' included: reading those again would put older snapshots over the listed rows
         return event_id
+    began = _window_from(cursor)
     if event_id is None or began is None or lag_ns <= 0:
         return event_id
     return min(event_id, id_floor("evt", began - lag_ns))
@@ -456,13 +479,16 @@ END = _End()
 
 def feed_items(plan: SyncPlan) -> Iterator[Any]:
     """The feed resource's items: each page of events, then `END`. The read stops after the
-    page that brings it to `plan.chunk_rows` events (`plan.feed_more`), so that one load holds
-    at most a chunk of the stream, however long it is (a first sync reads 90 days of it)."""
+    page that brings it to `plan.chunk_rows` events or `plan.chunk_seconds` of the chunk's
+    extraction (`plan.feed_more`), whichever comes first, so that one load holds at most a
+    chunk of the stream, however long it is (a first sync reads 90 days of it). A chunk that
+    ends on time ends exactly as one that ends on rows: after a whole page, cursors there."""
+    plan.start_clock()
     read = 0
     for page in plan.pages():
         yield list(page)
         read += len(page)
-        if 0 < plan.chunk_rows <= read and _has_more(page):
+        if (0 < plan.chunk_rows <= read or plan.chunk_time_is_up()) and _has_more(page):
             plan.feed_more = True
             break
     yield END
@@ -660,7 +686,7 @@ def _finish(read: _Read, written: int, new: int) -> None:
     state["last_run"] = {"new": new, "updated": written - new, "unchanged": 0}
 
 
-# findings are kept while they are this recent (the API's retention: the events were listed then)
+# at most this many findings of each kind, and events without an id seen, are kept per table
 _MAX_FINDINGS = 50
 
 
