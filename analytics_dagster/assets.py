@@ -108,8 +108,9 @@ def analytics_assets(
     loads: Counter[str] = Counter()
     plans: list[SyncPlan] = []
     with pipeline_lock(pipeline):
-        # Chunk by chunk: a backfill commits every `backfill_chunk_rows` rows and a read of the
-        # event stream every `backfill_chunk_rows` events, each chunk a load with its own state,
+        # Chunk by chunk: a backfill, and a read of the event stream, commits after
+        # `backfill_chunk_seconds` of extraction or `backfill_chunk_rows` rows (events), whichever
+        # comes first, each chunk a load with its own state,
         # and the next chunk (or the next run, after a failure) resumes after it. In events mode
         # the tables whose backfill ends (and `events`) take, last, the events of the changes
         # made while they were listed: the run ends with every table current.

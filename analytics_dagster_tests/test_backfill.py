@@ -31,6 +31,8 @@ CHUNK = 5  # customers (and their children) per chunk, one page of 5
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCES__ANALYTICS__BACKFILL_CHUNK_ROWS", str(CHUNK))
+    # chunks of rows: no chunk ends on time, however slow the machine (test_chunk_time.py does)
+    monkeypatch.setenv("SOURCES__ANALYTICS__BACKFILL_CHUNK_SECONDS", "3600")
     monkeypatch.setenv("SOURCES__ANALYTICS__PAGE_SIZES", f'{{"customers": {CHUNK}, "transactions": 10}}')
 
 
@@ -145,6 +147,7 @@ def test_the_event_stream_is_read_and_committed_in_chunks(
     # a read of at most 100 events a load: the stream in chunks, each table's cursor moving
     # with them, products' never back before the events it has applied
     monkeypatch.setenv("SOURCES__ANALYTICS__BACKFILL_CHUNK_ROWS", "100")
+    monkeypatch.setenv("SOURCES__ANALYTICS__BACKFILL_CHUNK_SECONDS", "3600")  # (rows end them)
     admin.post("stats/reset")
     result = sync()
     requests = admin.get("stats")["by_resource"]
