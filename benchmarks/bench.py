@@ -20,7 +20,9 @@ process started with the chosen scale and latency:
 7. backfills (`--rss`, `--fault-customers`, `--resume-customers`; `--only-backfills`): peak RSS of
    a full sync at 1,000 and 10,000 customers, with DuckDB's defaults and, as a diagnostic, with
    its row-group compaction off; a backfill paced at 1,200/minute, clean and with 12% of the
-   requests failing transiently; the requests of a resume after a SIGKILL at 75%.
+   requests failing transiently; the requests of a resume after a SIGKILL at 75% of a backfill
+   paced at `--resume-per-minute` (chunks end on time: paced, a chunk is about a minute of
+   requests).
 
 Ratios are to the floor measured in the same run: this machine is shared and noisy.
 """
@@ -206,9 +208,12 @@ def fault_cost(customers: int, per_minute: int, fault_rate: float, argv: list[st
             "faulty_requests": faulty_stats["total"], "failed": failed}
 
 
-def resume_cost(customers: int, at: float, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+def resume_cost(customers: int, at: float, argv: list[str], env: dict[str, str], per_minute: int = 0,
+                ) -> dict[str, Any]:
     """Requests of a backfill killed (SIGKILL) once it made `at` of a whole backfill's requests,
-    then run again; unpaced, against one sandbox."""
+    then run again, against one sandbox. The killed backfill is paced at `per_minute` (0:
+    unpaced) against the sandbox enforcing it; the whole one and the resume are not (their
+    requests are the same paced or not)."""
     import requests
 
     sandbox, url, _ = start_sandbox(customers, 0.0)
@@ -220,21 +225,26 @@ def resume_cost(customers: int, at: float, argv: list[str], env: dict[str, str])
             requests.post(f"{url}/_admin/stats/reset", timeout=10)
             run_variant(argv, own_warehouse(env, url, Path(tmp), "whole"))
             whole = total()
+            requests.post(f"{url}/_admin/config", json={"rate_limit": per_minute}, timeout=10)
             requests.post(f"{url}/_admin/stats/reset", timeout=10)
-            process = subprocess.Popen(argv, cwd=ROOT, env=own_warehouse(env, url, Path(tmp), "killed"), stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, start_new_session=True)
+            started = time.monotonic()
+            process = subprocess.Popen(argv, cwd=ROOT, env=own_warehouse(env, url, Path(tmp), "killed", per_minute),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             while total() < at * whole and process.poll() is None:
                 time.sleep(0.02)
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            killed_after = time.monotonic() - started
             killed = total()
+            requests.post(f"{url}/_admin/config", json={"rate_limit": 0}, timeout=10)
             requests.post(f"{url}/_admin/stats/reset", timeout=10)
             seconds, _, _ = run_variant(argv, own_warehouse(env, url, Path(tmp), "killed"))
             resumed = total()
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
-    return {"whole": whole, "killed": killed, "resumed": resumed, "left": whole - killed, "seconds": seconds}
+    return {"whole": whole, "killed": killed, "resumed": resumed, "left": whole - killed, "seconds": seconds,
+            "killed_after": killed_after}
 
 
 # each mode's settings: events mode with its late-event window (the default), without it (what a
@@ -325,6 +335,8 @@ def main() -> None:
                         help="scale of the paced backfill with and without 12%% faults (0: skip)")
     parser.add_argument("--resume-customers", type=int, default=2000,
                         help="scale of the backfill killed at 75%% and resumed (0: skip)")
+    parser.add_argument("--resume-per-minute", type=int, default=1200,
+                        help="pace of the backfill killed at 75%%, against a sandbox enforcing it (0: unpaced)")
     parser.add_argument("--paced-customers", type=int, default=60,
                         help="scale of the paced run (0: skip it); at 240/min, 60 customers take about a minute")
     parser.add_argument("--incremental", default="2000,20000",
@@ -380,6 +392,7 @@ def main() -> None:
             if not args.skip_plain_dlt:
                 measure("plain dlt defaults", me + ["--variant", "plain_dlt", "--db", str(Path(tmp) / "p.duckdb")])
             last_load = 0.0  # the newest load before the run: a run makes a load per chunk
+            loads: dict[str, int] = {}
             for name in ("project, full sync", "project, no-change rerun"):
                 measure(name, MATERIALIZE)
                 import duckdb
@@ -388,6 +401,8 @@ def main() -> None:
                               "table_schema='analytics' AND table_name NOT LIKE '_dlt%'").fetchall()]
                     written = sum(con.execute(f"SELECT count(*) FROM analytics.{t} WHERE CAST(_dlt_load_id AS DOUBLE) > ?",
                                               [last_load]).fetchone()[0] for t in tables)
+                    loads[name] = con.execute("SELECT count(*) FROM analytics._dlt_loads WHERE CAST(load_id AS DOUBLE) > ?",
+                                              [last_load]).fetchone()[0]
                     last_load = con.execute("SELECT max(CAST(load_id AS DOUBLE)) FROM analytics._dlt_loads").fetchone()[0]
                 results[-1] = results[-1][:3] + (written,) + results[-1][4:]
             bare, with_dlt, location = import_cost(env)
@@ -406,6 +421,7 @@ def main() -> None:
         print(f"| {scenario if i == 0 else ''} | {name} | {seconds:.1f} | {total:,} | {rows:,} | {rss:,} | "
               f"{seconds / floor_seq:.2f}x | {seconds / floor_par:.2f}x |")
     by = {r[0]: r for r in results}
+    print("loads: " + ", ".join(f"{name} {n}" for name, n in loads.items()))
     if "plain dlt defaults" in by:
         print(f"project full sync is {by['plain dlt defaults'][1] / by['project, full sync'][1]:.1f}x faster than plain dlt defaults")
     print(f"import dagster: {bare:.2f}s; dagster+dlt+dagster_dlt: {with_dlt:.2f}s ({with_dlt - bare:+.2f}s); "
@@ -438,11 +454,13 @@ def print_backfills(args: argparse.Namespace, argv: list[str], env: dict[str, st
               f"({f['requests']} requests), with 12% faults {f['faulty']:.1f}s ({f['faulty_requests']} requests, "
               f"{f['failed']} failed and retried): {f['ratio']:.2f}x", flush=True)
     if args.resume_customers:
-        r = resume_cost(args.resume_customers, 0.75, argv, env)
-        print(f"backfill of {args.resume_customers:,} customers killed at 75%: whole {r['whole']:,} requests, "
-              f"killed after {r['killed']:,}, left {r['left']:,}; the resume made {r['resumed']:,} "
-              f"({r['resumed'] / r['whole']:.0%} of a whole backfill, {r['resumed'] - r['left']:+,} over what was left) "
-              f"in {r['seconds']:.1f}s", flush=True)
+        per_minute = args.resume_per_minute
+        r = resume_cost(args.resume_customers, 0.75, argv, env, per_minute)
+        pace = f"paced at {per_minute:,}/minute" if per_minute else "unpaced"
+        print(f"backfill of {args.resume_customers:,} customers, {pace}, killed at 75% ({r['killed_after']:.0f}s in): "
+              f"whole {r['whole']:,} requests, killed after {r['killed']:,}, left {r['left']:,}; the resume made "
+              f"{r['resumed']:,} ({r['resumed'] / r['whole']:.0%} of a whole backfill, {r['resumed'] - r['left']:+,} "
+              f"over what was left) in {r['seconds']:.1f}s", flush=True)
 
 
 def print_incremental(sizes: list[int], modes: list[str]) -> None:
