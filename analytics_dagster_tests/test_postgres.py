@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from analytics_dagster.checks import STREAM_TABLES
 from analytics_dagster_tests.conftest import REPLACED, REPO, TABLES, Admin, assert_warehouse_equals_api, poll
 from analytics_dagster_tests.test_sync import check_results, sync
 
@@ -130,7 +131,7 @@ def test_runs_launched_through_a_postgres_backed_instance(
         assert [r.status for r in finished] == [DagsterRunStatus.SUCCESS]
         checks = [e for e in instance.all_logs(finished[0].run_id) if e.dagster_event
                   and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-        assert len(checks) == len(TABLES)
+        assert len(checks) == len(TABLES) + len(STREAM_TABLES)  # primary keys, and events applied
         assert_warehouse_equals_api(postgres_warehouse, admin)
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
