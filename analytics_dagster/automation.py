@@ -230,7 +230,9 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
     after = state.failures
     # keyed by the newest event new to this tick: a late one (older than the cursor) makes a key
     # of its own, where the cursor's would repeat a run key already used, and launch nothing
-    run_key = f"events-up-to-{newest_new or state.event_id}" + (f"-after-{after}-failed" if after else "")
+    # (a retry's key names the failure it follows, when it ended: no two retries share a key)
+    run_key = f"events-up-to-{newest_new or state.event_id}" + (
+        f"-after-{after}-failed-{int((state.failed_at or 0) * 1000)}" if after else "")
     tags = {"analytics/events_up_to": str(state.event_id)}
     if after:
         tags["analytics/after_failed_runs"] = str(after)

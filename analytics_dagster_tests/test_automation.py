@@ -282,3 +282,37 @@ def test_the_sensor_sees_an_event_that_became_visible_late(warehouse: Path, admi
     assert launch(instance, again.run_requests[0]).success
     assert_warehouse_equals_api(warehouse, admin, KEPT)
     assert not evaluate(instance, again.cursor).run_requests, "seen once, requested once"
+
+
+def test_no_two_runs_of_the_sensor_share_a_run_key(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon launches nothing for a run key already used: a retry after a late event's
+    failed run must not reuse the key of an earlier retry."""
+    assert sync().success
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    customer = admin.truth("customers")[5]["id"]
+    late = admin.post("mutate", resource="customers", key=customer, set={"name": "Late Name"}, hold_event=True)
+    admin.post("advance", seconds=2, updates=3)
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "1")
+    keys = []
+
+    def tick_and_launch(fail: bool) -> None:
+        nonlocal cursor
+        tick = evaluate(instance, cursor)
+        cursor = tick.cursor
+        for request in tick.run_requests:
+            assert request.run_key not in keys, f"run key {request.run_key} used twice"
+            keys.append(request.run_key)
+            if fail:
+                admin.post("inject", resource="events", kind="status", status=500, count=1)
+            assert launch(instance, request).success != fail
+
+    tick_and_launch(fail=True)  # the run of the new events fails
+    tick_and_launch(fail=False)  # its retry succeeds
+    admin.post("release", event_ids=[late["event_id"]])
+    tick_and_launch(fail=True)  # the late event's run fails
+    tick_and_launch(fail=False)  # its retry: a key of its own
+    assert len(keys) == 4
+    assert_warehouse_equals_api(warehouse, admin, KEPT)

@@ -361,3 +361,89 @@ def test_a_later_gap_is_reported_too(warehouse: Path, admin: Admin) -> None:
         assert not check_results(result, "events_applied")["events"].passed
     # each run that found a gap says so; a gap older than the API's retention is let go
     assert "none" not in gaps and gaps[0] != gaps[1] and gaps[1].count(" to ") == 1
+
+
+# ---------------------------------------------------------------------- found by a second adversary
+def chunked_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 20 events, a load after every 20: the stream read in many chunks."""
+    monkeypatch.setenv("SOURCES__ANALYTICS__BACKFILL_CHUNK_ROWS", "20")
+    monkeypatch.setenv("SOURCES__ANALYTICS__BACKFILL_CHUNK_SECONDS", "600")
+    monkeypatch.setenv("SOURCES__ANALYTICS__PAGE_SIZES", json.dumps({"events": 20}))
+
+
+def test_a_late_event_read_a_chunk_before_a_newer_applied_one_does_not_win(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sync().success
+    chunked_stream(monkeypatch)
+    customers = [c["id"] for c in admin.truth("customers")]
+    late = [admin.post("mutate", resource="customers", key=customers[i], set={"name": f"Late {i}"},
+                       hold_event=True)["event_id"] for i in range(3)]
+    admin.post("advance", seconds=2, updates=70)  # newer changes of the same customers, some
+    for i in range(3):  # certainly newer changes of each, visible at once
+        admin.post("mutate", resource="customers", key=customers[i], set={"name": f"Newer {i}"})
+    admin.post("advance", seconds=2, updates=30)
+    admin.post("stats/reset")
+    admin.post("release", event_ids=late, after_requests=4)  # while this run reads the stream
+    assert sync().success
+    # the next run's window, in chunks, meets each late event a chunk before the newer one
+    admin.post("advance", seconds=30)
+    assert sync().success
+    assert_warehouse_equals_api(warehouse, admin, WITHOUT_EVENTS)
+    assert_events_cover_api(warehouse, admin)
+
+
+@pytest.mark.timeout(180)
+def test_a_chunk_of_events_without_ids_does_not_read_itself_again_and_again(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sync().success
+    chunked_stream(monkeypatch)
+    customer = admin.truth("customers")[0]["id"]
+    for n in range(25):  # more than a page and a chunk of them
+        admin.post("event", event_type="customer.updated", data={"id": customer, "n": n}, drop=["event_id"])
+    admin.post("advance", seconds=1, updates=4)
+    admin.post("stats/reset")
+    result = sync()
+    assert admin.get("stats")["by_resource"]["events"] <= 3
+    assert metadata(result)["customers"]["bad_events"] == 25
+    assert_warehouse_equals_api(warehouse, admin, WITHOUT_EVENTS)
+
+
+def test_many_events_without_ids_are_reported_once(warehouse: Path, admin: Admin) -> None:
+    assert sync().success
+    customer = admin.truth("customers")[0]["id"]
+    for n in range(60):
+        admin.post("event", event_type="customer.updated", data={"id": customer, "n": n}, drop=["event_id"])
+        admin.post("event", event_type="adjustment.created", data={"id": f"adj_{n}"}, event_id=100000 + n)
+    admin.post("advance", seconds=1, updates=2)
+    first = sync()
+    assert metadata(first)["customers"]["bad_events"] == 50  # (the newest 50 findings are kept)
+    for _ in range(2):  # read again by the window: not reported again, not written again
+        result = sync()
+        assert not [e for e in result.all_events if e.message and "was not applied" in e.message]
+        assert metadata(result)["events"]["rows_written"] == 0
+    assert len([k for k in warehouse_rows(warehouse, "events") if str(k).isdigit()]) == 60
+
+
+@pytest.mark.parametrize("listing_again", ["full refresh", "backfill"])
+def test_an_events_mode_listing_makes_listing_mode_forget_its_memory(
+    warehouse: Path, admin: Admin, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch, listing_again: str
+) -> None:
+    assert sync().success
+    customer = admin.truth("customers")[2]["id"]
+    stamp = format_ns((sandbox.world.clock_ns // 10**9 + 5) * 10**9, 0)
+    listing = {"ops": {"analytics_api": {"config": {"incremental": "listing"}}}}
+    admin.post("mutate", resource="customers", key=customer, set={"name": "AAA"}, updated_at=stamp)
+    assert sync(run_config=listing).success  # listing mode writes AAA and remembers it
+    admin.post("mutate", resource="customers", key=customer, set={"name": "BBB"}, updated_at=stamp)
+    if listing_again == "full refresh":
+        assert sync(run_config={"ops": {"analytics_api": {"config": {"full_refresh": True}}}}).success
+    else:  # past the retention: events mode lists the table again (a backfill, every row written)
+        admin.post("advance", seconds=89 * DAY)
+        assert sync().success
+    assert warehouse_rows(warehouse, "customers")[customer]["name"] == "BBB"
+    admin.post("mutate", resource="customers", key=customer, set={"name": "AAA"}, updated_at=stamp)
+    assert sync(run_config=listing).success
+    assert warehouse_rows(warehouse, "customers")[customer]["name"] == "AAA"
+    assert_warehouse_equals_api(warehouse, admin, WITHOUT_EVENTS)

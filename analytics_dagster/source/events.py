@@ -165,7 +165,7 @@ class SyncPlan:
         lag_ns: how far behind its last read a fed table's read starts (late events).
         retention_ns: how long the API keeps events (and the project its findings).
         read_from: where the run's read of the stream starts (the earliest of `feeds`).
-        seen: per fed table, the events of its window it has applied already (ids).
+        seen: per fed table, the events of its window it has applied already (id: entity id).
         unkeyed: per fed table, the events without a string id it has seen (`~<digest>`).
         problems: the events this run could not apply (table, event_id, event_type, problem).
         gaps: per table, the events it missed because they passed the API's retention
@@ -185,7 +185,7 @@ class SyncPlan:
     lag_ns: int = 0
     retention_ns: int = DEFAULT_RETENTION_DAYS * _DAY_NS
     read_from: Optional[str] = None
-    seen: dict[str, set[str]] = field(default_factory=dict)
+    seen: dict[str, dict[str, Optional[str]]] = field(default_factory=dict)
     unkeyed: dict[str, list[str]] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
     gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -257,6 +257,8 @@ class SyncPlan:
                 backfill["after"] = max(backfill["after"] or "", data[-1][key])
             backfill["rows"] += len(data)
             backfill["run_rows"] = backfill.get("run_rows", 0) + len(data)
+            if backfill["position"]:  # writes every row: listing mode's memory of them is obsolete
+                state.pop("seen", None)
             if backfill.get("began_ns") is None and self.api_now_ns is not None:
                 backfill["began_ns"] = self.api_now_ns  # the API's clock as the listing began
             if not has_more:
@@ -360,7 +362,7 @@ def plan_sync(
             pages = _read_from(client, _earliest(starts.values()), page_size)
             first = _request(lambda: next(pages), tables)
         plan.feeds, plan.read_from = starts, _earliest(starts.values())
-        plan.seen = {table: set(cursor.get("recent") or ()) for table, cursor in cursors.items()}
+        plan.seen = {table: _recent(cursor) for table, cursor in cursors.items()}
         plan.unkeyed = {table: list(cursor.get("unkeyed") or ()) for table, cursor in cursors.items()}
         plan._pages = _chain_first(first, pages) if cursors else None
 
@@ -376,6 +378,13 @@ def plan_sync(
             since = None if full_refresh else window_max(state)
             plan.backfills[table] = {"after": None, "rows": 0, "position": None, "since_ns": since}
     return plan
+
+
+def _recent(cursor: Cursor) -> dict[str, Optional[str]]:
+    """The ids the cursor's table applied in its window, each with its entity's id (None: not
+    known, or none: `events`; a cursor from before kept the ids alone)."""
+    recent = cursor.get("recent") or {}
+    return dict(recent) if isinstance(recent, dict) else dict.fromkeys(recent)
 
 
 def _read_start(cursor: Cursor, lag_ns: int) -> Optional[str]:
@@ -488,7 +497,9 @@ def feed_items(plan: SyncPlan) -> Iterator[Any]:
     for page in plan.pages():
         yield list(page)
         read += len(page)
-        if (0 < plan.chunk_rows <= read or plan.chunk_time_is_up()) and _has_more(page):
+        # (only after a page with an id in it: the next chunk resumes after that id, and a page
+        # of events without ids would be read again and again)
+        if (0 < plan.chunk_rows <= read or plan.chunk_time_is_up()) and _has_more(page) and _last_keyed(page):
             plan.feed_more = True
             break
     yield END
@@ -536,9 +547,14 @@ class _Read:
         self.table = table
         self.plan = plan
         self.start = plan.feeds.get(table)
-        self.seen = plan.seen.get(table, set())
+        self.seen = plan.seen.get(table, {})
         self.last: Optional[dict[str, Any]] = None  # the newest keyed event read after the start
-        self.ids: list[str] = []  # the keys of the events it took (its type; `events`: all)
+        self.ids: dict[str, Optional[str]] = {}  # the events it took (its type; `events`: all): id: entity id
+        # per entity, the newest event an earlier read applied: a late event older than it loses
+        self.applied: dict[str, str] = {}
+        for event_id, entity in self.seen.items():
+            if entity is not None and event_id > self.applied.get(entity, ""):
+                self.applied[entity] = event_id
         self._before: Optional[str] = plan.read_from  # the id of the keyed event the feed read last
         self.unkeyed: list[str] = list(plan.unkeyed.get(table, ()))  # events without an id, seen
 
@@ -569,7 +585,7 @@ class _Read:
         if key.startswith("~"):
             self.unkeyed.append(key)
         else:
-            self.ids.append(key)
+            self.ids[key] = None
         event_id = event.get("event_id") if isinstance(event, dict) else None
         event_type = event.get("event_type") if isinstance(event, dict) else None
         self.plan.problems.append({"table": self.table, "key": key, "event_id": event_id,
@@ -590,8 +606,12 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
 
     def apply(item: Any) -> Iterator[Any]:
         if item is END:
-            rows = [e["data"] for e in winners.values() if e["event_id"] not in read.seen]
-            new = sum(1 for key in created if winners[key]["event_id"] not in read.seen)
+            # a winner is written unless it was applied already, or an earlier read (another
+            # chunk, another run) applied a newer event of its entity: a late event loses to it
+            fresh = {key: e for key, e in winners.items()
+                     if e["event_id"] not in read.seen and e["event_id"] > read.applied.get(key, "")}
+            rows = [e["data"] for e in fresh.values()]
+            new = sum(1 for key in created if key in fresh)
             read.finish(len(rows), new)
             listed = dlt.current.resource_state(api.name).get("seen") or {}
             for row in rows:  # listing mode's memory of these rows is stale now
@@ -607,8 +627,8 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
             if problem is not None:
                 read.bad(key, event, problem)
                 continue
-            read.ids.append(event["event_id"])
             key = event["data"]["id"]
+            read.ids[event["event_id"]] = key
             if key not in winners or event["event_id"] > winners[key]["event_id"]:
                 winners[key] = event
             if str(event.get("event_type", "")).endswith(".created") and event["event_id"] not in read.seen:
@@ -638,7 +658,7 @@ def events_from_feed(plan: SyncPlan) -> Callable[[Any], Iterator[Any]]:
                     continue
                 rows.append({**event, "event_id": str(value)})
                 continue
-            read.ids.append(key)
+            read.ids[key] = None
             if key not in read.seen:
                 rows.append(event)
         counts["rows"] += len(rows)
@@ -676,9 +696,10 @@ def _finish(read: _Read, written: int, new: int) -> None:
     floor = id_floor("evt", parse_ns(cursor["read_at"]) - plan.lag_ns)
     if plan.feed_more:
         floor = min(floor, cursor["resume"] or "")
-    cursor["recent"] = sorted(i for i in read.seen.union(read.ids) if i > floor) if plan.lag_ns > 0 else []
-    if read.unkeyed:  # no id places them: the newest few are kept, whatever the window
-        cursor["unkeyed"] = read.unkeyed[-_MAX_FINDINGS:]
+    window = {**read.seen, **read.ids} if plan.lag_ns > 0 else {}
+    cursor["recent"] = {i: window[i] for i in sorted(window) if i > floor}
+    if read.unkeyed:  # no id places them: the newest are kept, whatever the window
+        cursor["unkeyed"] = read.unkeyed[-_MAX_UNKEYED:]
     state["event_cursor"] = cursor
     _keep_findings(state, read, now)
     state.pop("last_event_id", None)
@@ -686,8 +707,9 @@ def _finish(read: _Read, written: int, new: int) -> None:
     state["last_run"] = {"new": new, "updated": written - new, "unchanged": 0}
 
 
-# at most this many findings of each kind, and events without an id seen, are kept per table
+# at most this many findings of each kind are kept per table, and events without an id seen
 _MAX_FINDINGS = 50
+_MAX_UNKEYED = 1000
 
 
 def _keep_findings(state: dict[str, Any], read: _Read, now: int) -> None:
