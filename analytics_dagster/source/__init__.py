@@ -166,6 +166,8 @@ def analytics_source(
             visibility_lag_seconds=event_visibility_lag_seconds, page_size=min(sizes["events"], EVENTS_PAGE_SIZE),
             chunk_rows=backfill_chunk_rows, chunk_seconds=backfill_chunk_seconds,
         )
+    if requests_per_minute > 0 and backfill_chunk_seconds > 0:  # paced: the chunk's time in requests
+        plan.chunk_requests = max(1, int(requests_per_minute * backfill_chunk_seconds / 60))
     if progress is not None:
         progress.plan = plan
         for table, backfill in plan.backfills.items():  # by earlier runs (this run's rows it counts)

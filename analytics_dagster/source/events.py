@@ -158,6 +158,8 @@ class SyncPlan:
         chunk_seconds: seconds of extraction after which a listing, or the read of the stream,
             stops at its next page (the chunk's load commits it, the next chunk goes on);
             0: no limit. The clock starts with the chunk's extraction (`start_clock`).
+        chunk_requests: a paced run's requests in `chunk_seconds` (0: unpaced): a listing
+            with children stops once the children it owes reach it.
         api_now_ns: the API's clock at the run's first request (None: no request made yet).
         feed_more: the read of the stream stopped after a chunk (`chunk_rows` events or
             `chunk_seconds`) with more to read: the fed tables' cursors moved to the last event read, and another load
@@ -180,6 +182,7 @@ class SyncPlan:
     backfills: dict[str, dict[str, Any]] = field(default_factory=dict)
     chunk_rows: int = 0
     chunk_seconds: float = 0
+    chunk_requests: int = 0
     api_now_ns: Optional[int] = None
     feed_more: bool = False
     lag_ns: int = 0
@@ -271,6 +274,11 @@ class SyncPlan:
             keep = ("after", "rows", "position", "since_ns", "began_ns")
             state["backfill"] = {k: backfill[k] for k in keep if k in backfill}
             going = going or backfill["run_rows"] < self.chunk_rows
+        # a listing with children (customers) runs ahead of them: the children owed for what it
+        # listed count against the chunk's request budget (its time, paced) before they are asked
+        owed = (len(served) - 1) * max(self.backfills[t].get("run_rows", 0) for t in served)
+        if owed and 0 < self.chunk_requests <= owed:
+            return False
         return going and not self.chunk_time_is_up()
 
 
