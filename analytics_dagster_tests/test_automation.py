@@ -263,13 +263,20 @@ def test_failed_run_is_reported_with_its_error(warehouse: Path, monkeypatch) -> 
     assert "a-wrong-key-0123456789" not in report
 
 
-def test_the_sensor_sees_an_event_that_became_visible_late(warehouse: Path, admin: Admin) -> None:
+def watching_a_held_event(admin: Admin, customer: int, name: str) -> tuple[DagsterInstance, Optional[str], dict]:
+    """After a backfill, the sensor's first tick; then a customer's change whose event is held
+    (listed once released), and, two seconds on, changes whose events are listed at once."""
     assert sync().success
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
-    customer = admin.truth("customers")[0]["id"]
-    late = admin.post("mutate", resource="customers", key=customer, set={"name": "late"}, hold_event=True)
-    admin.post("advance", seconds=2, updates=2)
+    key = admin.truth("customers")[customer]["id"]
+    late = admin.post("mutate", resource="customers", key=key, set={"name": name}, hold_event=True)
+    admin.post("advance", seconds=2, updates=3)
+    return instance, cursor, late
+
+
+def test_the_sensor_sees_an_event_that_became_visible_late(warehouse: Path, admin: Admin) -> None:
+    instance, cursor, late = watching_a_held_event(admin, 0, "late")
     tick = evaluate(instance, cursor)  # sees the visible events, not the held one
     assert len(tick.run_requests) == 1
     assert launch(instance, tick.run_requests[0]).success
@@ -289,12 +296,7 @@ def test_no_two_runs_of_the_sensor_share_a_run_key(
 ) -> None:
     """The daemon launches nothing for a run key already used: a retry after a late event's
     failed run must not reuse the key of an earlier retry."""
-    assert sync().success
-    instance = DagsterInstance.ephemeral()
-    cursor = evaluate(instance, None).cursor
-    customer = admin.truth("customers")[5]["id"]
-    late = admin.post("mutate", resource="customers", key=customer, set={"name": "Late Name"}, hold_event=True)
-    admin.post("advance", seconds=2, updates=3)
+    instance, cursor, late = watching_a_held_event(admin, 5, "Late Name")
     monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "1")
     keys = []
 
