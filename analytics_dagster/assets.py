@@ -9,7 +9,6 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from analytics_dagster.source import RESOURCES_BY_NAME, Progress, SyncPlan, analytics_source
-from analytics_dagster.source.events import gaps_text
 from analytics_dagster.source.pipeline import (
     DATASET_NAME,
     definition_pipeline,
@@ -208,7 +207,7 @@ def _findings_metadata(state: dict[str, Any]) -> dict[str, Any]:
         return {}
     gaps = state.get("gaps", [])
     return {"bad_events": len(state.get("bad_events", [])),
-            "events_gap": gaps_text(gaps)}
+            "events_gap": "; ".join(f"{g['from']} to {g['to']}" for g in gaps) or "none"}
 
 
 def _cursor_metadata(cursor: Optional[dict[str, Any]]) -> dict[str, Any]:

@@ -389,11 +389,9 @@ class SandboxApp:
     def _release(self, request: Request, body: dict[str, Any]) -> Any:
         """Make held events visible: `{"event_ids": [...]}`, or all of them; with `after_requests`:
         N, once N more API requests came in (to release them while a sync reads)."""
-        args = {"event_ids": body.get("event_ids")}
-        if "after_requests" in body:
-            args["after_requests"] = body["after_requests"]
-        result = self._now_or_later(self.world.release_events, args)
-        return {"released": result} if isinstance(result, list) else result
+        result = self._now_or_later(self.world.release_events, {"event_ids": body.get("event_ids"), **{
+            k: v for k, v in body.items() if k == "after_requests"}})
+        return result if "deferred_until_request" in result else {"released": result}
 
     def _config(self, request: Request, body: dict[str, Any]) -> Any:
         for name, value in body.items():

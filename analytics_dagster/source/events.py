@@ -48,19 +48,21 @@ reports; every other change is applied, and later runs go on.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
 import dlt
+import orjson
 from dlt.common.jsonpath import compile_path
 from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from requests import Response, Session
 
 from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, id_floor, parse_ns
-from analytics_dagster.source.incremental import content_digest, window_max
 from analytics_dagster.source.paginator import HasMorePaginator, json_once, page_json
+from analytics_dagster.source.incremental import window_max
 from analytics_dagster.source.progress import Progress
 from analytics_dagster.source.resources import RESOURCES_BY_NAME, ApiResource, table_of_event
 
@@ -160,8 +162,8 @@ class SyncPlan:
             with children stops once the children it owes reach it.
         api_now_ns: the API's clock at the run's first request (None: no request made yet).
         feed_more: the read of the stream stopped after a chunk (`chunk_rows` events or
-            `chunk_seconds`) with more to read: the fed tables' cursors moved to the last event
-            read, and another load (the next chunk, or the next run) reads on from there.
+            `chunk_seconds`) with more to read: the fed tables' cursors moved to the last event read, and another load
+            (the next chunk, or the next run) reads on from there.
         lag_ns: how far behind its last read a fed table's read starts (late events).
         retention_ns: how long the API keeps events (and the project its findings).
         read_from: where the run's read of the stream starts (the earliest of `feeds`).
@@ -315,8 +317,8 @@ def plan_sync(
     if incremental not in INCREMENTAL_MODES:
         raise ValueError(f"sources.analytics.incremental is {incremental!r}: it must be one of {list(INCREMENTAL_MODES)}")
     tables = list(tables)
-    plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds,
-                    lag_ns=visibility_lag_seconds * NS_PER_SECOND, retention_ns=retention_days * _DAY_NS)
+    plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds, lag_ns=visibility_lag_seconds * NS_PER_SECOND,
+                    retention_ns=retention_days * _DAY_NS)
     cursors: dict[str, Cursor] = {}
     for table in tables:
         if not RESOURCES_BY_NAME[table].event_entity:
@@ -409,13 +411,7 @@ def _read_start(cursor: Cursor, lag_ns: int) -> Optional[str]:
     began = _window_from(cursor)
     if event_id is None or began is None or lag_ns <= 0:
         return event_id
-    return min(event_id, window_floor(began, lag_ns))
-
-
-def window_floor(read_ns: int, lag_ns: int) -> str:
-    """The id a read's late-event window starts after: the smallest id of the instant `lag_ns`
-    before the read began (`read_ns`, the API's clock). An event not visible then is after it."""
-    return id_floor("evt", read_ns - lag_ns)
+    return min(event_id, id_floor("evt", began - lag_ns))
 
 
 def _window_from(cursor: Cursor) -> Optional[int]:
@@ -522,6 +518,10 @@ def _keyed(event: Any) -> bool:
     return isinstance(event, dict) and isinstance(event.get("event_id"), str) and bool(event["event_id"])
 
 
+def _digest(event: Any) -> str:
+    return hashlib.blake2b(orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=str), digest_size=8).hexdigest()
+
+
 def _last_keyed(page: Iterable[Any]) -> Optional[dict[str, Any]]:
     keyed = [e for e in page if _keyed(e)]
     return keyed[-1] if keyed else None
@@ -557,8 +557,7 @@ class _Read:
         self.start = plan.feeds.get(table)
         self.seen = plan.seen.get(table, {})
         self.last: Optional[dict[str, Any]] = None  # the newest keyed event read after the start
-        # the events it took (its type; `events`: all): id -> entity id
-        self.ids: dict[str, Optional[str]] = {}
+        self.ids: dict[str, Optional[str]] = {}  # the events it took (its type; `events`: all): id: entity id
         # per entity, the newest event an earlier read applied: a late event older than it loses
         self.applied: dict[str, str] = {}
         for event_id, entity in self.seen.items():
@@ -578,7 +577,7 @@ class _Read:
         for event in events:
             if not _keyed(event):
                 if self.start is None or (self._before or "") >= self.start:
-                    yield "~" + content_digest(event), event
+                    yield "~" + _digest(event), event
                 continue
             self._before = event["event_id"]
             if self.start is not None and event["event_id"] <= self.start:
@@ -617,10 +616,10 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
         if item is END:
             # a winner is written unless it was applied already, or an earlier read (another
             # chunk, another run) applied a newer event of its entity: a late event loses to it
-            fresh = {entity: e for entity, e in winners.items()
-                     if e["event_id"] not in read.seen and e["event_id"] > read.applied.get(entity, "")}
+            fresh = {key: e for key, e in winners.items()
+                     if e["event_id"] not in read.seen and e["event_id"] > read.applied.get(key, "")}
             rows = [e["data"] for e in fresh.values()]
-            new = sum(1 for entity in created if entity in fresh)
+            new = sum(1 for key in created if key in fresh)
             read.finish(len(rows), new)
             listed = dlt.current.resource_state(api.name).get("seen") or {}
             for row in rows:  # listing mode's memory of these rows is stale now
@@ -636,12 +635,12 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
             if problem is not None:
                 read.bad(key, event, problem)
                 continue
-            entity = event["data"]["id"]
-            read.ids[key] = entity
-            if entity not in winners or key > winners[entity]["event_id"]:
-                winners[entity] = event
-            if str(event.get("event_type", "")).endswith(".created") and key not in read.seen:
-                created.add(entity)
+            key = event["data"]["id"]
+            read.ids[event["event_id"]] = key
+            if key not in winners or event["event_id"] > winners[key]["event_id"]:
+                winners[key] = event
+            if str(event.get("event_type", "")).endswith(".created") and event["event_id"] not in read.seen:
+                created.add(key)
 
     return apply
 
@@ -702,7 +701,7 @@ def _finish(read: _Read, written: int, new: int) -> None:
         cursor.pop("resume", None)
     # what the next read's window meets again; while this read goes on in chunks, also what its
     # later chunks meet (after where it stopped)
-    floor = window_floor(parse_ns(cursor["read_at"]), plan.lag_ns)
+    floor = id_floor("evt", parse_ns(cursor["read_at"]) - plan.lag_ns)
     if plan.feed_more:
         floor = min(floor, cursor["resume"] or "")
     window = {**read.seen, **read.ids} if plan.lag_ns > 0 else {}
@@ -735,11 +734,6 @@ def _keep_findings(state: dict[str, Any], read: _Read, now: int) -> None:
             state[name] = kept[-_MAX_FINDINGS:]
         else:
             state.pop(name, None)
-
-
-def gaps_text(gaps: Iterable[dict[str, Any]]) -> str:
-    """Spans of the stream a table missed (its findings' `gaps`), as the asset and its check say them."""
-    return "; ".join(f"{g.get('from')} to {g.get('to')}" for g in gaps) or "none"
 
 
 # ---------------------------------------------------------------------- for the events sensor

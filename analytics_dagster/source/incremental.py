@@ -2,8 +2,7 @@
 
 A listing is how a table is backfilled, and how it is kept current in `listing` mode (in
 `events` mode, see `analytics_dagster.source.events`). The API's listing filters are thin
-(of the lists, only transactions filter by `updated_at` on the server), so each resource gets
-the cheapest correct strategy it allows
+(of the lists, only transactions filter by `updated_at` on the server), so each resource gets the cheapest correct strategy it allows
 (`ApiResource.incremental`):
 
 - ``server_updated_at`` (transactions): the API filters, ``updated_at[GTE]=<window start>``.
@@ -11,9 +10,8 @@ the cheapest correct strategy it allows
 
 The window. ``window_ns`` is the API's clock (its ``Date`` header) when the last complete
 listing began, ``max_ns`` the newest ``updated_at`` it saw. The next run treats every row
-updated at or after the earlier of the two, less the lookback, as possibly new, and writes it
-unless the same key with the same ``updated_at`` and the same content is already in ``seen``
-(the rows it wrote inside the window). A row updated before the
+updated at or after the earlier of the two, less the lookback, as possibly new, and writes it unless the same key with the same ``updated_at`` and the same
+content is already in ``seen`` (the rows it wrote inside the window). A row updated before the
 listing began was listed in its new state; one updated while the listing paged (however long
 that took: at 240 requests a minute, hours) is inside the next window. The lookback covers
 the API's clock and its stamps disagreeing, and the ``Date`` header's whole seconds. Content
@@ -54,14 +52,10 @@ def window_max(state: dict[str, Any], since: Any = ...) -> Optional[int]:
     return min(known) if known else None
 
 
-def content_digest(value: Any) -> str:
-    """A short digest of a JSON value's content, whatever the order of its keys."""
-    return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str), digest_size=8).hexdigest()
-
-
 def _mark(stamp: str, row: dict[str, Any]) -> str:
     """What `seen` keeps of a row: its `updated_at` and a digest of its content."""
-    return f"{stamp}#{content_digest(row)}"
+    digest = hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+    return f"{stamp}#{digest}"
 
 
 def window_start(newest: Optional[int], lookback_ns: int) -> Optional[int]:

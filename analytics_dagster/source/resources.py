@@ -169,8 +169,6 @@ RESOURCES: tuple[ApiResource, ...] = (
 RESOURCES_BY_NAME: dict[str, ApiResource] = {r.name: r for r in RESOURCES}
 # the tables the event stream keeps current, by the entity their events name
 EVENTED: dict[str, ApiResource] = {r.event_entity: r for r in RESOURCES if r.event_entity}
-# the event stream and every table it keeps: one read of the stream serves them all
-STREAM_TABLES: list[str] = ["events", *(r.name for r in RESOURCES if r.event_entity)]
 
 
 def table_of_event(event_type: object) -> str | None:
