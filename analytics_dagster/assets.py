@@ -13,8 +13,7 @@ from analytics_dagster.source.pipeline import (
     DATASET_NAME,
     definition_pipeline,
     loader_file_format,
-    make_pipeline,
-    pipeline_lock,
+    locked_pipeline,
     resource_states,
     table_stats,
 )
@@ -88,8 +87,6 @@ def analytics_assets(
     """dlt runs of the selected resources (one, or one per chunk of a backfill), with a fresh
     source each time (dagster-dlt mutates the source's schema in place:
     dagster-io/dagster#34052)."""
-    # a DuckDB file held by another process is waited for, saying so in the run's log
-    pipeline = make_pipeline(report=context.log.warning)
     tables = sorted(key.path[-1] for key in context.selected_asset_keys)
 
     def observe(statuses: dict[str, dict[str, Any]]) -> None:
@@ -107,7 +104,8 @@ def analytics_assets(
     written: Counter[str] = Counter()
     loads: Counter[str] = Counter()
     plans: list[SyncPlan] = []
-    with pipeline_lock(pipeline):
+    # a DuckDB file held by another process is waited for, saying so in the run's log
+    with locked_pipeline(report=context.log.warning) as pipeline:
         # Chunk by chunk: a backfill, and a read of the event stream, commits after
         # `backfill_chunk_seconds` of extraction or `backfill_chunk_rows` rows (events), whichever
         # comes first, each chunk a load with its own state,

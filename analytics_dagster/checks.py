@@ -15,7 +15,7 @@ from dagster import (
 
 from analytics_dagster.assets import DESTINATION_POOL, asset_key
 from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
-from analytics_dagster.source.pipeline import make_pipeline, pipeline_lock, resource_states, table_stats
+from analytics_dagster.source.pipeline import locked_pipeline, resource_states, table_stats
 
 PK_CHECK = "primary_key_unique_not_null"
 EVENTS_CHECK = "events_applied"
@@ -55,8 +55,7 @@ def primary_key_checks(context: AssetCheckExecutionContext) -> Iterator[AssetChe
                        if key.name == PK_CHECK})
     applied = sorted({key.asset_key.path[-1] for key in context.selected_asset_check_keys
                       if key.name == EVENTS_CHECK})
-    pipeline = make_pipeline(report=context.log.warning)  # waits for a DuckDB file held elsewhere
-    with pipeline_lock(pipeline):
+    with locked_pipeline(report=context.log.warning) as pipeline:  # waits for a DuckDB file held elsewhere
         stats = table_stats(pipeline, selected)
         states = resource_states(pipeline) if applied else {}
     for name in applied:

@@ -10,8 +10,10 @@ from pathlib import Path
 import duckdb
 import pytest
 from dagster import DagsterInstance
+from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from analytics_dagster.sandbox import SandboxServer
+from analytics_dagster.source.pipeline import PIPELINE_NAME, definition_pipeline
 from analytics_dagster_tests.conftest import (
     MATERIALIZE_ALL,
     REPO,
@@ -144,6 +146,17 @@ def test_two_materializations_at_once_both_succeed(warehouse: Path, admin: Admin
     for code, err in outcomes:
         assert code == 0, err[-3000:]
     assert_warehouse_equals_api(warehouse, admin)
+
+
+def test_loading_the_definitions_leaves_a_runs_working_folder_alone(warehouse: Path) -> None:
+    """Every process that loads the code location builds the assets' pipeline, while a run may
+    be between dropping its working folder and restoring its state from the destination: dlt,
+    finding no state there, would wipe the folder under that run."""
+    folder = Path(get_dlt_pipelines_dir()) / PIPELINE_NAME
+    folder.mkdir(parents=True)
+    (folder / "a_run_in_progress").write_text("its files")
+    definition_pipeline()
+    assert (folder / "a_run_in_progress").read_text() == "its files"
 
 
 def test_paced_sync_gets_no_429_from_a_rate_limited_api(warehouse: Path, admin: Admin, monkeypatch) -> None:

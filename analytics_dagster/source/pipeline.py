@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import dlt
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
+from dlt.common.pipeline import get_dlt_pipelines_dir
 
 from analytics_dagster.source.duckdb_lock import DEFAULT_LOCK_WAIT_SECONDS, waiting_credentials
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
@@ -61,8 +63,17 @@ def resource_states(pipeline: dlt.Pipeline, *, from_destination: bool = True) ->
 
 
 def definition_pipeline() -> dlt.Pipeline:
-    """A pipeline object for building asset definitions: reads no setting, opens nothing."""
-    return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination="duckdb", dataset_name=DATASET_NAME)
+    """A pipeline object for building asset definitions: reads no setting, opens nothing.
+
+    Only its names are used. It is made in a scratch directory, removed at once: a pipeline
+    made where runs keep theirs would, while no state is there yet (the first run, or a run
+    between dropping its working folder and restoring it from the destination), wipe that
+    folder, and every process that loads the code location makes one (seen: two
+    `dagster asset materialize` started together, one failing on the other's folder).
+    """
+    with tempfile.TemporaryDirectory(prefix="analytics_definitions_") as scratch:
+        return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination="duckdb", dataset_name=DATASET_NAME,
+                            pipelines_dir=scratch)
 
 
 def _duckdb_file() -> str:
@@ -96,22 +107,25 @@ def loader_file_format(pipeline: dlt.Pipeline) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def pipeline_lock(pipeline: dlt.Pipeline) -> Iterator[None]:
-    """Hold this machine's lock on the pipeline: one run at a time, the next one waits.
+def locked_pipeline(report: Optional[Callable[[str], None]] = None) -> Iterator[dlt.Pipeline]:
+    """The pipeline (`make_pipeline`), made and used under this machine's lock on it: one run
+    at a time, the next one waits.
 
     DuckDB allows one writer per file and a dlt pipeline's working directory one run; two
-    `dagster asset materialize` processes would otherwise collide.
+    `dagster asset materialize` processes would otherwise collide. The pipeline is made under
+    the lock, too: made while another run has dropped its working folder and not yet restored
+    it, dlt would find no state there and wipe the folder under that run.
     """
-    lock_dir = Path(pipeline.pipelines_dir)
+    lock_dir = Path(get_dlt_pipelines_dir())
     lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f".{pipeline.pipeline_name}.lock", "a+") as handle:
+    with open(lock_dir / f".{PIPELINE_NAME}.lock", "a+") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             handle.seek(0)
             handle.truncate()
             handle.write(str(os.getpid()))
             handle.flush()
-            yield
+            yield make_pipeline(report=report)
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
