@@ -104,7 +104,7 @@ def warehouse_rows(db: Path | str, table: str) -> dict[str, dict[str, Any]]:
 def same_value(expected: Any, actual: Any) -> bool:
     if expected is None:
         return actual is None
-    if isinstance(actual, datetime):  # the warehouse keeps microseconds (README, "Timestamps")
+    if isinstance(actual, datetime):  # the warehouse keeps microseconds (docs/design.md, "The warehouse")
         return parse_ns(expected) // 1000 == int(actual.timestamp()) * 1_000_000 + actual.microsecond
     if isinstance(expected, (dict, list)):
         return json.loads(actual) == expected if isinstance(actual, str) else actual == expected

@@ -1,4 +1,4 @@
-"""The source's parsing, fed the real API's payloads (tests/fixtures/paddle, Apache-2.0)."""
+"""The source's parsing, fed the real API's payloads (analytics_dagster_tests/fixtures/paddle, Apache-2.0)."""
 
 from __future__ import annotations
 
