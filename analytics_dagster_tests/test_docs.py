@@ -312,3 +312,30 @@ def test_no_dead_reference(path: Path) -> None:
     dead = dead_references(path)
     assert not dead, "dead references:\n" + "\n".join(dead)
 
+
+def table_rows(text: str) -> list[list[str]]:
+    """The rows of the first Markdown table in `text`, header and separator left out."""
+    rows, started = [], False
+    for line in text.splitlines():
+        if line.startswith("|"):
+            started = True
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif started:
+            break
+    return rows[2:]
+
+
+@pytest.mark.parametrize(
+    "listing", sorted(p for p in REPO.glob("**/SOURCES.md") if not ignored(p.relative_to(REPO).as_posix())),
+    ids=lambda p: p.relative_to(REPO).as_posix(),
+)
+def test_every_provenance_list_lists_exactly_the_files_beside_it(listing: Path) -> None:
+    listed = [row[0].strip("`") for row in table_rows(listing.read_text())]
+    present = sorted(
+        f.relative_to(listing.parent).as_posix() for f in listing.parent.rglob("*")
+        if f.is_file() and f != listing and "__pycache__" not in f.parts
+    )
+    assert len(listed) == len(set(listed)), f"{listing.relative_to(REPO)}: a file listed twice"
+    assert not set(listed) - set(present), f"{listing.relative_to(REPO)} lists files that are not there: {sorted(set(listed) - set(present))}"
+    assert not set(present) - set(listed), f"{listing.relative_to(REPO)} does not list: {sorted(set(present) - set(listed))}"
+
