@@ -1,4 +1,4 @@
-"""The twelve API resources as Dagster assets, made by `@dlt_assets` from the dlt source."""
+"""The API's resources as Dagster assets, made by `@dlt_assets` from the dlt source."""
 
 
 from collections import Counter

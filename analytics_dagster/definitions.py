@@ -34,8 +34,7 @@ defs = Definitions(
     sensors=[api_events_sensor, report_failed_runs],
     resources={"dlt": DagsterDltResource()},
     # One process per run, not per step: the sync is one step and the checks another, and a
-    # process each costs seconds (measured at 300 customers: twelve checks as
-    # steps of their own made a full sync 62 s, in one process 14 s). Steps run one after the other, so a run
+    # process each costs seconds (measured: docs/benchmark.md, "Levers"). Steps run one after the other, so a run
     # never has two writers on the destination either.
     executor=in_process_executor,
 )

@@ -97,7 +97,7 @@ def test_materialize_all_in_the_ui(dagster_dev: str, warehouse: Path, admin: Adm
         skip = page.get_by_role("button", name="Skip")
         page.add_locator_handler(skip, lambda *_: skip.click())
 
-        # the group's graph lists all twelve assets
+        # the group's graph lists every asset
         page.goto(f"{url}/asset-groups/analytics", wait_until="networkidle")
         for table in TABLES:
             page.get_by_text(table, exact=True).first.wait_for(timeout=30_000)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from analytics_dagster.source.resources import RESOURCES
 from analytics_dagster_tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -339,3 +340,68 @@ def test_every_provenance_list_lists_exactly_the_files_beside_it(listing: Path) 
     assert not set(listed) - set(present), f"{listing.relative_to(REPO)} lists files that are not there: {sorted(set(listed) - set(present))}"
     assert not set(present) - set(listed), f"{listing.relative_to(REPO)} does not list: {sorted(set(present) - set(listed))}"
 
+
+# --- Every count said once ----------------------------------------------------------------------
+#
+# How many resources, evented resources, tables the stream keeps and checks there are is the
+# registry's to say (analytics_dagster/source/resources.py): a number of them written in the prose
+# goes stale with the next resource. Say "every resource", "the resources with events", or point at
+# the one table that lists them (docs/api.md, "Resources", checked against the registry below).
+
+EVENTED_RESOURCES = [r for r in RESOURCES if r.event_entity]
+STREAM_KEPT = [r for r in RESOURCES if r.event_entity or r.incremental == "event_stream"]
+COUNTS = {
+    len(RESOURCES): "resources (and assets, and primary-key checks)",
+    len(EVENTED_RESOURCES): "resources with events",
+    len(STREAM_KEPT): "tables the event stream keeps (and events_applied checks)",
+    len(RESOURCES) + len(STREAM_KEPT): "asset checks",
+}
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def in_words(n: int) -> str:
+    if n < 20:
+        return _ONES[n]
+    tens, ones = divmod(n, 10)
+    return _TENS[tens] + (f"[- ]{_ONES[ones]}" if ones else "")
+
+
+COUNTED = re.compile(
+    r"\b(?P<n>" + "|".join(sorted({in_words(n) for n in COUNTS} | {str(n) for n in COUNTS}, key=len, reverse=True)) + r")\b"
+    r"(?:[\s`*]+[\w`*-]+){0,2}?[\s`*]+(?:resources?|assets?|tables?|checks?|paths?|entities|endpoints?|primary-key|events_applied)\b",
+    re.I,
+)
+
+
+@pytest.mark.parametrize("path", SCANNED, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_no_count_of_the_registry_in_prose(path: Path) -> None:
+    rel = path.relative_to(REPO).as_posix()
+    found = []
+    for part in prose_lines(path):
+        prose = Prose(part)
+        for m in COUNTED.finditer(prose.text):
+            n = m.group("n").lower()
+            what = next(v for k, v in COUNTS.items() if n in (str(k), in_words(k).replace("[- ]", "-"), in_words(k).replace("[- ]", " ")))
+            found.append(f"{rel}:{prose.line_of(m.start())}: {' '.join(m.group(0).split())!r}: the number of {what}")
+    assert not found, "counts that go stale with the next resource (the registry says them):\n" + "\n".join(found)
+
+
+def test_the_api_pages_table_of_resources_is_the_registry() -> None:
+    """docs/api.md, "Resources" is the one table of the resources: it says what the registry says."""
+    text = (REPO / "docs" / "api.md").read_text()
+    rows = table_rows(text[text.index("## Resources"):])
+    documented = {}
+    for table, path, key, events in rows:
+        entity = re.match(r"^`(\w+)`$", events)
+        documented[table] = (path.strip("`"), re.match(r"`(\w+)`", key).group(1), entity.group(1) if entity else None)
+    assert documented == {
+        r.name: ("/v1" + r.path.replace("{cus_id}", "{customer id}"), r.primary_key, r.event_entity) for r in RESOURCES
+    }
+
+
+def test_the_readmes_asset_graph_shows_every_resource() -> None:
+    text = (REPO / "README.md").read_text()
+    graph = text[text.index("```\nanalytics/"):]
+    graph = graph[:graph.index("\n```", 4)]
+    assert set(re.findall(r"\banalytics/(\w+)", graph)) == {r.name for r in RESOURCES}

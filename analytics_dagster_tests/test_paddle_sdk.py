@@ -1,7 +1,7 @@
 """Conformance: Paddle's official Python SDK (`paddle-python-sdk`, a test dependency) drives the
 sandbox, a client nobody on this project wrote.
 
-It reads every list the sandbox serves (the project's twelve resources; the SDK's other lists,
+It reads every list the sandbox serves (the project's resources; the SDK's other lists,
 such as adjustments or notifications, are none of the project's), every page, with the filters
 the project relies on (status, `after` with `order_by`, `updated_at` bounds, the event stream),
 and parses every entity with no error and no fallback to raw data: no event `data` left as an

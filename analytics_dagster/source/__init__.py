@@ -112,7 +112,7 @@ def analytics_source(
     tables: Optional[Sequence[str]] = None,
     progress: Optional[Progress] = None,
 ) -> list[DltResource]:
-    """All twelve resources of the analytics API, synced incrementally.
+    """Every resource of the analytics API, synced incrementally.
 
     Args:
         base_url: the API's base URL (default: the environment's, else the local sandbox's);

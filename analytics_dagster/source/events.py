@@ -1,7 +1,7 @@
-"""The event stream: how eight tables are kept current by `/v1/events` instead of listings.
+"""The event stream: how the tables with events are kept current by `/v1/events`, not listings.
 
-Every create or update of a customer, address, business, discount, price, product,
-subscription or transaction emits an event whose `data` is the entity's whole new snapshot
+Every create or update of an entity of a resource with an `event_entity` (resources.py)
+emits an event whose `data` is the entity's whole new snapshot
 (docs/api.md, "The event stream"). So once such a table has been listed whole (its
 backfill), a run takes its changes from the events after the table's own cursor: a run costs
 about one request per 200 changes, not one listing of everything (plus one request per
