@@ -61,9 +61,8 @@ DEFAULT_REQUESTS_PER_MINUTE = 240  # the API's rate limit per client
 # is one load (each load costs about 0.8 s whatever its size)
 DEFAULT_BACKFILL_CHUNK_SECONDS = 60.0
 # ... or after this many rows of a list (customers, with their children), or events, whichever
-# comes first: it bounds the memory of a load when requests are fast (measured, full sync at
-# 10,000 against 1,000 customers: peak RSS 2.26x with 20,000, 1.36x with 5,000, 1.20x with 2,000;
-# wall time 44.8 s with 4 loads, 46.9 s with 10: docs/benchmark.md)
+# comes first: it bounds the memory of a load when requests are fast (measured against time:
+# docs/benchmark.md, "Chunks by time")
 DEFAULT_BACKFILL_CHUNK_ROWS = 5000
 # The customers listing feeds both the `customers` table and the two child resources. It is a
 # resource of its own, never loaded, so whatever `customers` filters (incremental sync) does not
