@@ -55,8 +55,9 @@ def test_the_readme_is_a_guide_in_the_order_a_user_needs_it() -> None:
 #   the end of one), or one git ignores because a run makes it (`data/`, `.dlt/secrets.toml`);
 # - nothing outside the repository: no relative path that climbs out of it, no machine's own path
 #   (MACHINE_PATH). Links to web pages (`https://...`) are not this test's business.
-# A provenance list (SOURCES.md) names paths of the upstream repositories it copied from: only its
-# own listing is checked there (test_every_provenance_list_lists_exactly_the_files_beside_it).
+# A provenance list (SOURCES.md) names paths of the upstream repositories it copied from: there,
+# only a path that climbs out of this one is, and its listing is checked apart
+# (test_every_provenance_list_lists_exactly_the_files_beside_it).
 
 EXTENSIONS = ("md", "py", "toml", "yaml", "yml", "json", "lock", "example", "png", "sh", "cfg", "ini", "txt")
 # directories a reader would look for that this repository does not have
@@ -96,10 +97,11 @@ def repo_paths() -> set[str]:
 
 PATHS = repo_paths()
 BASENAMES = {p.rsplit("/", 1)[-1] for p in PATHS}
-ROOTS = (
-    {p for p in PATHS if "/" not in p}
-    | {p.split("/")[1] for p in PATHS if p.count("/") == 1 and p.split("/")[0] in ("analytics_dagster", "analytics_dagster_tests") and (REPO / p).is_dir()}
-)
+# where a path can start: the repository's root, or a package's (`source/`, `sandbox/`, `fixtures/`)
+PACKAGES = ("analytics_dagster", "analytics_dagster_tests")
+ROOTS = {p for p in PATHS if "/" not in p} | {
+    p.split("/")[1] for p in PATHS if p.count("/") == 1 and p.startswith(PACKAGES) and (REPO / p).is_dir()
+}
 
 
 def scanned_files() -> list[Path]:
@@ -133,11 +135,13 @@ def prose_lines(path: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]
         elif token.type == tokenize.STRING:
             before = tokens[i - 1].type if i else tokenize.NEWLINE
             after = tokens[i + 1].type if i + 1 < len(tokens) else tokenize.NEWLINE
-            statement = before in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING) and after in (
+            statement = before in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING, tokenize.COMMENT) and after in (
                 tokenize.NEWLINE, tokenize.COMMENT, tokenize.ENDMARKER)
             literal = token.string.replace('\\"', '"').replace("\\'", "'")  # `\"Settings\"` is `"Settings"`
             lines = [(token.start[0] + n, line) for n, line in enumerate(literal.splitlines())]
             (prose if statement else strings).extend(lines)
+        elif token.type == getattr(tokenize, "FSTRING_MIDDLE", None):  # Python 3.12+: an f-string's text
+            strings.extend((token.start[0] + n, line) for n, line in enumerate(token.string.splitlines()))
     return prose, strings
 
 
@@ -277,8 +281,8 @@ def dead_references(path: Path) -> list[str]:
     text = prose.text
     for m in MACHINE_PATH.finditer(text):
         report(m.start(), m.group(1), "a path on some machine, outside the repository")
-    if path.name == "SOURCES.md":
-        return sorted(dead.values())  # its other paths are the upstream repositories'
+    # a provenance list's other paths are the upstream repositories'
+    provenance = path.name == "SOURCES.md"
     for m in PATH_TOKEN.finditer(text):
         token = m.group(1).rstrip(".")
         if "/" not in token:
@@ -287,7 +291,7 @@ def dead_references(path: Path) -> list[str]:
         climbs = parts[0] in ("..", ".")
         first = next((p for p in parts if p not in ("..", ".")), "")
         has_extension = "." in parts[-1] and parts[-1].rsplit(".", 1)[-1] in EXTENSIONS
-        if not (climbs or first in ROOTS or first in ABSENT_ROOTS or has_extension):
+        if not (climbs or first in ROOTS or first in ABSENT_ROOTS or has_extension) or (provenance and not climbs):
             continue
         if climbs:
             target = (base / token).resolve()
@@ -300,7 +304,7 @@ def dead_references(path: Path) -> list[str]:
         if plain in PATHS or any(p.endswith("/" + plain) for p in PATHS) or ignored(plain):
             continue
         report(m.start(), token, "no such file or directory in the repository")
-    for m in BARE_NAME.finditer(text):
+    for m in BARE_NAME.finditer(text) if not provenance else ():
         name = m.group(1)
         if name in BASENAMES or name in NOT_OURS or ignored(name):
             continue
