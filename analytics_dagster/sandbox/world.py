@@ -11,7 +11,7 @@ customer_addresses        0 to 3 per customer (1.6 N: one at least with a subscr
 businesses                0 to 2 per customer (1 N)
 subscriptions             0.5 N, each with an address, 20% with a discount
 transactions              0 to 4 per customer (2 N); paid or completed ones with a payment
-events                    one per create and update of the eight evented resources, of the
+events                    one per create and update of the resources with events, of the
                           last 90 days only (older ones are past the API's retention)
 products                  max(3, N / 20); prices: 2 per product
 discounts                 max(2, N / 20)
@@ -22,8 +22,8 @@ event_types, ips          fixed lists from the real API's payloads
 About 10% of the entities that have an ``active``/``archived`` status start archived, and 30%
 were updated after their creation.
 
-The event stream follows the contract: every create or update (archives included) of a
-customer, address, business, discount, price, product, subscription or transaction emits an
+The event stream follows the contract: every create or update (archives included) of an
+entity of a resource with an ``event_entity`` (the source's registry) emits an
 event ``<entity>.<verb>`` whose ``data`` is the entity's snapshot right after the change, and
 ``/v1/events`` lists only the events of the last ``EVENT_RETENTION_DAYS`` days of the world
 clock. The world clock is the API's ``now``: it moves only when the world is advanced, and the

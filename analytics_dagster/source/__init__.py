@@ -61,9 +61,9 @@ DEFAULT_REQUESTS_PER_MINUTE = 240  # the API's rate limit per client
 # is one load (each load costs about 0.8 s whatever its size)
 DEFAULT_BACKFILL_CHUNK_SECONDS = 60.0
 # ... or after this many rows of a list (customers, with their children), or events, whichever
-# comes first: it bounds the memory of a load when requests are fast (measured against time:
-# docs/benchmark.md, "Chunks by time")
-DEFAULT_BACKFILL_CHUNK_ROWS = 5000
+# comes first: with DuckDB's memory limit (`pipeline.DEFAULT_DUCKDB_MEMORY_LIMIT`) it only bounds the
+# rows a load holds when requests are fast (measured against time: docs/benchmark.md, "Chunks by time")
+DEFAULT_BACKFILL_CHUNK_ROWS = 20000
 # The customers listing feeds both the `customers` table and the two child resources. It is a
 # resource of its own, never loaded, so whatever `customers` filters (incremental sync) does not
 # hide customers from the children, and a child-only run never moves `customers`' state.

@@ -487,6 +487,10 @@ def _chain_first(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
+# rows a fed table's winners are handed to dlt in at the end of a read
+_WRITE_BATCH = 1000
+
+
 class _End:
     """The feed's last item: every fed table finishes (writes its winners, moves its cursor)."""
 
@@ -609,24 +613,26 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
     entities' `updated_at`, whose precision varies, is not), written when the feed ends unless
     that event was applied already (a read starts a window behind the last one)."""
     read = _Read(api.name, plan)
-    winners: dict[str, dict[str, Any]] = {}  # by entity id: its newest event
+    # by entity id: its newest event's id and snapshot, the snapshot as JSON bytes until the
+    # feed ends (a chunk's winners are most of its entities: as dicts they were most of a
+    # load's memory)
+    winners: dict[str, tuple[str, bytes]] = {}
     created: set[str] = set()
 
     def apply(item: Any) -> Iterator[Any]:
         if item is END:
             # a winner is written unless it was applied already, or an earlier read (another
             # chunk, another run) applied a newer event of its entity: a late event loses to it
-            fresh = {key: e for key, e in winners.items()
-                     if e["event_id"] not in read.seen and e["event_id"] > read.applied.get(key, "")}
-            rows = [e["data"] for e in fresh.values()]
-            new = sum(1 for key in created if key in fresh)
-            read.finish(len(rows), new)
+            fresh = [(key, data) for key, (event_id, data) in winners.items()
+                     if event_id not in read.seen and event_id > read.applied.get(key, "")]
+            new = sum(1 for key, _ in fresh if key in created)
+            read.finish(len(fresh), new)
             listed = dlt.current.resource_state(api.name).get("seen") or {}
-            for row in rows:  # listing mode's memory of these rows is stale now
-                listed.pop(row["id"], None)
+            for key, _ in fresh:  # listing mode's memory of these rows is stale now
+                listed.pop(key, None)
             winners.clear()
-            if rows:
-                yield rows
+            for start in range(0, len(fresh), _WRITE_BATCH):
+                yield [orjson.loads(data) for _, data in fresh[start:start + _WRITE_BATCH]]
             return
         for key, event in read.after_start(item):
             if table_of_event(event.get("event_type") if isinstance(event, dict) else None) != api.name:
@@ -635,12 +641,12 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
             if problem is not None:
                 read.bad(key, event, problem)
                 continue
-            key = event["data"]["id"]
-            read.ids[event["event_id"]] = key
-            if key not in winners or event["event_id"] > winners[key]["event_id"]:
-                winners[key] = event
+            entity = event["data"]["id"]
+            read.ids[event["event_id"]] = entity
+            if entity not in winners or event["event_id"] > winners[entity][0]:
+                winners[entity] = (event["event_id"], orjson.dumps(event["data"]))
             if str(event.get("event_type", "")).endswith(".created") and event["event_id"] not in read.seen:
-                created.add(key)
+                created.add(entity)
 
     return apply
 

@@ -1,4 +1,4 @@
-"""The twelve resources of the analytics API, declared once.
+"""Every resource of the analytics API, declared once.
 
 Everything about a resource that a reader of the API's docs would look for sits on one line:
 its table, its path, its primary key, its page size and how it can be read incrementally.
@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-# how a resource is listed between runs (see README, "Incremental sync"); the eight resources
-# with an `event_entity` are kept from the event stream instead once listed whole
+# how a resource is listed between runs (docs/design.md, "Listing mode, and how a listing stays
+# incremental"); the resources with an `event_entity` are kept from the event stream instead once listed whole
 Incremental = Literal[
     "client_updated_at",  # listed whole, only rows whose updated_at moved are written
     "server_updated_at",  # filtered by the API: updated_at[GTE]=<cursor - overlap>
