@@ -29,7 +29,14 @@ from dagster import (
 from analytics_dagster.assets import GROUP, asset_key
 from analytics_dagster.source import configured_api_root
 from analytics_dagster.rfc3339 import NS_PER_SECOND, id_floor
-from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS, events_after, latest_event_id
+from analytics_dagster.source.events import (
+    DEFAULT_VISIBILITY_LAG_SECONDS,
+    EVENTS_PAGE_SIZE,
+    EVENTS_PATH,
+    api_now_ns,
+    event_client,
+    keyed,
+)
 from analytics_dagster.source.resources import RESOURCES, table_of_event
 
 # The event stream and every table it keeps. In events mode one read of the stream serves them
@@ -286,3 +293,31 @@ def failure_report(context: RunFailureSensorContext) -> str:
         errors.append(f"{event.step_key}: {text[0] if text else 'no message'}")
     detail = "; ".join(errors) or (context.failure_event.message or "no message")
     return f"Run {run.run_id} of job {run.job_name} failed. {detail}"
+
+
+# ------------------------------------------------------------- the sensor's reads of the stream
+def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
+    """The newest event's id, or None when the API has no events (`base_url`: the API's root,
+    prefix included)."""
+    response = event_client(base_url, api_key).get(EVENTS_PATH, params={"per_page": 1})
+    response.raise_for_status()
+    data = [e for e in response.json().get("data") or [] if keyed(e)]
+    return data[0]["event_id"] if data else None
+
+
+def events_after(
+    base_url: str, api_key: str, after: Optional[str], max_pages: int = 10
+) -> tuple[list[dict[str, Any]], int]:
+    """Events newer than `after`, oldest first (at most `max_pages` pages of 200), and the API's
+    clock when the read began (its first page's `Date`)."""
+    params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
+    if after:
+        params["after"] = after
+    events: list[dict[str, Any]] = []
+    now: Optional[int] = None
+    for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
+        now = now or api_now_ns(page.response)
+        events.extend(e for e in page if keyed(e))  # (one without a string id cannot be a cursor)
+        if pages >= max_pages:
+            break
+    return events, now or time.time_ns()

@@ -16,6 +16,7 @@ from dagster import (
 from analytics_dagster.assets import DESTINATION_POOL, asset_key
 from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
 from analytics_dagster.source.pipeline import locked_pipeline, resource_states, table_stats
+from analytics_dagster.source.state import TableState, findings
 
 PK_CHECK = "primary_key_unique_not_null"
 EVENTS_CHECK = "events_applied"
@@ -89,10 +90,10 @@ def primary_key_checks(context: AssetCheckExecutionContext) -> Iterator[AssetChe
         )
 
 
-def events_applied(table: str, state: dict) -> AssetCheckResult:
+def events_applied(table: str, state: TableState) -> AssetCheckResult:
     """The table's findings, kept in its dlt state by the runs that read the stream: events it
     could not apply, and (for `events`) the span the API dropped before it was read."""
-    bad, gaps = state.get("bad_events", []), state.get("gaps", [])
+    bad, gaps = findings(state)
     problems = [f"event {b.get('event_id')} ({b.get('event_type')}): {b.get('problem')}" for b in bad]
     problems += [f"events from {g.get('from')} to {g.get('to')} passed the API's retention unread" for g in gaps]
     return AssetCheckResult(

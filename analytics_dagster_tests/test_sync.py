@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +26,7 @@ from analytics_dagster.checks import PK_CHECK, primary_key_checks
 
 from analytics_dagster.definitions import defs
 from analytics_dagster.sandbox import SandboxServer, World
+from analytics_dagster.source.sync import sync as engine_sync
 from analytics_dagster_tests.conftest import (
     MATERIALIZE_ALL,
     REPO,
@@ -53,6 +55,7 @@ def check_results(result: Any, name: str = PK_CHECK) -> dict[str, Any]:
     return {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations() if e.check_name == name}
 
 
+@pytest.mark.smoke
 def test_full_sync_equals_the_api_and_stays_equal_after_changes(warehouse: Path, admin: Admin) -> None:
     result = sync()
     assert result.success
@@ -190,3 +193,22 @@ def test_paddle_configuration_syncs_paddle_paths_exactly(tmp_path: Path, monkeyp
         assert {modes[t] for t in ("customers", "subscriptions", "transactions")} == {"events"}
         stats = admin.get("stats")
         assert stats["total"] > 0 and stats["by_status"] == {"200": stats["total"]}
+
+
+@pytest.mark.smoke
+def test_the_sync_engine_runs_without_dagster(warehouse: Path, admin: Admin) -> None:
+    """The engine is plain dlt: imported, it brings no Dagster; a run of it through
+    `pipeline.run` lands the API exactly, and keeps it so after changes."""
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, analytics_dagster.source.sync; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_dlt')))"],
+        cwd=REPO, capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]", imported.stdout
+    lines: list[str] = []
+    run = engine_sync(report=lines.append, warn=lines.append)
+    assert_warehouse_equals_api(warehouse, admin)
+    assert run.plans and lines[0].startswith("plan 1: ") and lines[-1].startswith("read: "), lines
+    admin.post("advance", updates=10, new_customers=2)
+    run = engine_sync(report=lines.append, warn=lines.append)
+    assert_warehouse_equals_api(warehouse, admin)
+    assert run.plans[0].mode("customers") == "events" and sum(run.written.values()) > 0

@@ -6,7 +6,7 @@ Settings are read the dlt way from section `sources.analytics` (`.dlt/config.tom
 Where the API is (`environment`, `base_url`, `path_prefix`) is resolved by `configured_api_root`,
 for a run and for the events sensor alike.
 
-How a run is laid out depends on its plan (`analytics_dagster.source.events`): a table kept by
+How a run is laid out depends on its plan (`analytics_dagster.source.plan`): a table kept by
 events is a transformer of the one read of the event stream; a table listed in this run is a
 `rest_api` listing, incremental as `analytics_dagster.source.incremental` says.
 """
@@ -27,14 +27,11 @@ from analytics_dagster.source.events import (
     DEFAULT_RETENTION_MARGIN_DAYS,
     DEFAULT_VISIBILITY_LAG_SECONDS,
     EVENTS_PAGE_SIZE,
-    SyncPlan,
     api_now_ns,
     event_client,
-    events_from_feed,
-    feed_items,
-    plan_sync,
-    table_from_events,
 )
+from analytics_dagster.source.feed import events_from_feed, feed_items, table_from_events
+from analytics_dagster.source.plan import SyncPlan, plan_sync
 from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS, change_filter, start_params
 from analytics_dagster.source.pacing import paced_session
 from analytics_dagster.source.paginator import HasMorePaginator, json_once
