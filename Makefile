@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: install demo test dev sandbox bench screenshot clean
+.PHONY: install demo test test-fast dev sandbox bench screenshot clean
 
 $(BIN)/uv:
 	python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: install  ## sandbox up, every asset materialized into DuckDB, checks run, 
 
 test: install  ## the whole test suite
 	$(BIN)/pytest
+
+test-fast: install  ## the fast subset: everything but the end-to-end runs, and a few of those (smoke)
+	$(BIN)/pytest -m "not e2e and not slow and not browser"
 
 dev: install  ## the sandbox on :8765 and the Dagster UI on http://127.0.0.1:3000 (daemon included)
 	mkdir -p .dagster_home && cp dagster.dev.yaml .dagster_home/dagster.yaml

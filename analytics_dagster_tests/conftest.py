@@ -27,6 +27,15 @@ PRIMARY_KEYS = {r.name: r.primary_key for r in RESOURCES}
 REPLACED = {r.name for r in RESOURCES if r.incremental == "replace"}  # read whole by every run
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that syncs into a warehouse (the `warehouse` fixture: Dagster or dlt runs against
+    the sandbox) is `e2e`, unless it is one of the few `smoke` ones the fast subset keeps
+    (`make test-fast`: `-m "not e2e and not slow and not browser"`)."""
+    for item in items:
+        if "warehouse" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("smoke"):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture
 def sandbox() -> Any:
     """A small world (40 customers) served on a free loopback port."""

@@ -73,6 +73,7 @@ def test_a_chunked_backfill_is_exact_and_keeps_its_events_position(
     assert all(m["listing_rows_per_second"] > 0 and m["listing_eta_seconds"] >= 0 for m in progress)
 
 
+@pytest.mark.smoke
 def test_a_backfill_killed_part_way_resumes_after_its_last_chunk(
     warehouse: Path, admin: Admin, sandbox: SandboxServer, tmp_path: Path, small_chunks: None,
     monkeypatch: pytest.MonkeyPatch,

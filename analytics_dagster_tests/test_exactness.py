@@ -51,6 +51,7 @@ def _differs(expected: Any, actual: Any) -> bool:
 
 
 # ---------------------------------------------------------------------- precision of updated_at
+@pytest.mark.smoke
 def test_a_later_update_with_fewer_digits_wins_within_one_round(warehouse: Path, admin: Admin) -> None:
     assert sync().success
     for number in range(4):
@@ -98,6 +99,7 @@ def test_a_later_update_with_fewer_digits_wins_across_chunks(
 
 
 # ---------------------------------------------------------------------- late events
+@pytest.mark.smoke
 def test_an_event_visible_after_later_ones_were_read_is_applied(warehouse: Path, admin: Admin) -> None:
     assert sync().success
     customers = [c["id"] for c in admin.truth("customers")]
