@@ -41,12 +41,22 @@ def _state(resource: str) -> dict[str, Any]:
     return dlt.current.resource_state(resource)
 
 
-def window_max(state: dict[str, Any], since: Any = ...) -> Optional[int]:
+class _FromState:
+    """The `since` of a listing that kept none: its change window comes from the table's state."""
+
+    def __repr__(self) -> str:
+        return "FROM_STATE"
+
+
+FROM_STATE: Any = _FromState()
+
+
+def window_max(state: dict[str, Any], since: Any = FROM_STATE) -> Optional[int]:
     """The instant (ns) a listing's change window starts from, before the lookback: the earlier
     of when the last complete listing began on the API's clock (`window_ns`) and the newest
     `updated_at` it saw (`max_ns`), or `since` when a chunked listing kept its first chunk's (its
     later chunks' state moved with the rows committed, not with the ones still to list)."""
-    if since is not ...:
+    if since is not FROM_STATE:
         return since
     known = [state[k] for k in ("window_ns", "max_ns") if state.get(k) is not None]
     return min(known) if known else None
@@ -95,7 +105,7 @@ class _Step:
 class ChangedSince(_Step):
     """Keeps rows whose `updated_at` moved since the last run (strategies *_updated_at)."""
 
-    def __init__(self, api: ApiResource, full_refresh: bool, lookback_ns: int, since: Any = ...,
+    def __init__(self, api: ApiResource, full_refresh: bool, lookback_ns: int, since: Any = FROM_STATE,
                  began: Callable[[], Optional[int]] = lambda: None) -> None:
         super().__init__(api, full_refresh)
         self.lookback_ns = lookback_ns
@@ -110,7 +120,7 @@ class ChangedSince(_Step):
         self.previous_max = window_max(state, self.since)
         self.cursor = window_start(self.previous_max, self.lookback_ns)
         self.window_ns = self.began()
-        if self.since is ... and self.window_ns is not None:
+        if self.since is FROM_STATE and self.window_ns is not None:
             # a listing in one load: the next window starts where this one began (a chunked
             # listing's is set when its last chunk is listed: `SyncPlan.listing_page`)
             state["window_ns"] = self.window_ns
@@ -157,7 +167,7 @@ class ChangedSince(_Step):
         return True, "new" if is_new else "updated"
 
 
-def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int, since: Any = ...,
+def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int, since: Any = FROM_STATE,
                   began: Callable[[], Optional[int]] = lambda: None) -> Optional[ChangedSince]:
     """The filter step of a listing of `api` (None: every row it reads is written); `since`:
     the instant its window starts from, when not the state's (a chunked listing's); `began`:
@@ -168,7 +178,7 @@ def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int
 
 
 def start_params(
-    api: ApiResource, *, full_refresh: bool, lookback_seconds: int, since: Any = ...,
+    api: ApiResource, *, full_refresh: bool, lookback_seconds: int, since: Any = FROM_STATE,
 ) -> Optional[Callable[[], dict[str, str]]]:
     """Query parameters of a listing's first request, from the state (None: the resource has
     none); `since` as for `change_filter`."""

@@ -32,7 +32,7 @@ from analytics_dagster.source.events import (
     stream_cursor,
 )
 from analytics_dagster.source.paginator import json_once, page_json
-from analytics_dagster.source.incremental import window_max
+from analytics_dagster.source.incremental import FROM_STATE, window_max
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
 
 
@@ -127,8 +127,8 @@ class SyncPlan:
 
     def since_ns(self, table: str) -> Any:
         """The `max_ns` a chunked listing of `listing` mode keeps its change window from;
-        `...`: none kept, the state's applies."""
-        return self.backfills.get(table, {}).get("since_ns", ...)
+        `FROM_STATE`: none kept, the state's applies."""
+        return self.backfills.get(table, {}).get("since_ns", FROM_STATE)
 
     def listing_params(self, tables: Iterable[str]) -> dict[str, str]:
         """Where a listing that serves `tables` starts: after the least far of their backfills."""
