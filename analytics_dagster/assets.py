@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetObservation, AssetSpec
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
-from analytics_dagster.source import RESOURCES_BY_NAME, Progress, analytics_source
+from analytics_dagster.source import RESOURCES_BY_NAME, Progress, described_source
 from analytics_dagster.source.pipeline import DATASET_NAME, definition_pipeline, loader_file_format, locked_pipeline, table_stats
 from analytics_dagster.source.state import EventCursor, TableState, event_cursor, findings, last_run
 from analytics_dagster.source.sync import SyncRun
@@ -61,15 +61,8 @@ class SyncConfig(Config):
     incremental: str = ""
 
 
-def _definition_source() -> Any:
-    # Placeholders: only the resources' names and hints are used to build the asset specs. The
-    # real settings are resolved when a run starts, so the code location loads with none set
-    # (reading a secret while the definitions are built would make the location fail to load).
-    return analytics_source(base_url="http://configured.at.run.time", api_key="unset")
-
-
 @dlt_assets(
-    dlt_source=_definition_source(),
+    dlt_source=described_source(),
     dlt_pipeline=definition_pipeline(),
     name="analytics_api",
     dagster_dlt_translator=AnalyticsTranslator(),

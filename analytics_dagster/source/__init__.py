@@ -1,8 +1,12 @@
-"""The analytics API as a dlt `rest_api` source: pure dlt, no Dagster.
+"""The analytics API as a dlt source: its settings, a run's plan, and the resources laid out by it.
+
+A load is built in three steps (the engine, `source.sync`, takes them for every load):
+`source_settings()` reads the settings, `plan_run` plans from the committed state (the run's
+first request), and `analytics_source(settings, plan, session)` lays out the resources.
 
 Settings are read the dlt way from section `sources.analytics` (`.dlt/config.toml`,
 `.dlt/secrets.toml` or env vars such as `SOURCES__ANALYTICS__BASE_URL` and
-`SOURCES__ANALYTICS__API_KEY`), and only when `analytics_source()` is called, never at import.
+`SOURCES__ANALYTICS__API_KEY`), and only when `source_settings()` is called, never at import.
 Where the API is (`environment`, `base_url`, `path_prefix`) is resolved by `configured_api_root`,
 for a run and for the events sensor alike.
 
@@ -13,14 +17,17 @@ events is a transformer of the one read of the event stream; a table listed in t
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
 import dlt
+from dlt.common.configuration import known_sections, with_config
 from dlt.common.jsonpath import compile_path
 from dlt.extract.resource import DltResource
 from dlt.extract.utils import wrap_parallel_iterator
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.rest_api import rest_api_resources
+from requests import Session
 
 from analytics_dagster.source.events import (
     DEFAULT_RETENTION_DAYS,
@@ -40,6 +47,11 @@ from analytics_dagster.source.progress import Progress
 from analytics_dagster.source.resources import RESOURCES, RESOURCES_BY_NAME, ApiResource, api_root
 
 __all__ = [
+    "SourceSettings",
+    "described_source",
+    "paced_session",
+    "plan_run",
+    "source_settings",
     "CUSTOMER_LISTING",
     "EVENT_FEED",
     "RESOURCES",
@@ -88,14 +100,56 @@ def configured_api_root(base_url: Optional[str] = None) -> str:
                     path_prefix=setting("path_prefix"))
 
 
-@dlt.source(name=SOURCE_NAME, section=SOURCE_NAME, max_table_nesting=0)
-def analytics_source(
+@dataclass(frozen=True)
+class SourceSettings:
+    """The source's settings, resolved from `sources.analytics` when a run starts (`source_settings`).
+
+    Attributes:
+        api_root: the URL every resource's path goes after (`configured_api_root`).
+        api_key: the Bearer token.
+        page_sizes: `per_page` by resource (each resource's own unless a setting says otherwise).
+        parallel_children: fetch the per-customer child resources concurrently.
+        lookback_seconds: how far behind the newest `updated_at` seen a listing looks again
+            (see `analytics_dagster.source.incremental`).
+        requests_per_minute: the request budget of a run, shared by every resource and worker
+            (the API's limit is 240); 0: unpaced.
+        incremental: `events`: a table listed once is then kept by the event stream;
+            `listing`: every run lists every table (see `analytics_dagster.source.plan`).
+        event_retention_days: how long the API keeps events (90).
+        event_retention_margin_days: a table whose event cursor is older than the retention
+            minus this margin is listed again.
+        event_visibility_lag_seconds: how late an event may become visible after events with
+            later ids were listed: each read of the stream starts this far behind the last
+            one, and applies what it had not seen (see `analytics_dagster.source.feed`).
+        backfill_chunk_rows: a listing (in events mode, a backfill) commits after this many
+            rows (the customers listing: after this many customers and their children), and
+            the next run, or the next chunk of this one, resumes after it. The read of the
+            event stream commits after this many events likewise. 0: no row limit.
+        backfill_chunk_seconds: ... or after this many seconds of the chunk's extraction,
+            whichever comes first (at the next page). 0: no time limit.
+    """
+
+    api_root: str
+    api_key: str
+    page_sizes: dict[str, int] = field(default_factory=lambda: {r.name: r.page_size for r in RESOURCES})
+    parallel_children: bool = True
+    lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS
+    requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE
+    incremental: str = "events"
+    event_retention_days: int = DEFAULT_RETENTION_DAYS
+    event_retention_margin_days: int = DEFAULT_RETENTION_MARGIN_DAYS
+    event_visibility_lag_seconds: int = DEFAULT_VISIBILITY_LAG_SECONDS
+    backfill_chunk_rows: int = DEFAULT_BACKFILL_CHUNK_ROWS
+    backfill_chunk_seconds: float = DEFAULT_BACKFILL_CHUNK_SECONDS
+
+
+@with_config(sections=(known_sections.SOURCES, SOURCE_NAME))
+def source_settings(
     base_url: Optional[str] = None,
     api_key: str = dlt.secrets.value,
     page_size: Optional[int] = None,
     page_sizes: Optional[dict[str, int]] = None,
     parallel_children: bool = True,
-    full_refresh: bool = False,
     lookback_seconds: int = DEFAULT_LOOKBACK_SECONDS,
     requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE,
     incremental: str = "events",
@@ -104,109 +158,121 @@ def analytics_source(
     event_visibility_lag_seconds: int = DEFAULT_VISIBILITY_LAG_SECONDS,
     backfill_chunk_rows: int = DEFAULT_BACKFILL_CHUNK_ROWS,
     backfill_chunk_seconds: float = DEFAULT_BACKFILL_CHUNK_SECONDS,
-    run_state: Optional[dict[str, Any]] = None,
-    tables: Optional[Sequence[str]] = None,
-    progress: Optional[Progress] = None,
-) -> list[DltResource]:
-    """Every resource of the analytics API, synced incrementally.
+) -> SourceSettings:
+    """The settings, read the dlt way now (never at import); an argument given wins over them.
 
-    Args:
-        base_url: the API's base URL (default: the environment's, else the local sandbox's);
-            the root every path goes after is `configured_api_root(base_url)`, with the path
-            prefix (`/v1` unless `environment` or `path_prefix` says otherwise).
-        api_key: the Bearer token.
-        page_size: `per_page` for every paginated resource, instead of each one's own.
-        page_sizes: `per_page` by resource name, over `page_size` (e.g. `{"customers": 20}`).
-        parallel_children: fetch the per-customer child resources concurrently.
-        full_refresh: forget the incremental state: list everything, write everything.
-        lookback_seconds: how far behind the newest `updated_at` seen a listing looks again
-            (see `analytics_dagster.source.incremental`).
-        requests_per_minute: the request budget of a run, shared by every resource and worker
-            (the API's limit is 240); 0: unpaced.
-        incremental: `events` (default): a table listed once is then kept by the event stream;
-            `listing`: every run lists every table (see `analytics_dagster.source.events`).
-        event_retention_days: how long the API keeps events (90).
-        event_retention_margin_days: a table whose event cursor is older than the retention
-            minus this margin is listed again.
-        event_visibility_lag_seconds: how late an event may become visible after events with
-            later ids were listed: each read of the stream starts this far behind the last
-            one, and applies what it had not seen (see `analytics_dagster.source.events`).
-        backfill_chunk_rows: a listing (in events mode, a backfill) commits after this many
-            rows (the customers listing: after this many customers and their children), and
-            the next run, or the next chunk of this one, resumes after it. The read of the
-            event stream commits after this many events likewise. 0: no row limit.
-        backfill_chunk_seconds: ... or after this many seconds of the chunk's extraction,
-            whichever comes first (at the next page). 0: no time limit.
-        run_state: the pipeline's resource states of this source, read when the run starts
-            (`analytics_dagster.source.pipeline.resource_states`): they plan the run, and
-            planning makes the run's first request. None: the source is only described (asset
-            definitions): nothing is requested, and it cannot run.
-        tables: the tables this run loads (default: all); the same as `with_resources` selects.
-        progress: where requests, pages and rows are counted and the plan is kept (not a setting).
+    `base_url`: the API's base URL (default: the environment's, else the local sandbox's);
+    `page_size`: `per_page` for every paginated resource, instead of each one's own;
+    `page_sizes`: by resource name, over `page_size` (e.g. `{"customers": 20}`). The others are
+    `SourceSettings`'.
     """
-    # A new call builds new resources and paginators: both are stateful and must not be
-    # shared between runs (dagster-dlt mutates a source's schema in place, dagster-io/dagster#34052; a
-    # paginator keeps its place).
     unknown = set(page_sizes or {}) - set(RESOURCES_BY_NAME)
     if unknown:
         raise ValueError(f"sources.analytics.page_sizes names no resource: {sorted(unknown)}")
-    session = paced_session(requests_per_minute, on_request=progress.request if progress else None)
-    # a source only described (asset definitions) reads no setting: it makes no request
-    root = configured_api_root(base_url) if run_state is not None else api_root(base_url=base_url)
-    sizes = {r.name: (page_sizes or {}).get(r.name, page_size) or r.page_size for r in RESOURCES}
-    if run_state is None:  # described only: every evented table laid out as a listing
-        plan = SyncPlan(incremental=incremental, feeds={"events": None})
-    else:
-        plan = plan_sync(
-            event_client(root, api_key, session, progress), run_state, tables or list(RESOURCES_BY_NAME),
-            incremental=incremental, full_refresh=full_refresh, retention_days=event_retention_days,
-            retention_margin_days=event_retention_margin_days,
-            visibility_lag_seconds=event_visibility_lag_seconds, page_size=min(sizes["events"], EVENTS_PAGE_SIZE),
-            chunk_rows=backfill_chunk_rows, chunk_seconds=backfill_chunk_seconds,
-        )
-    if requests_per_minute > 0 and backfill_chunk_seconds > 0:  # paced: the chunk's time in requests
-        plan.chunk_requests = max(1, int(requests_per_minute * backfill_chunk_seconds / 60))
+    return SourceSettings(
+        api_root=configured_api_root(base_url), api_key=api_key,
+        page_sizes={r.name: (page_sizes or {}).get(r.name, page_size) or r.page_size for r in RESOURCES},
+        parallel_children=parallel_children, lookback_seconds=lookback_seconds,
+        requests_per_minute=requests_per_minute, incremental=incremental,
+        event_retention_days=event_retention_days, event_retention_margin_days=event_retention_margin_days,
+        event_visibility_lag_seconds=event_visibility_lag_seconds, backfill_chunk_rows=backfill_chunk_rows,
+        backfill_chunk_seconds=backfill_chunk_seconds,
+    )
+
+
+def plan_run(settings: SourceSettings, session: Session, run_state: dict[str, Any], tables: Sequence[str], *,
+             full_refresh: bool = False, progress: Optional[Progress] = None) -> SyncPlan:
+    """Plan a run of `tables` from the state the last load committed (`run_state`): how each
+    is synced, where its listing or its read of the stream starts. Makes the run's first
+    request (to the event stream, when one of `tables` takes events)."""
+    plan = plan_sync(
+        event_client(settings.api_root, settings.api_key, session, progress), run_state, tables,
+        incremental=settings.incremental, full_refresh=full_refresh, retention_days=settings.event_retention_days,
+        retention_margin_days=settings.event_retention_margin_days,
+        visibility_lag_seconds=settings.event_visibility_lag_seconds,
+        page_size=min(settings.page_sizes["events"], EVENTS_PAGE_SIZE),
+        chunk_rows=settings.backfill_chunk_rows, chunk_seconds=settings.backfill_chunk_seconds,
+    )
+    if settings.requests_per_minute > 0 and settings.backfill_chunk_seconds > 0:  # paced: the chunk's time in requests
+        plan.chunk_requests = max(1, int(settings.requests_per_minute * settings.backfill_chunk_seconds / 60))
     if progress is not None:
-        progress.plan = plan
         for table, backfill in plan.backfills.items():  # by earlier runs (this run's rows it counts)
             progress.committed.setdefault(table, backfill["rows"])
+    return plan
+
+
+def described_source() -> Any:
+    """The source only described, for the asset definitions: its resources' names and hints.
+    It reads no setting and makes no request (every table with events laid out as a listing);
+    it cannot run."""
+    settings = SourceSettings(api_root=api_root(base_url="http://configured.at.run.time"), api_key="unset")
+    return analytics_source(settings, SyncPlan(incremental="events", feeds={"events": None}), Session())
+
+
+@dlt.source(name=SOURCE_NAME, section=SOURCE_NAME, max_table_nesting=0)
+def analytics_source(
+    settings: SourceSettings,
+    plan: SyncPlan,
+    session: Session,
+    full_refresh: bool = False,
+    progress: Optional[Progress] = None,
+) -> list[DltResource]:
+    """Every resource of the analytics API, laid out as `plan` says: a table kept by events is
+    a transformer of the one read of the event stream, a listed table a `rest_api` listing.
+
+    Args:
+        settings: `source_settings()`. plan: `plan_run`'s (build a new source, and plan, for
+        every load: resources, paginators and the plan are stateful; dagster-dlt mutates a
+        source's schema in place, dagster-io/dagster#34052). session: every request's (paced:
+        `pacing.paced_session`). full_refresh: forget the incremental state: list everything,
+        write everything. progress: where requests, pages and rows are counted.
+    """
     fed = set(plan.feeds) | {"events"}  # the events table always is: it is the stream itself
     listed = [r for r in RESOURCES if r.name not in fed]
     config: dict[str, Any] = {
-        "client": {"base_url": root, "auth": BearerTokenAuth(token=api_key), "session": session},
+        "client": {"base_url": settings.api_root, "auth": BearerTokenAuth(token=settings.api_key), "session": session},
         "resource_defaults": {"write_disposition": "merge"},
         "resources": [
-            _endpoint_config(resource, sizes[resource.name], parallel_children, full_refresh,
-                             lookback_seconds, progress, plan)
+            _endpoint_config(resource, settings, full_refresh, progress, plan)
             for resource in [RESOURCES_BY_NAME["customers"]] + [r for r in listed if r.name != "customers"]
         ],
     }
     resources = {r.name: r for r in rest_api_resources(config)}
-    if parallel_children:
+    if settings.parallel_children:
         for resource in resources.values():
             if not resource.is_transformer:
                 _in_worker_threads(resource)
     listing = resources.pop(CUSTOMER_LISTING)
+    feed = dlt.resource(_feed(plan), name=EVENT_FEED, selected=False, parallelized=settings.parallel_children)
+    for api in RESOURCES:
+        resources[api.name] = _table_resource(api, resources, plan, settings, full_refresh, listing, feed)
+        if progress is not None:
+            resources[api.name].add_map(progress.row)
+    return [listing, feed] + [resources[r.name] for r in RESOURCES]
+
+
+def _feed(plan: SyncPlan) -> Any:
     def event_feed() -> Iterator[Any]:
         yield from feed_items(plan)
 
-    feed = dlt.resource(event_feed, name=EVENT_FEED, selected=False, parallelized=parallel_children)
-    for api in RESOURCES:
-        if api.name in fed:
-            step = events_from_feed(plan) if api.name == "events" else table_from_events(api, plan)
-            resources[api.name] = _table(step, api, feed)
-        elif api.name == "customers":
-            resources["customers"] = _table(_pass_pages, api, listing)
-        # a listing of `listing` mode writes only changed rows (chunked, with the window of its
-        # first chunk); a backfill of events mode writes every row
-        step = change_filter(api, full_refresh=full_refresh, lookback_seconds=lookback_seconds,
-                             since=plan.since_ns(api.name), began=lambda: plan.api_now_ns)
-        if step is not None and api.name not in fed and not plan.backfills.get(api.name, {}).get("position"):
-            resources[api.name].add_filter(step)
-    if progress is not None:
-        for api in RESOURCES:
-            resources[api.name].add_map(progress.row)
-    return [listing, feed] + [resources[r.name] for r in RESOURCES]
+    return event_feed
+
+
+def _table_resource(api: ApiResource, resources: dict[str, DltResource], plan: SyncPlan, settings: SourceSettings,
+                    full_refresh: bool, listing: DltResource, feed: DltResource) -> DltResource:
+    """The resource that loads `api`'s table: a transformer of the feed (a table kept by
+    events), of the customers listing (`customers`), or its own listing, filtered to what
+    changed in `listing` mode (a backfill of events mode writes every row)."""
+    fed = api.name in plan.feeds or api.name == "events"
+    if fed:
+        step = events_from_feed(plan) if api.name == "events" else table_from_events(api, plan)
+        return _table(step, api, feed)
+    resource = _table(_pass_pages, api, listing) if api.name == "customers" else resources[api.name]
+    step = change_filter(api, full_refresh=full_refresh, lookback_seconds=settings.lookback_seconds,
+                         since=plan.since_ns(api.name), began=lambda: plan.api_now_ns)
+    if step is not None and not plan.backfills.get(api.name, {}).get("position"):
+        resource.add_filter(step)
+    return resource
 
 
 def _in_worker_threads(resource: DltResource) -> None:
@@ -239,13 +305,14 @@ def _pass_pages(page: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 def _endpoint_config(
     resource: ApiResource,
-    page_size: int,
-    parallel: bool,
+    settings: SourceSettings,
     full_refresh: bool,
-    lookback_seconds: int,
     progress: Optional[Progress],
     plan: SyncPlan,
 ) -> dict[str, Any]:
+    """The `rest_api` configuration of `resource`'s listing."""
+    page_size, parallel, lookback_seconds = (settings.page_sizes[resource.name], settings.parallel_children,
+                                             settings.lookback_seconds)
     params: dict[str, Any] = {}
     endpoint: dict[str, Any] = {
         "path": resource.path,

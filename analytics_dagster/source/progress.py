@@ -39,7 +39,6 @@ class Progress:
         self.requests: Counter[str] = Counter()  # every attempt, retries included, by resource
         self.totals: dict[str, int] = {}  # the API's estimated_total of a listing
         self.committed: dict[str, int] = {}  # rows of a backfill committed by earlier runs
-        self.plan: Any = None  # the run's SyncPlan, once the source has planned it
 
     def __deepcopy__(self, memo: dict) -> "Progress":
         return self

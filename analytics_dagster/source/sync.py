@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import dlt
 from dlt.extract.source import DltSource
 
-from analytics_dagster.source import analytics_source
+from analytics_dagster.source import analytics_source, paced_session, plan_run, source_settings
 from analytics_dagster.source.pipeline import resource_states
 from analytics_dagster.source.plan import SyncPlan
 from analytics_dagster.source.progress import Progress
@@ -90,13 +90,13 @@ class SyncRun:
 
     def _load(self, chunk: list[str], load: Callable[[DltSource], Iterable[Any]]) -> tuple[SyncPlan, list[Any]]:
         """Plan and run one load of `chunk`; report what it could not apply."""
-        overrides = {"incremental": self.incremental} if self.incremental else {}
-        source = analytics_source(
-            full_refresh=self.full_refresh and not self.plans, run_state=self.states,
-            tables=chunk, progress=self.progress, **overrides,
-        )
-        plan = self.progress.plan
+        settings = source_settings(**({"incremental": self.incremental} if self.incremental else {}))
+        session = paced_session(settings.requests_per_minute, on_request=self.progress.request)
+        full_refresh = self.full_refresh and not self.plans
+        # planning: from the state the last load committed (the run's first request)
+        plan = plan_run(settings, session, self.states, chunk, full_refresh=full_refresh, progress=self.progress)
         self.plans.append(plan)
+        source = analytics_source(settings, plan, session, full_refresh=full_refresh, progress=self.progress)
         self.report(f"plan {len(self.plans)}: " + "; ".join(plan_line(plan, t) for t in chunk))
         results = list(load(source if chunk == self.tables else source.with_resources(*chunk)))
         for problem in plan.problems:  # applied none of it; every other change went in
