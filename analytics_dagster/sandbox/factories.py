@@ -20,7 +20,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from importlib import resources as importlib_resources
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable
 
 from analytics_dagster.rfc3339 import parse_ns
 
@@ -82,7 +82,7 @@ class Factory:
             then `completed`).
     """
 
-    new: Callable[[World, str, Union[str, None]], Entity]
+    new: Callable[[World, str, str | None], Entity]
     count: Callable[[random.Random, int], int]
     made_with: str | None = None
     change: Callable[[World, Entity, int], None] = revise

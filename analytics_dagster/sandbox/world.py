@@ -342,7 +342,7 @@ class World:
         else:
             keys = self.ids[resource]
         table = self.entities[resource]
-        if order_by_updated:  # products only, a few hundred: sorting per request is fine
+        if order_by_updated:  # products, a few hundred: sorting per request is fine
             keys = sorted(keys, key=lambda k: (parse_ns(table[k]["updated_at"]), k))
         found: list[str] = []
         for key in _from(keys, after, ascending, by_position=order_by_updated):
