@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from analytics_dagster.rfc3339 import parse_ns
-from analytics_dagster.sandbox import RESOURCES, SandboxConfig, SandboxServer, World
+from analytics_dagster.sandbox import SandboxConfig, SandboxServer, World
+from analytics_dagster.source.resources import RESOURCES_BY_NAME
 from analytics_dagster_tests.conftest import REPO, Admin, poll
 
 ID = re.compile(r"^[a-z]{3}_[a-z0-9]{26}$")
@@ -61,7 +62,7 @@ def test_list_envelope(sandbox: SandboxServer) -> None:
 @pytest.mark.parametrize("path", sorted(LISTS.values()))
 def test_pagination_follows_next_until_has_more_is_false(sandbox: SandboxServer, path: str) -> None:
     resource = next(name for name, p in LISTS.items() if p == path)
-    archivable = RESOURCES[resource].default_active_only
+    archivable = RESOURCES_BY_NAME[resource].archived
     params = {"status": "active,archived"} if archivable else {}
     entities, metas = walk(sandbox, path, per_page=7, **params)
     keys = [e.get("id", e.get("event_id")) for e in entities]

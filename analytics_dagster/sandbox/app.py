@@ -1,7 +1,9 @@
 """The sandbox's HTTP face: the API contract (`/v1/...`) and an admin interface (`/_admin/...`).
 
-The API's paths are Paddle's (`/customers`, `/events`, ...) under a prefix: `/v1` by default, as
-the seed API serves them; `path_prefix=""` serves them as Paddle itself does, at the root.
+The API's routes are the registry's (`analytics_dagster.source.resources`, as the world holds
+it): a list's pages, or an unpaginated resource's whole document. Its paths are Paddle's
+(`/customers`, `/events`, ...) under a prefix: `/v1` by default, as the seed API serves them;
+`path_prefix=""` serves them as Paddle itself does, at the root.
 
 Built on Starlette (served by uvicorn): a small, well-kept ASGI toolkit whose async handlers let
 added latency overlap across concurrent requests, the way a real remote API behaves.
@@ -27,7 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from analytics_dagster.rfc3339 import parse_ns
-from analytics_dagster.sandbox.world import RESOURCES, World
+from analytics_dagster.sandbox.world import World
+from analytics_dagster.source.resources import ApiResource
 
 DEFAULT_API_KEY = "sandbox_api_key"
 DEFAULT_PATH_PREFIX = "/v1"  # the seed API's; Paddle's own API serves the same paths with none
@@ -123,22 +126,10 @@ class SandboxApp:
         # (at request number, a change of the world to make then: advance or mutate, and its args)
         self._deferred: list[tuple[int, Callable[..., Any], dict[str, Any]]] = []
         self._lock = asyncio.Lock()  # the world is mutated by admin calls between requests
-        api: list[tuple[str, str, Callable[[Request], Response]]] = [
-            ("/customers", "customers", self._list),
-            ("/customers/{cus_id}/addresses", "customer_addresses", self._list),
-            ("/customers/{cus_id}/businesses", "businesses", self._list),
-            ("/discounts", "discounts", self._list),
-            ("/prices", "prices", self._list),
-            ("/products", "products", self._list),
-            ("/events", "events", self._list),
-            ("/event-types", "event_types", self._event_types),
-            ("/reports", "reports", self._list),
-            ("/ips", "ip_addresses", self._ips),
-            ("/subscriptions", "subscriptions", self._list),
-            ("/transactions", "transactions", self._list),
-        ]
-        routes = [Route(path_prefix + path, self._api_endpoint(name, fn), methods=["GET"])
-                  for path, name, fn in api]
+        # the registry's resources: a list's pages, or an unpaginated resource's whole document
+        routes = [Route(path_prefix + api.path, methods=["GET"],
+                        endpoint=self._api_endpoint(api.name, self._list if api.paginated else self._whole))
+                  for api in world.resources.values()]
         routes += [
             Route("/_admin/truth/{resource}", self._admin(self._truth), methods=["GET"]),
             Route("/_admin/counts", self._admin(self._counts), methods=["GET"]),
@@ -267,20 +258,21 @@ class SandboxApp:
 
     # ------------------------------------------------------------------ the API's handlers
     def _list(self, request: Request, resource: str) -> Response:
-        spec = RESOURCES[resource]
+        api = self.world.resources[resource]
         query = request.query_params
         per_page = _int_param(query.get("per_page"), "per_page", DEFAULT_PER_PAGE)
-        per_page = min(per_page, spec.max_per_page)
-        order_field, ascending = _order(query.get("order_by"), resource)
+        per_page = min(per_page, api.max_page_size)
+        order_field, ascending = _order(query.get("order_by"), api)
         statuses: frozenset[str] | None = None
-        if query.get("status") and resource != "events":  # events have no status to filter on
+        stream = api.incremental == "event_stream"
+        if query.get("status") and not stream:  # events have no status to filter on
             statuses = frozenset(s.strip() for s in query["status"].split(",") if s.strip())
-        elif spec.default_active_only:
+        elif api.archived:
             statuses = frozenset({"active"})
         customer_id = request.path_params.get("cus_id")
-        if customer_id is not None and customer_id not in self.world.entities["customers"]:
+        if api.parent and customer_id not in self.world.entities[api.parent]:
             return _error(404, "entity_not_found", f"Entity {customer_id} not found")
-        bounds = _updated_bounds(query) if resource == "transactions" else None
+        bounds = _updated_bounds(query) if api.incremental == "server_updated_at" else None
         keys, has_more = self.world.page(
             resource,
             per_page=per_page,
@@ -295,9 +287,9 @@ class SandboxApp:
         next_url = str(request.url.include_query_params(after=last)) if last else str(request.url)
         pagination: dict[str, Any] = {"per_page": per_page, "next": next_url, "has_more": has_more}
         total = len(self.world.ids[resource])
-        if resource == "transactions" and bounds is not None:
+        if bounds is not None:
             pagination["estimated_total"] = -1
-        elif resource != "events":  # events never say; others cap what they say
+        elif not stream:  # events never say; others cap what they say
             pagination["estimated_total"] = min(total, 100001)
         return self._page_response(resource, keys, pagination)
 
@@ -307,7 +299,7 @@ class SandboxApp:
         blobs = [self.world.blob(resource, key) for key in keys]
         if injected == "missing_pk" and keys:
             entity = dict(self.world.entities[resource][keys[0]])
-            entity.pop(RESOURCES[resource].primary_key, None)
+            entity.pop(self.world.resources[resource].primary_key, None)
             blobs[0] = json.dumps(entity).encode()
         if injected == "no_has_more":
             pagination = {k: v for k, v in pagination.items() if k != "has_more"}
@@ -320,12 +312,9 @@ class SandboxApp:
             body = body[: len(body) // 2]
         return Response(body, 200, media_type="application/json")
 
-    def _event_types(self, request: Request, resource: str) -> Response:
-        return JSONResponse({"data": self.world.event_types, "meta": {"request_id": str(uuid.uuid4())}})
-
-    def _ips(self, request: Request, resource: str) -> Response:
-        data = {"ipv4_cidrs": self.world.ip_cidrs}
-        return JSONResponse({"data": data, "meta": {"request_id": str(uuid.uuid4())}})
+    def _whole(self, request: Request, resource: str) -> Response:
+        """An unpaginated resource: its whole document (`/v1/ips` an object, `/v1/event-types` a list)."""
+        return JSONResponse({"data": self.world.documents[resource], "meta": {"request_id": str(uuid.uuid4())}})
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"Path {request.url.path} not found.")
@@ -353,7 +342,7 @@ class SandboxApp:
 
     def _truth(self, request: Request, body: dict[str, Any]) -> Any:
         resource = request.path_params["resource"]
-        if resource not in RESOURCES and resource not in ("event_types", "ip_addresses"):
+        if resource not in self.world.resources:
             return _error(404, "not_found", f"No resource {resource}")
         return self.world.truth(resource)
 
@@ -439,23 +428,21 @@ def _int_param(value: str | None, name: str, default: int) -> int:
 
 
 _ORDER_BY = re.compile(r"^([a-z_]+)\[(asc|desc)\]$", re.IGNORECASE)
-# the fields a list can be ordered by besides `id` (the real API's products take more)
-_ORDER_FIELDS = {"products": ("id", "updated_at")}
 
 
-def _order(value: str | None, resource: str) -> tuple[str, bool]:
+def _order(value: str | None, api: ApiResource) -> tuple[str, bool]:
     """The field to order by and whether ascending; by default `id[DESC]`.
 
-    `id[ASC]` and `id[DESC]` are accepted everywhere, products also `updated_at[...]`; the
-    direction in either case, as the real API takes it (Paddle's own SDK sends `id[asc]`).
+    The fields are the registry's `order_fields` (`id` everywhere, products also `updated_at`);
+    the direction in either case, as the real API takes it (Paddle's own SDK sends `id[asc]`).
     """
     if value is None:
         return "id", False
     match = _ORDER_BY.match(value)
-    fields = _ORDER_FIELDS.get(resource, ("id",))
+    fields = api.order_fields
     if not match or match.group(1).lower() not in fields:
         allowed = " or ".join(f"{f}[ASC|DESC]" for f in fields)
-        raise _BadRequest("order_by", f"order_by must be {allowed} for {resource}")
+        raise _BadRequest("order_by", f"order_by must be {allowed} for {api.name}")
     return match.group(1).lower(), match.group(2).lower() == "asc"
 
 

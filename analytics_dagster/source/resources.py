@@ -66,6 +66,15 @@ class ApiResource:
         event_entity: the entity its events name (`address` in `address.updated`); None: the
             API emits no events for it.
         description: what a user sees on the asset.
+        id_prefix: what its ids start with (`ctm` in `ctm_01h...`); None: its rows have no
+            made-up id (`event_types`, `ip_addresses`).
+        max_page_size: the most rows a page of it holds: the API cuts a larger `per_page` to it.
+        order_fields: the fields its list can be ordered by (`order_by=<field>[ASC|DESC]`).
+
+    The local sandbox (`analytics_dagster.sandbox`) serves every resource from this table too:
+    its route (`path`), its ids (`id_prefix`), its pages (`max_page_size`, `order_fields`),
+    `archived` hidden unless asked, the `updated_at` filters of a `server_updated_at` resource,
+    and the events of its `event_entity`.
     """
 
     name: str
@@ -79,6 +88,13 @@ class ApiResource:
     incremental: Incremental = "client_updated_at"
     event_entity: str | None = None
     nullable: tuple[tuple[str, str], ...] = ()
+    id_prefix: str | None = None
+    max_page_size: int = 200
+    order_fields: tuple[str, ...] = ("id",)
+
+    def __post_init__(self) -> None:
+        if self.page_size > self.max_page_size:
+            raise ValueError(f"{self.name}: page_size {self.page_size} is above the API's {self.max_page_size}")
 
     @property
     def columns(self) -> dict[str, dict[str, str]]:
@@ -100,46 +116,46 @@ class ApiResource:
 RESOURCES: tuple[ApiResource, ...] = (
     ApiResource(
         "customers", "/customers", "id", "Customers (ctm_…), archived included.", archived=True,
-        event_entity="customer",
+        event_entity="customer", id_prefix="ctm",
     ),
     ApiResource(
         "customer_addresses", "/customers/{cus_id}/addresses", "id",
         "Addresses (add_…) of each customer, archived included; fetched once per customer.",
-        archived=True, event_entity="address",
+        archived=True, event_entity="address", id_prefix="add",
         nullable=(("description", "text"), ("second_line", "text"), ("region", "text")),
     ),
     ApiResource(
         "businesses", "/customers/{cus_id}/businesses", "id",
         "Businesses (biz_…) of each customer, archived included; fetched once per customer.",
-        archived=True, event_entity="business",
+        archived=True, event_entity="business", id_prefix="biz",
     ),
     ApiResource(
         "discounts", "/discounts", "id", "Discounts (dsc_…), archived included.", archived=True,
-        event_entity="discount",
+        event_entity="discount", id_prefix="dsc",
         nullable=(("code", "text"), ("expires_at", "text"), ("usage_limit", "bigint"),
                   ("maximum_recurring_intervals", "bigint"), ("restrict_to", "json"),
                   ("discount_group_id", "text"), ("discount_group", "json")),
     ),
     ApiResource(
         "prices", "/prices", "id", "Prices (pri_…) of products, archived included.", archived=True,
-        event_entity="price",
+        event_entity="price", id_prefix="pri",
         nullable=(("billing_cycle", "json"), ("trial_period", "json"), ("name", "text")),
     ),
     ApiResource(
         "products", "/products", "id", "Products (pro_…), archived included.", archived=True,
-        event_entity="product",
+        event_entity="product", id_prefix="pro", order_fields=("id", "updated_at"),
     ),
     ApiResource(
         "events", "/events", "event_id",
         "Events (evt_…): every change the API notified, each with a snapshot of the entity.",
-        incremental="event_stream",
+        incremental="event_stream", id_prefix="evt",
     ),
     ApiResource(
         "event_types", "/event-types", "name", "The types of event the API can send.",
         paginated=False, incremental="replace",
     ),
     ApiResource(
-        "reports", "/reports", "id", "Reports (rep_…); rows is null while pending.",
+        "reports", "/reports", "id", "Reports (rep_…); rows is null while pending.", id_prefix="rep",
         nullable=(("rows", "bigint"), ("expires_at", "timestamp")),
     ),
     ApiResource(
@@ -149,6 +165,7 @@ RESOURCES: tuple[ApiResource, ...] = (
     ),
     ApiResource(
         "subscriptions", "/subscriptions", "id", "Subscriptions (sub_…).", event_entity="subscription",
+        id_prefix="sub",
         nullable=(("address_id", "text"), ("business_id", "text"), ("paused_at", "timestamp"),
                   ("canceled_at", "timestamp"), ("next_billed_at", "timestamp"),
                   ("discount", "json"), ("billing_details", "json"), ("scheduled_change", "json"),
@@ -157,7 +174,8 @@ RESOURCES: tuple[ApiResource, ...] = (
     ),
     ApiResource(
         "transactions", "/transactions", "id", "Transactions (txn_…), with items and totals.",
-        page_size=30, incremental="server_updated_at", event_entity="transaction",
+        page_size=30, max_page_size=30, incremental="server_updated_at", event_entity="transaction",
+        id_prefix="txn",
         nullable=(("address_id", "text"), ("business_id", "text"), ("subscription_id", "text"),
                   ("invoice_id", "text"), ("invoice_number", "text"), ("discount_id", "text"),
                   ("billed_at", "timestamp"), ("revised_at", "timestamp"),

@@ -1,0 +1,466 @@
+"""What the sandbox's data looks like: per resource, how an entity is made and how an update changes it.
+
+The sandbox serves every resource of the registry (`analytics_dagster.source.resources`): its
+path, ids, pages and events come from there. This table adds, by the same names, what only the
+sandbox needs: a factory of a list's entities (how many the initial world has, and the change
+an update makes), or an unpaginated resource's whole document. It is code that makes up data,
+so it lives here and not on `ApiResource`: the source, which syncs the real API, carries none
+of it.
+
+Every factory draws from the world's generator only (`world.rng`), in a fixed order: a seed
+makes the same world. The table's order is the order the initial world makes entities in, an
+entity referring only to those made before it (discounts restrict to products; subscriptions
+take a discount).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+from dataclasses import dataclass
+from importlib import resources as importlib_resources
+from typing import TYPE_CHECKING, Any, Callable
+
+from analytics_dagster.rfc3339 import parse_ns
+
+if TYPE_CHECKING:
+    import random
+
+    from analytics_dagster.sandbox.world import World
+    from analytics_dagster.source.resources import ApiResource
+
+Entity = dict[str, Any]
+_DAY_NS = 24 * 3600 * 10**9
+_FIRST = ["Alex", "Sam", "Jo", "Priya", "Chen", "Maria", "Tomás", "Aiko", "Olu", "Zoë", "Ivan"]
+_LAST = ["Wilson", "García", "Kowalski", "Nakamura", "Okafor", "Müller", "Smith", "Rossi", "Lee"]
+_CITIES = [
+    ("New York", "NY", "US", "10021"),
+    ("London", None, "GB", "EC1A 1BB"),
+    ("Berlin", None, "DE", "10115"),
+    ("Toronto", "ON", "CA", "M5H 2N2"),
+    ("Sydney", "NSW", "AU", "2000"),
+    ("Paris", None, "FR", "75001"),
+]
+_CURRENCIES = ["USD", "EUR", "GBP", "AUD", "CAD"]
+_SUBSCRIPTION_DISCOUNT_SHARE = 0.2  # subscriptions created with a discount
+# the filter on when a report's rows were updated, by its type, as the spec names it
+_REPORT_UPDATED_FILTER = {"transactions": "updated_at", "adjustments": "updated_at", "discounts": "updated_at",
+                          "products_prices": "product_updated_at"}
+
+
+def revise(world: World, entity: Entity, n: int) -> None:
+    """The change an update makes by default: a new description and `custom_data`."""
+    entity["description"] = f"Revised description {n}"
+    entity["custom_data"] = {"revision": n}
+
+
+def created_only(entity: Entity) -> tuple[str, ...]:
+    """The verbs of the events a creation emits by default: `<entity>.created`."""
+    return ("created",)
+
+
+@dataclass(frozen=True)
+class Factory:
+    """How the sandbox makes the entities of one list, and changes them.
+
+    Attributes:
+        new: one new entity at `ts`, as `new(world, ts, owner)` (`owner`: the id of the entity
+            it is made with, a customer for a child; else None). The world stores it and emits
+            its events. `world.common(name, ts)` makes `id` (with the registry's `id_prefix`),
+            `status`, `created_at` and `updated_at`: every entity has its primary key and
+            `updated_at`, and a `status` if its resource is `archived`.
+        count: how many the initial world makes, `count(rng, n)`: `n` is the world's customers
+            for a list made on its own, the owner's place (0: the first) for one `made_with`.
+        made_with: in the initial world, each new entity of this resource brings `count` of
+            these (prices with products; addresses, businesses, subscriptions, transactions and
+            reports with customers). A child (path `/customers/{cus_id}/...`) also comes with
+            every customer `advance` creates.
+        change: what an update changes, `change(world, entity, n)`, `n` a number from 1 to
+            10**6 drawn for it; `updated_at` and the event are the world's.
+        created: the verbs of the events a creation emits (a completed transaction: `created`,
+            then `completed`).
+    """
+
+    new: Callable[[World, str, str | None], Entity]
+    count: Callable[[random.Random, int], int]
+    made_with: str | None = None
+    change: Callable[[World, Entity, int], None] = revise
+    created: Callable[[Entity], tuple[str, ...]] = created_only
+
+
+@dataclass(frozen=True)
+class Document:
+    """An unpaginated resource: its whole `data`, as the API answers it, made once by `make(world)`.
+
+    The rows the source keeps are under the registry's `data_selector`; a row that is a bare
+    value (a CIDR) is its primary key.
+    """
+
+    make: Callable[[World], Any]
+
+
+# ---------------------------------------------------------------------- templates and fields
+@functools.cache
+def _pickled(name: str) -> bytes:
+    text = (importlib_resources.files(__package__) / "templates" / f"{name}.json").read_text()
+    return pickle.dumps(json.loads(text))
+
+
+def template(name: str) -> Any:
+    """A fresh copy of a real payload (`templates/<name>.json`): unpickling a copy is several
+    times faster than parsing the JSON again."""
+    return pickle.loads(_pickled(name))
+
+
+def _custom_data(world: World) -> dict[str, Any] | None:
+    roll = world.rng.random()
+    if roll < 0.4:
+        return None
+    if roll < 0.8:
+        return {"customer_reference_id": f"ref{world.rng.randint(1000, 99999)}"}
+    return {"features": {"crm": world.rng.random() < 0.5, "seats": world.rng.randint(1, 50)}}
+
+
+# ---------------------------------------------------------------------- customers and children
+def new_customer(world: World, ts: str, owner: str | None) -> Entity:
+    first, last = world.rng.choice(_FIRST), world.rng.choice(_LAST)
+    entity = world.common("customers", ts)
+    entity.update(
+        name=f"{first} {last}",
+        email=f"{first.lower()}.{last.lower()}{world.rng.randint(1, 9999)}@example.com",
+        marketing_consent=world.rng.random() < 0.3,
+        locale=world.rng.choice(["en", "de", "fr", "ja"]),
+        custom_data=_custom_data(world),
+        import_meta=None,
+    )
+    return entity
+
+
+def rename_customer(world: World, entity: Entity, n: int) -> None:
+    entity["name"] = f"{world.rng.choice(_FIRST)} {world.rng.choice(_LAST)}"
+
+
+def new_address(world: World, ts: str, customer_id: str | None) -> Entity:
+    city, region, country, postal = world.rng.choice(_CITIES)
+    entity = world.common("customer_addresses", ts)
+    entity.update(
+        customer_id=customer_id,
+        description=world.rng.choice(["Head Office", "Billing", "Warehouse", None]),
+        first_line=f"{world.rng.randint(1, 9999)} Jefferson Plaza",
+        second_line=world.rng.choice([None, "41st Floor", "Suite 100"]),
+        city=city,
+        postal_code=postal,
+        region=region,
+        country_code=country,
+        custom_data=_custom_data(world),
+        import_meta=None,
+    )
+    return entity
+
+
+def move_address(world: World, entity: Entity, n: int) -> None:
+    entity["first_line"] = f"{n} Market Street"
+
+
+def new_business(world: World, ts: str, customer_id: str | None) -> Entity:
+    first, last = world.rng.choice(_FIRST), world.rng.choice(_LAST)
+    entity = world.common("businesses", ts)
+    entity.update(
+        customer_id=customer_id,
+        name=f"{last} {world.rng.choice(['Inc.', 'GmbH', 'Ltd', 'SARL'])}",
+        company_number=str(world.rng.randint(10**11, 10**12 - 1)),
+        tax_identifier=str(world.rng.randint(10**8, 10**9 - 1)),
+        contacts=[{"name": f"{first} {last}", "email": f"{first.lower()}@example.com"}],
+        custom_data=_custom_data(world),
+        import_meta=None,
+    )
+    return entity
+
+
+def renumber_business(world: World, entity: Entity, n: int) -> None:
+    entity["company_number"] = str(n)
+
+
+# ---------------------------------------------------------------------- the catalog
+def new_product(world: World, ts: str, owner: str | None) -> Entity:
+    entity = world.common("products", ts)
+    n = len(world.ids["products"]) + 1
+    entity.update(
+        name=f"ChatApp Plan {n}",
+        tax_category="standard",
+        description="Spend more time engaging with students with ChatApp Education.",
+        type="standard",
+        image_url=f"https://example.com/images/product-{n}.png",
+        custom_data=_custom_data(world),
+        import_meta=None,
+    )
+    return entity
+
+
+def new_price(world: World, ts: str, product_id: str | None) -> Entity:
+    entity = world.common("prices", ts)
+    yearly = world.rng.random() < 0.5
+    entity.update(
+        product_id=product_id,
+        description="Annual (per seat)" if yearly else "Monthly (per seat)",
+        type="standard",
+        name="Annual" if yearly else "Monthly",
+        billing_cycle={"interval": "year" if yearly else "month", "frequency": 1},
+        trial_period=None if world.rng.random() < 0.7 else {"interval": "day", "frequency": 14},
+        tax_mode="account_setting",
+        unit_price={
+            "amount": str(world.rng.randint(5, 500) * 100),
+            "currency_code": world.rng.choice(_CURRENCIES),
+        },
+        unit_price_overrides=[],
+        quantity={"minimum": 1, "maximum": world.rng.choice([1, 100, 999])},
+        custom_data=_custom_data(world),
+        import_meta=None,
+    )
+    return entity
+
+
+def new_discount(world: World, ts: str, owner: str | None) -> Entity:
+    entity = template("discount")
+    entity.update(world.common("discounts", ts))
+    products = world.ids["products"]
+    entity.update(
+        description=f"Discount {len(world.ids['discounts']) + 1}",
+        code=None if world.rng.random() < 0.3 else f"CODE{world.rng.randint(1000, 9999)}",
+        amount=str(world.rng.randint(1, 50)),
+        times_used=world.rng.randint(0, 100),
+        restrict_to=world.rng.sample(products, k=min(2, len(products))),
+        discount_group_id=None,
+        discount_group=None,
+        custom_data=_custom_data(world),
+        import_meta=None,
+    )
+    if world.rng.random() < 0.2:
+        group = {"id": world.new_id("dsg"), "status": "active", "created_at": ts, "updated_at": ts}
+        group.update(name=f"Campaign {world.rng.randint(1, 99)}", import_meta=None)
+        entity.update(discount_group_id=group["id"], discount_group=group)
+    return entity
+
+
+def new_report(world: World, ts: str, owner: str | None) -> Entity:
+    entity = world.common("reports", ts, status="pending")
+    entity.update(
+        type=world.rng.choice(list(_REPORT_UPDATED_FILTER)),
+        rows=None,
+        expires_at=None,
+    )
+    # each type of report names its filters as the spec does (`product_updated_at`, ...)
+    entity["filters"] = [{"name": _REPORT_UPDATED_FILTER[entity["type"]], "operator": "lt", "value": ts[:10]}]
+    if world.rng.random() < 0.7:
+        entity.update(status="ready", rows=world.rng.randint(1, 5000))
+    return entity
+
+
+def finish_report(world: World, entity: Entity, n: int) -> None:
+    entity.update(status="ready", rows=n)
+
+
+# ---------------------------------------------------------------------- subscriptions
+def new_subscription(world: World, ts: str, customer_id: str | None) -> Entity:
+    """A subscription of the customer; one with no address gets one first (with its event):
+    the API types a subscription's `address_id` as a string, never null."""
+    assert customer_id is not None
+    addresses = world.children("customer_addresses", customer_id)
+    if not addresses:
+        world.create("customer_addresses", ts, customer_id)
+        addresses = world.children("customer_addresses", customer_id)
+    entity = template("subscription")
+    entity.update(world.common("subscriptions", ts))
+    businesses = world.children("businesses", customer_id) or [None]
+    entity.update(
+        status=world.rng.choice(["active", "active", "trialing", "past_due", "paused"]),
+        customer_id=customer_id,
+        address_id=addresses[0],
+        business_id=businesses[0],
+        currency_code=world.rng.choice(_CURRENCIES),
+        started_at=ts,
+        first_billed_at=ts,
+        discount=None,
+        custom_data=_custom_data(world),
+        import_meta=None,
+    )
+    if world.ids["discounts"] and world.rng.random() < _SUBSCRIPTION_DISCOUNT_SHARE:
+        entity["discount"] = _subscription_discount(world, ts)
+    return entity
+
+
+def _subscription_discount(world: World, ts: str) -> dict[str, Any]:
+    """`type` as Paddle's current payloads carry it (its SDK requires it): a discount that recurs,
+    forever (no end) or for some billing periods, or one for the first only."""
+    kind = "one-off" if world.rng.random() < 0.3 else "recurring"
+    periods = 1 if kind == "one-off" else world.rng.choice([0, 3, 6, 12])
+    ends = world.stamp(parse_ns(ts) + periods * 30 * _DAY_NS) if periods else None
+    return {"id": world.rng.choice(world.ids["discounts"]), "type": kind, "starts_at": ts, "ends_at": ends}
+
+
+def restatus_subscription(world: World, entity: Entity, n: int) -> None:
+    entity["status"] = world.rng.choice(["active", "past_due", "paused", "canceled"])
+
+
+# ---------------------------------------------------------------------- transactions
+def new_transaction(world: World, ts: str, customer_id: str | None) -> Entity:
+    assert customer_id is not None
+    entity = template("transaction")
+    entity.update(world.common("transactions", ts))
+    addresses = world.children("customer_addresses", customer_id) or [None]
+    entity.update(
+        status=world.rng.choice(["draft", "ready", "billed", "paid", "completed"]),
+        customer_id=customer_id,
+        address_id=addresses[0],
+        currency_code=world.rng.choice(_CURRENCIES),
+        invoice_number=f"{world.rng.randint(100, 999)}-{world.rng.randint(10000, 99999)}",
+        custom_data=_custom_data(world),
+    )
+    entity["details"]["totals"]["total"] = str(world.rng.randint(100, 1_000_000))
+    entity["payments"] = _payments_after(world, entity, entity["status"], ts)
+    return entity
+
+
+def transaction_created(entity: Entity) -> tuple[str, ...]:
+    """One action, two events for a completed transaction."""
+    return ("created", "completed") if entity["status"] == "completed" else ("created",)
+
+
+def restatus_transaction(world: World, entity: Entity, n: int) -> None:
+    entity["status"] = world.rng.choice(["billed", "paid", "completed", "past_due"])
+    entity["payments"] = _payments_after(world, entity, entity["status"], world.stamp())
+
+
+def _payments_after(world: World, txn: Entity, status: str, ts: str) -> list[dict[str, Any]]:
+    """The transaction's payment attempts once it has `status`: a new list (event snapshots
+    keep the one they were taken with). Paid or completed: a captured payment (after a
+    failed attempt, now and then); past due: one more failed attempt."""
+    payments = list(txn.get("payments") or [])
+    captured = any(p["status"] == "captured" for p in payments)
+    if status in ("paid", "completed") and not captured:
+        if world.rng.random() < 0.15:
+            payments.append(_payment_attempt(world, txn, ts, captured=False))
+        payments.append(_payment_attempt(world, txn, ts, captured=True))
+    elif status == "past_due":
+        payments.append(_payment_attempt(world, txn, ts, captured=False))
+    return payments
+
+
+def _payment_attempt(world: World, txn: Entity, ts: str, *, captured: bool) -> dict[str, Any]:
+    rng = world.rng
+    payment = template("transaction_payment")
+    at = parse_ns(ts)
+    payment.update(
+        payment_attempt_id=world.uuid(),
+        payment_method_id=world.new_id("paymtd", at),
+        stored_payment_method_id=world.uuid(),
+        amount=txn["details"]["totals"]["total"],
+        status="captured" if captured else "error",
+        error_code=None if captured else rng.choice(["declined", "expired_card", "not_enough_balance"]),
+        created_at=ts,
+        captured_at=world.stamp(at + rng.randint(1, 5) * 10**9) if captured else None,
+    )
+    payment["method_details"]["card"].update(
+        type=rng.choice(["visa", "mastercard", "american_express"]),
+        last4=f"{rng.randint(0, 9999):04d}",
+        expiry_month=rng.randint(1, 12),
+        expiry_year=int(ts[:4]) + rng.randint(1, 5),
+    )
+    return payment
+
+
+def new_adjustment(world: World, ts: str) -> Entity | None:
+    """An adjustment (a refund or a credit) of a completed transaction, whole, as the `data` of
+    its `adjustment.created` event (a type of event with no table); None when there is no
+    transaction at all."""
+    transactions = world.entities["transactions"]
+    completed = [k for k in world.ids["transactions"] if transactions[k]["status"] == "completed"]
+    candidates = completed or world.ids["transactions"]
+    if not candidates:
+        return None
+    txn = transactions[world.rng.choice(candidates)]
+    line = txn["details"]["line_items"][0]
+    line_total = int(line["totals"]["total"])
+    amount = line_total if world.rng.random() < 0.3 else world.rng.randint(1, max(1, line_total // 2))
+    tax, fee = amount * 8 // 108, amount * 5 // 100
+    credit = world.rng.random() < 0.2
+    currency = txn["currency_code"]
+    totals = {"subtotal": str(amount - tax), "tax": str(tax), "total": str(amount)}
+    adjustment = template("adjustment")
+    adjustment.update(
+        id=world.new_id("adj"),
+        action="credit" if credit else "refund",
+        type="partial",
+        transaction_id=txn["id"],
+        subscription_id=txn.get("subscription_id"),
+        customer_id=txn["customer_id"],
+        reason=world.rng.choice(["error", "customer request", "duplicate charge"]),
+        credit_applied_to_balance=False if credit else None,
+        currency_code=currency,
+        status="approved" if credit else "pending_approval",
+        items=[{"id": world.new_id("adjitm"), "item_id": line["id"],
+                "type": "full" if amount == line_total else "partial", "amount": str(amount),
+                "proration": None, "totals": dict(totals)}],
+        totals={**totals, "fee": str(fee), "earnings": str(amount - tax - fee), "currency_code": currency},
+        payout_totals={**totals, "fee": str(fee), "earnings": str(amount - tax - fee), "currency_code": currency},
+        tax_rates_used=[{"tax_rate": "0.08", "totals": dict(totals)}],
+        created_at=ts,
+        updated_at=ts,
+    )
+    return adjustment
+
+
+# ---------------------------------------------------------------------- documents
+def event_types(world: World) -> list[dict[str, Any]]:
+    return template("event_types")
+
+
+def ip_addresses(world: World) -> dict[str, list[str]]:
+    return {"ipv4_cidrs": template("ips")["ipv4_cidrs"] + ["34.232.58.13/32", "34.195.105.136/32"]}
+
+
+# ---------------------------------------------------------------------- the table
+FACTORIES: dict[str, Factory | Document] = {
+    "products": Factory(new_product, lambda rng, customers: max(3, customers // 20)),
+    "prices": Factory(new_price, lambda rng, product: 2, made_with="products"),
+    "discounts": Factory(new_discount, lambda rng, customers: max(2, customers // 20)),
+    "customers": Factory(new_customer, lambda rng, customers: customers, change=rename_customer),
+    "customer_addresses": Factory(new_address, lambda rng, customer: rng.randint(0, 3), made_with="customers",
+                                  change=move_address),
+    "businesses": Factory(new_business, lambda rng, customer: rng.randint(0, 2), made_with="customers",
+                          change=renumber_business),
+    "subscriptions": Factory(new_subscription, lambda rng, customer: int(rng.random() < 0.5),
+                             made_with="customers", change=restatus_subscription),
+    "transactions": Factory(new_transaction, lambda rng, customer: rng.randint(0, 4), made_with="customers",
+                            change=restatus_transaction, created=transaction_created),
+    # one report with the first customer, then with every hundredth
+    "reports": Factory(new_report, lambda rng, customer: int(customer % 100 == 0), made_with="customers",
+                       change=finish_report),
+    "event_types": Document(event_types),
+    "ip_addresses": Document(ip_addresses),
+}
+
+
+def check(resources: tuple[ApiResource, ...], factories: dict[str, Factory | Document]) -> None:
+    """Every resource of the registry has what the sandbox needs to serve it, and nothing else
+    is made: raises ValueError saying what is missing (the event stream is made by the world)."""
+    by_name = {r.name: r for r in resources}
+    problems = [f"{name}: a factory of no resource of the registry" for name in factories if name not in by_name]
+    made: list[str] = []
+    for api in resources:
+        factory = factories.get(api.name)
+        if api.incremental == "event_stream":
+            problems += [f"{api.name}: the event stream is the world's, it takes no factory"] if factory else []
+        elif not api.paginated:
+            problems += [] if isinstance(factory, Document) else [f"{api.name}: unpaginated, needs a Document"]
+        elif not isinstance(factory, Factory):
+            problems.append(f"{api.name}: a list needs a Factory (analytics_dagster/sandbox/factories.py)")
+        elif not api.id_prefix:
+            problems.append(f"{api.name}: the registry gives it no id_prefix")
+    for name, factory in factories.items():
+        if isinstance(factory, Factory) and factory.made_with and factory.made_with not in made:
+            problems.append(f"{name}: made with {factory.made_with}, which is not made before it")
+        made.append(name)
+    if problems:
+        raise ValueError("the sandbox cannot serve this registry: " + "; ".join(problems))
