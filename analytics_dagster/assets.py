@@ -98,10 +98,12 @@ def analytics_assets(
                     name = result.asset_key.path[-1]
                     by_table[name] = {**by_table.get(name, {}), **(result.metadata or {})}
         # the row count is all this step needs: the checks step queries the keys
-        stats = table_stats(pipeline, by_table, keys=False)
-    for name, dlt_metadata in by_table.items():
+        stats = table_stats(pipeline, tables, keys=False)
+    # every table (a load loaded again with more memory returned no dagster-dlt metadata), a
+    # parent before its children (Dagster wants a multi-asset's outputs in topological order)
+    for name in sorted(tables, key=lambda t: RESOURCES_BY_NAME[t].parent is not None):
         yield MaterializeResult(asset_key=asset_key(name), metadata={
-            **dlt_metadata, "dagster/row_count": stats[name]["rows"], **_run_metadata(run, name, config)})
+            **by_table.get(name, {}), "dagster/row_count": stats[name]["rows"], **_run_metadata(run, name, config)})
 
 
 def _run_metadata(run: SyncRun, name: str, config: SyncConfig) -> dict[str, Any]:

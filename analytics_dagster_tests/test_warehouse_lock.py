@@ -117,15 +117,3 @@ def test_the_load_and_the_checks_query_wait_for_a_held_file_too(
     assert any(f"(PID {process.pid}): waiting for it" in line for line in lines), lines
     assert stats["products"]["rows"] == len(admin.truth("products")) and not stats["products"]["duplicate_keys"]
 
-
-@pytest.mark.parametrize("own, expected", [(None, "244.1 MiB"), ('{"memory_limit": "1GB"}', "953.6 MiB")])
-def test_a_runs_duckdb_connections_keep_to_the_memory_limit(
-    warehouse: Path, monkeypatch: pytest.MonkeyPatch, own: str | None, expected: str,
-) -> None:
-    """DuckDB's buffer pool grows with what a load touches, up to its limit (80% of the
-    machine's memory by default): the project's 256 MB, unless the user's own global_config
-    sets one."""
-    if own:
-        monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG", own)
-    with make_pipeline().sql_client() as client:
-        assert client.execute_sql("SELECT current_setting('memory_limit')") == [(expected,)]

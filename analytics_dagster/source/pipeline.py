@@ -33,13 +33,21 @@ DEFAULT_DUCKDB_FILE = "data/warehouse.duckdb"  # not analytics.duckdb: named lik
 # customers 2.12x without a limit, 1.28x with 256 MB (docs/benchmark.md). DuckDB spills what
 # does not fit to a temporary directory beside the file.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "256MB"
+# But a load of very wide rows needs more (seen: 300 customers with 200 KB of custom_data each,
+# one field of 40 MB): a load that runs out of it is loaded again, from the package it left,
+# with the limit raised step by step ("": DuckDB's default), so the run goes on and says so
+# (`load_with_more_memory`). A limit the user set is kept.
+MEMORY_LIMIT_STEPS = ("1GB", "4GB", "")
 
 
-def make_pipeline(report: Optional[Callable[[str], None]] = None) -> dlt.Pipeline:
+def make_pipeline(report: Optional[Callable[[str], None]] = None, memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT,
+                  ) -> dlt.Pipeline:
     """The pipeline, with its destination resolved from dlt's configuration at call time.
 
     `report`: where a connection waiting for a DuckDB file held by another process says so
     (at most every few seconds); default, the logger `analytics_dagster.warehouse`.
+    `memory_limit`: DuckDB's, unless the credentials' own `global_config` sets one ("": DuckDB's
+    default).
     """
     destination_type = dlt.config.get("destination_type", str) or "duckdb"
     if destination_type == "duckdb":
@@ -49,11 +57,49 @@ def make_pipeline(report: Optional[Callable[[str], None]] = None) -> dlt.Pipelin
             target, lock_wait_seconds=_setting("destination.duckdb.lock_wait_seconds", float, DEFAULT_LOCK_WAIT_SECONDS),
             report=report)
         # (a memory_limit of the credentials' own global_config wins)
-        credentials.global_config = {"memory_limit": DEFAULT_DUCKDB_MEMORY_LIMIT, **(credentials.global_config or {})}
+        credentials.global_config = {**({"memory_limit": memory_limit} if memory_limit else {}),
+                                     **(credentials.global_config or {})}
         dest = dlt.destinations.duckdb(credentials=credentials)
     else:
         dest = destination_type
     return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination=dest, dataset_name=DATASET_NAME)
+
+
+def load_with_more_memory(pipeline: dlt.Pipeline, error: BaseException,
+                          report: Callable[[str], None]) -> Optional[dlt.Pipeline]:
+    """After a load of `pipeline` failed on DuckDB's memory limit, load the package it left
+    again, with the limit raised by `MEMORY_LIMIT_STEPS`: the pipeline that loaded it. None when
+    `error` is no such failure, nothing is pending, or the user set the limit (`error` stands)."""
+    if not _out_of_memory(error) or not pipeline.has_pending_data or pipeline.destination is None:
+        return None
+    if pipeline.destination.destination_type.split(".")[-1] != "duckdb" or _own_memory_limit():
+        return None
+    for limit in MEMORY_LIMIT_STEPS:
+        report(f"the load ran out of DuckDB's memory; loading it again with memory_limit "
+               f"{limit or 'DuckDB default (80% of RAM)'} (destination.duckdb.credentials.global_config sets it)")
+        retry = make_pipeline(report=report, memory_limit=limit)
+        try:
+            retry.load()
+            return retry
+        except Exception as again:  # noqa: BLE001 (re-raised unless it is the memory again)
+            if not _out_of_memory(again) or not limit:
+                raise
+    return None
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if "Out of Memory" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _own_memory_limit() -> bool:
+    """Whether the user's DuckDB settings (`destination.duckdb.credentials.global_config`) set one."""
+    credentials = waiting_credentials(_duckdb_file())
+    return "memory_limit" in (credentials.global_config or {})
 
 
 def resource_states(pipeline: dlt.Pipeline, *, from_destination: bool = True) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import dlt
 from dlt.extract.source import DltSource
 
 from analytics_dagster.source import analytics_source, paced_session, plan_run, source_settings
-from analytics_dagster.source.pipeline import resource_states
+from analytics_dagster.source.pipeline import load_with_more_memory, resource_states
 from analytics_dagster.source.plan import SyncPlan
 from analytics_dagster.source.progress import Progress
 from analytics_dagster.source.state import TableState, backfill, event_cursor
@@ -98,7 +98,13 @@ class SyncRun:
         self.plans.append(plan)
         source = analytics_source(settings, plan, session, full_refresh=full_refresh, progress=self.progress)
         self.report(f"plan {len(self.plans)}: " + "; ".join(plan_line(plan, t) for t in chunk))
-        results = list(load(source if chunk == self.tables else source.with_resources(*chunk)))
+        try:
+            results = list(load(source if chunk == self.tables else source.with_resources(*chunk)))
+        except Exception as error:
+            # (a chunk of very wide rows: loaded again, from its package, with more memory)
+            if load_with_more_memory(self.pipeline, error, self.warn) is None:
+                raise
+            results = []  # (the load function's results were lost with its error)
         for problem in plan.problems:  # applied none of it; every other change went in
             self.warn(f"resource '{problem['table']}': event {problem['event_id']} "
                       f"({problem['event_type']}) was not applied: {problem['problem']}")
