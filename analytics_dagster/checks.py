@@ -21,7 +21,7 @@ from analytics_dagster.source.state import TableState, findings
 PK_CHECK = "primary_key_unique_not_null"
 EVENTS_CHECK = "events_applied"
 # the tables the event stream keeps: their own events' types, and `events` itself
-STREAM_TABLES = [r.name for r in RESOURCES if r.event_entity or r.incremental == "event_stream"]
+STREAM_TABLES = [r.name for r in RESOURCES if r.event_entity or r.listing == "event_stream"]
 
 
 @multi_asset_check(

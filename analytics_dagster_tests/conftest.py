@@ -24,7 +24,7 @@ DAGSTER = str(Path(sys.executable).parent / "dagster")  # the CLI of this enviro
 MATERIALIZE_ALL = [DAGSTER, "asset", "materialize", "-m", "analytics_dagster.definitions", "--select", "*"]
 TABLES = [r.name for r in RESOURCES]
 PRIMARY_KEYS = {r.name: r.primary_key for r in RESOURCES}
-REPLACED = {r.name for r in RESOURCES if r.incremental == "replace"}  # read whole by every run
+REPLACED = {r.name for r in RESOURCES if r.listing == "replace"}  # read whole by every run
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

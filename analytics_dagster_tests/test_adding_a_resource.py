@@ -16,16 +16,16 @@ from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox import FACTORIES, Factory, SandboxServer, World
 from analytics_dagster.source import resources
 from analytics_dagster.source.sync import sync as engine_sync
-from analytics_dagster.source.resources import RESOURCES, ApiResource
+from analytics_dagster.source.resources import ENTITY_JSON, RESOURCES, ApiResource
 from analytics_dagster_tests import conftest
 from analytics_dagster_tests.conftest import Admin, assert_events_cover_api, assert_table_equals_truth
 from analytics_dagster_tests.test_sandbox import get, walk
 
 # 1. the registry entry (in resources.py, it would be one more line of RESOURCES)
 GIFT_CARDS = ApiResource(
-    "gift_cards", "/gift-cards", "id", "Gift cards (gft_…), archived included.", archived=True,
+    "gift_cards", "/gift-cards", "id", "Gift cards (gft_…), archived included.", hides_archived=True,
     event_entity="gift_card", id_prefix="gft", page_size=50, max_page_size=50,
-    nullable=(("redeemed_at", "timestamp"),),
+    nullable=ENTITY_JSON + (("redeemed_at", "timestamp"),),
 )
 
 
@@ -62,7 +62,7 @@ def assert_served(server: SandboxServer, api: ApiResource) -> None:
         assert get(server, path.replace(owner, "ctm_nobody")).status_code == 404
     else:
         keys = [e[api.primary_key] for e in world.truth(api.name)]
-    both = {"status": "active,archived"} if api.archived else {}
+    both = {"status": "active,archived"} if api.hides_archived else {}
     entities, metas = walk(server, path, per_page=max(1, len(keys) // 3), order_by="id[ASC]", **both)
     assert [e[api.primary_key] for e in entities] == sorted(keys), api.name
     assert len(metas) > 1 or len(keys) == 1, f"{api.name}: a page for every third of it"
@@ -72,10 +72,10 @@ def assert_served(server: SandboxServer, api: ApiResource) -> None:
     for field in api.order_fields:
         assert get(server, path, order_by=f"{field}[DESC]").status_code == 200, (api.name, field)
     assert get(server, path, order_by="currency[ASC]").status_code == 400, api.name
-    if api.archived:
+    if api.hides_archived:
         shown, _ = walk(server, path)
         assert {e["status"] for e in shown} <= {"active"}, api.name
-    if api.incremental != "event_stream":
+    if api.listing != "event_stream":
         assert_evented(server, api, keys[0])
 
 

@@ -353,7 +353,7 @@ def test_every_provenance_list_lists_exactly_the_files_beside_it(listing: Path) 
 # the one table that lists them (docs/api.md, "Resources", checked against the registry below).
 
 EVENTED_RESOURCES = [r for r in RESOURCES if r.event_entity]
-STREAM_KEPT = [r for r in RESOURCES if r.event_entity or r.incremental == "event_stream"]
+STREAM_KEPT = [r for r in RESOURCES if r.event_entity or r.listing == "event_stream"]
 COUNTS = {
     len(RESOURCES): "resources (and assets, and primary-key checks)",
     len(EVENTED_RESOURCES): "resources with events",

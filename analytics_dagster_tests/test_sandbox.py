@@ -62,7 +62,7 @@ def test_list_envelope(sandbox: SandboxServer) -> None:
 @pytest.mark.parametrize("path", sorted(LISTS.values()))
 def test_pagination_follows_next_until_has_more_is_false(sandbox: SandboxServer, path: str) -> None:
     resource = next(name for name, p in LISTS.items() if p == path)
-    archivable = RESOURCES_BY_NAME[resource].archived
+    archivable = RESOURCES_BY_NAME[resource].hides_archived
     params = {"status": "active,archived"} if archivable else {}
     entities, metas = walk(sandbox, path, per_page=7, **params)
     keys = [e.get("id", e.get("event_id")) for e in entities]

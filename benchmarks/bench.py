@@ -78,12 +78,12 @@ def floor(url: str, db: str, threads: int) -> int:
                 return rows
             response = session.get(body["meta"]["pagination"]["next"])
 
-    tables = {r.name: listing(r.path, r.archived) for r in LISTS}
+    tables = {r.name: listing(r.path, r.hides_archived) for r in LISTS}
     tables["event_types"] = session.get(url + "/v1/event-types").json()["data"]
     tables["ip_addresses"] = [{"ipv4_cidr": c} for c in session.get(url + "/v1/ips").json()["data"]["ipv4_cidrs"]]
     ids = [c["id"] for c in tables["customers"]]
     for child in CHILDREN:
-        fetch = lambda cid, child=child: listing(child.path.format(cus_id=cid), child.archived)  # noqa: E731
+        fetch = lambda cid, child=child: listing(child.path.format(cus_id=cid), child.hides_archived)  # noqa: E731
         if threads > 1:
             with ThreadPoolExecutor(threads) as pool:
                 pages = list(pool.map(fetch, ids))
@@ -114,7 +114,7 @@ def plain_dlt(url: str, db: str) -> int:
     resources: list[dict[str, Any]] = []
     for r in RESOURCES:
         endpoint = {"path": r.path.replace("{cus_id}", "{resources.customers.id}"), "data_selector": r.data_selector,
-                    "params": {"status": "active,archived"} if r.archived else {},
+                    "params": {"status": "active,archived"} if r.hides_archived else {},
                     "paginator": HasMorePaginator(r.name) if r.paginated else "single_page"}
         resources.append({"name": r.name, "endpoint": endpoint, "primary_key": r.primary_key,
                           "write_disposition": "merge"})

@@ -264,15 +264,15 @@ class SandboxApp:
         per_page = min(per_page, api.max_page_size)
         order_field, ascending = _order(query.get("order_by"), api)
         statuses: frozenset[str] | None = None
-        stream = api.incremental == "event_stream"
+        stream = api.listing == "event_stream"
         if query.get("status") and not stream:  # events have no status to filter on
             statuses = frozenset(s.strip() for s in query["status"].split(",") if s.strip())
-        elif api.archived:
+        elif api.hides_archived:
             statuses = frozenset({"active"})
         customer_id = request.path_params.get("cus_id")
         if api.parent and customer_id not in self.world.entities[api.parent]:
             return _error(404, "entity_not_found", f"Entity {customer_id} not found")
-        bounds = _updated_bounds(query) if api.incremental == "server_updated_at" else None
+        bounds = _updated_bounds(query) if api.listing == "server_updated_at" else None
         keys, has_more = self.world.page(
             resource,
             per_page=per_page,

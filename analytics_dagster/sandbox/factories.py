@@ -69,7 +69,7 @@ class Factory:
             it is made with, a customer for a child; else None). The world stores it and emits
             its events. `world.common(name, ts)` makes `id` (with the registry's `id_prefix`),
             `status`, `created_at` and `updated_at`: every entity has its primary key and
-            `updated_at`, and a `status` if its resource is `archived`.
+            `updated_at`, and a `status` if its resource `hides_archived`.
         count: how many the initial world makes, `count(rng, n)`: `n` is the world's customers
             for a list made on its own, the owner's place (0: the first) for one `made_with`.
         made_with: in the initial world, each new entity of this resource brings `count` of
@@ -450,7 +450,7 @@ def check(resources: tuple[ApiResource, ...], factories: dict[str, Factory | Doc
     made: list[str] = []
     for api in resources:
         factory = factories.get(api.name)
-        if api.incremental == "event_stream":
+        if api.listing == "event_stream":
             problems += [f"{api.name}: the event stream is the world's, it takes no factory"] if factory else []
         elif not api.paginated:
             problems += [] if isinstance(factory, Document) else [f"{api.name}: unpaginated, needs a Document"]

@@ -101,12 +101,12 @@ class World:
         self.by_customer: dict[str, dict[str, list[str]]] = {r.name: {} for r in lists if r.parent}
         # (updated_at, key), sorted, of the lists the API filters on `updated_at[...]`
         self.by_updated: dict[str, list[tuple[int, str]]] = {
-            r.name: [] for r in lists if r.incremental == "server_updated_at"}
+            r.name: [] for r in lists if r.listing == "server_updated_at"}
         # what `advance` updates: the lists with events, then the others (reports), each in the
         # registry's order; this order fixes what a seed makes
         made = [r for r in lists if isinstance(factories.get(r.name), Factory)]
         self.updatable = [r.name for r in made if r.event_entity] + [r.name for r in made if not r.event_entity]
-        self.archivable = [r.name for r in lists if r.archived]
+        self.archivable = [r.name for r in lists if r.hides_archived]
         # what is made with each new entity of a resource, in the factories' order
         self._made_with = {name: [n for n, f in factories.items() if getattr(f, "made_with", None) == name]
                            for name in factories}

@@ -330,7 +330,7 @@ def _endpoint_config(
         )
     else:
         endpoint["paginator"] = "single_page"
-    if resource.archived:
+    if resource.hides_archived:
         params["status"] = "active,archived"
     config: dict[str, Any] = {
         "name": resource.name,
@@ -345,7 +345,7 @@ def _endpoint_config(
         config["parallelized"] = parallel
     if resource.name == "ip_addresses":
         config["processing_steps"] = [{"map": _cidr_row}]
-    if resource.incremental == "replace":  # read whole: what left the API leaves the table
+    if resource.listing == "replace":  # read whole: what left the API leaves the table
         config["write_disposition"] = "replace"
     return config
 

@@ -3,7 +3,7 @@
 A listing is how a table is backfilled, and how it is kept current in `listing` mode (in
 `events` mode, see `analytics_dagster.source.events`). The API's listing filters are thin
 (of the lists, only transactions filter by `updated_at` on the server), so each resource gets the cheapest correct strategy it allows
-(`ApiResource.incremental`):
+(`ApiResource.listing`):
 
 - ``server_updated_at`` (transactions): the API filters, ``updated_at[GTE]=<window start>``.
 - ``client_updated_at`` (everything else with ``updated_at``): listed whole, filtered here.
@@ -172,7 +172,7 @@ def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int
     """The filter step of a listing of `api` (None: every row it reads is written); `since`:
     the instant its window starts from, when not the state's (a chunked listing's); `began`:
     the API's clock when the listing began (None: not known)."""
-    if api.incremental in ("client_updated_at", "server_updated_at"):
+    if api.listing in ("client_updated_at", "server_updated_at"):
         return ChangedSince(api, full_refresh, lookback_seconds * NS_PER_SECOND, since, began)
     return None
 
@@ -182,7 +182,7 @@ def start_params(
 ) -> Optional[Callable[[], dict[str, str]]]:
     """Query parameters of a listing's first request, from the state (None: the resource has
     none); `since` as for `change_filter`."""
-    if api.incremental == "server_updated_at":
+    if api.listing == "server_updated_at":
 
         def since_params() -> dict[str, str]:
             start = None if full_refresh else window_start(window_max(_state(api.name), since),

@@ -113,7 +113,7 @@ class SyncPlan:
         if table in self.feeds:
             return "events"
         api = RESOURCES_BY_NAME[table]
-        return "replace" if api.incremental == "replace" else "listing"
+        return "replace" if api.listing == "replace" else "listing"
 
     def pages(self) -> Iterator[list[dict[str, Any]]]:
         """The events after the oldest fed cursor, a page at a time (once per run)."""

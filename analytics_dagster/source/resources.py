@@ -16,7 +16,7 @@ from typing import Literal, Optional
 
 # how a resource is listed between runs (docs/design.md, "Listing mode, and how a listing stays
 # incremental"); the resources with an `event_entity` are kept from the event stream instead once listed whole
-Incremental = Literal[
+Listing = Literal[
     "client_updated_at",  # listed whole, only rows whose updated_at moved are written
     "server_updated_at",  # filtered by the API: updated_at[GTE]=<cursor - overlap>
     "event_stream",  # the events themselves: after=<last event_id>, order_by=id[ASC]
@@ -59,10 +59,11 @@ class ApiResource:
             per customer.
         primary_key: the column rows are merged on.
         page_size: `per_page` asked for (the API caps it: 200, transactions 30).
-        archived: the API hides archived entities unless `status=active,archived` is asked.
+        hides_archived: the API hides archived entities unless `status=active,archived` is
+            asked (the source asks).
         paginated: False for the two endpoints that return everything at once.
         data_selector: where the records are in the response.
-        incremental: how the resource is listed (see `Incremental`).
+        listing: how the resource is listed between runs (see `Listing`).
         event_entity: the entity its events name (`address` in `address.updated`); None: the
             API emits no events for it.
         description: what a user sees on the asset.
@@ -73,7 +74,7 @@ class ApiResource:
 
     The local sandbox (`analytics_dagster.sandbox`) serves every resource from this table too:
     its route (`path`), its ids (`id_prefix`), its pages (`max_page_size`, `order_fields`),
-    `archived` hidden unless asked, the `updated_at` filters of a `server_updated_at` resource,
+    `hides_archived`, the `updated_at` filters of a `server_updated_at` resource,
     and the events of its `event_entity`.
     """
 
@@ -82,10 +83,10 @@ class ApiResource:
     primary_key: str
     description: str
     page_size: int = 200
-    archived: bool = False
+    hides_archived: bool = False
     paginated: bool = True
     data_selector: str = "data"
-    incremental: Incremental = "client_updated_at"
+    listing: Listing = "client_updated_at"
     event_entity: str | None = None
     nullable: tuple[tuple[str, str], ...] = ()
     id_prefix: str | None = None
@@ -98,61 +99,63 @@ class ApiResource:
 
     @property
     def columns(self) -> dict[str, dict[str, str]]:
-        """Type hints for fields the API may send as null on every row of a page.
-
-        dlt infers types from data and does not create a column that only ever held null, so
-        without these a table could lack fields the API has (`import_meta`, `paused_at`, …).
+        """dlt's column hints: the `nullable` fields, those the API may send as null on every row
+        of a page. dlt infers types from data and does not create a column that only ever held
+        null, so without these a table could lack fields the API has (`import_meta`, `paused_at`, …).
         """
-        hints = dict(self.nullable)
-        if self.incremental in ("client_updated_at", "server_updated_at"):
-            hints.update(custom_data="json", import_meta="json")
-        return {name: {"data_type": data_type, "nullable": True} for name, data_type in hints.items()}
+        return {name: {"data_type": data_type, "nullable": True} for name, data_type in self.nullable}
 
     @property
     def parent(self) -> str | None:
         return "customers" if "{cus_id}" in self.path else None
 
 
+# the two JSON fields every entity of Paddle's that has events carries, null on most rows
+ENTITY_JSON: tuple[tuple[str, str], ...] = (("custom_data", "json"), ("import_meta", "json"))
+
 RESOURCES: tuple[ApiResource, ...] = (
     ApiResource(
-        "customers", "/customers", "id", "Customers (ctm_…), archived included.", archived=True,
+        "customers", "/customers", "id", "Customers (ctm_…), archived included.", hides_archived=True,
         event_entity="customer", id_prefix="ctm",
+        nullable=ENTITY_JSON,
     ),
     ApiResource(
         "customer_addresses", "/customers/{cus_id}/addresses", "id",
         "Addresses (add_…) of each customer, archived included; fetched once per customer.",
-        archived=True, event_entity="address", id_prefix="add",
-        nullable=(("description", "text"), ("second_line", "text"), ("region", "text")),
+        hides_archived=True, event_entity="address", id_prefix="add",
+        nullable=ENTITY_JSON + (("description", "text"), ("second_line", "text"), ("region", "text")),
     ),
     ApiResource(
         "businesses", "/customers/{cus_id}/businesses", "id",
         "Businesses (biz_…) of each customer, archived included; fetched once per customer.",
-        archived=True, event_entity="business", id_prefix="biz",
+        hides_archived=True, event_entity="business", id_prefix="biz",
+        nullable=ENTITY_JSON,
     ),
     ApiResource(
-        "discounts", "/discounts", "id", "Discounts (dsc_…), archived included.", archived=True,
+        "discounts", "/discounts", "id", "Discounts (dsc_…), archived included.", hides_archived=True,
         event_entity="discount", id_prefix="dsc",
-        nullable=(("code", "text"), ("expires_at", "text"), ("usage_limit", "bigint"),
+        nullable=ENTITY_JSON + (("code", "text"), ("expires_at", "text"), ("usage_limit", "bigint"),
                   ("maximum_recurring_intervals", "bigint"), ("restrict_to", "json"),
                   ("discount_group_id", "text"), ("discount_group", "json")),
     ),
     ApiResource(
-        "prices", "/prices", "id", "Prices (pri_…) of products, archived included.", archived=True,
+        "prices", "/prices", "id", "Prices (pri_…) of products, archived included.", hides_archived=True,
         event_entity="price", id_prefix="pri",
-        nullable=(("billing_cycle", "json"), ("trial_period", "json"), ("name", "text")),
+        nullable=ENTITY_JSON + (("billing_cycle", "json"), ("trial_period", "json"), ("name", "text")),
     ),
     ApiResource(
-        "products", "/products", "id", "Products (pro_…), archived included.", archived=True,
+        "products", "/products", "id", "Products (pro_…), archived included.", hides_archived=True,
         event_entity="product", id_prefix="pro", order_fields=("id", "updated_at"),
+        nullable=ENTITY_JSON,
     ),
     ApiResource(
         "events", "/events", "event_id",
         "Events (evt_…): every change the API notified, each with a snapshot of the entity.",
-        incremental="event_stream", id_prefix="evt",
+        listing="event_stream", id_prefix="evt",
     ),
     ApiResource(
         "event_types", "/event-types", "name", "The types of event the API can send.",
-        paginated=False, incremental="replace",
+        paginated=False, listing="replace",
     ),
     ApiResource(
         "reports", "/reports", "id", "Reports (rep_…); rows is null while pending.", id_prefix="rep",
@@ -161,12 +164,12 @@ RESOURCES: tuple[ApiResource, ...] = (
     ApiResource(
         "ip_addresses", "/ips", "ipv4_cidr",
         "The API's webhook source addresses, one row per IPv4 CIDR.",
-        paginated=False, data_selector="data.ipv4_cidrs", incremental="replace",
+        paginated=False, data_selector="data.ipv4_cidrs", listing="replace",
     ),
     ApiResource(
         "subscriptions", "/subscriptions", "id", "Subscriptions (sub_…).", event_entity="subscription",
         id_prefix="sub",
-        nullable=(("address_id", "text"), ("business_id", "text"), ("paused_at", "timestamp"),
+        nullable=ENTITY_JSON + (("address_id", "text"), ("business_id", "text"), ("paused_at", "timestamp"),
                   ("canceled_at", "timestamp"), ("next_billed_at", "timestamp"),
                   ("discount", "json"), ("billing_details", "json"), ("scheduled_change", "json"),
                   ("current_billing_period", "json"), ("next_transaction", "json"),
@@ -174,9 +177,9 @@ RESOURCES: tuple[ApiResource, ...] = (
     ),
     ApiResource(
         "transactions", "/transactions", "id", "Transactions (txn_…), with items and totals.",
-        page_size=30, max_page_size=30, incremental="server_updated_at", event_entity="transaction",
+        page_size=30, max_page_size=30, listing="server_updated_at", event_entity="transaction",
         id_prefix="txn",
-        nullable=(("address_id", "text"), ("business_id", "text"), ("subscription_id", "text"),
+        nullable=ENTITY_JSON + (("address_id", "text"), ("business_id", "text"), ("subscription_id", "text"),
                   ("invoice_id", "text"), ("invoice_number", "text"), ("discount_id", "text"),
                   ("billed_at", "timestamp"), ("revised_at", "timestamp"),
                   ("billing_details", "json"), ("billing_period", "json"),
