@@ -218,16 +218,29 @@ def plan_sync(
     tables = list(tables)
     plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds, lag_ns=visibility_lag_seconds * NS_PER_SECOND,
                     retention_ns=retention_days * DAY_NS)
+    cursors = _choose_modes(plan, resource_states, tables, full_refresh)
+    first: Any = None
+    if cursors:
+        first = _plan_the_read(plan, client, cursors, tables, page_size,
+                               retention_days=retention_days, margin_days=retention_margin_days)
+    _start_backfills(plan, client, first, resource_states, tables, full_refresh)
+    return plan
+
+
+def _choose_modes(plan: SyncPlan, resource_states: dict[str, dict[str, Any]], tables: list[str],
+                  full_refresh: bool) -> dict[str, Cursor]:
+    """Each evented table's mode by its state (`plan.modes`, `plan.reasons`, resumed backfills);
+    the cursors of the tables that take events (and of `events`), by table."""
     cursors: dict[str, Cursor] = {}
     for table in tables:
         if not RESOURCES_BY_NAME[table].event_entity:
             continue
         state = resource_states.get(table, {})
         cursor, backfill = state.get("event_cursor"), state.get("backfill")
-        if incremental == "listing" and backfill and backfill.get("position") is None and not full_refresh:
+        if plan.incremental == "listing" and backfill and backfill.get("position") is None and not full_refresh:
             plan.modes[table], plan.backfills[table] = "listing", {**backfill}
             plan.reasons[table] = f"incremental = listing, resumed after {backfill['rows']} rows ({backfill['after']})"
-        elif incremental == "listing":
+        elif plan.incremental == "listing":
             plan.modes[table], plan.reasons[table] = "listing", "incremental = listing"
         elif full_refresh:
             plan.modes[table], plan.reasons[table] = "listing", "full refresh"
@@ -241,40 +254,51 @@ def plan_sync(
     if "events" in tables:
         cursor = None if full_refresh else stream_cursor(resource_states.get("events", {}))
         cursors["events"] = cursor or {"event_id": None}
+    return cursors
 
-    first: Any = None
-    if cursors:
-        starts = {table: _read_start(cursor, plan.lag_ns) for table, cursor in cursors.items()}
+
+def _plan_the_read(plan: SyncPlan, client: RESTClient, cursors: dict[str, Cursor], tables: list[str],
+                   page_size: int, *, retention_days: int, margin_days: int) -> Any:
+    """Make the run's first request (the API's clock), list instead the tables whose cursor is
+    older than the retention it trusts, and set where the read of the stream starts for each
+    fed table (`plan.feeds`); the first page read."""
+    starts = {table: _read_start(cursor, plan.lag_ns) for table, cursor in cursors.items()}
+    pages = _read_from(client, _earliest(starts.values()), page_size)
+    first = _request(lambda: next(pages), tables)
+    plan.api_now_ns = api_now_ns(first.response)
+    trusted_since = plan.api_now_ns - (retention_days - margin_days) * DAY_NS
+    for table, cursor in list(cursors.items()):
+        checked = checked_ns(cursor)
+        if table == "events":
+            if cursor["event_id"] and checked is not None and checked < plan.api_now_ns - plan.retention_ns:
+                # what occurred between the cursor and the oldest event the API keeps is gone
+                gap_from = cursor.get("as_of") or cursor.get("occurred_at")
+                gap_to = format_ns(plan.api_now_ns - plan.retention_ns, 0)
+                plan.gaps["events"] = {"from": gap_from, "to": gap_to, "key": f"{gap_from}..{gap_to}"}
+        elif checked is None or checked < trusted_since:
+            plan.modes[table] = "listing"
+            plan.reasons[table] = (
+                f"its event cursor (current as of {cursor.get('as_of') or cursor.get('occurred_at')}) "
+                f"is older than the API's {retention_days}-day retention minus {margin_days} days"
+            )
+            del cursors[table], starts[table]
+    if cursors and _earliest(starts.values()) != first.request_after:
+        # the oldest cursor was a table now listed instead: read only from where the others need
         pages = _read_from(client, _earliest(starts.values()), page_size)
         first = _request(lambda: next(pages), tables)
-        plan.api_now_ns = api_now_ns(first.response)
-        trusted_since = plan.api_now_ns - (retention_days - retention_margin_days) * DAY_NS
-        for table, cursor in list(cursors.items()):
-            checked = checked_ns(cursor)
-            if table == "events":
-                if cursor["event_id"] and checked is not None and checked < plan.api_now_ns - plan.retention_ns:
-                    # what occurred between the cursor and the oldest event the API keeps is gone
-                    gap_from = cursor.get("as_of") or cursor.get("occurred_at")
-                    gap_to = format_ns(plan.api_now_ns - plan.retention_ns, 0)
-                    plan.gaps["events"] = {"from": gap_from, "to": gap_to, "key": f"{gap_from}..{gap_to}"}
-            elif checked is None or checked < trusted_since:
-                plan.modes[table] = "listing"
-                plan.reasons[table] = (
-                    f"its event cursor (current as of {cursor.get('as_of') or cursor.get('occurred_at')}) "
-                    f"is older than the API's {retention_days}-day retention minus {retention_margin_days} days"
-                )
-                del cursors[table], starts[table]
-        if cursors and _earliest(starts.values()) != first.request_after:
-            # the oldest cursor was a table now listed instead: read only from where the others need
-            pages = _read_from(client, _earliest(starts.values()), page_size)
-            first = _request(lambda: next(pages), tables)
-        plan.feeds, plan.read_from = starts, _earliest(starts.values())
-        plan.seen = {table: _recent(cursor) for table, cursor in cursors.items()}
-        plan.unkeyed = {table: list(cursor.get("unkeyed") or ()) for table, cursor in cursors.items()}
-        plan._pages = _chain_first(first, pages) if cursors else None
+    plan.feeds, plan.read_from = starts, _earliest(starts.values())
+    plan.seen = {table: _recent(cursor) for table, cursor in cursors.items()}
+    plan.unkeyed = {table: list(cursor.get("unkeyed") or ()) for table, cursor in cursors.items()}
+    plan._pages = _chain_first(first, pages) if cursors else None
+    return first
 
+
+def _start_backfills(plan: SyncPlan, client: RESTClient, first: Any, resource_states: dict[str, dict[str, Any]],
+                     tables: list[str], full_refresh: bool) -> None:
+    """The backfills that start in this run: in events mode each keeps the stream's position
+    before any listing began; in `listing` mode, the change window of its first chunk."""
     starting = [t for t, mode in plan.modes.items() if mode == "listing" and t not in plan.backfills]
-    if incremental == "events":
+    if plan.incremental == "events":
         if starting:
             plan.position = _position(client, first, plan, tables)
         for table in starting:
@@ -284,7 +308,6 @@ def plan_sync(
             state = resource_states.get(table, {})
             since = None if full_refresh else window_max(state)
             plan.backfills[table] = {"after": None, "rows": 0, "position": None, "since_ns": since}
-    return plan
 
 
 def _recent(cursor: Cursor) -> dict[str, Optional[str]]:
