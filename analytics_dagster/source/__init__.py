@@ -37,6 +37,7 @@ from analytics_dagster.source.events import (
     api_now_ns,
     event_client,
 )
+from analytics_dagster.source.backfill import listing_params, record_page
 from analytics_dagster.source.feed import events_from_feed, feed_items, table_from_events
 from analytics_dagster.source.plan import SyncPlan, plan_sync
 from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS, change_filter, start_params
@@ -365,14 +366,14 @@ def _listing_start(plan: SyncPlan, resource: ApiResource, full_refresh: bool, lo
         plan.start_clock()  # the chunk's extraction begins (if nothing began it before)
         window = since() if since and plan.incremental == "listing" else {}
         # (a child's listing is whole: its customer's)
-        return window if resource.parent else {**window, **plan.listing_params(_served(resource))}
+        return window if resource.parent else {**window, **listing_params(plan, _served(resource))}
 
     return start
 
 
 def _listing_page(plan: SyncPlan, resource: ApiResource) -> Any:
     def on_page(data: list[Any], has_more: bool) -> bool:
-        return plan.listing_page(_served(resource), data, resource.primary_key, has_more)
+        return record_page(plan, _served(resource), data, resource.primary_key, has_more)
 
     return on_page
 

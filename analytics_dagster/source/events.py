@@ -35,7 +35,7 @@ One run, in order:
    behind the API time of its last read (at the smallest id of that instant), its cursor keeps
    the ids it applied in that window (`recent`), and an event read again is not applied again;
    one that appeared meanwhile is, unless a newer event of the same entity already was.
-5. A listing in events mode is a backfill in chunks (`plan.SyncPlan.listing_page`): it stops at
+5. A listing in events mode is a backfill in chunks (`backfill.record_page`): it stops at
    the page that brings it to `chunk_seconds` of extraction or `chunk_rows` rows, whichever
    comes first, its progress (`backfill`) is committed with them, and the next chunk or run
    resumes after the last id committed. The read of the stream stops at the same bounds

@@ -12,9 +12,12 @@ from analytics_dagster.rfc3339 import format_ns, id_floor, parse_ns
 from analytics_dagster.source.events import cursor_after, digest, has_more, keyed, last_keyed
 from analytics_dagster.source.plan import SyncPlan, window_from
 from analytics_dagster.source.resources import ApiResource, table_of_event
+from analytics_dagster.source.state import forget_listed, keep_findings, write_event_cursor
 
 # rows a fed table's winners are handed to dlt in at the end of a read
 _WRITE_BATCH = 1000
+# at most this many events without an id seen are kept per table
+_MAX_UNKEYED = 1000
 
 
 class _End:
@@ -141,9 +144,8 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
                      if event_id not in read.seen and event_id > read.applied.get(key, "")]
             new = sum(1 for key, _ in fresh if key in created)
             read.finish(len(fresh), new)
-            listed = dlt.current.resource_state(api.name).get("seen") or {}
-            for key, _ in fresh:  # listing mode's memory of these rows is stale now
-                listed.pop(key, None)
+            # listing mode's memory of these rows is stale now
+            forget_listed(dlt.current.resource_state(api.name), [key for key, _ in fresh])
             winners.clear()
             for start in range(0, len(fresh), _WRITE_BATCH):
                 yield [orjson.loads(data) for _, data in fresh[start:start + _WRITE_BATCH]]
@@ -228,29 +230,8 @@ def _finish(read: _Read, written: int, new: int) -> None:
     cursor["recent"] = {i: window[i] for i in sorted(window) if i > floor}
     if read.unkeyed:  # no id places them: the newest are kept, whatever the window
         cursor["unkeyed"] = read.unkeyed[-_MAX_UNKEYED:]
-    state["event_cursor"] = cursor
-    _keep_findings(state, read, now)
-    state.pop("last_event_id", None)
-    state.pop("backfill", None)  # a chunked listing of `listing` mode, left when the mode changed
-    state["last_run"] = {"new": new, "updated": written - new, "unchanged": 0}
-
-
-# at most this many findings of each kind are kept per table, and events without an id seen
-_MAX_FINDINGS = 50
-_MAX_UNKEYED = 1000
-
-
-def _keep_findings(state: dict[str, Any], read: _Read, now: int) -> None:
-    """Add this read's bad events (and the stream's gap, for `events`) to the table's findings,
-    which its `events_applied` check reports, and drop those older than the API's retention."""
+    write_event_cursor(state, cursor, new=new, written=written)
     found = format_ns(now, 0)
-    bad = [{**p, "found_at": found} for p in read.plan.problems if p["table"] == read.table]
-    gaps = [{**read.plan.gaps[read.table], "found_at": found}] if read.table in read.plan.gaps else []
-    for name, new in (("bad_events", bad), ("gaps", gaps)):
-        kept = [f for f in state.get(name, []) if parse_ns(f["found_at"]) >= now - read.plan.retention_ns]
-        known = {f.get("key", f.get("event_id")) for f in kept}
-        kept += [f for f in new if f.get("key", f.get("event_id")) not in known]
-        if kept:
-            state[name] = kept[-_MAX_FINDINGS:]
-        else:
-            state.pop(name, None)
+    keep_findings(state, [{**p, "found_at": found} for p in plan.problems if p["table"] == read.table],
+                  [{**plan.gaps[read.table], "found_at": found}] if read.table in plan.gaps else [],
+                  now_ns=now, retention_ns=plan.retention_ns)

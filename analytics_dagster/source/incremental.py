@@ -122,7 +122,7 @@ class ChangedSince(_Step):
         self.window_ns = self.began()
         if self.since is FROM_STATE and self.window_ns is not None:
             # a listing in one load: the next window starts where this one began (a chunked
-            # listing's is set when its last chunk is listed: `SyncPlan.listing_page`)
+            # listing's is set when its last chunk is listed: `state.end_backfill`)
             state["window_ns"] = self.window_ns
         seen = state.setdefault("seen", {})
         if self.cursor is not None:  # forget what slid out of the window

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-import dlt
 from dlt.sources.helpers.rest_client import RESTClient
 from requests import Response
 
@@ -129,56 +128,6 @@ class SyncPlan:
         """The `max_ns` a chunked listing of `listing` mode keeps its change window from;
         `FROM_STATE`: none kept, the state's applies."""
         return self.backfills.get(table, {}).get("since_ns", FROM_STATE)
-
-    def listing_params(self, tables: Iterable[str]) -> dict[str, str]:
-        """Where a listing that serves `tables` starts: after the least far of their backfills."""
-        backfills = [self.backfills[t] for t in tables if t in self.backfills]
-        if not backfills:
-            return {}
-        afters = [b["after"] for b in backfills]
-        return {} if None in afters else {"after": min(afters)}
-
-    def listing_page(self, tables: Iterable[str], data: list[dict[str, Any]], key: str, has_more: bool) -> bool:
-        """Record a page of a backfill's listing in the state of each of `tables` it serves
-        (committed with the page's rows, in the same load); False: the chunk is full (its rows,
-        or its time, `chunk_seconds`), stop: a chunk ends on a page, on time or on rows alike.
-
-        When the listing is done, each table's cursor becomes the stream's position at the
-        backfill's start, and the next run replays the changes made since from the events.
-        """
-        served = [t for t in tables if t in self.backfills]
-        if not served:
-            return True  # not a backfill: no chunks
-        if any(not isinstance(row, dict) or not row.get(key) for row in data):
-            raise ValueError(f"resource '{served[0]}': a record has no primary key '{key}' (the backfill stops here)")
-        going = self.chunk_rows <= 0
-        for table in served:
-            backfill = self.backfills[table]
-            state = dlt.current.resource_state(table)
-            if data:
-                backfill["after"] = max(backfill["after"] or "", data[-1][key])
-            backfill["rows"] += len(data)
-            backfill["run_rows"] = backfill.get("run_rows", 0) + len(data)
-            if backfill["position"]:  # writes every row: listing mode's memory of them is obsolete
-                state.pop("seen", None)
-            if backfill.get("began_ns") is None and self.api_now_ns is not None:
-                backfill["began_ns"] = self.api_now_ns  # the API's clock as the listing began
-            if not has_more:
-                if backfill["position"]:  # (a listing of `listing` mode has none)
-                    state["event_cursor"] = {**backfill["position"], "after_listing": True}
-                if backfill.get("began_ns") is not None:  # the next listing's window starts here
-                    state["window_ns"] = backfill["began_ns"]
-                state.pop("backfill", None)
-                continue
-            keep = ("after", "rows", "position", "since_ns", "began_ns")
-            state["backfill"] = {k: backfill[k] for k in keep if k in backfill}
-            going = going or backfill["run_rows"] < self.chunk_rows
-        # a listing with children (customers) runs ahead of them: the children owed for what it
-        # listed count against the chunk's request budget (its time, paced) before they are asked
-        owed = (len(served) - 1) * max(self.backfills[t].get("run_rows", 0) for t in served)
-        if owed and 0 < self.chunk_requests <= owed:
-            return False
-        return going and not self.chunk_time_is_up()
 
 
 def plan_sync(

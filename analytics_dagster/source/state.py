@@ -1,17 +1,20 @@
-"""The state a run keeps per table (dlt's resource state), defined once: its keys and their readers.
+"""The state a run keeps per table (dlt's resource state), defined once: its keys, their readers and writers.
 
 dlt commits a table's state with the table's rows, in the same load, so a killed or failed run
-moves nothing. The writers are where the state changes (named beside each key below); every
-reader outside them goes through the functions here.
+moves nothing. Every reader and writer of a backfill, an event cursor, the last run and the
+findings goes through the functions here; listing mode's own marks (`window_ns`, `max_ns`,
+`seen`) are its filter's (`incremental.ChangedSince`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
+from analytics_dagster.rfc3339 import parse_ns
+
 
 class EventCursor(TypedDict, total=False):
-    """Where a table kept by the event stream is (`event_cursor`; written by `feed._finish`).
+    """Where a table kept by the event stream is (`event_cursor`; written by `write_event_cursor`).
 
     event_id: the newest event applied (None: the stream's start).
     occurred_at: that event's `occurred_at`.
@@ -35,7 +38,7 @@ class EventCursor(TypedDict, total=False):
 
 
 class Backfill(TypedDict, total=False):
-    """A listing in chunks, between its loads (`backfill`; written by `plan.SyncPlan.listing_page`).
+    """A listing in chunks, between its loads (`backfill`; written by `record_backfill`, `end_backfill`).
 
     after: the last id committed (None: from the start); rows: the rows committed so far.
     position: events mode: the stream's cursor when the backfill began (the table's cursor once
@@ -61,7 +64,7 @@ class LastRun(TypedDict):
 class Finding(TypedDict, total=False):
     """An event the stream could not apply (`bad_events`), or the events lost past the API's
     retention (`gaps`: `from`, `to`), with when it was found (`found_at`); written by
-    `feed._keep_findings`, kept for the API's retention, at most 50 of each."""
+    `keep_findings`, kept for the API's retention, at most `MAX_FINDINGS` of each."""
 
     event_id: Any
     event_type: Any
@@ -104,3 +107,56 @@ def last_run(state: TableState) -> LastRun:
 def findings(state: TableState) -> tuple[list[Finding], list[Finding]]:
     """The table's bad events and gaps, as its `events_applied` check reports them."""
     return list(state.get("bad_events", [])), list(state.get("gaps", []))
+
+
+# ------------------------------------------------------------------------------------ writers
+_BACKFILL_KEPT = ("after", "rows", "position", "since_ns", "began_ns")
+MAX_FINDINGS = 50  # of each kind, per table
+
+
+def record_backfill(state: TableState, progress: dict[str, Any]) -> None:
+    """A backfill goes on after this chunk: what the next chunk (or run) resumes from."""
+    state["backfill"] = {k: progress[k] for k in _BACKFILL_KEPT if k in progress}  # type: ignore[typeddict-item]
+
+
+def end_backfill(state: TableState, progress: dict[str, Any]) -> None:
+    """A backfill is done: in events mode the table's cursor becomes the stream's position when
+    it began (the next read replays the changes made since, with no window); the next
+    listing's change window starts where it began (`window_ns`)."""
+    if progress.get("position"):  # (a listing of `listing` mode has none)
+        state["event_cursor"] = {**progress["position"], "after_listing": True}
+    if progress.get("began_ns") is not None:
+        state["window_ns"] = progress["began_ns"]
+    state.pop("backfill", None)
+
+
+def forget_listed(state: TableState, ids: Optional[list[str]] = None) -> None:
+    """Listing mode's marks of these rows (all, by default) are stale: they were written otherwise."""
+    if ids is None:
+        state.pop("seen", None)
+        return
+    seen = state.get("seen") or {}
+    for key in ids:
+        seen.pop(key, None)
+
+
+def write_event_cursor(state: TableState, cursor: EventCursor, *, new: int, written: int) -> None:
+    """The table took events up to `cursor`: what the run did is its last run; a backfill of
+    `listing` mode left when the mode changed, and the cursor of before events mode, go."""
+    state["event_cursor"] = cursor
+    state.pop("last_event_id", None)
+    state.pop("backfill", None)
+    state["last_run"] = {"new": new, "updated": written - new, "unchanged": 0}
+
+
+def keep_findings(state: TableState, bad: list[Finding], gaps: list[Finding], *, now_ns: int, retention_ns: int) -> None:
+    """Add a read's bad events and gaps to the table's findings (once each: by `key`, else
+    `event_id`), and drop those found longer ago than the API's retention."""
+    for name, new in (("bad_events", bad), ("gaps", gaps)):
+        kept = [f for f in state.get(name, []) if parse_ns(f["found_at"]) >= now_ns - retention_ns]  # type: ignore[attr-defined]
+        known = {f.get("key", f.get("event_id")) for f in kept}
+        kept += [f for f in new if f.get("key", f.get("event_id")) not in known]
+        if kept:
+            state[name] = kept[-MAX_FINDINGS:]  # type: ignore[literal-required]
+        else:
+            state.pop(name, None)  # type: ignore[misc]
