@@ -13,6 +13,7 @@ import pytest
 
 from analytics_dagster.sandbox import SandboxServer
 from analytics_dagster_tests.conftest import (
+    EVERY_RUN,
     MATERIALIZE_ALL,
     REPO,
     TABLES,
@@ -59,8 +60,9 @@ def test_a_chunked_backfill_is_exact_and_keeps_its_events_position(
     result = sync()
     meta = metadata(result)
     assert meta["customers"]["loads"] >= 40 // CHUNK and meta["transactions"]["loads"] > 1
-    # the same run ends with the events of the changes made while it listed
-    assert_warehouse_equals_api(warehouse, admin)
+    # the same run ends with the events of the changes made while it listed (a table without
+    # events changed after its listing is caught by the next run only: `advance` may pick one)
+    assert_warehouse_equals_api(warehouse, admin, [t for t in TABLES if t not in EVERY_RUN])
     assert meta["customers"]["sync_mode"] == "listing"
     # while it ran, the customers asset was observed getting on: customers listed of the
     # estimated total, the rate and the time to go
@@ -97,10 +99,11 @@ def test_a_backfill_killed_part_way_resumes_after_its_last_chunk(
     assert_warehouse_equals_api(warehouse, admin)
     # what was left, plus at most one chunk read again (a page of 5 customers and their
     # children, a page of transactions), plus what every run asks (the stream, read again at the
-    # end for the changes made meanwhile; reports, event types, IPs) and what the world's changes
-    # added to the listings (the new customers' children, a page of new transactions)
+    # end for the changes made meanwhile; a request for each table without events: reports,
+    # event types, IPs) and what the world's changes added to the listings
+    # (the new customers' children, a page of new transactions)
     one_chunk = 1 + 2 * CHUNK + 1
-    every_run = 2 + 3
+    every_run = 2 + len(EVERY_RUN)
     grown = 2 * 2 + 1
     assert resumed <= whole - killed + one_chunk + every_run + grown, (whole, killed, resumed)
     assert resumed < 0.6 * whole
@@ -171,7 +174,7 @@ def test_the_event_stream_is_read_and_committed_in_chunks(
     # past the window: a run with nothing new asks the stream once
     admin.post("stats/reset")
     assert sync().success
-    assert admin.get("stats")["by_resource"] == {"events": 1, "reports": 1, "event_types": 1, "ip_addresses": 1}
+    assert admin.get("stats")["by_resource"] == {"events": 1, **EVERY_RUN}
 
 
 def test_a_listing_mode_run_that_fails_part_way_resumes_within_its_first_window(

@@ -20,7 +20,7 @@ Listing = Literal[
     "client_updated_at",  # listed whole, only rows whose updated_at moved are written
     "server_updated_at",  # filtered by the API: updated_at[GTE]=<cursor - overlap>
     "event_stream",  # the events themselves: after=<last event_id>, order_by=id[ASC]
-    "replace",  # small, unpaginated, no events: read whole, the table replaced
+    "replace",  # small, no events (no updated_at, or entities that can be deleted): read whole, the table replaced
 ]
 
 
@@ -61,12 +61,15 @@ class ApiResource:
         page_size: `per_page` asked for (the API caps it: 200, transactions 30, adjustments 50).
         hides_archived: the API hides archived entities unless `status=active,archived` is
             asked (the source asks).
-        paginated: False for the two endpoints that return everything at once.
+        paginated: False for an endpoint that returns everything at once (no `per_page`, no cursor).
         data_selector: where the records are in the response.
         listing: how the resource is listed between runs (see `Listing`).
         event_entity: the entity its events name (`address` in `address.updated`); None: the
             API emits no events for it.
         description: what a user sees on the asset.
+        nullable: (field, dlt data type) of the fields the API may send as null on every row of
+            a page: dlt makes no column of a field that only ever held null (`ENTITY_JSON`: a
+            Paddle entity's `custom_data` and `import_meta`).
         id_prefix: what its ids start with (`ctm` in `ctm_01h...`); None: its rows have no
             made-up id (`event_types`, `ip_addresses`).
         max_page_size: the most rows a page of it holds: the API cuts a larger `per_page` to it.
