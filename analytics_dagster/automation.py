@@ -27,6 +27,7 @@ from dagster import (
 )
 
 from analytics_dagster.assets import GROUP, asset_key
+from analytics_dagster.models import MODELS_GROUP
 from analytics_dagster.source import configured_api_root
 from analytics_dagster.rfc3339 import NS_PER_SECOND, id_floor
 from analytics_dagster.source.events import (
@@ -47,8 +48,12 @@ FAST_MOVING = STREAM_TABLES
 
 sync_all_job = define_asset_job(
     "sync_all",
-    selection=AssetSelection.groups(GROUP),
-    description="Sync every resource of the API into the warehouse, then check primary keys.",
+    selection=AssetSelection.groups(GROUP, MODELS_GROUP),
+    description=(
+        "Sync every resource of the API into the warehouse, then check primary keys, then build "
+        "the dbt models and run their tests (a model runs only if every raw table it reads was "
+        "synced and passed its check)."
+    ),
 )
 sync_fast_moving_job = define_asset_job(
     "sync_fast_moving",
@@ -61,11 +66,11 @@ sync_fast_moving_job = define_asset_job(
 
 full_refresh_job = define_asset_job(
     "full_refresh",
-    selection=AssetSelection.groups(GROUP),
+    selection=AssetSelection.groups(GROUP, MODELS_GROUP),
     config={"ops": {"analytics_api": {"config": {"full_refresh": True}}}},
     description=(
         "Forget the incremental state: read every resource whole and write every row (merged on "
-        "its key). The safety net for whatever incremental sync cannot see."
+        "its key), then build the models. The safety net for whatever incremental sync cannot see."
     ),
 )
 

@@ -25,9 +25,10 @@ from analytics_dagster.automation import (  # noqa: E402
     weekly_full_refresh,
 )
 from analytics_dagster.checks import primary_key_checks  # noqa: E402
+from analytics_dagster.models import analytics_models  # noqa: E402  (the manifest, read as JSON: no dbt import)
 
 defs = Definitions(
-    assets=[analytics_assets],
+    assets=[analytics_assets, analytics_models],
     asset_checks=[primary_key_checks],
     jobs=[sync_all_job, sync_fast_moving_job, full_refresh_job],
     schedules=[hourly_fast_moving, daily_all, weekly_full_refresh],
