@@ -52,7 +52,7 @@ def test_rounds_of_changes_are_exact_from_the_events_alone(warehouse: Path, admi
     rounds = [
         dict(updates=15, archives=4),  # updates and archives (an archive is an update event)
         dict(new_customers=3, new_transactions=5),  # new customers with addresses and businesses
-        dict(cidrs_swapped=1, new_event_types=1, adjustments=2, updates=3),  # no-table events
+        dict(cidrs_swapped=1, new_event_types=1, adjustments=2, updates=3),  # adjustments; no-event changes
     ]
     cursor = metadata(first)["events"]["event_cursor"]
     for number, changes in enumerate(rounds):
@@ -76,8 +76,10 @@ def test_rounds_of_changes_are_exact_from_the_events_alone(warehouse: Path, admi
         assert warehouse_rows(warehouse, "customers")[customer]["name"] == f"Second {number}"
         cursor = meta["events"]["event_cursor"]
         assert all(meta[t]["event_cursor"] == cursor for t in EVENT_TABLES)
-    adjustments = [e for e in admin.truth("events") if e["event_type"] == "adjustment.created"]
+    adjustments = [e for e in admin.truth("events")
+                   if e["event_type"] == "adjustment.created" and e["event_id"] in touched["events"]]
     assert len(adjustments) == 2 and set(e["event_id"] for e in adjustments) <= set(warehouse_rows(warehouse, "events"))
+    assert {e["data"]["id"] for e in adjustments} == set(touched["adjustments"]) <= set(warehouse_rows(warehouse, "adjustments"))
 
 
 def test_a_no_change_run_makes_one_request_for_events_plus_the_tables_without_events(

@@ -2,8 +2,9 @@
 sandbox, a client nobody on this project wrote.
 
 It reads every list the sandbox serves (the project's resources; the SDK's other lists,
-such as adjustments or notifications, are none of the project's), every page, with the filters
-the project relies on (status, `after` with `order_by`, `updated_at` bounds, the event stream),
+such as notifications, are none of the project's), every page, with the filters
+the project relies on (status, `after` with `order_by`, `updated_at` bounds, the event stream)
+and those the sandbox serves for adjustments (`action`, `transaction_id`),
 and parses every entity with no error and no fallback to raw data: no event `data` left as an
 `UndefinedEntity`, no enum value it does not know. The sandbox serves Paddle's own paths (no `/v1`), so the only adjustment the
 SDK needs is its base URL: `LoopbackEnvironment`, below, the one place that makes it.
@@ -17,13 +18,15 @@ from typing import Any, Iterator
 
 import pytest
 from paddle_billing import Client, Environment, Options
+from paddle_billing.Entities.Adjustment import Adjustment as ListedAdjustment
 from paddle_billing.Entities.Reports import ReportStatus
-from paddle_billing.Entities.Shared import Status, TransactionStatus
+from paddle_billing.Entities.Shared import Action, AdjustmentStatus, Status, TransactionStatus
 from paddle_billing.Entities.Subscriptions import SubscriptionStatus
 from paddle_billing.Notifications.Entities.Adjustment import Adjustment
 from paddle_billing.Notifications.Entities.UndefinedEntity import UndefinedEntity
 from paddle_billing.PaddleStrEnum import PaddleStrEnum
 from paddle_billing.Resources.Addresses.Operations import ListAddresses
+from paddle_billing.Resources.Adjustments.Operations import ListAdjustments
 from paddle_billing.Resources.Businesses.Operations import ListBusinesses
 from paddle_billing.Resources.Customers.Operations import ListCustomers
 from paddle_billing.Resources.Discounts.Operations import ListDiscounts
@@ -114,6 +117,7 @@ def test_every_list_every_page_every_entity_parses(
         "subscriptions": client.subscriptions.list(ListSubscriptions(pager=pager)),
         "transactions": client.transactions.list(ListTransactions(pager=Pager(per_page=30))),
         "reports": client.reports.list(ListReports(pager=Pager(per_page=2))),
+        "adjustments": client.adjustments.list(ListAdjustments(pager=pager)),
         "events": client.events.list(ListEvents(pager=Pager(per_page=200))),
     }
     for name, collection in lists.items():
@@ -133,7 +137,7 @@ def test_every_list_every_page_every_entity_parses(
 
 def test_the_shapes_the_spec_has_parse_as_their_types(client: Client, capsys: pytest.CaptureFixture[str]) -> None:
     """Subscriptions always with an address, some with a discount; transactions with payments;
-    adjustment events with the whole adjustment."""
+    adjustments listed, and in their events, whole."""
     subscriptions = parsed(list(client.subscriptions.list(ListSubscriptions(pager=Pager(per_page=200)))), "subscription")
     assert all(isinstance(s.address_id, str) and s.address_id.startswith("add_") for s in subscriptions)
     discounted = [s for s in subscriptions if s.discount is not None]
@@ -145,9 +149,15 @@ def test_the_shapes_the_spec_has_parse_as_their_types(client: Client, capsys: py
     assert all(p.captured_at for p in payments if p.status.value == "captured")
     assert all(p.error_code for p in payments if p.status.value == "error")
     events = parsed(list(client.events.list(ListEvents(pager=Pager(per_page=200)))), "event")
-    adjustments = [e.data for e in events if e.event_type.value == "adjustment.created"]
-    assert len(adjustments) == 8 and all(isinstance(a, Adjustment) for a in adjustments)
-    assert {t.id for t in transactions} >= {a.transaction_id for a in adjustments}
+    evented = [e.data for e in events if e.event_type.value.startswith("adjustment.")]
+    assert len(evented) >= 8 and all(isinstance(a, Adjustment) for a in evented)
+    listed = parsed(list(client.adjustments.list(ListAdjustments(pager=Pager(per_page=50)))), "adjustment")
+    assert all(isinstance(a, ListedAdjustment) for a in listed)
+    assert {a.id for a in listed} >= {a.id for a in evented}
+    assert {"refund", "credit"} <= {a.action.value for a in listed} <= {"refund", "credit", "chargeback"}
+    lines = {t.id: {item.id for item in t.details.lineItems} for t in transactions}  # (the SDK's name)
+    for adjustment in listed:
+        assert {item.item_id for item in adjustment.items} <= lines[adjustment.transaction_id], adjustment.id
     assert capsys.readouterr().out == ""
 
 
@@ -169,6 +179,14 @@ def test_the_filters_the_project_relies_on_agree_with_the_data(
         "transactions", lambda t: t["status"] == "completed")[::-1]  # no pager: the default, id[DESC]
     assert ids(client.reports.list(ListReports(statuses=[ReportStatus.Ready]))) == truth(
         "reports", lambda r: r["status"] == "ready")[::-1]
+    asked_adjustments = [AdjustmentStatus.Approved, AdjustmentStatus.Rejected]
+    assert ids(client.adjustments.list(ListAdjustments(pager=Pager(per_page=4), statuses=asked_adjustments))) == truth(
+        "adjustments", lambda a: a["status"] in ("approved", "rejected"))
+    assert ids(client.adjustments.list(ListAdjustments(pager=Pager(per_page=4), action=Action.Refund))) == truth(
+        "adjustments", lambda a: a["action"] == "refund")
+    adjusted = sorted({a["transaction_id"] for a in world.truth("adjustments")})[:2]
+    assert ids(client.adjustments.list(ListAdjustments(transaction_ids=adjusted))) == truth(
+        "adjustments", lambda a: a["transaction_id"] in adjusted)[::-1]
 
     # after, with order_by in either direction (the SDK sends it in lower case)
     customers = truth("customers")

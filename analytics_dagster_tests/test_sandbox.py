@@ -29,6 +29,7 @@ LISTS = {
     "reports": "/v1/reports",
     "subscriptions": "/v1/subscriptions",
     "transactions": "/v1/transactions",
+    "adjustments": "/v1/adjustments",
 }
 
 
@@ -229,6 +230,7 @@ def test_entities_have_the_real_payload_shapes(sandbox: SandboxServer) -> None:
         ("customers", "customers"), ("customer_addresses", "addresses"), ("businesses", "businesses"),
         ("discounts", "discounts"), ("prices", "prices"), ("products", "products"),
         ("subscriptions", "subscriptions"), ("reports", "reports"), ("transactions", "transactions"),
+        ("adjustments", "adjustments"),
     ]
     for resource, folder in pairs:
         name = "list_paginated_page_one.json" if folder == "transactions" else "list_default.json"
@@ -289,19 +291,84 @@ def test_the_spec_shapes_are_produced_for_a_share_of_entities(sandbox: SandboxSe
             grown += len(later) > len(earlier)
         assert seen[-1] == world.entities["transactions"][key]["payments"], key
     assert grown > 0
-    # adjustments: the whole entity, of a transaction of the world
+    # adjustments: listed, and the whole entity in the `data` of its event
     touched = admin.post("advance", adjustments=3)
     events = [e for e in admin.truth("events") if e["event_id"] in touched["events"]]
     assert [e["event_type"] for e in events] == ["adjustment.created"] * 3
     real_adjustment = json.loads((templates / "adjustment.json").read_text())
-    txns = {t["id"]: t for t in admin.truth("transactions")}
+    listed = {a["id"]: a for a in admin.truth("adjustments")}
+    assert sorted(e["data"]["id"] for e in events) == touched["adjustments"]
     for event in events:
         adjustment = event["data"]
-        assert set(real_adjustment) <= set(adjustment) and adjustment["id"].startswith("adj_")
+        assert set(real_adjustment) <= set(adjustment) and adjustment == listed[adjustment["id"]]
+        assert parse_ns(event["occurred_at"]) >= parse_ns(adjustment["created_at"])
+    assert_adjustments_are_of_their_transactions(admin.truth("adjustments"), admin.truth("transactions"))
+
+
+def assert_adjustments_are_of_their_transactions(adjustments: list[dict], transactions: list[dict]) -> None:
+    """Each adjustment is of a completed or billed transaction of the world, in its currency and
+    of its customer; its items name that transaction's line items and take no more than they
+    hold (its refunds, credits and chargebacks together, rejected ones aside); and its totals
+    add up: subtotal + tax = total, item by item and in all (minor units, as strings)."""
+    txns = {t["id"]: t for t in transactions}
+    taken: dict[tuple[str, str], int] = {}
+    for adjustment in adjustments:
         txn = txns[adjustment["transaction_id"]]
+        assert txn["status"] in ("completed", "billed", "paid", "past_due"), adjustment["id"]
         assert adjustment["customer_id"] == txn["customer_id"] and adjustment["currency_code"] == txn["currency_code"]
-        assert adjustment["items"][0]["item_id"] == txn["details"]["line_items"][0]["id"]
-        assert adjustment["created_at"] == event["occurred_at"]
+        assert parse_ns(adjustment["created_at"]) > parse_ns(txn["created_at"])
+        assert adjustment["action"] in ("refund", "credit", "chargeback")
+        assert adjustment["status"] in ("pending_approval", "approved", "rejected")
+        lines = {line["id"]: int(line["totals"]["total"]) for line in txn["details"]["line_items"]}
+        for item in adjustment["items"]:
+            assert item["item_id"] in lines, (adjustment["id"], item["item_id"])
+            totals = item["totals"]
+            assert int(totals["subtotal"]) + int(totals["tax"]) == int(totals["total"]) == int(item["amount"]) > 0
+            assert item["type"] == ("full" if int(item["amount"]) == lines[item["item_id"]] else "partial")
+            if adjustment["status"] != "rejected":
+                key = (txn["id"], item["item_id"])
+                taken[key] = taken.get(key, 0) + int(item["amount"])
+                assert taken[key] <= lines[item["item_id"]], key
+        totals = adjustment["totals"]
+        assert all(isinstance(v, str) for v in totals.values())
+        for field in ("subtotal", "tax", "total"):
+            assert int(totals[field]) == sum(int(i["totals"][field]) for i in adjustment["items"]), field
+            assert int(adjustment["payout_totals"][field]) == int(totals[field])
+            assert int(totals[field]) == sum(int(r["totals"][field]) for r in adjustment["tax_rates_used"])
+        assert int(totals["subtotal"]) + int(totals["tax"]) == int(totals["total"])
+        assert int(totals["earnings"]) == int(totals["subtotal"]) - int(totals["fee"])
+        assert totals["currency_code"] == txn["currency_code"]
+
+
+def test_adjustments_are_refunds_credits_and_chargebacks_of_real_transaction_items() -> None:
+    """The initial world's adjustments (its history: a refund reviewed after it was made) and
+    those `advance` makes, listed, each with its events; updates review pending refunds."""
+    world = World(customers=300, seed=2)
+    adjustments = world.truth("adjustments")
+    assert len(adjustments) == 300 // 8, "max(2, N / 8) in the initial world"
+    assert {a["action"] for a in adjustments} == {"refund", "credit", "chargeback"}
+    assert {a["type"] for a in adjustments} == {"full", "partial"}
+    assert {"approved", "rejected"} <= {a["status"] for a in adjustments}
+    assert all(a["status"] == "approved" for a in adjustments if a["action"] != "refund"), "only refunds wait"
+    assert_adjustments_are_of_their_transactions(adjustments, world.truth("transactions"))
+    cutoff = world.retention_cutoff_ns()
+    events = [e for e in world.truth("events") if e["event_type"].startswith("adjustment.")]
+    recent = {a["id"] for a in adjustments if parse_ns(a["created_at"]) >= cutoff}
+    assert recent and {e["data"]["id"] for e in events if e["event_type"] == "adjustment.created"} == recent
+    reviewed = [e for e in events if e["event_type"] == "adjustment.updated"]
+    assert reviewed and all(e["data"]["status"] in ("approved", "rejected") for e in reviewed)
+    made = world.advance(adjustments=12)
+    assert len(made["adjustments"]) == 12
+    pending = {a["id"] for a in world.truth("adjustments") if a["status"] == "pending_approval"}
+    assert pending and pending <= set(made["adjustments"]), "refunds wait for approval"
+    updated = world.advance(updates=400)
+    assert updated["adjustments"] and set(updated["adjustments"]) <= pending, "updates review pending refunds"
+    current = {a["id"]: a for a in world.truth("adjustments")}
+    assert all(current[k]["status"] in ("approved", "rejected") for k in updated["adjustments"])
+    latest = {e["data"]["id"]: e for e in world.truth("events") if e["event_type"].startswith("adjustment.")}
+    assert all(latest[k]["data"] == current[k] and latest[k]["event_type"] == "adjustment.updated"
+               for k in updated["adjustments"])
+    assert_adjustments_are_of_their_transactions(world.truth("adjustments"), world.truth("transactions"))
 
 
 def test_report_filters_are_named_for_their_type() -> None:

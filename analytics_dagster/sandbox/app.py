@@ -273,6 +273,8 @@ class SandboxApp:
         if api.parent and customer_id not in self.world.entities[api.parent]:
             return _error(404, "entity_not_found", f"Entity {customer_id} not found")
         bounds = _updated_bounds(query) if api.incremental == "server_updated_at" else None
+        where = {name: frozenset(v.strip() for v in query[name].split(",") if v.strip())
+                 for name in api.filters if query.get(name)}
         keys, has_more = self.world.page(
             resource,
             per_page=per_page,
@@ -282,12 +284,13 @@ class SandboxApp:
             customer_id=customer_id,
             updated_bounds=bounds,
             order_by_updated=order_field == "updated_at",
+            where=where,
         )
         last = keys[-1] if keys else query.get("after")
         next_url = str(request.url.include_query_params(after=last)) if last else str(request.url)
         pagination: dict[str, Any] = {"per_page": per_page, "next": next_url, "has_more": has_more}
         total = len(self.world.ids[resource])
-        if bounds is not None:
+        if bounds is not None or where:
             pagination["estimated_total"] = -1
         elif not stream:  # events never say; others cap what they say
             pagination["estimated_total"] = min(total, 100001)

@@ -85,13 +85,23 @@ class Factory:
             10**6 drawn for it; `updated_at` and the event are the world's.
         created: the verbs of the events a creation emits (a completed transaction: `created`,
             then `completed`).
+        changeable: which of its entities an update can change (an adjustment: only while it is
+            pending approval); `advance` picks among those.
+        history: makes the resource's share of the initial world itself, once the rest of it is
+            made (so that adding it leaves every other resource's data as it was: its draws come
+            last, the clock does not move): `history(world, count)`, with `count` as `count`
+            says for the world's customers, sets `world.clock_ns` to instants of the past and
+            calls `world.create` and `world.update` there. `new` may then return None: nothing
+            to make (no transaction to adjust).
     """
 
-    new: Callable[[World, str, str | None], Entity]
+    new: Callable[[World, str, str | None], Entity | None]
     count: Callable[[random.Random, int], int]
     made_with: str | None = None
     change: Callable[[World, Entity, int], None] = revise
     created: Callable[[Entity], tuple[str, ...]] = created_only
+    changeable: Callable[[Entity], bool] | None = None
+    history: Callable[[World, int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -450,45 +460,150 @@ def _payment_attempt(world: World, txn: Entity, ts: str, *, captured: bool) -> d
     return payment
 
 
-def new_adjustment(world: World, ts: str) -> Entity | None:
-    """An adjustment (a refund or a credit) of a completed transaction, whole, as the `data` of
-    its `adjustment.created` event (a type of event with no table); None when there is no
-    transaction at all."""
+# ---------------------------------------------------------------------- adjustments
+_HOUR_NS = 3600 * 10**9
+_FEE_PERCENT = 5  # Paddle's fee on what an adjustment gives back, as its examples have it (5 of 100)
+_REASONS = {"refund": ["error", "customer request", "duplicate charge", "not as described"],
+            "credit": ["goodwill", "service outage", "billing dispute"],
+            "chargeback": ["fraudulent", "product not received", "unrecognized charge"]}
+
+
+def adjustable(txn: Entity) -> bool:
+    """A transaction an adjustment can be made of: completed (a refund, or a chargeback) or
+    billed (a credit: a manually collected transaction), with line items."""
+    return txn["status"] in ("completed", "billed") and bool(txn["details"]["line_items"])
+
+
+def _adjustable_by_status(world: World) -> tuple[list[str], list[str]]:
+    """The transactions that can be adjusted: the completed ones, and the billed ones."""
     transactions = world.entities["transactions"]
-    completed = [k for k in world.ids["transactions"] if transactions[k]["status"] == "completed"]
-    candidates = completed or world.ids["transactions"]
-    if not candidates:
+    adjustable_ = [k for k in world.ids["transactions"] if adjustable(transactions[k])]
+    return ([k for k in adjustable_ if transactions[k]["status"] == "completed"],
+            [k for k in adjustable_ if transactions[k]["status"] == "billed"])
+
+
+def _adjusted(world: World, txn_id: str) -> tuple[dict[str, int], bool]:
+    """What the transaction's adjustments took from each of its line items so far (rejected ones
+    took nothing), and whether a refund of it is pending approval (Paddle then refuses another)."""
+    taken: dict[str, int] = {}
+    pending = False
+    for adjustment in world.entities["adjustments"].values():
+        if adjustment["transaction_id"] != txn_id or adjustment["status"] == "rejected":
+            continue
+        pending = pending or adjustment["status"] == "pending_approval"
+        for item in adjustment["items"]:
+            taken[item["item_id"]] = taken.get(item["item_id"], 0) + int(item["totals"]["total"])
+    return taken, pending
+
+
+def _split(amount: int, tax_rate: str) -> dict[str, str]:
+    """An amount with tax included, as Paddle splits it: subtotal + tax = total (minor units)."""
+    tax = round(amount * float(tax_rate) / (1 + float(tax_rate)))
+    return {"subtotal": str(amount - tax), "tax": str(tax), "total": str(amount)}
+
+
+def _sum(totals: list[dict[str, str]]) -> dict[str, str]:
+    return {k: str(sum(int(t[k]) for t in totals)) for k in ("subtotal", "tax", "total")}
+
+
+def new_adjustment(world: World, ts: str, txn_id: str | None) -> Entity | None:
+    """A refund, credit or chargeback of items of a transaction (`txn_id`, else one picked among
+    those it can be made of), as Paddle lists it: its items name the transaction's line items
+    (`details.line_items[].id`) and take no more than is left of them, and its totals add up
+    (subtotal + tax = total, in minor units). A refund waits for approval, a credit or a
+    chargeback is approved at once. None: no transaction can be adjusted (none completed or
+    billed, each with a refund pending or nothing left)."""
+    transactions = world.entities["transactions"]
+    if txn_id:
+        candidates = [txn_id]
+    else:  # a refund (of a completed transaction) four times in five, else a credit (of a billed one)
+        completed, billed = _adjustable_by_status(world)
+        candidates = billed or completed if world.rng.random() < 0.2 else completed or billed
+    while candidates:
+        txn = transactions[candidates.pop(world.rng.randrange(len(candidates)))]
+        taken, pending = _adjusted(world, txn["id"])
+        lines = [(line, int(line["totals"]["total"]) - taken.get(line["id"], 0))
+                 for line in txn["details"]["line_items"]]
+        lines = [(line, left) for line, left in lines if left > 0]
+        if not pending and lines:
+            break
+    else:
         return None
-    txn = transactions[world.rng.choice(candidates)]
-    line = txn["details"]["line_items"][0]
-    line_total = int(line["totals"]["total"])
-    amount = line_total if world.rng.random() < 0.3 else world.rng.randint(1, max(1, line_total // 2))
-    tax, fee = amount * 8 // 108, amount * 5 // 100
-    credit = world.rng.random() < 0.2
-    currency = txn["currency_code"]
-    totals = {"subtotal": str(amount - tax), "tax": str(tax), "total": str(amount)}
+    if txn["status"] == "billed":
+        action = "credit"
+    else:
+        action = "chargeback" if world.rng.random() < 0.1 else "refund"
+    whole = action == "chargeback" or world.rng.random() < 0.3  # everything left of every item
+    if not whole:
+        lines = world.rng.sample(lines, k=world.rng.randint(1, min(2, len(lines))))
     adjustment = template("adjustment")
+    adjustment.update(world.common("adjustments", ts, status="approved" if action != "refund" else "pending_approval"))
+    items = []
+    rates: dict[str, list[dict[str, str]]] = {}  # the items' totals by the tax rate of their line
+    for line, left in sorted(lines, key=lambda pair: pair[0]["id"]):
+        amount = left if whole or left == 1 or world.rng.random() < 0.3 else world.rng.randint(1, left - 1)
+        items.append({"id": world.new_id("adjitm"), "item_id": line["id"],
+                      "type": "full" if amount == int(line["totals"]["total"]) else "partial",
+                      "amount": str(amount), "proration": None, "totals": _split(amount, line["tax_rate"])})
+        rates.setdefault(line["tax_rate"], []).append(items[-1]["totals"])
+    currency = txn["currency_code"]
+    totals = _sum([item["totals"] for item in items])
+    fee = int(totals["total"]) * _FEE_PERCENT // 100
+    money = {**totals, "fee": str(fee), "earnings": str(int(totals["subtotal"]) - fee),
+             "currency_code": currency, "retained_fee": "0"}
+    full = len(items) == len(txn["details"]["line_items"]) and all(i["type"] == "full" for i in items)
     adjustment.update(
-        id=world.new_id("adj"),
-        action="credit" if credit else "refund",
-        type="partial",
+        action=action,
+        type="full" if full else "partial",
         transaction_id=txn["id"],
         subscription_id=txn.get("subscription_id"),
         customer_id=txn["customer_id"],
-        reason=world.rng.choice(["error", "customer request", "duplicate charge"]),
-        credit_applied_to_balance=False if credit else None,
+        reason=world.rng.choice(_REASONS[action]),
+        credit_applied_to_balance=True if action == "credit" else None,
         currency_code=currency,
-        status="approved" if credit else "pending_approval",
-        items=[{"id": world.new_id("adjitm"), "item_id": line["id"],
-                "type": "full" if amount == line_total else "partial", "amount": str(amount),
-                "proration": None, "totals": dict(totals)}],
-        totals={**totals, "fee": str(fee), "earnings": str(amount - tax - fee), "currency_code": currency},
-        payout_totals={**totals, "fee": str(fee), "earnings": str(amount - tax - fee), "currency_code": currency},
-        tax_rates_used=[{"tax_rate": "0.08", "totals": dict(totals)}],
-        created_at=ts,
-        updated_at=ts,
+        items=items,
+        totals=money,
+        payout_totals=dict(money, chargeback_fee={"amount": "1500", "original": None})
+        if action == "chargeback" else dict(money),
+        tax_rates_used=[{"tax_rate": rate, "totals": _sum(parts)} for rate, parts in rates.items()],
     )
     return adjustment
+
+
+def pending_approval(adjustment: Entity) -> bool:
+    return adjustment["status"] == "pending_approval"
+
+
+def review_adjustment(world: World, adjustment: Entity, n: int) -> None:
+    """Paddle reviews a refund pending approval: approved, now and then rejected. (An
+    adjustment out of review keeps its status: only its `updated_at` moves.)"""
+    if adjustment["status"] == "pending_approval":
+        adjustment["status"] = "rejected" if world.rng.random() < 0.15 else "approved"
+
+
+def adjustments_history(world: World, count: int) -> None:
+    """The initial world's adjustments: `count` transactions that can be adjusted (at most; a
+    fifth of them billed ones, credited, the others completed ones, refunded) each adjusted
+    once, an hour to 30 days after it was made (and before now), a refund reviewed an hour to
+    3 days later, if that is past too."""
+    now = world.clock_ns
+    transactions = world.entities["transactions"]
+    completed, billed = _adjustable_by_status(world)
+    credits = min(count // 5, len(billed))
+    picked = world.rng.sample(completed, k=min(count - credits, len(completed))) + world.rng.sample(billed, k=credits)
+    moments = []
+    for key in picked:
+        made = parse_ns(transactions[key]["created_at"])
+        at = made + world.rng.randint(_HOUR_NS, 30 * _DAY_NS)
+        moments.append((at if at < now else made + int(world.rng.random() * (now - made)), key))
+    for at, key in sorted(moments):
+        world.clock_ns = at
+        adjustment, _ = world.create("adjustments", world.stamp(), key)
+        review = at + world.rng.randint(_HOUR_NS, 3 * _DAY_NS)
+        if adjustment is not None and pending_approval(adjustment) and review < now:
+            world.clock_ns = review
+            world.update("adjustments", adjustment["id"], world.stamp())
+    world.clock_ns = now
 
 
 # ---------------------------------------------------------------------- documents
@@ -517,6 +632,9 @@ FACTORIES: dict[str, Factory | Document] = {
     # one report with the first customer, then with every hundredth
     "reports": Factory(new_report, lambda rng, customer: int(customer % 100 == 0), made_with="customers",
                        change=finish_report),
+    # about one adjustment for every 16 transactions, made once the rest of the world is
+    "adjustments": Factory(new_adjustment, lambda rng, customers: max(2, customers // 8), change=review_adjustment,
+                           changeable=pending_approval, history=adjustments_history),
     "event_types": Document(event_types),
     "ip_addresses": Document(ip_addresses),
 }

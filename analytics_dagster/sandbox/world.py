@@ -21,6 +21,8 @@ events                    one per create and update of the resources with events
 products                  max(3, N / 20); prices: 2 per product
 discounts                 max(2, N / 20)
 reports                   max(1, N / 100)
+adjustments               max(2, N / 8), of completed or billed transactions (made once the rest
+                          of the world is, which they leave as it was); refunds mostly reviewed
 event_types, ips          fixed lists from the real API's payloads
 ========================  =========================================
 
@@ -44,7 +46,7 @@ import uuid
 from typing import Any, Iterable
 
 from analytics_dagster.rfc3339 import CROCKFORD as _CROCKFORD, format_ns, id_floor, parse_ns
-from analytics_dagster.sandbox.factories import FACTORIES, Document, Factory, check, new_adjustment
+from analytics_dagster.sandbox.factories import FACTORIES, Document, Factory, check
 from analytics_dagster.source.resources import RESOURCES, ApiResource
 
 _START_NS = 1_672_531_200 * 10**9  # 2023-01-01T00:00:00Z
@@ -121,6 +123,7 @@ class World:
         self._history: list[tuple[int, str, str, str, dict[str, Any]]] | None = []
         self._generate(customers)
         self._write_history_events()
+        self._generate_later(customers)
 
     @property
     def event_types(self) -> list[dict[str, Any]]:
@@ -210,10 +213,15 @@ class World:
     # ------------------------------------------------------------------ making entities
     def create(self, resource: str, ts: str, owner: str | None = None) -> tuple[dict[str, Any], list[str]]:
         """A new entity of `resource` at `ts` from its factory, stored, and the ids of the events
-        its creation emitted (none while the initial history is written)."""
+        its creation emitted (none while the initial history is written). A factory that may make
+        nothing (`Factory.history`'s) leaves the entity None."""
         factory = self.factories[resource]
         assert isinstance(factory, Factory)
-        entity = self._store(resource, factory.new(self, ts, owner))
+        made = factory.new(self, ts, owner)
+        if made is None:
+            assert factory.history is not None, f"{resource}: its factory made nothing"
+            return made, []  # type: ignore[return-value]
+        entity = self._store(resource, made)
         events = [self._emit(resource, verb, entity) for verb in factory.created(entity)]
         return entity, [e for e in events if e]
 
@@ -242,10 +250,32 @@ class World:
         with what is made with it, the clock walking through two years; then some updated."""
         step = max(2_000_000, _HISTORY_NS // max(1, customers * 10))
         for name, factory in self.factories.items():
-            if isinstance(factory, Factory) and factory.made_with is None:
+            if isinstance(factory, Factory) and factory.made_with is None and factory.history is None:
                 for place in range(factory.count(self.rng, customers)):
                     self._make(name, step, None, place, children_only=False)
         self._age_history()
+
+    def _generate_later(self, customers: int) -> None:
+        """The share of the initial world the factories with a `history` make themselves, once the
+        rest is made and its events written, in a history of their own: ids of their instants,
+        events of the retention window; the clock back where it was."""
+        later = [(name, f) for name, f in self.factories.items() if isinstance(f, Factory) and f.history]
+        if not later:
+            return
+        now, self._history, self._last_id_ms = self.clock_ns, [], 0
+        for name, factory in later:
+            assert factory.history is not None
+            factory.history(self, factory.count(self.rng, customers))
+        self.clock_ns = now
+        self._write_history_events()
+
+    def update(self, resource: str, key: str, updated_at: str) -> str | None:
+        """A change to one entity (its factory's `change`), stamped `updated_at`, with its event
+        (its id; None: no events for it, or the initial history's, written later)."""
+        entity = self.entities[resource][key]
+        self._change(resource, entity)
+        self._touch(resource, entity, updated_at)
+        return self._emit(resource, "updated", entity)
 
     def _age_history(self) -> None:
         """Give some entities a later `updated_at`, and archive some, inside the past."""
@@ -325,6 +355,7 @@ class World:
         customer_id: str | None = None,
         updated_bounds: tuple[int | None, bool, int | None, bool] | None = None,
         order_by_updated: bool = False,
+        where: dict[str, frozenset[str]] | None = None,
     ) -> tuple[list[str], bool]:
         """One page of keys in id order (or `updated_at` order), and whether more follow.
 
@@ -332,6 +363,7 @@ class World:
             customer_id: the customer whose children are listed (a child resource).
             updated_bounds: (lower_ns, lower_inclusive, upper_ns, upper_inclusive) on
                 `updated_at`, for a list the API filters so (`server_updated_at`).
+            where: the values a field must have, by field (the registry's `filters`).
         """
         if customer_id is not None:
             keys: list[str] = self.children(resource, customer_id)
@@ -347,6 +379,8 @@ class World:
         found: list[str] = []
         for key in _from(keys, after, ascending, by_position=order_by_updated):
             if statuses is not None and table[key].get("status") not in statuses:
+                continue
+            if where and any(table[key].get(name) not in values for name, values in where.items()):
                 continue
             if len(found) == per_page:
                 return found, True
@@ -419,7 +453,8 @@ class World:
             new_customers: customers created, each with its children (0 to 3 addresses and 0
                 to 2 businesses).
             new_transactions: transactions created for existing customers.
-            adjustments: `adjustment.created` events: a type of event with no table.
+            adjustments: adjustments (refunds, credits, chargebacks) of transactions that can be
+                adjusted, each with its `adjustment.created` event (fewer if none can be).
             cidrs_swapped: webhook source CIDRs replaced by new ones (no event).
             new_event_types: event types added to `/v1/event-types` (no event).
             seconds: how far the world clock moves first (events older than the retention
@@ -434,8 +469,10 @@ class World:
         """
         self.clock_ns += int(seconds * 1e9)
         round_ = _Round(self, self.stamp() if same_instant else None)
-        updatable = [r for r in self.updatable if self.ids[r]]
-        weights = [len(self.ids[r]) for r in updatable]
+        # each resource as likely as the entities an update can change (`Factory.changeable`)
+        weights = [len(self._changeable(r)) for r in self.updatable]
+        updatable = [r for r, weight in zip(self.updatable, weights) if weight]
+        weights = [weight for weight in weights if weight]
         for _ in range(updates):
             self._update(round_, self.rng.choices(updatable, weights)[0])
         for _ in range(precision_traps):
@@ -450,19 +487,34 @@ class World:
             round_.note("transactions", txn["id"])
             round_.note(EVENTS, *events)
         for _ in range(adjustments):
-            ts = round_.stamp()
-            data = new_adjustment(self, ts)
-            if data is not None:
-                round_.note(EVENTS, self._new_event("adjustment.created", data, ts)["event_id"])
+            adjustment, events = self.create("adjustments", round_.stamp())
+            if adjustment is not None:
+                round_.note("adjustments", adjustment["id"])
+                round_.note(EVENTS, *events)
         for _ in range(cidrs_swapped):
             self._swap_cidr(round_)
         for _ in range(new_event_types):
             self._new_event_type(round_)
         return round_.touched
 
+    def _changeable(self, resource: str) -> list[str]:
+        """The keys of the entities of `resource` an update can change (`Factory.changeable`)."""
+        factory = self.factories[resource]
+        keys = self.ids[resource]
+        if isinstance(factory, Factory) and factory.changeable is not None:
+            keys = [k for k in keys if factory.changeable(self.entities[resource][k])]
+        return keys
+
+    def _pick(self, resource: str) -> str | None:
+        """One entity of `resource` an update can change, or None (changed since it was weighed)."""
+        keys = self._changeable(resource)
+        return self.rng.choice(keys) if keys else None
+
     def _update(self, round_: _Round, resource: str) -> None:
-        """A change to one entity of `resource`, with its event."""
-        key = self.rng.choice(self.ids[resource])
+        """A change to one entity of `resource`, with its event (none if none can change)."""
+        key = self._pick(resource)
+        if key is None:
+            return
         entity = self.entities[resource][key]
         self._change(resource, entity)
         self._touch(resource, entity, round_.stamp())
@@ -471,7 +523,9 @@ class World:
 
     def _precision_trap(self, round_: _Round, resource: str) -> None:
         """Two changes to one entity within one second, the later one reading earlier."""
-        key = self.rng.choice(self.ids[resource])
+        key = self._pick(resource)
+        if key is None:
+            return
         entity = self.entities[resource][key]
         self.clock_ns = (self.clock_ns // 10**9 + 1) * 10**9 + 900_000_000 + self.rng.randint(1, 89) * 10**6
         for digits in (6, 1):

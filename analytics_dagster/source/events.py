@@ -41,7 +41,7 @@ One run, in order:
    resumes after the last id committed. The read of the stream stops at the same bounds
    likewise (`feed.feed_items`), with the fed tables' cursors where it stopped.
 
-Event types with no table (`adjustment.*`, new ones) land in `events` only. An event that cannot
+Event types with no table (`payout.*`, new ones) land in `events` only. An event that cannot
 be applied (no `data`, no `data.id`, a `data.updated_at` that is no timestamp, an `event_id` that
 is no string) is kept in `events` (when it has an id at all), reported in the run (`problems`)
 and kept in its table's findings (`bad_events`), which the table's `events_applied` check

@@ -58,7 +58,7 @@ class ApiResource:
         path: the path under the API's root (`api_root`); `{cus_id}` marks a child listed once
             per customer.
         primary_key: the column rows are merged on.
-        page_size: `per_page` asked for (the API caps it: 200, transactions 30).
+        page_size: `per_page` asked for (the API caps it: 200, transactions 30, adjustments 50).
         archived: the API hides archived entities unless `status=active,archived` is asked.
         paginated: False for the two endpoints that return everything at once.
         data_selector: where the records are in the response.
@@ -70,11 +70,14 @@ class ApiResource:
             made-up id (`event_types`, `ip_addresses`).
         max_page_size: the most rows a page of it holds: the API cuts a larger `per_page` to it.
         order_fields: the fields its list can be ordered by (`order_by=<field>[ASC|DESC]`).
+        filters: the fields its list can be filtered on, besides `status` (`?transaction_id=a,b`:
+            the entities whose field is one of those values). The source reads whole lists and
+            asks for none; the sandbox serves them.
 
     The local sandbox (`analytics_dagster.sandbox`) serves every resource from this table too:
     its route (`path`), its ids (`id_prefix`), its pages (`max_page_size`, `order_fields`),
     `archived` hidden unless asked, the `updated_at` filters of a `server_updated_at` resource,
-    and the events of its `event_entity`.
+    its `filters`, and the events of its `event_entity`.
     """
 
     name: str
@@ -91,6 +94,7 @@ class ApiResource:
     id_prefix: str | None = None
     max_page_size: int = 200
     order_fields: tuple[str, ...] = ("id",)
+    filters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.page_size > self.max_page_size:
@@ -181,6 +185,14 @@ RESOURCES: tuple[ApiResource, ...] = (
                   ("billed_at", "timestamp"), ("revised_at", "timestamp"),
                   ("billing_details", "json"), ("billing_period", "json"),
                   ("payments", "json"), ("checkout", "json")),
+    ),
+    ApiResource(
+        "adjustments", "/adjustments", "id",
+        "Adjustments (adj_…): refunds, credits and chargebacks of transactions' items, with totals.",
+        page_size=50, max_page_size=50, event_entity="adjustment", id_prefix="adj",
+        filters=("id", "action", "customer_id", "subscription_id", "transaction_id"),
+        nullable=(("subscription_id", "text"), ("credit_applied_to_balance", "bool"),
+                  ("payout_totals", "json")),
     ),
 )
 
