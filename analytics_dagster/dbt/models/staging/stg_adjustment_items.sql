@@ -1,9 +1,5 @@
 -- One row per item of an adjustment (items[]): the transaction line it adjusts (item_id) and
 -- by how much (minor units of the adjustment's currency).
-with adjustments as (
-    {{ raw_adjustments() }}
-)
-
 select
     item.value->>'id' as adjustment_item_id,
     a.id as adjustment_id,
@@ -14,5 +10,5 @@ select
     cast(item.value->'totals'->>'subtotal' as bigint) as subtotal,
     cast(item.value->'totals'->>'tax' as bigint) as tax,
     cast(item.value->'totals'->>'total' as bigint) as total
-from adjustments as a,
+from {{ source('analytics', 'adjustments') }} as a,
     {{ json_array_elements('a.items', none, 'item') }}

@@ -1,12 +1,9 @@
 -- One row per adjustment (a refund, credit or chargeback of a transaction), its totals as
 -- numbers (minor units of currency_code).
-with adjustments as (
-    {{ raw_adjustments() }}
-)
-
 select
     id as adjustment_id,
     action,
+    type as adjustment_type,
     transaction_id,
     subscription_id,
     customer_id,
@@ -20,4 +17,4 @@ select
     cast(totals->>'earnings' as bigint) as earnings,
     created_at,
     updated_at
-from adjustments
+from {{ source('analytics', 'adjustments') }}
