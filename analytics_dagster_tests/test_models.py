@@ -219,3 +219,30 @@ def test_loading_the_code_location_imports_neither_dbt_nor_dagster_dbt(tmp_path:
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_automation_rebuilds_the_models_after_a_sync_and_not_after_a_failed_one(warehouse: Path, admin: Admin) -> None:
+    """Declarative automation (what the daemon's automation sensor evaluates): a sync of the raw
+    tables requests the models downstream of them; a failed sync requests none."""
+    from dagster import AssetSelection, evaluate_automation_conditions
+
+    instance = DagsterInstance.ephemeral()
+    raw = defs.resolve_implicit_global_asset_job_def()
+    models = AssetSelection.groups(MODELS_GROUP)
+    result = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=models)
+    cursor = result.cursor  # the first evaluation: every model is missing
+    assert raw.execute_in_process(instance=instance, asset_selection=[AssetKey(["analytics", t]) for t in
+                                  ("transactions", "subscriptions", "events", "prices", "products", "customers",
+                                   "customer_addresses", "adjustments")]).success
+    result = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=models, cursor=cursor)
+    requested = {key for key in MODELS if result.get_num_requested(key)}
+    assert model_key("stg_transactions") in requested and model_key("subscription_history") in requested
+    cursor = result.cursor
+
+    admin.post("advance", new_transactions=5)
+    admin.post("inject", resource="events", kind="status", status=503, count=4)  # the run's first request fails
+    failed = raw.execute_in_process(instance=instance, raise_on_error=False,
+                                    asset_selection=[AssetKey(["analytics", "transactions"])])
+    assert not failed.success
+    result = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=models, cursor=cursor)
+    assert result.total_requested == 0
