@@ -11,6 +11,7 @@ from typing import Any, Optional
 import dlt
 from dagster import (
     AssetSelection,
+    AutomationConditionSensorDefinition,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -91,6 +92,23 @@ weekly_full_refresh = _schedule(
     "weekly_full_refresh", full_refresh_job, "0 4 * * 0",
     "Every Sunday at 04:00: a full refresh of every resource.",
 )
+
+# The models follow the raw tables by their automation condition (models.py, MODELS_AUTOMATION);
+# this sensor evaluates it. On by default: it makes no API request, and builds a model only once
+# the raw tables it reads were synced and passed their checks.
+models_automation = AutomationConditionSensorDefinition(
+    "models_automation",
+    target=AssetSelection.groups(MODELS_GROUP),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description=(
+        "Builds the dbt models (group models) after the raw tables they read were synced by any "
+        "run (the events sensor's, a schedule's, a launch), once every one of them has a new "
+        "materialization whose blocking checks passed and none is being synced: never on a "
+        "failed sync's stale data."
+    ),
+)
+
 
 def assets_for_events(events: list[dict]) -> list[str]:
     """The tables a batch of events touches, `events` included, in a stable order (the sensor

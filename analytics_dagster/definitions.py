@@ -19,6 +19,7 @@ from analytics_dagster.automation import (  # noqa: E402
     daily_all,
     full_refresh_job,
     hourly_fast_moving,
+    models_automation,
     report_failed_runs,
     sync_all_job,
     sync_fast_moving_job,
@@ -32,7 +33,7 @@ defs = Definitions(
     asset_checks=[primary_key_checks],
     jobs=[sync_all_job, sync_fast_moving_job, full_refresh_job],
     schedules=[hourly_fast_moving, daily_all, weekly_full_refresh],
-    sensors=[api_events_sensor, report_failed_runs],
+    sensors=[api_events_sensor, report_failed_runs, models_automation],
     resources={"dlt": DagsterDltResource()},
     # One process per run, not per step: the sync is one step and the checks another, and a
     # process each costs seconds (measured: docs/benchmark.md, "Levers"). Steps run one after the other, so a run

@@ -246,3 +246,12 @@ def test_automation_rebuilds_the_models_after_a_sync_and_not_after_a_failed_one(
     assert not failed.success
     result = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=models, cursor=cursor)
     assert result.total_requested == 0
+
+
+def test_the_models_automation_sensor_is_on_and_targets_the_models() -> None:
+    from dagster import DefaultSensorStatus
+
+    sensor = defs.resolve_sensor_def("models_automation")
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    assert sensor.asset_selection.resolve(graph) == MODELS
