@@ -88,3 +88,11 @@ def test_dagster_cli_validates_the_definitions() -> None:
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dg_checks_the_definitions() -> None:
+    """`dg check defs` (dagster-dg-cli, configured under [tool.dg] in pyproject.toml) loads them."""
+    dg = str(Path(sys.executable).parent / "dg")
+    result = subprocess.run([dg, "check", "defs"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
