@@ -357,10 +357,14 @@ def test_adjustments_are_refunds_credits_and_chargebacks_of_real_transaction_ite
     assert recent and {e["data"]["id"] for e in events if e["event_type"] == "adjustment.created"} == recent
     reviewed = [e for e in events if e["event_type"] == "adjustment.updated"]
     assert reviewed and all(e["data"]["status"] in ("approved", "rejected") for e in reviewed)
+    waiting = {a["id"] for a in adjustments if a["status"] == "pending_approval"}  # of the last 3 days
     made = world.advance(adjustments=12)
     assert len(made["adjustments"]) == 12
-    pending = {a["id"] for a in world.truth("adjustments") if a["status"] == "pending_approval"}
-    assert pending and pending <= set(made["adjustments"]), "refunds wait for approval"
+    listed = {a["id"]: a for a in world.truth("adjustments")}
+    pending = {k for k, a in listed.items() if a["status"] == "pending_approval"}
+    assert pending - waiting == {k for k in made["adjustments"] if listed[k]["action"] == "refund"}, \
+        "refunds wait for approval"
+    assert pending - waiting
     updated = world.advance(updates=400)
     assert updated["adjustments"] and set(updated["adjustments"]) <= pending, "updates review pending refunds"
     current = {a["id"]: a for a in world.truth("adjustments")}

@@ -583,9 +583,9 @@ def review_adjustment(world: World, adjustment: Entity, n: int) -> None:
 
 def adjustments_history(world: World, count: int) -> None:
     """The initial world's adjustments: `count` transactions that can be adjusted (at most; a
-    fifth of them billed ones, credited, the others completed ones, refunded) each adjusted
-    once, an hour to 30 days after it was made (and before now), a refund reviewed an hour to
-    3 days later, if that is past too."""
+    fifth of them billed ones, credited, the others completed ones, refunded or charged back)
+    each adjusted once, an hour to 30 days after it was made (and before now), a refund
+    reviewed an hour to 3 days later, if that is past too."""
     now = world.clock_ns
     transactions = world.entities["transactions"]
     completed, billed = _adjustable_by_status(world)
@@ -595,7 +595,9 @@ def adjustments_history(world: World, count: int) -> None:
     for key in picked:
         made = parse_ns(transactions[key]["created_at"])
         at = made + world.rng.randint(_HOUR_NS, 30 * _DAY_NS)
-        moments.append((at if at < now else made + int(world.rng.random() * (now - made)), key))
+        if at >= now:  # a transaction of the last 30 days: adjusted some time since
+            at = made + 1 + int(world.rng.random() * max(0, now - made - 1))
+        moments.append((at, key))
     for at, key in sorted(moments):
         world.clock_ns = at
         adjustment, _ = world.create("adjustments", world.stamp(), key)

@@ -258,16 +258,20 @@ class World:
     def _generate_later(self, customers: int) -> None:
         """The share of the initial world the factories with a `history` make themselves, once the
         rest is made and its events written, in a history of their own: ids of their instants,
-        events of the retention window; the clock back where it was."""
-        later = [(name, f) for name, f in self.factories.items() if isinstance(f, Factory) and f.history]
+        events of the retention window; the clock back where it was. It draws from a generator
+        of its own (from the seed), so the world's generator, and its last id, are where they
+        were too: what every later `advance` draws is the same as without them."""
+        later = [f for f in self.factories.values() if isinstance(f, Factory) and f.history]
         if not later:
             return
-        now, self._history, self._last_id_ms = self.clock_ns, [], 0
-        for name, factory in later:
+        now, last_id_ms, rng = self.clock_ns, self._last_id_ms, self.rng
+        self._history, self._last_id_ms, self.rng = [], 0, random.Random(f"{self.seed}/history")
+        for factory in later:
             assert factory.history is not None
             factory.history(self, factory.count(self.rng, customers))
         self.clock_ns = now
         self._write_history_events()
+        self.rng, self._last_id_ms = rng, max(last_id_ms, self._last_id_ms)
 
     def update(self, resource: str, key: str, updated_at: str) -> str | None:
         """A change to one entity (its factory's `change`), stamped `updated_at`, with its event
