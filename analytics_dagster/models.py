@@ -176,10 +176,9 @@ def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResu
                 result = _result(event, names, checks)
                 if result is not None:
                     yield result
-            if not invocation.is_successful():
-                errors = [str(e) for e in invocation.get_error_events()] if hasattr(invocation, "get_error_events") else []
-                raise Failure(f"dbt build failed (exit code {invocation.process.returncode}); "
-                              "the run's log has dbt's output" + (": " + "; ".join(errors[:5]) if errors else ""))
+            error = invocation.get_error()  # the command, its exit code and the errors dbt logged
+            if error is not None:
+                raise Failure(description=str(error))
     finally:
         if previous is None:
             os.environ.pop(DUCKDB_FILE_ENV, None)

@@ -240,7 +240,7 @@ def test_the_sensor_cursor_reads_the_old_format_and_backs_off() -> None:
 
 def test_event_types_map_to_assets() -> None:
     events = [{"event_type": "address.updated"}, {"event_type": "business.created"}, {"event_type": "adjustment.created"}]
-    assert assets_for_events(events) == ["businesses", "customer_addresses", "events"]
+    assert assets_for_events(events) == ["adjustments", "businesses", "customer_addresses", "events"]
 
 
 def test_failed_run_is_reported_with_its_error(warehouse: Path, monkeypatch) -> None:

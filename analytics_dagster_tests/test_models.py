@@ -255,3 +255,21 @@ def test_the_models_automation_sensor_is_on_and_targets_the_models() -> None:
     assert sensor.default_status == DefaultSensorStatus.RUNNING
     graph = defs.resolve_asset_graph()
     assert sensor.asset_selection.resolve(graph) == MODELS
+
+
+def test_a_failing_dbt_test_fails_the_run_and_skips_the_models_after_it(warehouse: Path, admin: Admin) -> None:
+    assert sync_all().success
+    victim = admin.truth("transactions")[0]["id"]
+    with duckdb.connect(str(warehouse)) as con:  # a transaction whose total is not its lines' sum
+        con.execute("UPDATE analytics.transactions SET details = json_merge_patch(details, '{\"totals\": {\"total\": \"1\"}}') "
+                    f"WHERE id = '{victim}'")
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=DagsterInstance.ephemeral(), asset_selection=sorted(MODELS), raise_on_error=False)
+    assert not result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["line_items_add_up_to_their_transaction"].passed
+    assert all(e.passed for name, e in checks.items() if name != "line_items_add_up_to_their_transaction")
+    built = {m.asset_key for m in result.asset_materializations_for_node("analytics_models")}
+    assert model_key("stg_transactions") in built and model_key("revenue_monthly") not in built
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "line_items_add_up_to_their_transaction" in str(failure.event_specific_data.error.message)
