@@ -239,7 +239,8 @@ def test_the_sensor_cursor_reads_the_old_format_and_backs_off() -> None:
 
 
 def test_event_types_map_to_assets() -> None:
-    events = [{"event_type": "address.updated"}, {"event_type": "business.created"}, {"event_type": "adjustment.created"}]
+    events = [{"event_type": "address.updated"}, {"event_type": "business.created"}, {"event_type": "adjustment.created"},
+              {"event_type": "payout.created"}]  # a type with no table: `events` only
     assert assets_for_events(events) == ["adjustments", "businesses", "customer_addresses", "events"]
 
 
