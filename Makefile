@@ -15,7 +15,14 @@ $(VENV)/.synced: $(BIN)/uv pyproject.toml uv.lock
 	$(BIN)/python -m compileall -q analytics_dagster benchmarks
 	touch $@
 
-install: $(VENV)/.synced
+# the dbt project's manifest, which the code location reads (parsing it at load would cost seconds)
+DBT_PROJECT := analytics_dagster/dbt
+DBT_MANIFEST := $(DBT_PROJECT)/target/manifest.json
+$(DBT_MANIFEST): $(VENV)/.synced $(shell find $(DBT_PROJECT) -name '*.sql' -o -name '*.yml' | grep -v -e /target/ -e /logs/)
+	$(BIN)/dbt parse --quiet --project-dir $(DBT_PROJECT) --profiles-dir $(DBT_PROJECT)
+	touch $@
+
+install: $(VENV)/.synced $(DBT_MANIFEST)
 
 demo: install  ## sandbox up, every asset materialized into DuckDB, checks run, a summary
 	$(BIN)/python -m analytics_dagster.demo

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import dlt
 from dagster import (
     AssetSelection,
+    AutomationConditionSensorDefinition,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -27,6 +28,7 @@ from dagster import (
 )
 
 from analytics_dagster.assets import GROUP, asset_key
+from analytics_dagster.models import MODELS_GROUP
 from analytics_dagster.source import configured_api_root
 from analytics_dagster.rfc3339 import NS_PER_SECOND, id_floor
 from analytics_dagster.source.events import (
@@ -47,8 +49,12 @@ FAST_MOVING = STREAM_TABLES
 
 sync_all_job = define_asset_job(
     "sync_all",
-    selection=AssetSelection.groups(GROUP),
-    description="Sync every resource of the API into the warehouse, then check primary keys.",
+    selection=AssetSelection.groups(GROUP, MODELS_GROUP),
+    description=(
+        "Sync every resource of the API into the warehouse, then check primary keys, then build "
+        "the dbt models and run their tests (a model runs only if every raw table it reads was "
+        "synced and passed its check)."
+    ),
 )
 sync_fast_moving_job = define_asset_job(
     "sync_fast_moving",
@@ -61,11 +67,11 @@ sync_fast_moving_job = define_asset_job(
 
 full_refresh_job = define_asset_job(
     "full_refresh",
-    selection=AssetSelection.groups(GROUP),
+    selection=AssetSelection.groups(GROUP, MODELS_GROUP),
     config={"ops": {"analytics_api": {"config": {"full_refresh": True}}}},
     description=(
         "Forget the incremental state: read every resource whole and write every row (merged on "
-        "its key). The safety net for whatever incremental sync cannot see."
+        "its key), then build the models. The safety net for whatever incremental sync cannot see."
     ),
 )
 
@@ -86,6 +92,23 @@ weekly_full_refresh = _schedule(
     "weekly_full_refresh", full_refresh_job, "0 4 * * 0",
     "Every Sunday at 04:00: a full refresh of every resource.",
 )
+
+# The models follow the raw tables by their automation condition (models.py, MODELS_AUTOMATION);
+# this sensor evaluates it. On by default: it makes no API request, and builds a model only once
+# the raw tables it reads were synced and passed their checks.
+models_automation = AutomationConditionSensorDefinition(
+    "models_automation",
+    target=AssetSelection.groups(MODELS_GROUP),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description=(
+        "Builds the dbt models (group models) after the raw tables they read were synced by any "
+        "run (the events sensor's, a schedule's, a launch), once every one of them has a new "
+        "materialization whose blocking checks passed and none is being synced: never on a "
+        "failed sync's stale data."
+    ),
+)
+
 
 def assets_for_events(events: list[dict]) -> list[str]:
     """The tables a batch of events touches, `events` included, in a stable order (the sensor

@@ -19,19 +19,21 @@ from analytics_dagster.automation import (  # noqa: E402
     daily_all,
     full_refresh_job,
     hourly_fast_moving,
+    models_automation,
     report_failed_runs,
     sync_all_job,
     sync_fast_moving_job,
     weekly_full_refresh,
 )
 from analytics_dagster.checks import primary_key_checks  # noqa: E402
+from analytics_dagster.models import analytics_models  # noqa: E402  (the manifest, read as JSON: no dbt import)
 
 defs = Definitions(
-    assets=[analytics_assets],
+    assets=[analytics_assets, analytics_models],
     asset_checks=[primary_key_checks],
     jobs=[sync_all_job, sync_fast_moving_job, full_refresh_job],
     schedules=[hourly_fast_moving, daily_all, weekly_full_refresh],
-    sensors=[api_events_sensor, report_failed_runs],
+    sensors=[api_events_sensor, report_failed_runs, models_automation],
     resources={"dlt": DagsterDltResource()},
     # One process per run, not per step: the sync is one step and the checks another, and a
     # process each costs seconds (measured: docs/benchmark.md, "Levers"). Steps run one after the other, so a run

@@ -1,11 +1,15 @@
-"""`make demo`: sandbox up, every asset materialized into DuckDB, checks run, a summary, sandbox down.
+"""`make demo`: sandbox up, every asset materialized into DuckDB (the raw tables, then the dbt
+models), checks and dbt tests run, a summary, sandbox down.
 
-Exits 1 when the run fails, any asset check fails, or any table differs from the API in rows.
+Exits 1 when the run fails, any asset check or dbt test fails, or any table differs from the API
+in rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import time
@@ -38,12 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         from analytics_dagster.source.pipeline import make_pipeline, table_stats
 
         started = time.monotonic()
-        result = defs.resolve_job_def("sync_all").execute_in_process(
-            instance=DagsterInstance.ephemeral(),
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
+        dbt_output = io.StringIO()  # dbt's own log, which dagster-dbt writes to stdout: shown if the run fails
+        with contextlib.redirect_stdout(dbt_output):
+            result = defs.resolve_job_def("sync_all").execute_in_process(
+                instance=DagsterInstance.ephemeral(),
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
         elapsed = time.monotonic() - started
+        if not result.success:
+            print(dbt_output.getvalue()[-5000:])
         checks: dict[str, list[Any]] = {}
         for evaluation in result.get_asset_check_evaluations():
             checks.setdefault(evaluation.asset_key.path[-1], []).append(evaluation)
@@ -63,9 +71,40 @@ def main(argv: list[str] | None = None) -> int:
                        else "FAILED: " + ", ".join(c.check_name for c in check if not c.passed))
             ok = ok and rows == expected and verdict.endswith("passed")
             print(f"{resource.name:<20}{rows:>8}{expected:>8}  {verdict}")
+        ok = print_models(result) and ok
         print(f"\nwarehouse: {os.environ.get('DESTINATION__DUCKDB__CREDENTIALS', 'data/warehouse.duckdb')} (dataset analytics)")
     print("sandbox down; " + ("all tables equal the API, all checks passed" if ok else "SOMETHING IS WRONG (see above)"))
     return 0 if ok else 1
+
+
+def print_models(result: Any) -> bool:
+    """The models built and their tests, today's MRR and the last month's net revenue; whether
+    every model was built and every test passed."""
+    import duckdb
+
+    from analytics_dagster.models import MODEL_SPECS, MODELS_SCHEMA
+    from analytics_dagster.source.pipeline import duckdb_file
+
+    models = {spec.key for spec in MODEL_SPECS}
+    built = {m.asset_key for m in result.asset_materializations_for_node("analytics_models")} if result.success else set()
+    tests = [e for e in result.get_asset_check_evaluations() if e.asset_key in models]
+    failed = [e.check_name for e in tests if not e.passed]
+    print(f"\ndbt models: {len(built)} of {len(models)} built; tests: {len(tests) - len(failed)} passed"
+          + (f", FAILED: {', '.join(failed)}" if failed else ""))
+    target = duckdb_file()
+    if not built or target is None:
+        return False
+    with duckdb.connect(target, read_only=True) as con:
+        mrr = con.execute(f"SELECT currency_code, mrr, active_subscriptions FROM {MODELS_SCHEMA}.mrr_daily "
+                          "WHERE day = (SELECT max(day) FROM " + MODELS_SCHEMA + ".mrr_daily) ORDER BY 1").fetchall()
+        month = con.execute(f"SELECT max(month) FROM {MODELS_SCHEMA}.revenue_monthly").fetchone()[0]
+        revenue = con.execute(f"SELECT currency_code, sum(gross), sum(refunds), sum(net) FROM {MODELS_SCHEMA}.revenue_monthly "
+                              "WHERE month = ? GROUP BY 1 ORDER BY 1", [month]).fetchall()
+    print("MRR today (minor units a month): " + (", ".join(
+        f"{currency} {value:,.0f} ({subs} subscriptions)" for currency, value, subs in mrr) or "none"))
+    print(f"net revenue of the last month with revenue ({month:%Y-%m}), minor units: " + ", ".join(
+        f"{currency} {net:,} (gross {gross:,}, refunds {refunds:,})" for currency, gross, refunds, net in revenue))
+    return len(built) == len(models) and not failed
 
 
 if __name__ == "__main__":

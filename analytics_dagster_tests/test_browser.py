@@ -77,6 +77,11 @@ def dagster_dev(warehouse: Path, sandbox: SandboxServer, tmp_path: Path):
         log.close()
 
 
+# the lineage of the group analytics (the raw tables): with the models' group beside it, the
+# global lineage shows each group collapsed, and /asset-groups/<group> leads there
+GROUP_GRAPH = '{url}/asset-groups~group:%22analytics%22'
+
+
 def shoot(page: Page, tmp_path: Path, name: str) -> None:
     folder = Path(os.environ.get("ANALYTICS_SCREENSHOT_DIR") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,22 +103,23 @@ def test_materialize_all_in_the_ui(dagster_dev: str, warehouse: Path, admin: Adm
         page.add_locator_handler(skip, lambda *_: skip.click())
 
         # the group's graph lists every asset
-        page.goto(f"{url}/asset-groups/analytics", wait_until="networkidle")
+        page.goto(GROUP_GRAPH.format(url=url), wait_until="networkidle")
         for table in TABLES:
             page.get_by_text(table, exact=True).first.wait_for(timeout=30_000)
 
-        # lineage: customers -> customer_addresses and customers -> businesses
+        # lineage: customers -> customer_addresses and customers -> businesses (and the model
+        # customer_overview, which reads customers)
         page.goto(f"{url}/assets/analytics/customers?view=lineage&lineageScope=downstream&lineageDepth=1",
                   wait_until="networkidle")
         graph = page.locator("[class*=AssetNode_assetName]")
-        poll(lambda: graph.count() == 3, timeout=30)
-        assert sorted(graph.all_inner_texts()) == ["businesses", "customer_addresses", "customers"]
+        poll(lambda: graph.count() == 4, timeout=30)
+        assert sorted(graph.all_inner_texts()) == ["businesses", "customer_addresses", "customer_overview", "customers"]
         for child in ("customer_addresses", "businesses"):
             page.goto(f"{url}/assets/analytics/{child}", wait_until="networkidle")
             page.locator("a[href='/assets/analytics/customers']").first.wait_for(timeout=30_000)
 
-        # Materialize all, then wait (with a deadline) for the run to succeed
-        page.goto(f"{url}/asset-groups/analytics", wait_until="networkidle")
+        # Materialize all (of the group), then wait (with a deadline) for the run to succeed
+        page.goto(GROUP_GRAPH.format(url=url), wait_until="networkidle")
         page.get_by_role("button", name="Materialize all").click()
         runs_query = "{ runsOrError { ... on Runs { results { runId status } } } }"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from dagster import AssetKey, DefaultSensorStatus, build_schedule_context
 
 from analytics_dagster.definitions import defs
+from analytics_dagster.models import MODEL_CHECK_SPECS, MODEL_SPECS
 from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
 from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES
 
@@ -26,13 +27,13 @@ def test_loads_with_no_settings_and_no_network(tmp_path: Path) -> None:
     # run from an empty folder: no .dlt/ there, so no settings at all
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(len(RESOURCES))
+    assert result.stdout.strip() == str(len(RESOURCES) + len(MODEL_SPECS))
     assert not (tmp_path / "data").exists(), "loading must not create the warehouse"
 
 
 def test_asset_keys_groups_lineage_and_descriptions() -> None:
     graph = defs.resolve_asset_graph()
-    keys = graph.get_all_asset_keys()
+    keys = graph.get_all_asset_keys() - {spec.key for spec in MODEL_SPECS}  # the models: test_models.py
     assert keys == {AssetKey(["analytics", name]) for name in TABLES}
     for key in keys:
         node = graph.get(key)
@@ -55,7 +56,8 @@ def test_every_table_the_stream_keeps_has_a_warning_check_of_its_events() -> Non
     graph = defs.resolve_asset_graph()
     checks = {k.asset_key.path[-1]: k for k in graph.asset_check_keys if k.name == "events_applied"}
     assert set(checks) == {r.name for r in RESOURCES if r.event_entity} | {"events"}
-    assert {k.name for k in graph.asset_check_keys} == {"primary_key_unique_not_null", "events_applied"}
+    assert {k.name for k in graph.asset_check_keys} == {"primary_key_unique_not_null", "events_applied"} | {
+        c.name for c in MODEL_CHECK_SPECS}
     for key in checks.values():
         assert not graph.get_check_spec(key).blocking, "one bad event must block nothing downstream"
 
@@ -86,3 +88,11 @@ def test_dagster_cli_validates_the_definitions() -> None:
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dg_checks_the_definitions() -> None:
+    """`dg check defs` (dagster-dg-cli, configured under [tool.dg] in pyproject.toml) loads them."""
+    dg = str(Path(sys.executable).parent / "dg")
+    result = subprocess.run([dg, "check", "defs"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr

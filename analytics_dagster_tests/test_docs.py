@@ -33,11 +33,11 @@ def test_the_readme_is_a_guide_in_the_order_a_user_needs_it() -> None:
     headings = re.findall(r"^## (.+)$", text, re.M)
     assert headings == [
         "Quick start", "Using it on a real account", "The UI", "Jobs, schedules and sensors",
-        "Settings", "When something goes wrong", "Further reading",
+        "The models", "Settings", "When something goes wrong", "Further reading",
     ]
     assert len(text.splitlines()) <= 210
     assert not re.search(r"#\d+\b", text), "no issue numbers"
-    for doc in ("design", "benchmark", "sandbox", "deploy"):
+    for doc in ("design", "benchmark", "sandbox", "deploy", "models"):
         assert f"(docs/{doc}.md)" in text
 
 

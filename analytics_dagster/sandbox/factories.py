@@ -15,6 +15,7 @@ take a discount).
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import pickle
@@ -44,6 +45,10 @@ _CITIES = [
 ]
 _CURRENCIES = ["USD", "EUR", "GBP", "AUD", "CAD"]
 _SUBSCRIPTION_DISCOUNT_SHARE = 0.2  # subscriptions created with a discount
+# a price's billing cycle (interval, frequency) and how often it is drawn: monthly and yearly
+# mostly, and the other intervals a monthly figure (MRR) has to normalise
+_BILLING_CYCLES = [(("month", 1), 40), (("year", 1), 40), (("month", 3), 10), (("week", 2), 5), (("day", 30), 5)]
+_TAX_RATE = (8, 100)  # the tax of every line: 8% of its amount after discount, rounded down
 # the filter on when a report's rows were updated, by its type, as the spec names it
 _REPORT_UPDATED_FILTER = {"transactions": "updated_at", "adjustments": "updated_at", "discounts": "updated_at",
                           "products_prices": "product_updated_at"}
@@ -210,13 +215,16 @@ def new_product(world: World, ts: str, owner: str | None) -> Entity:
 
 def new_price(world: World, ts: str, product_id: str | None) -> Entity:
     entity = world.common("prices", ts)
-    yearly = world.rng.random() < 0.5
+    (interval, frequency), = world.rng.choices([c for c, _ in _BILLING_CYCLES], [w for _, w in _BILLING_CYCLES])
+    name = {"month": "Monthly", "year": "Annual", "week": "Weekly", "day": "Daily"}[interval]
+    if frequency > 1:
+        name = f"Every {frequency} {interval}s"
     entity.update(
         product_id=product_id,
-        description="Annual (per seat)" if yearly else "Monthly (per seat)",
+        description=f"{name} (per seat)",
         type="standard",
-        name="Annual" if yearly else "Monthly",
-        billing_cycle={"interval": "year" if yearly else "month", "frequency": 1},
+        name=name,
+        billing_cycle={"interval": interval, "frequency": frequency},
         trial_period=None if world.rng.random() < 0.7 else {"interval": "day", "frequency": 14},
         tax_mode="account_setting",
         unit_price={
@@ -283,12 +291,14 @@ def new_subscription(world: World, ts: str, customer_id: str | None) -> Entity:
     entity = template("subscription")
     entity.update(world.common("subscriptions", ts))
     businesses = world.children("businesses", customer_id) or [None]
+    currency, items = subscription_items(world, ts)
     entity.update(
         status=world.rng.choice(["active", "active", "trialing", "past_due", "paused"]),
         customer_id=customer_id,
         address_id=addresses[0],
         business_id=businesses[0],
-        currency_code=world.rng.choice(_CURRENCIES),
+        currency_code=currency,
+        items=items,
         started_at=ts,
         first_billed_at=ts,
         discount=None,
@@ -298,6 +308,40 @@ def new_subscription(world: World, ts: str, customer_id: str | None) -> Entity:
     if world.ids["discounts"] and world.rng.random() < _SUBSCRIPTION_DISCOUNT_SHARE:
         entity["discount"] = _subscription_discount(world, ts)
     return entity
+
+
+def _chosen_prices(world: World, most: int) -> list[Entity]:
+    """1 to `most` distinct prices of the world, all in the first one's currency (as the API
+    bills a subscription or a transaction in one currency)."""
+    prices = world.entities["prices"]
+    first = prices[world.rng.choice(world.ids["prices"])]
+    currency = first["unit_price"]["currency_code"]
+    others = [k for k in world.ids["prices"] if k != first["id"] and prices[k]["unit_price"]["currency_code"] == currency]
+    picked = world.rng.sample(others, k=min(len(others), world.rng.randint(0, most - 1)))
+    return [first, *(prices[k] for k in picked)]
+
+
+def _quantity(world: World, price: Entity) -> int:
+    return world.rng.randint(price["quantity"]["minimum"], min(20, price["quantity"]["maximum"]))
+
+
+def _product_of(world: World, price: Entity) -> Entity:
+    product = world.entities["products"][price["product_id"]]
+    return {k: copy.deepcopy(product[k]) for k in
+            ("id", "name", "description", "tax_category", "image_url", "status", "created_at", "updated_at")}
+
+
+def subscription_items(world: World, ts: str) -> tuple[str, list[Entity]]:
+    """A new subscription's currency and items: 1 to 3 of the world's prices, each item with a
+    snapshot of its price and product, as the API embeds them."""
+    items = []
+    for price in _chosen_prices(world, 3):
+        items.append({
+            "status": "active", "quantity": _quantity(world, price), "recurring": price["billing_cycle"] is not None,
+            "created_at": ts, "updated_at": ts, "previously_billed_at": ts, "next_billed_at": None,
+            "trial_dates": None, "price": copy.deepcopy(price), "product": _product_of(world, price),
+        })
+    return items[0]["price"]["unit_price"]["currency_code"], items
 
 
 def _subscription_discount(world: World, ts: str) -> dict[str, Any]:
@@ -323,13 +367,49 @@ def new_transaction(world: World, ts: str, customer_id: str | None) -> Entity:
         status=world.rng.choice(["draft", "ready", "billed", "paid", "completed"]),
         customer_id=customer_id,
         address_id=addresses[0],
-        currency_code=world.rng.choice(_CURRENCIES),
         invoice_number=f"{world.rng.randint(100, 999)}-{world.rng.randint(10000, 99999)}",
         custom_data=_custom_data(world),
     )
-    entity["details"]["totals"]["total"] = str(world.rng.randint(100, 1_000_000))
+    _bill(world, entity, _chosen_prices(world, 3))
     entity["payments"] = _payments_after(world, entity, entity["status"], ts)
     return entity
+
+
+def _bill(world: World, txn: Entity, prices: list[Entity]) -> None:
+    """The transaction's items, line items and totals for `prices`, as the API computes them:
+    per line, subtotal = unit price x quantity, a discount (10% on some lines), tax on what is
+    left, total = subtotal - discount + tax; the transaction's totals are the lines' sums, the
+    fee 5% of the total, earnings the total less tax and fee."""
+    currency = prices[0]["unit_price"]["currency_code"]
+    items, lines = [], []
+    for price in prices:
+        quantity = _quantity(world, price)
+        subtotal = int(price["unit_price"]["amount"]) * quantity
+        discount = subtotal // 10 if world.rng.random() < 0.3 else 0
+        tax = (subtotal - discount) * _TAX_RATE[0] // _TAX_RATE[1]
+        totals = {"subtotal": str(subtotal), "tax": str(tax), "discount": str(discount),
+                  "total": str(subtotal - discount + tax)}
+        items.append({"price": copy.deepcopy(price), "quantity": quantity})
+        lines.append({
+            "id": world.new_id("txnitm"), "price_id": price["id"], "quantity": quantity, "totals": totals,
+            "product": _product_of(world, price), "tax_rate": "0.08",
+            "unit_totals": {k: str(int(v) // quantity) for k, v in totals.items()},
+        })
+    sums = {k: sum(int(line["totals"][k]) for line in lines) for k in ("subtotal", "tax", "discount", "total")}
+    fee = sums["total"] * 5 // 100
+    totals = {
+        "subtotal": str(sums["subtotal"]), "tax": str(sums["tax"]), "discount": str(sums["discount"]),
+        "total": str(sums["total"]), "grand_total": str(sums["total"]), "fee": str(fee), "credit": "0",
+        "credit_to_balance": "0", "balance": str(sums["total"]), "earnings": str(sums["total"] - sums["tax"] - fee),
+        "currency_code": currency, "grand_total_tax": str(sums["tax"]),
+    }
+    txn["currency_code"] = currency
+    txn["items"] = items
+    details = txn["details"]
+    details["totals"] = totals
+    details["adjusted_totals"] = {k: totals.get(k, v) for k, v in details["adjusted_totals"].items()}
+    details["tax_rates_used"] = [{"tax_rate": "0.08", "totals": {k: str(v) for k, v in sums.items()}}]
+    details["line_items"] = lines
 
 
 def transaction_created(entity: Entity) -> tuple[str, ...]:

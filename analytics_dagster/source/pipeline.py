@@ -171,6 +171,14 @@ def locked_pipeline(report: Optional[Callable[[str], None]] = None) -> Iterator[
     the lock, too: made while another run has dropped its working folder and not yet restored
     it, dlt would find no state there and wipe the folder under that run.
     """
+    with warehouse_lock():
+        yield make_pipeline(report=report)
+
+
+@contextlib.contextmanager
+def warehouse_lock() -> Iterator[None]:
+    """This machine's lock on the pipeline and its warehouse, held by every writer (a sync, the
+    checks, a dbt build): the next one waits."""
     lock_dir = Path(get_dlt_pipelines_dir())
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f".{PIPELINE_NAME}.lock", "a+") as handle:
@@ -180,9 +188,15 @@ def locked_pipeline(report: Optional[Callable[[str], None]] = None) -> Iterator[
             handle.truncate()
             handle.write(str(os.getpid()))
             handle.flush()
-            yield make_pipeline(report=report)
+            yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def duckdb_file() -> Optional[str]:
+    """The warehouse's DuckDB file, absolute, as a run resolves it; None when the destination
+    is not DuckDB."""
+    return _duckdb_file() if (dlt.config.get("destination_type", str) or "duckdb") == "duckdb" else None
 
 
 def table_stats(

@@ -1,0 +1,52 @@
+-- One row per state of each subscription, valid from valid_from until valid_to (exclusive;
+-- null: its current state). The states are the snapshots of its `subscription.*` events, in
+-- the stream's order; a subscription with no event in the stream has not changed since its
+-- updated_at, and its listed row is its one state. Contiguous: each state ends where the next
+-- begins.
+with snapshots as (
+    select
+        event_id as state_id,
+        data->>'id' as subscription_id,
+        event_type as changed_by,
+        event_id as stream_position,
+        occurred_at as valid_from,
+        data->>'status' as status,
+        data->>'customer_id' as customer_id,
+        data->>'currency_code' as currency_code,
+        data->'items' as items
+    from {{ source('analytics', 'events') }}
+    where event_type like 'subscription.%' and data->>'id' is not null
+),
+
+listed as (
+    select
+        'listed/' || s.id as state_id,
+        s.id as subscription_id,
+        'listed' as changed_by,
+        '' as stream_position,
+        s.updated_at as valid_from,
+        s.status,
+        s.customer_id,
+        s.currency_code,
+        s.items
+    from {{ source('analytics', 'subscriptions') }} as s
+    where not exists (select 1 from snapshots as e where e.subscription_id = s.id)
+),
+
+states as (
+    select * from snapshots
+    union all
+    select * from listed
+)
+
+select
+    state_id,
+    subscription_id,
+    changed_by,
+    status,
+    customer_id,
+    currency_code,
+    items,
+    valid_from,
+    lead(valid_from) over (partition by subscription_id order by stream_position) as valid_to
+from states

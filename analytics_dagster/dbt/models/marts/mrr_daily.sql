@@ -1,0 +1,26 @@
+-- MRR per day and currency: the monthly amounts (monthly_amount) of the recurring items of the
+-- subscriptions active at the end of the day (UTC), from the first day of the history to today.
+with history_items as (
+    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['status', 'valid_from', 'valid_to']) }}
+),
+
+days as (
+    select cast(d as date) as day
+    from generate_series(
+        cast((select min(valid_from) from {{ ref('subscription_history') }}) as date),
+        current_date,
+        interval '1 day'
+    ) as g(d)
+)
+
+select
+    days.day,
+    i.unit_currency_code as currency_code,
+    sum(i.monthly_amount) as mrr,
+    count(distinct i.subscription_id) as active_subscriptions
+from days
+join history_items as i
+    on i.valid_from < days.day + interval '1 day'
+    and (i.valid_to is null or i.valid_to >= days.day + interval '1 day')
+where i.status = 'active' and i.recurring
+group by days.day, i.unit_currency_code

@@ -1,0 +1,10 @@
+-- One row per customer address.
+select
+    id as address_id,
+    customer_id,
+    status,
+    country_code,
+    city,
+    created_at,
+    updated_at
+from {{ source('analytics', 'customer_addresses') }}

@@ -1,0 +1,9 @@
+-- One row per item of a subscription as listed now (items[]): its price and product, quantity,
+-- whether it recurs, the price's billing cycle and unit amount (minor units of
+-- unit_currency_code), and what it adds to MRR (monthly_amount: docs/models.md).
+select
+    subscription_id || '/' || price_id as subscription_item_id,
+    *
+from (
+    {{ subscription_items(source('analytics', 'subscriptions'), 'id', ['status as subscription_status', 'customer_id']) }}
+) as items

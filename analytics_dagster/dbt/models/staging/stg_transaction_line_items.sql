@@ -1,0 +1,15 @@
+-- One row per line of a transaction (details.line_items[]): what was billed for which price.
+select
+    line.value->>'id' as line_item_id,
+    t.id as transaction_id,
+    t.status as transaction_status,
+    coalesce(t.details->'totals'->>'currency_code', t.currency_code) as currency_code,
+    line.value->>'price_id' as price_id,
+    line.value->'product'->>'id' as product_id,
+    cast(line.value->>'quantity' as bigint) as quantity,
+    cast(line.value->'totals'->>'subtotal' as bigint) as subtotal,
+    cast(line.value->'totals'->>'discount' as bigint) as discount,
+    cast(line.value->'totals'->>'tax' as bigint) as tax,
+    cast(line.value->'totals'->>'total' as bigint) as total
+from {{ source('analytics', 'transactions') }} as t,
+    {{ json_array_elements('t.details', 'line_items', 'line') }}

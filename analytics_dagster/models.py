@@ -1,0 +1,198 @@
+"""The dbt project's models (analytics_dagster/dbt) as Dagster assets downstream of the raw
+tables, and its tests as their asset checks.
+
+The definition is made from the manifest `make install` parses (`dbt parse`), read as JSON:
+importing dagster-dbt imports dbt-core, which costs more than the whole code location does
+today (0.9 s measured), so nothing here imports either until a run starts. The keys, lineage
+and checks are what dagster-dbt's own `@dbt_assets` makes of that manifest with `ModelsTranslator`
+(a test compares them); a run is dagster-dbt's: `DbtCliResource` runs `dbt build` of the
+selected models and tests and its events become this step's materializations and check results.
+
+Sources are the raw assets `analytics/<table>` (`meta.dagster.asset_key` in sources.yml), so
+lineage runs from `analytics/transactions` to each metric; a model is `analytics_models/<name>`,
+the schema and table it is written to, in group `models`.
+"""
+
+
+import json
+import os
+import sys
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    AutomationCondition,
+    Failure,
+    FreshnessPolicy,
+    MaterializeResult,
+    multi_asset,
+)
+
+from analytics_dagster.assets import DESTINATION_POOL
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parent / "dbt"
+MANIFEST = DBT_PROJECT_DIR / "target" / "manifest.json"
+MODELS_GROUP = "models"
+MODELS_SCHEMA = "analytics_models"  # profiles.yml: where the models are written
+# the DuckDB file, as the asset passes it to dbt (profiles.yml reads it)
+DUCKDB_FILE_ENV = "ANALYTICS_DUCKDB_FILE"
+# A model is rebuilt once every raw table it reads has a new materialization whose blocking
+# checks passed, and none of them is being synced: a failed sync, or a table whose primary-key
+# check failed, leaves the models as they were rather than rebuilding them on stale or bad data.
+MODELS_AUTOMATION = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
+# The marts are what a reader looks at: the daily sync (daily_all, 02:30) rebuilds them, so one
+# older than a day and a bit means that sync did not run or failed.
+MARTS_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25))
+
+
+def model_key(name: str) -> AssetKey:
+    return AssetKey([MODELS_SCHEMA, name])
+
+
+def load_manifest(path: Path = MANIFEST) -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: `make install` parses the dbt project into it "
+                                "(`dbt parse --project-dir analytics_dagster/dbt --profiles-dir analytics_dagster/dbt`)")
+    return json.loads(path.read_text())
+
+
+def node_key(manifest: Mapping[str, Any], unique_id: str) -> AssetKey:
+    """The asset of a dbt node: a source's `meta.dagster.asset_key`, a model's `model_key`."""
+    if unique_id in manifest["sources"]:
+        source = manifest["sources"][unique_id]
+        return AssetKey(source["meta"]["dagster"]["asset_key"])
+    return model_key(manifest["nodes"][unique_id]["name"])
+
+
+def attached_model(manifest: Mapping[str, Any], test: Mapping[str, Any]) -> str | None:
+    """The model a test checks, as dagster-dbt finds it: a generic test's `attached_node`, a
+    singular test's one upstream node or its `meta.dagster.ref`."""
+    upstream = test["depends_on"]["nodes"]
+    attached = test.get("attached_node") or (upstream[0] if len(upstream) == 1 else None)
+    ref = ((test.get("config") or {}).get("meta") or test.get("meta") or {}).get("dagster", {}).get("ref")
+    if ref:
+        attached = next((uid for uid, node in manifest["nodes"].items() if node["name"] == ref["name"]), None)
+    return attached if attached in manifest["nodes"] else None
+
+
+def _description(node: Mapping[str, Any]) -> str:
+    return (node.get("description") or "").strip() or f"dbt model {node['name']}"
+
+
+def build_specs(manifest: Mapping[str, Any]) -> tuple[list[AssetSpec], list[AssetCheckSpec]]:
+    """An asset per model (deps: the models and sources it reads), a check per test attached to one."""
+    models = {uid: node for uid, node in manifest["nodes"].items() if node["resource_type"] == "model"}
+    specs = []
+    for uid, node in sorted(models.items()):
+        mart = node["fqn"][1:2] == ["marts"]
+        specs.append(AssetSpec(
+            key=model_key(node["name"]),
+            deps=[node_key(manifest, dep) for dep in node["depends_on"]["nodes"]],
+            description=_description(node),
+            group_name=MODELS_GROUP,
+            kinds={"dbt", "duckdb"},
+            code_version=node["checksum"]["checksum"],
+            automation_condition=MODELS_AUTOMATION,
+            # dbt skips a model whose upstream model failed or whose test failed (the step then
+            # fails); on a warehouse other than DuckDB nothing is built
+            skippable=True,
+            freshness_policy=MARTS_FRESHNESS if mart else None,
+            metadata={"dagster/table_name": f"{node['schema']}.{node['name']}", "dbt_unique_id": uid,
+                      "dbt_materialized": node["config"].get("materialized", "")},
+        ))
+    checks = []
+    for uid, test in sorted(manifest["nodes"].items()):
+        attached = attached_model(manifest, test) if test["resource_type"] == "test" else None
+        if attached in models:
+            checks.append(AssetCheckSpec(
+                name=test["name"], asset=node_key(manifest, attached),
+                description=(test.get("description") or "").strip() or f"dbt test {test['name']}",
+                metadata={"dbt_unique_id": uid},
+            ))
+    return specs, checks
+
+
+def models_translator() -> Any:
+    """dagster-dbt's translator of this project: the keys `node_key` gives, group `models`.
+    Made at run time (it imports dbt-core)."""
+    from dagster_dbt import DagsterDbtTranslator
+
+    class ModelsTranslator(DagsterDbtTranslator):
+        def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
+            if dbt_resource_props["resource_type"] == "source":
+                return super().get_asset_key(dbt_resource_props)  # meta.dagster.asset_key
+            return model_key(dbt_resource_props["name"])
+
+        def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str:
+            return MODELS_GROUP
+
+    return ModelsTranslator()
+
+
+MANIFEST_DATA = load_manifest()
+MODEL_SPECS, MODEL_CHECK_SPECS = build_specs(MANIFEST_DATA)
+
+
+@multi_asset(
+    specs=MODEL_SPECS,
+    check_specs=MODEL_CHECK_SPECS,
+    name="analytics_models",
+    can_subset=True,
+    pool=DESTINATION_POOL,
+    description="`dbt build` of the selected models and their tests, on the warehouse the sync writes.",
+)
+def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """`dbt build --select` the selected models and tests, under the warehouse's lock (one
+    writer at a time), on the DuckDB file the pipeline resolves."""
+    from dagster_dbt import DbtCliResource
+
+    from analytics_dagster.source.pipeline import duckdb_file, warehouse_lock
+
+    target = duckdb_file()
+    if target is None:  # the raw tables synced, and nothing else to do: not a failure of the run
+        context.log.warning("the dbt models run on DuckDB only, and the destination is another: "
+                            "none built (docs/models.md, 'PostgreSQL')")
+        return
+    names = {key: key.path[-1] for key in context.selected_asset_keys}
+    checks = {(key.asset_key, key.name) for key in context.selected_asset_check_keys}
+    select = sorted(names.values()) + sorted(name for key, name in checks if key not in names)
+    # this environment's dbt, whatever the PATH (a daemon's, a test's)
+    dbt = DbtCliResource(project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR),
+                         dbt_executable=str(Path(sys.executable).parent / "dbt"))
+    previous = os.environ.get(DUCKDB_FILE_ENV)
+    os.environ[DUCKDB_FILE_ENV] = target
+    try:
+        with warehouse_lock(), tempfile.TemporaryDirectory(prefix="analytics_dbt_") as scratch:
+            invocation = dbt.cli(["build", "--select", " ".join(select)], manifest=MANIFEST, target_path=Path(scratch),
+                                 dagster_dbt_translator=models_translator(), raise_on_error=False)
+            for event in invocation.stream():
+                result = _result(event, names, checks)
+                if result is not None:
+                    yield result
+            error = invocation.get_error()  # the command, its exit code and the errors dbt logged
+            if error is not None:
+                raise Failure(description=str(error))
+    finally:
+        if previous is None:
+            os.environ.pop(DUCKDB_FILE_ENV, None)
+        else:
+            os.environ[DUCKDB_FILE_ENV] = previous
+
+
+def _result(event: Any, names: Mapping[AssetKey, str], checks: set[tuple[AssetKey, str]]) -> Any:
+    """dagster-dbt's event of a model or test as this step's result (None: not selected here)."""
+    from dagster import AssetCheckEvaluation, AssetMaterialization
+
+    if isinstance(event, AssetMaterialization) and event.asset_key in names:
+        return MaterializeResult(asset_key=event.asset_key, metadata=dict(event.metadata))
+    if isinstance(event, AssetCheckEvaluation) and (event.asset_key, event.check_name) in checks:
+        return AssetCheckResult(asset_key=event.asset_key, check_name=event.check_name, passed=event.passed,
+                                severity=event.severity, description=event.description, metadata=dict(event.metadata))
+    return None

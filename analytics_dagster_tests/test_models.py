@@ -1,0 +1,275 @@
+"""The dbt models: built by Dagster after the raw tables, their tests passing, and their figures
+equal to what the sandbox's own data says (never the warehouse's)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from analytics_dagster.definitions import defs
+from analytics_dagster.models import MODEL_CHECK_SPECS, MODEL_SPECS, MODELS_GROUP, model_key
+from analytics_dagster_tests.conftest import Admin
+
+MODELS = {spec.key for spec in MODEL_SPECS}
+METRICS = ["mrr_daily", "revenue_monthly", "customer_overview"]
+BILLED = ("billed", "paid", "completed")
+MONTH = {"day": 365 / 12, "week": 52 / 12, "month": 1.0, "year": 1 / 12}
+
+
+def sync_all() -> Any:
+    return defs.resolve_job_def("sync_all").execute_in_process(instance=DagsterInstance.ephemeral(), raise_on_error=False)
+
+
+def query(db: Path, sql: str) -> list[dict[str, Any]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        cursor = con.execute(sql)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def assert_models_built_and_tested(result: Any) -> None:
+    assert result.success
+    built = {m.asset_key for m in result.asset_materializations_for_node("analytics_models")}
+    assert built == MODELS
+    checks = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations() if e.asset_key in MODELS}
+    assert set(checks) == {(c.asset_key, c.name) for c in MODEL_CHECK_SPECS}
+    failed = [f"{k[1]}: {e.description}" for k, e in checks.items() if not e.passed]
+    assert not failed, failed
+
+
+# ------------------------------------------------------------------ the sandbox's own figures
+def truth_mrr(admin: Admin) -> dict[str, float]:
+    """MRR by currency of the subscriptions the sandbox has now: recurring items of active ones."""
+    mrr: dict[str, float] = defaultdict(float)
+    for sub in admin.truth("subscriptions"):
+        if sub["status"] != "active":
+            continue
+        for item in sub["items"]:
+            price = item["price"]
+            if item["recurring"]:
+                cycle = price["billing_cycle"]
+                mrr[price["unit_price"]["currency_code"]] += (
+                    int(price["unit_price"]["amount"]) * item["quantity"] * MONTH[cycle["interval"]] / cycle["frequency"])
+    return dict(mrr)
+
+
+def truth_revenue(admin: Admin) -> dict[tuple[str, str, str], dict[str, int]]:
+    """Per (month, currency, product): gross, refunds, net, from the sandbox's transactions and adjustments."""
+    revenue: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: {"gross": 0, "refunds": 0})
+    product_of_line = {}
+    for txn in admin.truth("transactions"):
+        currency = txn["details"]["totals"]["currency_code"]
+        month = (txn["billed_at"] or txn["created_at"])[:7]
+        for line in txn["details"]["line_items"]:
+            product_of_line[line["id"]] = line["product"]["id"]
+            if txn["status"] in BILLED:
+                revenue[(month, currency, line["product"]["id"])]["gross"] += (
+                    int(line["totals"]["subtotal"]) - int(line["totals"]["discount"]))
+    for adjustment in admin.truth("adjustments"):
+        if adjustment["status"] == "approved" and adjustment["action"] in ("refund", "credit"):
+            for item in adjustment["items"]:
+                key = (adjustment["created_at"][:7], adjustment["currency_code"], product_of_line.get(item["item_id"]))
+                revenue[key]["refunds"] += int(item["totals"]["subtotal"])
+    return {k: {**v, "net": v["gross"] - v["refunds"]} for k, v in revenue.items()}
+
+
+def assert_metrics_equal_the_sandbox(db: Path, admin: Admin) -> None:
+    today = datetime.now(timezone.utc).date()
+    mrr = {r["currency_code"]: r["mrr"] for r in query(db, f"SELECT * FROM analytics_models.mrr_daily WHERE day = DATE '{today}'")}
+    expected = truth_mrr(admin)
+    assert expected and set(mrr) == set(expected), (mrr, expected)
+    for currency, value in expected.items():
+        assert abs(mrr[currency] - value) < 0.01, (currency, mrr[currency], value)
+    revenue = {(r["month"].strftime("%Y-%m"), r["currency_code"], r["product_id"]):
+               {"gross": int(r["gross"]), "refunds": int(r["refunds"]), "net": int(r["net"])}
+               for r in query(db, "SELECT * FROM analytics_models.revenue_monthly")}
+    assert revenue == truth_revenue(admin)
+
+
+def assert_history_contiguous(db: Path) -> dict[str, list[dict[str, Any]]]:
+    rows = query(db, "SELECT * FROM analytics_models.subscription_history ORDER BY subscription_id, valid_from, state_id")
+    by_sub: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_sub[row["subscription_id"]].append(row)
+    for sub, states in by_sub.items():
+        assert states[-1]["valid_to"] is None, sub
+        for before, after in zip(states, states[1:]):
+            assert before["valid_to"] == after["valid_from"], (sub, before, after)
+            assert before["valid_from"] <= before["valid_to"], (sub, before)
+    return by_sub
+
+
+def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admin) -> None:
+    result = sync_all()
+    assert_models_built_and_tested(result)
+    assert_metrics_equal_the_sandbox(warehouse, admin)
+    before = assert_history_contiguous(warehouse)
+    assert set(before) == {s["id"] for s in admin.truth("subscriptions")}
+
+    # changes made through the sandbox, one subscription at a time: items, quantity, status
+    subs = sorted(admin.truth("subscriptions"), key=lambda s: s["id"])
+    prices = admin.truth("prices")
+    changed = {}
+    first, second, third = subs[0], subs[1], subs[2]
+    items = copy.deepcopy(first["items"])
+    items[0]["quantity"] += 3
+    changed[first["id"]] = [admin.post("mutate", resource="subscriptions", key=first["id"], set={"items": items})]
+    extra = next(p for p in prices if p["id"] not in {i["price"]["id"] for i in second["items"]})
+    items = copy.deepcopy(second["items"]) + [{**copy.deepcopy(second["items"][0]), "price": extra, "quantity": 2}]
+    changed[second["id"]] = [
+        admin.post("mutate", resource="subscriptions", key=second["id"], set={"items": items}),
+        admin.post("mutate", resource="subscriptions", key=second["id"], set={"status": "active"}),
+    ]
+    changed[third["id"]] = [admin.post("mutate", resource="subscriptions", key=third["id"], set={"status": "canceled"})]
+    admin.post("advance", updates=15, new_customers=3, new_transactions=6, adjustments=4)
+    # a refund approved between runs, so that net differs from gross
+    pending = [a for a in admin.truth("adjustments") if a["status"] == "pending_approval"]
+    if pending:
+        admin.post("mutate", resource="adjustments", key=pending[0]["id"], set={"status": "approved"})
+
+    result = sync_all()
+    assert_models_built_and_tested(result)
+    assert_metrics_equal_the_sandbox(warehouse, admin)
+    after = assert_history_contiguous(warehouse)
+    for sub, mutations in changed.items():
+        states = {s["state_id"]: s for s in after[sub]}
+        known = [s for s in before[sub] if s["changed_by"] != "listed"]  # a listed row stands in for no event
+        assert len(after[sub]) >= len(known) + len(mutations), sub
+        for mutation in mutations:
+            assert mutation["event_id"] in states, (sub, mutation)
+    assert after[third["id"]][-1]["status"] == "canceled"
+    assert json.loads(after[first["id"]][-1]["items"])[0]["quantity"] == first["items"][0]["quantity"] + 3
+    # a row per change: the states of a subscription are its subscription.* events, or its
+    # listed row when the stream has none
+    events = defaultdict(set)
+    for event in admin.truth("events"):
+        if event["event_type"].startswith("subscription."):
+            events[event["data"]["id"]].add(event["event_id"])
+    for sub, states in after.items():
+        assert {s["state_id"] for s in states} == (events.get(sub) or {f"listed/{sub}"}), sub
+    refunds = query(warehouse, "SELECT sum(refunds) AS r FROM analytics_models.revenue_monthly")[0]["r"]
+    assert refunds > 0
+
+
+def test_a_model_is_not_rebuilt_when_its_raw_table_fails(warehouse: Path, admin: Admin) -> None:
+    assert sync_all().success
+    admin.post("advance", new_transactions=5)
+    admin.post("inject", resource="events", kind="status", status=503, count=4)  # 1 try + 3 retries
+    result = sync_all()
+    assert not result.success
+    assert not result.asset_materializations_for_node("analytics_models")
+    assert "analytics_models" not in {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+
+
+def test_lineage_runs_from_the_raw_tables_to_every_metric() -> None:
+    graph = defs.resolve_asset_graph()
+    assert MODELS <= graph.get_all_asset_keys()
+
+    def upstream(key: AssetKey) -> set[AssetKey]:
+        seen, todo = set(), [key]
+        while todo:
+            for parent in graph.get(todo.pop()).parent_keys:
+                if parent not in seen:
+                    seen.add(parent)
+                    todo.append(parent)
+        return seen
+
+    for metric in METRICS:
+        assert AssetKey(["analytics", "transactions"]) in upstream(model_key(metric)) or metric == "mrr_daily"
+    assert AssetKey(["analytics", "events"]) in upstream(model_key("mrr_daily"))
+    assert AssetKey(["analytics", "subscriptions"]) in upstream(model_key("subscription_history"))
+    for key in MODELS:
+        node = graph.get(key)
+        assert node.group_name == MODELS_GROUP and node.automation_condition is not None
+        assert node.pools == {"analytics_destination"} if hasattr(node, "pools") else True
+    sync_all_keys = defs.resolve_job_def("sync_all").asset_layer.executable_asset_keys \
+        if hasattr(defs.resolve_job_def("sync_all"), "asset_layer") else MODELS
+    assert MODELS <= set(sync_all_keys)
+
+
+def test_the_definition_is_what_dagster_dbt_makes_of_the_manifest() -> None:
+    """The specs read from the manifest at load are dagster-dbt's own, keys, lineage and checks."""
+    from dagster_dbt import dbt_assets
+
+    from analytics_dagster.models import MANIFEST, models_translator
+
+    @dbt_assets(manifest=MANIFEST, dagster_dbt_translator=models_translator())
+    def reference(context):  # type: ignore[no-untyped-def]
+        ...  # never run: only its specs are compared
+
+    ours = {spec.key: {d.asset_key for d in spec.deps} for spec in MODEL_SPECS}
+    theirs = {spec.key: {d.asset_key for d in spec.deps} for spec in reference.specs}
+    assert ours == theirs
+    assert {(c.asset_key, c.name) for c in MODEL_CHECK_SPECS} == {(c.asset_key, c.name) for c in reference.check_specs}
+
+
+def test_loading_the_code_location_imports_neither_dbt_nor_dagster_dbt(tmp_path: Path) -> None:
+    code = ("import sys, analytics_dagster.definitions as d; d.defs.resolve_asset_graph(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dbt', 'dagster_dbt')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_automation_rebuilds_the_models_after_a_sync_and_not_after_a_failed_one(warehouse: Path, admin: Admin) -> None:
+    """Declarative automation (what the daemon's automation sensor evaluates): a sync of the raw
+    tables requests the models downstream of them; a failed sync requests none."""
+    from dagster import AssetSelection, evaluate_automation_conditions
+
+    instance = DagsterInstance.ephemeral()
+    raw = defs.resolve_implicit_global_asset_job_def()
+    models = AssetSelection.groups(MODELS_GROUP)
+    result = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=models)
+    cursor = result.cursor  # the first evaluation: every model is missing
+    assert raw.execute_in_process(instance=instance, asset_selection=[AssetKey(["analytics", t]) for t in
+                                  ("transactions", "subscriptions", "events", "prices", "products", "customers",
+                                   "customer_addresses", "adjustments")]).success
+    result = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=models, cursor=cursor)
+    requested = {key for key in MODELS if result.get_num_requested(key)}
+    assert model_key("stg_transactions") in requested and model_key("subscription_history") in requested
+    cursor = result.cursor
+
+    admin.post("advance", new_transactions=5)
+    admin.post("inject", resource="events", kind="status", status=503, count=4)  # the run's first request fails
+    failed = raw.execute_in_process(instance=instance, raise_on_error=False,
+                                    asset_selection=[AssetKey(["analytics", "transactions"])])
+    assert not failed.success
+    result = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=models, cursor=cursor)
+    assert result.total_requested == 0
+
+
+def test_the_models_automation_sensor_is_on_and_targets_the_models() -> None:
+    from dagster import DefaultSensorStatus
+
+    sensor = defs.resolve_sensor_def("models_automation")
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    assert sensor.asset_selection.resolve(graph) == MODELS
+
+
+def test_a_failing_dbt_test_fails_the_run_and_skips_the_models_after_it(warehouse: Path, admin: Admin) -> None:
+    assert sync_all().success
+    victim = admin.truth("transactions")[0]["id"]
+    with duckdb.connect(str(warehouse)) as con:  # a transaction whose total is not its lines' sum
+        con.execute("UPDATE analytics.transactions SET details = json_merge_patch(details, '{\"totals\": {\"total\": \"1\"}}') "
+                    f"WHERE id = '{victim}'")
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=DagsterInstance.ephemeral(), asset_selection=sorted(MODELS), raise_on_error=False)
+    assert not result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["line_items_add_up_to_their_transaction"].passed
+    assert all(e.passed for name, e in checks.items() if name != "line_items_add_up_to_their_transaction")
+    built = {m.asset_key for m in result.asset_materializations_for_node("analytics_models")}
+    assert model_key("stg_transactions") in built and model_key("revenue_monthly") not in built
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "line_items_add_up_to_their_transaction" in str(failure.event_specific_data.error.message)
