@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import dlt
 from dlt.extract.source import DltSource
+from requests import Session
 
 from analytics_dagster.source import analytics_source, paced_session, plan_run, source_settings
 from analytics_dagster.source.pipeline import load_with_more_memory, resource_states
@@ -64,6 +65,7 @@ class SyncRun:
     written: Counter[str] = field(default_factory=Counter)
     loads: Counter[str] = field(default_factory=Counter)
     states: dict[str, TableState] = field(default_factory=dict)
+    _session: Optional[Session] = None
 
     def run(self, load: Callable[[DltSource], Iterable[Any]]) -> Iterator[Load]:
         """Run the loads, each through `load` (given the source of its tables), yielding each
@@ -91,7 +93,9 @@ class SyncRun:
     def _load(self, chunk: list[str], load: Callable[[DltSource], Iterable[Any]]) -> tuple[SyncPlan, list[Any]]:
         """Plan and run one load of `chunk`; report what it could not apply."""
         settings = source_settings(**({"incremental": self.incremental} if self.incremental else {}))
-        session = paced_session(settings.requests_per_minute, on_request=self.progress.request)
+        if self._session is None:  # one for every load of the run: one budget, its pace kept across loads
+            self._session = paced_session(settings.requests_per_minute, on_request=self.progress.request)
+        session = self._session
         full_refresh = self.full_refresh and not self.plans
         # planning: from the state the last load committed (the run's first request)
         plan = plan_run(settings, session, self.states, chunk, full_refresh=full_refresh, progress=self.progress)
