@@ -36,6 +36,9 @@ DEFAULT_API_KEY = "sandbox_api_key"
 DEFAULT_PATH_PREFIX = "/v1"  # the seed API's; Paddle's own API serves the same paths with none
 DEFAULT_PER_PAGE = 50
 RETRYABLE_FAULTS = (429, 500, 502, 503, 504)
+# Paddle's public documentation of the errors every endpoint shares (its `documentation_url`):
+# "errors/shared" is Paddle's path on developer.paddle.com, not a folder of this repository or
+# of anything beside it
 _DOCS = "https://developer.paddle.com/v1/errors/shared/"
 
 
