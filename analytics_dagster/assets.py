@@ -9,7 +9,7 @@ from dagster_dlt.translator import DltResourceTranslatorData
 
 from analytics_dagster.source import RESOURCES_BY_NAME, Progress, described_source
 from analytics_dagster.source.pipeline import DATASET_NAME, definition_pipeline, loader_file_format, locked_pipeline, table_stats
-from analytics_dagster.source.state import EventCursor, TableState, event_cursor, findings, last_run
+from analytics_dagster.source.state import EventCursor, TableState, event_cursor, findings, gaps_text, last_run
 from analytics_dagster.source.sync import SyncRun
 
 GROUP = "analytics"
@@ -133,7 +133,7 @@ def _findings_metadata(state: TableState) -> dict[str, Any]:
     if event_cursor(state) is None:
         return {}
     bad, gaps = findings(state)
-    return {"bad_events": len(bad), "events_gap": "; ".join(f"{g['from']} to {g['to']}" for g in gaps) or "none"}
+    return {"bad_events": len(bad), "events_gap": gaps_text(gaps)}
 
 
 def _cursor_metadata(cursor: Optional[EventCursor]) -> dict[str, Any]:

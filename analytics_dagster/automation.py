@@ -30,7 +30,7 @@ from dagster import (
 from analytics_dagster.assets import GROUP, asset_key
 from analytics_dagster.models import MODELS_GROUP
 from analytics_dagster.source import configured_api_root
-from analytics_dagster.rfc3339 import NS_PER_SECOND, id_floor
+from analytics_dagster.rfc3339 import NS_PER_SECOND
 from analytics_dagster.source.events import (
     DEFAULT_VISIBILITY_LAG_SECONDS,
     EVENTS_PAGE_SIZE,
@@ -38,14 +38,10 @@ from analytics_dagster.source.events import (
     api_now_ns,
     event_client,
     keyed,
+    window_floor,
 )
-from analytics_dagster.source.resources import RESOURCES, table_of_event
+from analytics_dagster.source.resources import STREAM_TABLES, table_of_event
 
-# The event stream and every table it keeps. In events mode one read of the stream serves them
-# all, so a run of all of them costs what a run of one costs, and every run moves each table's
-# `as_of`: a quiet table's cursor never ages past the retention (which would list it in full).
-STREAM_TABLES = ["events", *(r.name for r in RESOURCES if r.event_entity)]
-FAST_MOVING = STREAM_TABLES
 
 sync_all_job = define_asset_job(
     "sync_all",
@@ -58,9 +54,9 @@ sync_all_job = define_asset_job(
 )
 sync_fast_moving_job = define_asset_job(
     "sync_fast_moving",
-    selection=AssetSelection.assets(*[asset_key(n) for n in FAST_MOVING]),
+    selection=AssetSelection.assets(*[asset_key(n) for n in STREAM_TABLES]),
     description=(
-        "Sync the event stream and every table it keeps (" + ", ".join(FAST_MOVING) + "): in events "
+        "Sync the event stream and every table it keeps (" + ", ".join(STREAM_TABLES) + "): in events "
         "mode one read of the stream, a request per 200 changes."
     ),
 )
@@ -284,11 +280,11 @@ def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple
     lag_ns = (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
     after = state.event_id
     if after and state.polled_at is not None and lag_ns > 0:
-        after = min(after, id_floor("evt", int(state.polled_at * NS_PER_SECOND) - lag_ns))
+        after = min(after, window_floor(int(state.polled_at * NS_PER_SECOND), lag_ns))
     read, now_ns = events_after(base_url, api_key, after)
     seen = set(state.recent)
     new = [e for e in read if e["event_id"] not in seen]
-    floor = id_floor("evt", now_ns - lag_ns)
+    floor = window_floor(now_ns, lag_ns)
     state.recent = sorted(i for i in {e["event_id"] for e in read} | seen if i > floor) if lag_ns > 0 else []
     state.polled_at = now_ns / NS_PER_SECOND  # the API's clock (its Date), not this machine's
     return new, max((e["event_id"] for e in new), default=None)

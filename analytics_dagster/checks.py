@@ -16,12 +16,11 @@ from dagster import (
 from analytics_dagster.assets import DESTINATION_POOL, asset_key
 from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
 from analytics_dagster.source.pipeline import locked_pipeline, resource_states, table_stats
-from analytics_dagster.source.state import TableState, findings
+from analytics_dagster.source.resources import STREAM_TABLES
+from analytics_dagster.source.state import TableState, findings, gaps_text
 
 PK_CHECK = "primary_key_unique_not_null"
 EVENTS_CHECK = "events_applied"
-# the tables the event stream keeps: their own events' types, and `events` itself
-STREAM_TABLES = [r.name for r in RESOURCES if r.event_entity or r.listing == "event_stream"]
 
 
 @multi_asset_check(
@@ -106,6 +105,6 @@ def events_applied(table: str, state: TableState) -> AssetCheckResult:
         metadata={
             "bad_event_ids": ", ".join(str(b.get("event_id")) for b in bad) or "none",
             "bad_events": len(bad),
-            "gaps": "; ".join(f"{g.get('from')} to {g.get('to')}" for g in gaps) or "none",
+            "gaps": gaps_text(gaps),
         },
     )

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from analytics_dagster.sandbox import SandboxServer
-from analytics_dagster.checks import STREAM_TABLES
+from analytics_dagster.source.resources import STREAM_TABLES
 from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES, Admin, assert_warehouse_equals_api, poll
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from analytics_dagster.checks import STREAM_TABLES
+from analytics_dagster.source.resources import STREAM_TABLES
 from analytics_dagster_tests.conftest import REPLACED, REPO, TABLES, Admin, assert_warehouse_equals_api, poll
 from analytics_dagster_tests.test_sync import check_results, sync
 

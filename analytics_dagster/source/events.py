@@ -61,7 +61,7 @@ from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from requests import Response, Session
 
-from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, parse_ns
+from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, id_floor, parse_ns
 from analytics_dagster.source.paginator import HasMorePaginator, page_json
 from analytics_dagster.source.progress import Progress
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
@@ -148,7 +148,8 @@ def keyed(event: Any) -> bool:
 
 
 def digest(event: Any) -> str:
-    """A short digest of an event's content: what tells apart the events without an id."""
+    """A short digest of an event's or a row's content: what tells apart the events without an
+    id, and what listing mode's mark of a row compares."""
     return hashlib.blake2b(orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=str), digest_size=8).hexdigest()
 
 
@@ -156,3 +157,9 @@ def last_keyed(page: Iterable[Any]) -> Optional[dict[str, Any]]:
     """The last event of a page that has an id (None: none has)."""
     with_ids = [e for e in page if keyed(e)]
     return with_ids[-1] if with_ids else None
+
+
+def window_floor(ns: int, lag_ns: int) -> str:
+    """The smallest event id of the instant `lag_ns` before `ns`: where a late-event window
+    starts (ids are ULIDs, their first characters the instant they were taken)."""
+    return id_floor(RESOURCES_BY_NAME["events"].id_prefix or "evt", ns - lag_ns)

@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import dlt
 import orjson
 
-from analytics_dagster.rfc3339 import format_ns, id_floor, parse_ns
-from analytics_dagster.source.events import cursor_after, digest, has_more, keyed, last_keyed
+from analytics_dagster.rfc3339 import format_ns, parse_ns
+from analytics_dagster.source.events import cursor_after, digest, has_more, keyed, last_keyed, window_floor
 from analytics_dagster.source.plan import SyncPlan, window_from
 from analytics_dagster.source.resources import ApiResource, table_of_event
 from analytics_dagster.source.state import forget_listed, keep_findings, write_event_cursor
@@ -223,7 +223,7 @@ def _finish(read: _Read, written: int, new: int) -> None:
         cursor.pop("resume", None)
     # what the next read's window meets again; while this read goes on in chunks, also what its
     # later chunks meet (after where it stopped)
-    floor = id_floor("evt", parse_ns(cursor["read_at"]) - plan.lag_ns)
+    floor = window_floor(parse_ns(cursor["read_at"]), plan.lag_ns)
     if plan.feed_more:
         floor = min(floor, cursor["resume"] or "")
     window = {**read.seen, **read.ids} if plan.lag_ns > 0 else {}

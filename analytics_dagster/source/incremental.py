@@ -25,13 +25,12 @@ and a machine with an empty dlt working directory resumes from the destination.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable, Optional
 
 import dlt
-import orjson
 
 from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, parse_ns
+from analytics_dagster.source.events import digest
 from analytics_dagster.source.resources import ApiResource
 
 DEFAULT_LOOKBACK_SECONDS = 600
@@ -64,8 +63,7 @@ def window_max(state: dict[str, Any], since: Any = FROM_STATE) -> Optional[int]:
 
 def _mark(stamp: str, row: dict[str, Any]) -> str:
     """What `seen` keeps of a row: its `updated_at` and a digest of its content."""
-    digest = hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
-    return f"{stamp}#{digest}"
+    return f"{stamp}#{digest(row)}"
 
 
 def window_start(newest: Optional[int], lookback_ns: int) -> Optional[int]:

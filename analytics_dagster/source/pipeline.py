@@ -49,9 +49,8 @@ def make_pipeline(report: Optional[Callable[[str], None]] = None, memory_limit: 
     `memory_limit`: DuckDB's, unless the credentials' own `global_config` sets one ("": DuckDB's
     default).
     """
-    destination_type = dlt.config.get("destination_type", str) or "duckdb"
-    if destination_type == "duckdb":
-        target = _duckdb_file()
+    target = duckdb_file()
+    if target is not None:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         credentials = waiting_credentials(
             target, lock_wait_seconds=_setting("destination.duckdb.lock_wait_seconds", float, DEFAULT_LOCK_WAIT_SECONDS),
@@ -61,7 +60,7 @@ def make_pipeline(report: Optional[Callable[[str], None]] = None, memory_limit: 
                                      **(credentials.global_config or {})}
         dest = dlt.destinations.duckdb(credentials=credentials)
     else:
-        dest = destination_type
+        dest = dlt.config.get("destination_type", str)
     return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination=dest, dataset_name=DATASET_NAME)
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from dlt.sources.helpers.rest_client import RESTClient
 from requests import Response
 
-from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, id_floor, parse_ns
+from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, parse_ns
 from analytics_dagster.source.events import (
     DAY_NS,
     DEFAULT_RETENTION_DAYS,
@@ -29,6 +29,7 @@ from analytics_dagster.source.events import (
     keyed,
     last_keyed,
     stream_cursor,
+    window_floor,
 )
 from analytics_dagster.source.paginator import json_once, page_json
 from analytics_dagster.source.incremental import FROM_STATE, window_max
@@ -282,7 +283,7 @@ def _read_start(cursor: Cursor, lag_ns: int) -> Optional[str]:
     began = window_from(cursor)
     if event_id is None or began is None or lag_ns <= 0:
         return event_id
-    return min(event_id, id_floor("evt", began - lag_ns))
+    return min(event_id, window_floor(began, lag_ns))
 
 
 def window_from(cursor: Cursor) -> Optional[int]:

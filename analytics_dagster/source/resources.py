@@ -205,6 +205,10 @@ RESOURCES: tuple[ApiResource, ...] = (
 RESOURCES_BY_NAME: dict[str, ApiResource] = {r.name: r for r in RESOURCES}
 # the tables the event stream keeps current, by the entity their events name
 EVENTED: dict[str, ApiResource] = {r.event_entity: r for r in RESOURCES if r.event_entity}
+# The event stream and every table it keeps. In events mode one read of the stream serves them
+# all, so a run of all of them costs what a run of one costs, and every run moves each table's
+# `as_of`: a quiet table's cursor never ages past the retention (which would list it in full).
+STREAM_TABLES: list[str] = [r.name for r in RESOURCES if r.listing == "event_stream"] + [r.name for r in EVENTED.values()]
 
 
 def table_of_event(event_type: object) -> str | None:

@@ -109,6 +109,11 @@ def findings(state: TableState) -> tuple[list[Finding], list[Finding]]:
     return list(state.get("bad_events", [])), list(state.get("gaps", []))
 
 
+def gaps_text(gaps: list[Finding]) -> str:
+    """The spans of the stream a table missed, as its asset and its check say them."""
+    return "; ".join(f"{g.get('from')} to {g.get('to')}" for g in gaps) or "none"
+
+
 # ------------------------------------------------------------------------------------ writers
 _BACKFILL_KEPT = ("after", "rows", "position", "since_ns", "began_ns")
 MAX_FINDINGS = 50  # of each kind, per table
