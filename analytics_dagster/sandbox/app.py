@@ -393,6 +393,11 @@ class SandboxApp:
             if not hasattr(self.config, name):
                 raise KeyError(f"unknown setting {name}")
             setattr(self.config, name, tuple(value) if isinstance(value, list) else value)
+        if any(name.startswith("rate_limit") for name in body):
+            # a new limit counts from now: requests and blocks under the last one are forgotten
+            # (a test's unpaced control run filled the window its paced run then started in)
+            self._window.clear()
+            self._blocked_until.clear()
         public = asdict(self.config)
         public.pop("api_key")
         return public
