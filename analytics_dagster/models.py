@@ -32,6 +32,8 @@ from dagster import (
     Failure,
     FreshnessPolicy,
     MaterializeResult,
+    TableColumn,
+    TableSchema,
     multi_asset,
 )
 
@@ -153,7 +155,7 @@ def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResu
     writer at a time), on the DuckDB file the pipeline resolves."""
     from dagster_dbt import DbtCliResource
 
-    from analytics_dagster.source.pipeline import duckdb_file, warehouse_lock
+    from analytics_dagster.source.pipeline import duckdb_file, locked_pipeline
 
     target = duckdb_file()
     if target is None:  # the raw tables synced, and nothing else to do: not a failure of the run
@@ -169,13 +171,23 @@ def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResu
     previous = os.environ.get(DUCKDB_FILE_ENV)
     os.environ[DUCKDB_FILE_ENV] = target
     try:
-        with warehouse_lock(), tempfile.TemporaryDirectory(prefix="analytics_dbt_") as scratch:
+        # the pipeline's lock (one writer at a time on this machine) and its connections, which
+        # wait, bounded and saying who holds it, while another process has the DuckDB file open:
+        # dbt's own open would fail at once (profiles.yml retries it a few times, for a reader
+        # that opens the file between this wait and dbt's start)
+        with locked_pipeline(report=context.log.warning) as pipeline, \
+                tempfile.TemporaryDirectory(prefix="analytics_dbt_") as scratch:
+            with pipeline.sql_client():
+                pass
             invocation = dbt.cli(["build", "--select", " ".join(select)], manifest=MANIFEST, target_path=Path(scratch),
                                  dagster_dbt_translator=models_translator(), raise_on_error=False)
-            for event in invocation.stream():
-                result = _result(event, names, checks)
-                if result is not None:
-                    yield result
+            results = [r for r in (_result(event, names, checks) for event in invocation.stream()) if r is not None]
+            tables = table_metadata(pipeline, [r.asset_key for r in results if isinstance(r, MaterializeResult)])
+            for result in results:
+                if isinstance(result, MaterializeResult):
+                    result = MaterializeResult(asset_key=result.asset_key,
+                                               metadata={**(result.metadata or {}), **tables[result.asset_key]})
+                yield result
             error = invocation.get_error()  # the command, its exit code and the errors dbt logged
             if error is not None:
                 raise Failure(description=str(error))
@@ -184,6 +196,28 @@ def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResu
             os.environ.pop(DUCKDB_FILE_ENV, None)
         else:
             os.environ[DUCKDB_FILE_ENV] = previous
+
+
+def table_metadata(pipeline: Any, keys: list[AssetKey]) -> dict[AssetKey, dict[str, Any]]:
+    """Per model built: its rows and columns as the warehouse has them now, under Dagster's
+    metadata conventions (`dagster/row_count`, `dagster/column_schema`, the columns described as
+    the dbt project describes them). Read once dbt has exited, through the pipeline's SQL client."""
+    described = {node["name"]: node.get("columns") or {} for node in MANIFEST_DATA["nodes"].values()
+                 if node["resource_type"] == "model"}
+    metadata = {}
+    with pipeline.sql_client() as client:
+        for key in keys:
+            name = key.path[-1]
+            rows = client.execute_sql(f"SELECT COUNT(*) FROM {MODELS_SCHEMA}.{name}")[0][0]
+            columns = client.execute_sql(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position", MODELS_SCHEMA, name)
+            schema = TableSchema(columns=[
+                TableColumn(name=column, type=str(kind).lower(),
+                            description=(described[name].get(column) or {}).get("description") or None)
+                for column, kind in columns])
+            metadata[key] = {"dagster/row_count": int(rows), "dagster/column_schema": schema}
+    return metadata
 
 
 def _result(event: Any, names: Mapping[AssetKey, str], checks: set[tuple[AssetKey, str]]) -> Any:
