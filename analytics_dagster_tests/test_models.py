@@ -308,3 +308,28 @@ def test_a_dbt_build_waits_for_a_reader_holding_the_warehouse(
     assert result.success, log[-3000:]
     assert f"(PID {process.pid}): waiting for it" in log
     assert {m.asset_key for m in result.asset_materializations_for_node("analytics_models")} == MODELS
+
+
+def test_the_package_carries_the_dbt_project_and_its_manifest(tmp_path: Path) -> None:
+    """A wheel of the project holds every file of the dbt project and the parsed manifest, so an
+    installed analytics_dagster runs its models as a clone does."""
+    import zipfile
+
+    from analytics_dagster.models import DBT_PROJECT_DIR
+
+    import shutil
+
+    root = DBT_PROJECT_DIR.parents[1]
+    leftover = not (root / "build").exists()  # setuptools builds in the source tree's build/
+    try:
+        built = subprocess.run([str(Path(sys.executable).parent / "uv"), "build", "--wheel", "--out-dir",
+                                str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    finally:
+        if leftover:
+            shutil.rmtree(root / "build", ignore_errors=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("analytics_dagster/dbt/")}
+    project = {f"analytics_dagster/dbt/{p.relative_to(DBT_PROJECT_DIR)}" for p in DBT_PROJECT_DIR.rglob("*")
+               if p.is_file() and p.parts[len(DBT_PROJECT_DIR.parts)] not in ("target", "logs")}
+    assert packaged == project | {"analytics_dagster/dbt/target/manifest.json"}
