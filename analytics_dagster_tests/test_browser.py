@@ -146,4 +146,15 @@ def test_materialize_all_in_the_ui(dagster_dev: str, warehouse: Path, admin: Adm
         page.get_by_text("2 / 2 Passed").first.wait_for(timeout=30_000)
         poll(lambda: page.get_by_text("2 / 2 Passed").count() == 3, timeout=30)
         shoot(page, tmp_path, "asset-graph.png")
+
+        # lineage from the raw tables to a metric: revenue_monthly, two levels up, reads the
+        # staging models and they the raw transactions and adjustments
+        page.goto(f"{url}/assets/analytics_models/revenue_monthly?view=lineage&lineageScope=upstream&lineageDepth=2",
+                  wait_until="networkidle")
+        expected = sorted(["revenue_monthly", "stg_transactions", "stg_transaction_line_items", "stg_adjustments",
+                           "stg_adjustment_items", "transactions", "adjustments"])
+        poll(lambda: sorted(graph.all_inner_texts()) == expected, timeout=30)
+        for raw in ("transactions", "adjustments"):
+            assert page.locator(f"a[href*='/assets/analytics/{raw}']").count() >= 1, raw
+        shoot(page, tmp_path, "metric-lineage.png")
         browser.close()
