@@ -333,3 +333,13 @@ def test_the_package_carries_the_dbt_project_and_its_manifest(tmp_path: Path) ->
     project = {f"analytics_dagster/dbt/{p.relative_to(DBT_PROJECT_DIR)}" for p in DBT_PROJECT_DIR.rglob("*")
                if p.is_file() and p.parts[len(DBT_PROJECT_DIR.parts)] not in ("target", "logs")}
     assert packaged == project | {"analytics_dagster/dbt/target/manifest.json"}
+
+
+def test_the_dbt_version_the_step_assumes_is_the_executables() -> None:
+    """The step does not ask `dbt --version` (a subprocess, seconds): it takes the installed
+    dbt-core's, which must be what the executable it runs says."""
+    from analytics_dagster.models import models_dbt
+
+    dbt = models_dbt()
+    said = subprocess.run([dbt.dbt_executable, "--version"], capture_output=True, text=True, timeout=120).stdout
+    assert f"installed: {dbt._cli_version}" in said, said
