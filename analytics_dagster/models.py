@@ -11,9 +11,14 @@ selected models and tests and its events become this step's materializations and
 Sources are the raw assets `analytics/<table>` (`meta.dagster.asset_key` in sources.yml), so
 lineage runs from `analytics/transactions` to each metric; a model is `analytics_models/<name>`,
 the schema and table it is written to, in group `models`.
+
+The warehouse is the destination's: dbt's target is profiles.yml's output of the destination's
+type, `duckdb` (the file the pipeline resolves) or `postgres` (the destination's credentials,
+resolved the dlt way), its connection passed to dbt through the environment.
 """
 
 
+import contextlib
 import json
 import os
 import sys
@@ -36,6 +41,7 @@ from dagster import (
 )
 
 from analytics_dagster.assets import DESTINATION_POOL
+from analytics_dagster.source.pipeline import destination_type
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent / "dbt"
 MANIFEST = DBT_PROJECT_DIR / "target" / "manifest.json"
@@ -43,6 +49,18 @@ MODELS_GROUP = "models"
 MODELS_SCHEMA = "analytics_models"  # profiles.yml: where the models are written
 # the DuckDB file, as the asset passes it to dbt (profiles.yml reads it)
 DUCKDB_FILE_ENV = "ANALYTICS_DUCKDB_FILE"
+# The PostgreSQL connection, as the asset passes it to dbt (profiles.yml's output `postgres`
+# reads them), from the destination's credentials. The password only ever goes through the
+# environment of the dbt process: never on its command line, in a log line or in metadata (dbt
+# logs no password). Not a DBT_ENV_SECRET_ variable: dbt would scrub its value from every log
+# line, and a password that is also a word of the project (a role "analytics" with password
+# "analytics") then vanishes from the node ids of dbt's structured log, which dagster-dbt reads
+# (seen: KeyError 'model.*****_models.stg_adjustment_items').
+POSTGRES_ENV = {"host": "ANALYTICS_POSTGRES_HOST", "port": "ANALYTICS_POSTGRES_PORT",
+                "username": "ANALYTICS_POSTGRES_USER", "database": "ANALYTICS_POSTGRES_DBNAME"}
+POSTGRES_PASSWORD_ENV = "ANALYTICS_POSTGRES_PASSWORD"
+# The warehouses the models run on, each an output of that name in profiles.yml (a dbt target).
+WAREHOUSES = ("duckdb", "postgres")
 # A model is rebuilt once every raw table it reads has a new materialization whose blocking
 # checks passed, and none of them is being synced: a failed sync, or a table whose primary-key
 # check failed, leaves the models as they were rather than rebuilding them on stale or bad data.
@@ -86,8 +104,14 @@ def _description(node: Mapping[str, Any]) -> str:
     return (node.get("description") or "").strip() or f"dbt model {node['name']}"
 
 
-def build_specs(manifest: Mapping[str, Any]) -> tuple[list[AssetSpec], list[AssetCheckSpec]]:
-    """An asset per model (deps: the models and sources it reads), a check per test attached to one."""
+def model_kinds(warehouse: str) -> set[str]:
+    """dbt, and the warehouse the models are written to when they run there."""
+    return {"dbt", warehouse} if warehouse in WAREHOUSES else {"dbt"}
+
+
+def build_specs(manifest: Mapping[str, Any], warehouse: str = "duckdb") -> tuple[list[AssetSpec], list[AssetCheckSpec]]:
+    """An asset per model (deps: the models and sources it reads), a check per test attached to one.
+    `warehouse`: the destination's type (its kind, beside dbt's)."""
     models = {uid: node for uid, node in manifest["nodes"].items() if node["resource_type"] == "model"}
     specs = []
     for uid, node in sorted(models.items()):
@@ -97,11 +121,11 @@ def build_specs(manifest: Mapping[str, Any]) -> tuple[list[AssetSpec], list[Asse
             deps=[node_key(manifest, dep) for dep in node["depends_on"]["nodes"]],
             description=_description(node),
             group_name=MODELS_GROUP,
-            kinds={"dbt", "duckdb"},
+            kinds=model_kinds(warehouse),
             code_version=node["checksum"]["checksum"],
             automation_condition=MODELS_AUTOMATION,
             # dbt skips a model whose upstream model failed or whose test failed (the step then
-            # fails); on a warehouse other than DuckDB nothing is built
+            # fails); on a warehouse other than DuckDB and PostgreSQL nothing is built
             skippable=True,
             freshness_policy=MARTS_FRESHNESS if mart else None,
             metadata={"dagster/table_name": f"{node['schema']}.{node['name']}", "dbt_unique_id": uid,
@@ -137,7 +161,8 @@ def models_translator() -> Any:
 
 
 MANIFEST_DATA = load_manifest()
-MODEL_SPECS, MODEL_CHECK_SPECS = build_specs(MANIFEST_DATA)
+# the destination as configured when the code location loads (its kind on the models)
+MODEL_SPECS, MODEL_CHECK_SPECS = build_specs(MANIFEST_DATA, destination_type())
 
 
 @multi_asset(
@@ -149,41 +174,82 @@ MODEL_SPECS, MODEL_CHECK_SPECS = build_specs(MANIFEST_DATA)
     description="`dbt build` of the selected models and their tests, on the warehouse the sync writes.",
 )
 def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResult | AssetCheckResult]:
-    """`dbt build --select` the selected models and tests, under the warehouse's lock (one
-    writer at a time), on the DuckDB file the pipeline resolves."""
+    """`dbt build --select` the selected models and tests on the warehouse the sync writes: the
+    DuckDB file the pipeline resolves (under its lock: one writer at a time), or PostgreSQL
+    (`--target postgres`, connected with the destination's credentials)."""
     from dagster_dbt import DbtCliResource
 
-    from analytics_dagster.source.pipeline import duckdb_file, warehouse_lock
+    from analytics_dagster.source.pipeline import warehouse_lock
 
-    target = duckdb_file()
-    if target is None:  # the raw tables synced, and nothing else to do: not a failure of the run
-        context.log.warning("the dbt models run on DuckDB only, and the destination is another: "
-                            "none built (docs/models.md, 'PostgreSQL')")
+    warehouse = destination_type()
+    if warehouse not in WAREHOUSES:  # the raw tables synced, and nothing else to do: not a failure of the run
+        context.log.warning(f"the dbt models run on DuckDB and PostgreSQL only, and the destination is "
+                            f"{warehouse}: none built (docs/models.md, 'PostgreSQL')")
         return
+    env = dbt_environment(warehouse)
     names = {key: key.path[-1] for key in context.selected_asset_keys}
     checks = {(key.asset_key, key.name) for key in context.selected_asset_check_keys}
     select = sorted(names.values()) + sorted(name for key, name in checks if key not in names)
-    # this environment's dbt, whatever the PATH (a daemon's, a test's)
+    # this environment's dbt, whatever the PATH (a daemon's, a test's); the target is
+    # profiles.yml's output of the warehouse's name
     dbt = DbtCliResource(project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR),
-                         dbt_executable=str(Path(sys.executable).parent / "dbt"))
-    previous = os.environ.get(DUCKDB_FILE_ENV)
-    os.environ[DUCKDB_FILE_ENV] = target
+                         dbt_executable=str(Path(sys.executable).parent / "dbt"), target=warehouse)
+    # DuckDB allows one writer per file: the build waits for a sync's lock. PostgreSQL has its
+    # own concurrency (the step stays in the destination's pool all the same).
+    lock = warehouse_lock() if warehouse == "duckdb" else contextlib.nullcontext()
+    # dagster-dbt gives the dbt process this process's environment
+    with _environ(env), lock, tempfile.TemporaryDirectory(prefix="analytics_dbt_") as scratch:
+        invocation = dbt.cli(["build", "--select", " ".join(select)], manifest=MANIFEST, target_path=Path(scratch),
+                             dagster_dbt_translator=models_translator(), raise_on_error=False)
+        for event in invocation.stream():
+            result = _result(event, names, checks)
+            if result is not None:
+                yield result
+        error = invocation.get_error()  # the command, its exit code and the errors dbt logged
+        if error is not None:
+            raise Failure(description=str(error))
+
+
+def dbt_environment(warehouse: str) -> dict[str, str]:
+    """The environment profiles.yml reads for `warehouse`'s output: the DuckDB file the pipeline
+    resolves, or the PostgreSQL destination's connection (its credentials, the dlt way) with the
+    session's time zone UTC (libpq's PGTZ; days and months are UTC's). A Failure naming the
+    setting when the credentials are missing or unreadable (dlt's message shows no value)."""
+    from analytics_dagster.source.pipeline import duckdb_file, postgres_credentials
+
+    if warehouse == "duckdb":
+        return {DUCKDB_FILE_ENV: str(duckdb_file())}
+    from dlt.common.configuration.exceptions import ConfigurationException
+
     try:
-        with warehouse_lock(), tempfile.TemporaryDirectory(prefix="analytics_dbt_") as scratch:
-            invocation = dbt.cli(["build", "--select", " ".join(select)], manifest=MANIFEST, target_path=Path(scratch),
-                                 dagster_dbt_translator=models_translator(), raise_on_error=False)
-            for event in invocation.stream():
-                result = _result(event, names, checks)
-                if result is not None:
-                    yield result
-            error = invocation.get_error()  # the command, its exit code and the errors dbt logged
-            if error is not None:
-                raise Failure(description=str(error))
+        credentials = postgres_credentials()
+    except (ConfigurationException, KeyError) as error:  # dlt's missing-field error is a KeyError too
+        raise Failure(description=f"the models' PostgreSQL connection: destination.postgres.credentials "
+                                  f"(DESTINATION__POSTGRES__CREDENTIALS) cannot be resolved: {error}") from None
+    env = {variable: str(getattr(credentials, field)) for field, variable in POSTGRES_ENV.items()}
+    env[POSTGRES_PASSWORD_ENV] = credentials.password or ""
+    env["PGTZ"] = "UTC"
+    # TLS as the connection string asks (dbt-postgres leaves libpq to read it from the environment)
+    for key, variable in (("sslmode", "PGSSLMODE"), ("sslrootcert", "PGSSLROOTCERT"),
+                          ("sslcert", "PGSSLCERT"), ("sslkey", "PGSSLKEY")):
+        if (credentials.query or {}).get(key):
+            env[variable] = str(credentials.query[key])
+    return env
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` set in this process's environment while the block runs, then restored."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
-        if previous is None:
-            os.environ.pop(DUCKDB_FILE_ENV, None)
-        else:
-            os.environ[DUCKDB_FILE_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _result(event: Any, names: Mapping[AssetKey, str], checks: set[tuple[AssetKey, str]]) -> Any:
