@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -37,6 +36,8 @@ from dagster import (
     Failure,
     FreshnessPolicy,
     MaterializeResult,
+    TableColumn,
+    TableSchema,
     multi_asset,
 )
 
@@ -160,6 +161,34 @@ def models_translator() -> Any:
     return ModelsTranslator()
 
 
+def models_dbt(target: str = "duckdb") -> Any:
+    """dagster-dbt's `DbtCliResource` for this project, profiles.yml's output `target`, and this
+    environment's dbt (whatever the PATH: a daemon's, a test's), made at run time (it imports
+    dbt-core).
+
+    Without two things it does before starting dbt that a build here does not use, which took
+    2.5 s and 3 s of a 13 s step at 300 customers (docs/benchmark.md, "The models"): running
+    `dbt --version` in a subprocess (the version is the installed dbt-core's: the executable is
+    this environment's), and loading dbt's adapter and macros in this process, which dagster-dbt
+    needs only for its own row counts and column metadata (`table_metadata` reads them from the
+    warehouse instead)."""
+    from importlib.metadata import version as installed
+
+    from dagster_dbt import DbtCliResource
+    from packaging import version
+
+    class ModelsDbt(DbtCliResource):
+        @property
+        def _cli_version(self) -> Any:
+            return version.parse(installed("dbt-core"))
+
+        def _initialize_dbt_core_adapter(self, args: Any) -> Any:
+            return None
+
+    return ModelsDbt(project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR),
+                     dbt_executable=str(Path(sys.executable).parent / "dbt"), target=target)
+
+
 MANIFEST_DATA = load_manifest()
 # the destination as configured when the code location loads (its kind on the models)
 MODEL_SPECS, MODEL_CHECK_SPECS = build_specs(MANIFEST_DATA, destination_type())
@@ -175,36 +204,39 @@ MODEL_SPECS, MODEL_CHECK_SPECS = build_specs(MANIFEST_DATA, destination_type())
 )
 def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResult | AssetCheckResult]:
     """`dbt build --select` the selected models and tests on the warehouse the sync writes: the
-    DuckDB file the pipeline resolves (under its lock: one writer at a time), or PostgreSQL
-    (`--target postgres`, connected with the destination's credentials)."""
-    from dagster_dbt import DbtCliResource
-
-    from analytics_dagster.source.pipeline import warehouse_lock
-
+    DuckDB file the pipeline resolves, or PostgreSQL (`--target postgres`, connected with the
+    destination's credentials); under the pipeline's lock, one writer at a time."""
     warehouse = destination_type()
     if warehouse not in WAREHOUSES:  # the raw tables synced, and nothing else to do: not a failure of the run
         context.log.warning(f"the dbt models run on DuckDB and PostgreSQL only, and the destination is "
                             f"{warehouse}: none built (docs/models.md, 'PostgreSQL')")
         return
+    from analytics_dagster.source.pipeline import locked_pipeline
+
     env = dbt_environment(warehouse)
     names = {key: key.path[-1] for key in context.selected_asset_keys}
     checks = {(key.asset_key, key.name) for key in context.selected_asset_check_keys}
     select = sorted(names.values()) + sorted(name for key, name in checks if key not in names)
-    # this environment's dbt, whatever the PATH (a daemon's, a test's); the target is
-    # profiles.yml's output of the warehouse's name
-    dbt = DbtCliResource(project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR),
-                         dbt_executable=str(Path(sys.executable).parent / "dbt"), target=warehouse)
-    # DuckDB allows one writer per file: the build waits for a sync's lock. PostgreSQL has its
-    # own concurrency (the step stays in the destination's pool all the same).
-    lock = warehouse_lock() if warehouse == "duckdb" else contextlib.nullcontext()
-    # dagster-dbt gives the dbt process this process's environment
-    with _environ(env), lock, tempfile.TemporaryDirectory(prefix="analytics_dbt_") as scratch:
-        invocation = dbt.cli(["build", "--select", " ".join(select)], manifest=MANIFEST, target_path=Path(scratch),
+    # the target is profiles.yml's output of the warehouse's name
+    dbt = models_dbt(target=warehouse)
+    # The pipeline's lock (one writer at a time on this machine; dbt's target folder is beside
+    # it) and its connections, which wait, bounded and saying who holds it, while another
+    # process has the DuckDB file open: dbt's own open would fail at once (profiles.yml retries
+    # it a few times, for a reader that opens the file between this wait and dbt's start).
+    # dagster-dbt gives the dbt process this process's environment.
+    with _environ(env), locked_pipeline(report=context.log.warning) as pipeline:
+        if warehouse == "duckdb":
+            with pipeline.sql_client():
+                pass
+        invocation = dbt.cli(["build", "--select", " ".join(select)], manifest=MANIFEST, target_path=dbt_target(),
                              dagster_dbt_translator=models_translator(), raise_on_error=False)
-        for event in invocation.stream():
-            result = _result(event, names, checks)
-            if result is not None:
-                yield result
+        results = [r for r in (_result(event, names, checks) for event in invocation.stream()) if r is not None]
+        tables = table_metadata(pipeline, [r.asset_key for r in results if isinstance(r, MaterializeResult)])
+        for result in results:
+            if isinstance(result, MaterializeResult):
+                result = MaterializeResult(asset_key=result.asset_key,
+                                           metadata={**(result.metadata or {}), **tables[result.asset_key]})
+            yield result
         error = invocation.get_error()  # the command, its exit code and the errors dbt logged
         if error is not None:
             raise Failure(description=str(error))
@@ -250,6 +282,38 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def dbt_target() -> Path:
+    """dbt's target and log folder for this machine's builds: beside the pipeline's lock, which
+    every build holds, so one build at a time writes it. Kept from one build to the next, it
+    keeps dbt's partial parse: a build that finds the project and profile unchanged skips the
+    parse, 1.5 s of dbt's 5 s at 300 customers (docs/benchmark.md, "The models")."""
+    from dlt.common.pipeline import get_dlt_pipelines_dir
+
+    return Path(get_dlt_pipelines_dir()) / ".analytics_dbt_target"
+
+
+def table_metadata(pipeline: Any, keys: list[AssetKey]) -> dict[AssetKey, dict[str, Any]]:
+    """Per model built: its rows and columns as the warehouse has them now, under Dagster's
+    metadata conventions (`dagster/row_count`, `dagster/column_schema`, the columns described as
+    the dbt project describes them). Read once dbt has exited, through the pipeline's SQL client."""
+    described = {node["name"]: node.get("columns") or {} for node in MANIFEST_DATA["nodes"].values()
+                 if node["resource_type"] == "model"}
+    metadata = {}
+    with pipeline.sql_client() as client:
+        for key in keys:
+            name = key.path[-1]
+            rows = client.execute_sql(f"SELECT COUNT(*) FROM {MODELS_SCHEMA}.{name}")[0][0]
+            columns = client.execute_sql(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position", MODELS_SCHEMA, name)
+            schema = TableSchema(columns=[
+                TableColumn(name=column, type=str(kind).lower(),
+                            description=(described[name].get(column) or {}).get("description") or None)
+                for column, kind in columns])
+            metadata[key] = {"dagster/row_count": int(rows), "dagster/column_schema": schema}
+    return metadata
 
 
 def _result(event: Any, names: Mapping[AssetKey, str], checks: set[tuple[AssetKey, str]]) -> Any:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import duckdb
 import pytest
@@ -151,3 +157,50 @@ def assert_events_cover_api(db: Path | str, admin: Admin) -> None:
 def assert_warehouse_equals_api(db: Path | str, admin: Admin, tables: list[str] = TABLES) -> None:
     for table in tables:
         assert_table_equals_truth(db, table, admin.truth(table))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def graphql(url: str, query: str) -> dict:
+    response = requests.post(f"{url}/graphql", json={"query": query}, timeout=30)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+@contextlib.contextmanager
+def dagster_ui(command: list[str], tmp_path: Path) -> Iterator[str]:
+    """`command` (`dagster dev`, `dg dev`) run from the project's root on a free loopback port,
+    with an instance of its own (dagster.dev.yaml) under tmp_path: yields its URL once it serves."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.dev.yaml", home / "dagster.yaml")
+    port = free_port()
+    log = open(tmp_path / "dagster_dev.log", "w")
+    process = subprocess.Popen(
+        [*command, "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env={**os.environ, "DAGSTER_HOME": str(home)},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(f"{url}/server_info", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        poll(lambda: up() or process.poll() is not None, timeout=180, interval=0.5)
+        assert process.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()

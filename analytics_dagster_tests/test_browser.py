@@ -8,18 +8,15 @@ ANALYTICS_SCREENSHOT_DIR to keep the screenshots (`make screenshot` writes docs/
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
-import requests
 
 from analytics_dagster.sandbox import SandboxServer
 from analytics_dagster.source.resources import STREAM_TABLES
-from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES, Admin, assert_warehouse_equals_api, poll
+from analytics_dagster_tests.conftest import (DAGSTER, TABLES, Admin, assert_warehouse_equals_api, dagster_ui,
+                                             graphql, poll)
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -33,48 +30,10 @@ if not CHROMIUM.exists():
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def graphql(url: str, query: str) -> dict:
-    response = requests.post(f"{url}/graphql", json={"query": query}, timeout=30)
-    response.raise_for_status()
-    return response.json()["data"]
-
-
 @pytest.fixture
-def dagster_dev(warehouse: Path, sandbox: SandboxServer, tmp_path: Path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.dev.yaml", home / "dagster.yaml")
-    port = free_port()
-    log = open(tmp_path / "dagster_dev.log", "w")
-    process = subprocess.Popen(
-        [DAGSTER, "dev", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env={**os.environ, "DAGSTER_HOME": str(home)},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(f"{url}/server_info", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    try:
-        poll(up, timeout=180, interval=0.5)
+def dagster_dev(warehouse: Path, sandbox: SandboxServer, tmp_path: Path) -> Iterator[str]:
+    with dagster_ui([DAGSTER, "dev"], tmp_path) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
 
 
 # the lineage of the group analytics (the raw tables): with the models' group beside it, the
@@ -146,4 +105,15 @@ def test_materialize_all_in_the_ui(dagster_dev: str, warehouse: Path, admin: Adm
         page.get_by_text("2 / 2 Passed").first.wait_for(timeout=30_000)
         poll(lambda: page.get_by_text("2 / 2 Passed").count() == 3, timeout=30)
         shoot(page, tmp_path, "asset-graph.png")
+
+        # lineage from the raw tables to a metric: revenue_monthly, two levels up, reads the
+        # staging models and they the raw transactions and adjustments
+        page.goto(f"{url}/assets/analytics_models/revenue_monthly?view=lineage&lineageScope=upstream&lineageDepth=2",
+                  wait_until="networkidle")
+        expected = sorted(["revenue_monthly", "stg_transactions", "stg_transaction_line_items", "stg_adjustments",
+                           "stg_adjustment_items", "transactions", "adjustments"])
+        poll(lambda: sorted(graph.all_inner_texts()) == expected, timeout=30)
+        for raw in ("transactions", "adjustments"):
+            assert page.locator(f"a[href*='/assets/analytics/{raw}']").count() >= 1, raw
+        shoot(page, tmp_path, "metric-lineage.png")
         browser.close()

@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey, DefaultSensorStatus, build_schedule_context
 
 from analytics_dagster.definitions import defs
 from analytics_dagster.models import MODEL_CHECK_SPECS, MODEL_SPECS
 from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
-from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES
+from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES, poll
 
 
 
@@ -96,3 +97,27 @@ def test_dg_checks_the_definitions() -> None:
     result = subprocess.run([dg, "check", "defs"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_dg_dev_serves_the_project_from_its_root(tmp_path: Path) -> None:
+    """`dg dev` from the project's root (its [tool.dg] in pyproject.toml): the UI serves the raw
+    tables and the models of the one code location, loaded without error."""
+    from analytics_dagster_tests.conftest import dagster_ui, graphql
+
+    dg = str(Path(sys.executable).parent / "dg")
+    query = """{ workspaceOrError { ... on Workspace { locationEntries { name
+        locationOrLoadError { __typename ... on PythonError { message } } } } }
+        assetNodes { assetKey { path } } }"""
+
+    def loaded() -> dict | None:
+        data = graphql(url, query)
+        entries = data["workspaceOrError"]["locationEntries"]
+        return data if entries and entries[0]["locationOrLoadError"] else None
+
+    with dagster_ui([dg, "dev"], tmp_path) as url:
+        data = poll(loaded, timeout=120, interval=0.5)
+    assert [(e["name"], e["locationOrLoadError"]["__typename"]) for e in data["workspaceOrError"]["locationEntries"]] \
+        == [("analytics_dagster", "RepositoryLocation")], data["workspaceOrError"]
+    keys = {"/".join(n["assetKey"]["path"]) for n in data["assetNodes"]}
+    assert {"analytics/transactions", "analytics_models/mrr_daily"} <= keys

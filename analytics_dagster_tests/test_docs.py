@@ -301,7 +301,8 @@ def dead_references(path: Path) -> list[str]:
                 report(m.start(), token, "no such file or directory")
             continue
         plain = token.rstrip("/")
-        if plain in PATHS or any(p.endswith("/" + plain) for p in PATHS) or ignored(plain):
+        if plain in PATHS or any(p.endswith("/" + plain) for p in PATHS) or ignored(plain) \
+                or any(ignored(f"{package}/{plain}") for package in PACKAGES):  # made by a tool, in a package
             continue
         report(m.start(), token, "no such file or directory in the repository")
     for m in BARE_NAME.finditer(text) if not provenance else ():

@@ -50,10 +50,19 @@ def query(db: Path | str, sql: str) -> list[dict[str, Any]]:
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def assert_models_built_and_tested(result: Any) -> None:
+def assert_models_built_and_tested(result: Any, db: Path) -> None:
     assert result.success
-    built = {m.asset_key for m in result.asset_materializations_for_node("analytics_models")}
-    assert built == MODELS
+    materializations = {m.asset_key: m for m in result.asset_materializations_for_node("analytics_models")}
+    assert set(materializations) == MODELS
+    # Dagster's table metadata: rows and columns as the warehouse has them
+    for key, materialization in materializations.items():
+        name = key.path[-1]
+        rows = query(db, f"SELECT count(*) AS n FROM analytics_models.{name}")[0]["n"]
+        columns = [r["column_name"] for r in query(db, "SELECT column_name FROM information_schema.columns WHERE "
+                                                       f"table_schema = 'analytics_models' AND table_name = '{name}' "
+                                                       "ORDER BY ordinal_position")]
+        assert materialization.metadata["dagster/row_count"].value == rows, name
+        assert [c.name for c in materialization.metadata["dagster/column_schema"].schema.columns] == columns, name
     checks = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations() if e.asset_key in MODELS}
     assert set(checks) == {(c.asset_key, c.name) for c in MODEL_CHECK_SPECS}
     failed = [f"{k[1]}: {e.description}" for k, e in checks.items() if not e.passed]
@@ -141,6 +150,8 @@ def change_the_sandbox(admin: Admin) -> tuple[list[dict[str, Any]], dict[str, li
         admin.post("mutate", resource="subscriptions", key=second["id"], set={"status": "active"}),
     ]
     changed[third["id"]] = [admin.post("mutate", resource="subscriptions", key=third["id"], set={"status": "canceled"})]
+    fourth = next(s for s in subs[3:] if s["status"] == "active")
+    changed[fourth["id"]] = [admin.post("mutate", resource="subscriptions", key=fourth["id"], set={"status": "paused"})]
     admin.post("advance", updates=15, new_customers=3, new_transactions=6, adjustments=4)
     # a refund approved between runs, so that net differs from gross
     pending = [a for a in admin.truth("adjustments") if a["status"] == "pending_approval"]
@@ -163,28 +174,33 @@ def assert_history_has_the_changes(before: dict[str, list[dict[str, Any]]], afte
             assert mutation["event_id"] in states, (sub, mutation)
     first, third = subs[0], subs[2]
     assert after[third["id"]][-1]["status"] == "canceled"
+    fourth = next(s for s in subs[3:] if s["status"] == "active")  # paused by change_the_sandbox
+    assert [s["status"] for s in after[fourth["id"]][-2:]] == ["active", "paused"]
     items = after[first["id"]][-1]["items"]  # JSON text from DuckDB, parsed already from PostgreSQL's jsonb
     assert (json.loads(items) if isinstance(items, str) else items)[0]["quantity"] == first["items"][0]["quantity"] + 3
     # a row per change: the states of a subscription are its subscription.* events, or its
-    # listed row when the stream has none
+    # listed row when the stream has none; a subscription listed with no event, which then
+    # changed, keeps that listed state before its first event
     events = defaultdict(set)
     for event in admin.truth("events"):
         if event["event_type"].startswith("subscription."):
             events[event["data"]["id"]].add(event["event_id"])
     for sub, states in after.items():
-        assert {s["state_id"] for s in states} == (events.get(sub) or {f"listed/{sub}"}), sub
+        listed_before = [s["state_id"] for s in before[sub]] == [f"listed/{sub}"]
+        expected = events.get(sub, set()) | ({f"listed/{sub}"} if listed_before or sub not in events else set())
+        assert {s["state_id"] for s in states} == expected, sub
 
 
 def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admin) -> None:
     result = sync_all()
-    assert_models_built_and_tested(result)
+    assert_models_built_and_tested(result, warehouse)
     assert_metrics_equal_the_sandbox(warehouse, admin)
     before = assert_history_contiguous(warehouse)
     assert set(before) == {s["id"] for s in admin.truth("subscriptions")}
 
     subs, changed = change_the_sandbox(admin)
     result = sync_all()
-    assert_models_built_and_tested(result)
+    assert_models_built_and_tested(result, warehouse)
     assert_metrics_equal_the_sandbox(warehouse, admin)
     after = assert_history_contiguous(warehouse)
     assert_history_has_the_changes(before, after, subs, changed, admin)
@@ -337,3 +353,57 @@ def test_postgres_credentials_that_cannot_be_resolved_fail_the_models_naming_the
     assert "destination.postgres.credentials" in message and "`database`" in message, message
     assert "n0t-to-be-shown" not in message
     assert not result.get_asset_check_evaluations()
+
+
+def test_a_dbt_build_waits_for_a_reader_holding_the_warehouse(
+    warehouse: Path, admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook with the file open: the build waits, saying who holds it, then builds (dbt's own
+    connect would fail at once)."""
+    from analytics_dagster_tests.test_warehouse_lock import holder
+
+    assert sync_all().success
+    instance = DagsterInstance.ephemeral()
+    with holder(warehouse, tmp_path, limit=4) as process:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=sorted(MODELS), raise_on_error=False)
+        assert process.poll() is not None, "the build went on only once the reader had let go"
+    log = "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
+    assert result.success, log[-3000:]
+    assert f"(PID {process.pid}): waiting for it" in log
+    assert {m.asset_key for m in result.asset_materializations_for_node("analytics_models")} == MODELS
+
+
+def test_the_package_carries_the_dbt_project_and_its_manifest(tmp_path: Path) -> None:
+    """A wheel of the project holds every file of the dbt project and the parsed manifest, so an
+    installed analytics_dagster runs its models as a clone does."""
+    import zipfile
+
+    from analytics_dagster.models import DBT_PROJECT_DIR
+
+    import shutil
+
+    root = DBT_PROJECT_DIR.parents[1]
+    leftover = not (root / "build").exists()  # setuptools builds in the source tree's build/
+    try:
+        built = subprocess.run([str(Path(sys.executable).parent / "uv"), "build", "--wheel", "--out-dir",
+                                str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    finally:
+        if leftover:
+            shutil.rmtree(root / "build", ignore_errors=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("analytics_dagster/dbt/")}
+    project = {f"analytics_dagster/dbt/{p.relative_to(DBT_PROJECT_DIR)}" for p in DBT_PROJECT_DIR.rglob("*")
+               if p.is_file() and p.parts[len(DBT_PROJECT_DIR.parts)] not in ("target", "logs")}
+    assert packaged == project | {"analytics_dagster/dbt/target/manifest.json"}
+
+
+def test_the_dbt_version_the_step_assumes_is_the_executables() -> None:
+    """The step does not ask `dbt --version` (a subprocess, seconds): it takes the installed
+    dbt-core's, which must be what the executable it runs says."""
+    from analytics_dagster.models import models_dbt
+
+    dbt = models_dbt()
+    said = subprocess.run([dbt.dbt_executable, "--version"], capture_output=True, text=True, timeout=120).stdout
+    assert f"installed: {dbt._cli_version}" in said, said

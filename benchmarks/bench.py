@@ -23,6 +23,9 @@ process started with the chosen scale and latency:
    requests failing transiently; the requests of a resume after a SIGKILL at 75% of a backfill
    paced at `--resume-per-minute` (chunks end on time: paced, a chunk is about a minute of
    requests).
+8. the models (`--models`, default 2,000 and 20,000 customers; `--only-models`): after a full sync
+   (raw tables, then the first dbt build), a no-change run of the raw tables alone and one of
+   everything (raw tables and `dbt build`): the dbt step's own time and its share of that run.
 
 Ratios are to the floor measured in the same run: this machine is shared and noisy.
 """
@@ -309,6 +312,54 @@ def incremental_table(rows: list[dict[str, Any]], per_minute: int = 240) -> str:
     return "\n".join(lines)
 
 
+# a step's time as Dagster logs it: `Finished execution of step "analytics_models" in 8.0s.`
+STEP_TIME = re.compile(r'Finished execution of step "(?P<step>[^"]+)" in (?P<value>[\d.]+)(?P<unit>ms|s|m)\b')
+MODELS_STEP = "analytics_models"
+
+
+def step_seconds(output: str) -> dict[str, float]:
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    return {m["step"]: float(m["value"]) * scale[m["unit"]] for m in STEP_TIME.finditer(output)}
+
+
+def models_cost(customers: int) -> dict[str, Any]:
+    """The dbt build against the data: a full sync (raw tables, then the first build), then a
+    no-change run of the raw tables alone and one of everything, into one warehouse (unpaced)."""
+    sandbox, url, _ = start_sandbox(customers, 0.0)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = own_warehouse({**os.environ, "SOURCES__ANALYTICS__API_KEY": KEY}, url, Path(tmp), "models")
+            raw_only = [*MATERIALIZE[:-1], "group:analytics"]
+            full, _, output = run_variant(MATERIALIZE, env)
+            first_build = step_seconds(output)[MODELS_STEP]
+            raw, _, _ = run_variant(raw_only, env)
+            everything, _, output = run_variant(MATERIALIZE, env)
+            build = step_seconds(output)[MODELS_STEP]
+            import duckdb
+            with duckdb.connect(env["DESTINATION__DUCKDB__CREDENTIALS"], read_only=True) as con:
+                rows = {t: con.execute(f"SELECT count(*) FROM analytics_models.{t}").fetchone()[0]
+                        for t in ("stg_transaction_line_items", "subscription_history", "mrr_daily")}
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=10)
+    return {"customers": customers, "full": full, "first_build": first_build, "raw": raw, "everything": everything,
+            "build": build, "rows": rows}
+
+
+def print_models(sizes: list[int]) -> None:
+    if not sizes:
+        return
+    print("\nthe models (dbt build, unpaced):")
+    print("| customers | full sync | its first dbt build | no-change run, raw tables | no-change run, everything "
+          "| its dbt build | share of that run | rows: line items, history, mrr_daily |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    for size in sizes:
+        m = models_cost(size)
+        rows = ", ".join(f"{n:,}" for n in m["rows"].values())
+        print(f"| {size:,} | {m['full']:.1f} s | {m['first_build']:.1f} s | {m['raw']:.1f} s | {m['everything']:.1f} s "
+              f"| {m['build']:.1f} s | {m['build'] / m['everything']:.0%} | {rows} |", flush=True)
+
+
 def import_cost(env: dict[str, str]) -> tuple[float, float, float]:
     """Seconds to import dagster alone, dagster with dlt and dagster-dlt (which `@dlt_assets`
     needs), and to load the code location (best of 3 each)."""
@@ -342,6 +393,9 @@ def main() -> None:
     parser.add_argument("--incremental", default="2000,20000",
                         help="account sizes for the incremental runs by mode, comma-separated ('': skip)")
     parser.add_argument("--only-incremental", action="store_true", help="run nothing but the incremental runs")
+    parser.add_argument("--models", default="2000,20000",
+                        help="customers of the models' runs (comma-separated; empty: none)")
+    parser.add_argument("--only-models", action="store_true", help="run nothing but the models' runs")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"the incremental runs' modes, comma-separated (default: {','.join(MODES)})")
     parser.add_argument("--only-backfills", action="store_true",
@@ -362,8 +416,12 @@ def main() -> None:
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"--modes: no such mode {sorted(unknown)}; choose from {list(MODES)}")
+    model_sizes = [int(n) for n in args.models.split(",") if n.strip()]
     if args.only_incremental:
         print_incremental(sizes, modes)
+        return
+    if args.only_models:
+        print_models(model_sizes)
         return
     if args.only_backfills:
         print_backfills(args, MATERIALIZE, {**os.environ, "SOURCES__ANALYTICS__API_KEY": KEY})
@@ -433,6 +491,7 @@ def main() -> None:
               f"{paced['use']:.0%} of the budget, {paced['429s']} x 429")
     print_backfills(args, MATERIALIZE, env)
     print_incremental(sizes, modes)
+    print_models(model_sizes)
 
 
 def print_backfills(args: argparse.Namespace, argv: list[str], env: dict[str, str]) -> None:

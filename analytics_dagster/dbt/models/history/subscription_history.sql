@@ -3,6 +3,11 @@
 -- the stream's order; a subscription with no event in the stream has not changed since its
 -- updated_at, and its listed row is its one state. Contiguous: each state ends where the next
 -- begins.
+--
+-- The listed row of a subscription that then changes is gone from the raw table (the merge
+-- replaces it): this model keeps it, reading the states it recorded in its previous build. Such
+-- a state stays while it is older than the subscription's first event.
+{%- set previous = adapter.get_relation(database=this.database, schema=this.schema, identifier=this.identifier) %}
 with snapshots as (
     select
         event_id as state_id,
@@ -32,11 +37,33 @@ listed as (
     from {{ source('analytics', 'subscriptions') }} as s
     where not exists (select 1 from snapshots as e where e.subscription_id = s.id)
 ),
+{%- if previous %}
+
+listed_before as (
+    select
+        h.state_id,
+        h.subscription_id,
+        h.changed_by,
+        '' as stream_position,
+        h.valid_from,
+        h.status,
+        h.customer_id,
+        h.currency_code,
+        h.items
+    from {{ this }} as h
+    where h.changed_by = 'listed'
+      and h.valid_from < (select min(e.valid_from) from snapshots as e where e.subscription_id = h.subscription_id)
+),
+{%- endif %}
 
 states as (
     select * from snapshots
     union all
     select * from listed
+    {%- if previous %}
+    union all
+    select * from listed_before
+    {%- endif %}
 )
 
 select
