@@ -232,7 +232,7 @@ def test_models_build_and_test_on_postgres(own_role: tuple[str, str], admin: Adm
     try:
         instance = DagsterInstance.ephemeral()
         first = sync_all(instance)
-        assert_models_built_and_tested(first)
+        assert_models_built_and_tested(first, dsn)
         assert_metrics_equal_the_sandbox(dsn, admin)
         before = assert_history_contiguous(dsn)
         assert set(before) == {s["id"] for s in admin.truth("subscriptions")}
@@ -242,7 +242,7 @@ def test_models_build_and_test_on_postgres(own_role: tuple[str, str], admin: Adm
 
         subs, changed = change_the_sandbox(admin)
         second = sync_all(instance)
-        assert_models_built_and_tested(second)
+        assert_models_built_and_tested(second, dsn)
         assert_metrics_equal_the_sandbox(dsn, admin)
         after = assert_history_contiguous(dsn)
         assert_history_has_the_changes(before, after, subs, changed, admin)
