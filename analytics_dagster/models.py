@@ -11,9 +11,14 @@ selected models and tests and its events become this step's materializations and
 Sources are the raw assets `analytics/<table>` (`meta.dagster.asset_key` in sources.yml), so
 lineage runs from `analytics/transactions` to each metric; a model is `analytics_models/<name>`,
 the schema and table it is written to, in group `models`.
+
+The warehouse is the destination's: dbt's target is profiles.yml's output of the destination's
+type, `duckdb` (the file the pipeline resolves) or `postgres` (the destination's credentials,
+resolved the dlt way), its connection passed to dbt through the environment.
 """
 
 
+import contextlib
 import json
 import os
 import sys
@@ -37,6 +42,7 @@ from dagster import (
 )
 
 from analytics_dagster.assets import DESTINATION_POOL
+from analytics_dagster.source.pipeline import destination_type
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent / "dbt"
 MANIFEST = DBT_PROJECT_DIR / "target" / "manifest.json"
@@ -44,6 +50,18 @@ MODELS_GROUP = "models"
 MODELS_SCHEMA = "analytics_models"  # profiles.yml: where the models are written
 # the DuckDB file, as the asset passes it to dbt (profiles.yml reads it)
 DUCKDB_FILE_ENV = "ANALYTICS_DUCKDB_FILE"
+# The PostgreSQL connection, as the asset passes it to dbt (profiles.yml's output `postgres`
+# reads them), from the destination's credentials. The password only ever goes through the
+# environment of the dbt process: never on its command line, in a log line or in metadata (dbt
+# logs no password). Not a DBT_ENV_SECRET_ variable: dbt would scrub its value from every log
+# line, and a password that is also a word of the project (a role "analytics" with password
+# "analytics") then vanishes from the node ids of dbt's structured log, which dagster-dbt reads
+# (seen: KeyError 'model.*****_models.stg_adjustment_items').
+POSTGRES_ENV = {"host": "ANALYTICS_POSTGRES_HOST", "port": "ANALYTICS_POSTGRES_PORT",
+                "username": "ANALYTICS_POSTGRES_USER", "database": "ANALYTICS_POSTGRES_DBNAME"}
+POSTGRES_PASSWORD_ENV = "ANALYTICS_POSTGRES_PASSWORD"
+# The warehouses the models run on, each an output of that name in profiles.yml (a dbt target).
+WAREHOUSES = ("duckdb", "postgres")
 # A model is rebuilt once every raw table it reads has a new materialization whose blocking
 # checks passed, and none of them is being synced: a failed sync, or a table whose primary-key
 # check failed, leaves the models as they were rather than rebuilding them on stale or bad data.
@@ -87,8 +105,14 @@ def _description(node: Mapping[str, Any]) -> str:
     return (node.get("description") or "").strip() or f"dbt model {node['name']}"
 
 
-def build_specs(manifest: Mapping[str, Any]) -> tuple[list[AssetSpec], list[AssetCheckSpec]]:
-    """An asset per model (deps: the models and sources it reads), a check per test attached to one."""
+def model_kinds(warehouse: str) -> set[str]:
+    """dbt, and the warehouse the models are written to when they run there."""
+    return {"dbt", warehouse} if warehouse in WAREHOUSES else {"dbt"}
+
+
+def build_specs(manifest: Mapping[str, Any], warehouse: str = "duckdb") -> tuple[list[AssetSpec], list[AssetCheckSpec]]:
+    """An asset per model (deps: the models and sources it reads), a check per test attached to one.
+    `warehouse`: the destination's type (its kind, beside dbt's)."""
     models = {uid: node for uid, node in manifest["nodes"].items() if node["resource_type"] == "model"}
     specs = []
     for uid, node in sorted(models.items()):
@@ -98,11 +122,11 @@ def build_specs(manifest: Mapping[str, Any]) -> tuple[list[AssetSpec], list[Asse
             deps=[node_key(manifest, dep) for dep in node["depends_on"]["nodes"]],
             description=_description(node),
             group_name=MODELS_GROUP,
-            kinds={"dbt", "duckdb"},
+            kinds=model_kinds(warehouse),
             code_version=node["checksum"]["checksum"],
             automation_condition=MODELS_AUTOMATION,
             # dbt skips a model whose upstream model failed or whose test failed (the step then
-            # fails); on a warehouse other than DuckDB nothing is built
+            # fails); on a warehouse other than DuckDB and PostgreSQL nothing is built
             skippable=True,
             freshness_policy=MARTS_FRESHNESS if mart else None,
             metadata={"dagster/table_name": f"{node['schema']}.{node['name']}", "dbt_unique_id": uid,
@@ -137,9 +161,10 @@ def models_translator() -> Any:
     return ModelsTranslator()
 
 
-def models_dbt() -> Any:
-    """dagster-dbt's `DbtCliResource` for this project and this environment's dbt (whatever the
-    PATH: a daemon's, a test's), made at run time (it imports dbt-core).
+def models_dbt(target: str = "duckdb") -> Any:
+    """dagster-dbt's `DbtCliResource` for this project, profiles.yml's output `target`, and this
+    environment's dbt (whatever the PATH: a daemon's, a test's), made at run time (it imports
+    dbt-core).
 
     Without two things it does before starting dbt that a build here does not use, which took
     2.5 s and 3 s of a 13 s step at 300 customers (docs/benchmark.md, "The models"): running
@@ -161,11 +186,12 @@ def models_dbt() -> Any:
             return None
 
     return ModelsDbt(project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR),
-                     dbt_executable=str(Path(sys.executable).parent / "dbt"))
+                     dbt_executable=str(Path(sys.executable).parent / "dbt"), target=target)
 
 
 MANIFEST_DATA = load_manifest()
-MODEL_SPECS, MODEL_CHECK_SPECS = build_specs(MANIFEST_DATA)
+# the destination as configured when the code location loads (its kind on the models)
+MODEL_SPECS, MODEL_CHECK_SPECS = build_specs(MANIFEST_DATA, destination_type())
 
 
 @multi_asset(
@@ -177,46 +203,85 @@ MODEL_SPECS, MODEL_CHECK_SPECS = build_specs(MANIFEST_DATA)
     description="`dbt build` of the selected models and their tests, on the warehouse the sync writes.",
 )
 def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResult | AssetCheckResult]:
-    """`dbt build --select` the selected models and tests, under the warehouse's lock (one
-    writer at a time), on the DuckDB file the pipeline resolves."""
-    from analytics_dagster.source.pipeline import duckdb_file, locked_pipeline
-
-    target = duckdb_file()
-    if target is None:  # the raw tables synced, and nothing else to do: not a failure of the run
-        context.log.warning("the dbt models run on DuckDB only, and the destination is another: "
-                            "none built (docs/models.md, 'PostgreSQL')")
+    """`dbt build --select` the selected models and tests on the warehouse the sync writes: the
+    DuckDB file the pipeline resolves, or PostgreSQL (`--target postgres`, connected with the
+    destination's credentials); under the pipeline's lock, one writer at a time."""
+    warehouse = destination_type()
+    if warehouse not in WAREHOUSES:  # the raw tables synced, and nothing else to do: not a failure of the run
+        context.log.warning(f"the dbt models run on DuckDB and PostgreSQL only, and the destination is "
+                            f"{warehouse}: none built (docs/models.md, 'PostgreSQL')")
         return
+    from analytics_dagster.source.pipeline import locked_pipeline
+
+    env = dbt_environment(warehouse)
     names = {key: key.path[-1] for key in context.selected_asset_keys}
     checks = {(key.asset_key, key.name) for key in context.selected_asset_check_keys}
     select = sorted(names.values()) + sorted(name for key, name in checks if key not in names)
-    dbt = models_dbt()
-    previous = os.environ.get(DUCKDB_FILE_ENV)
-    os.environ[DUCKDB_FILE_ENV] = target
-    try:
-        # the pipeline's lock (one writer at a time on this machine) and its connections, which
-        # wait, bounded and saying who holds it, while another process has the DuckDB file open:
-        # dbt's own open would fail at once (profiles.yml retries it a few times, for a reader
-        # that opens the file between this wait and dbt's start)
-        with locked_pipeline(report=context.log.warning) as pipeline:
+    # the target is profiles.yml's output of the warehouse's name
+    dbt = models_dbt(target=warehouse)
+    # The pipeline's lock (one writer at a time on this machine; dbt's target folder is beside
+    # it) and its connections, which wait, bounded and saying who holds it, while another
+    # process has the DuckDB file open: dbt's own open would fail at once (profiles.yml retries
+    # it a few times, for a reader that opens the file between this wait and dbt's start).
+    # dagster-dbt gives the dbt process this process's environment.
+    with _environ(env), locked_pipeline(report=context.log.warning) as pipeline:
+        if warehouse == "duckdb":
             with pipeline.sql_client():
                 pass
-            invocation = dbt.cli(["build", "--select", " ".join(select)], manifest=MANIFEST, target_path=dbt_target(),
-                                 dagster_dbt_translator=models_translator(), raise_on_error=False)
-            results = [r for r in (_result(event, names, checks) for event in invocation.stream()) if r is not None]
-            tables = table_metadata(pipeline, [r.asset_key for r in results if isinstance(r, MaterializeResult)])
-            for result in results:
-                if isinstance(result, MaterializeResult):
-                    result = MaterializeResult(asset_key=result.asset_key,
-                                               metadata={**(result.metadata or {}), **tables[result.asset_key]})
-                yield result
-            error = invocation.get_error()  # the command, its exit code and the errors dbt logged
-            if error is not None:
-                raise Failure(description=str(error))
+        invocation = dbt.cli(["build", "--select", " ".join(select)], manifest=MANIFEST, target_path=dbt_target(),
+                             dagster_dbt_translator=models_translator(), raise_on_error=False)
+        results = [r for r in (_result(event, names, checks) for event in invocation.stream()) if r is not None]
+        tables = table_metadata(pipeline, [r.asset_key for r in results if isinstance(r, MaterializeResult)])
+        for result in results:
+            if isinstance(result, MaterializeResult):
+                result = MaterializeResult(asset_key=result.asset_key,
+                                           metadata={**(result.metadata or {}), **tables[result.asset_key]})
+            yield result
+        error = invocation.get_error()  # the command, its exit code and the errors dbt logged
+        if error is not None:
+            raise Failure(description=str(error))
+
+
+def dbt_environment(warehouse: str) -> dict[str, str]:
+    """The environment profiles.yml reads for `warehouse`'s output: the DuckDB file the pipeline
+    resolves, or the PostgreSQL destination's connection (its credentials, the dlt way) with the
+    session's time zone UTC (libpq's PGTZ; days and months are UTC's). A Failure naming the
+    setting when the credentials are missing or unreadable (dlt's message shows no value)."""
+    from analytics_dagster.source.pipeline import duckdb_file, postgres_credentials
+
+    if warehouse == "duckdb":
+        return {DUCKDB_FILE_ENV: str(duckdb_file())}
+    from dlt.common.configuration.exceptions import ConfigurationException
+
+    try:
+        credentials = postgres_credentials()
+    except (ConfigurationException, KeyError) as error:  # dlt's missing-field error is a KeyError too
+        raise Failure(description=f"the models' PostgreSQL connection: destination.postgres.credentials "
+                                  f"(DESTINATION__POSTGRES__CREDENTIALS) cannot be resolved: {error}") from None
+    env = {variable: str(getattr(credentials, field)) for field, variable in POSTGRES_ENV.items()}
+    env[POSTGRES_PASSWORD_ENV] = credentials.password or ""
+    env["PGTZ"] = "UTC"
+    # TLS as the connection string asks (dbt-postgres leaves libpq to read it from the environment)
+    for key, variable in (("sslmode", "PGSSLMODE"), ("sslrootcert", "PGSSLROOTCERT"),
+                          ("sslcert", "PGSSLCERT"), ("sslkey", "PGSSLKEY")):
+        if (credentials.query or {}).get(key):
+            env[variable] = str(credentials.query[key])
+    return env
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` set in this process's environment while the block runs, then restored."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
-        if previous is None:
-            os.environ.pop(DUCKDB_FILE_ENV, None)
-        else:
-            os.environ[DUCKDB_FILE_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def dbt_target() -> Path:

@@ -26,11 +26,24 @@ BILLED = ("billed", "paid", "completed")
 MONTH = {"day": 365 / 12, "week": 52 / 12, "month": 1.0, "year": 1 / 12}
 
 
-def sync_all() -> Any:
-    return defs.resolve_job_def("sync_all").execute_in_process(instance=DagsterInstance.ephemeral(), raise_on_error=False)
+def sync_all(instance: DagsterInstance | None = None) -> Any:
+    return defs.resolve_job_def("sync_all").execute_in_process(instance=instance or DagsterInstance.ephemeral(),
+                                                               raise_on_error=False)
 
 
-def query(db: Path, sql: str) -> list[dict[str, Any]]:
+def query(db: Path | str, sql: str) -> list[dict[str, Any]]:
+    """Rows of `sql` on the warehouse: a DuckDB file, or a PostgreSQL DSN (test_postgres.py)."""
+    if isinstance(db, str) and db.startswith("postgresql://"):
+        import psycopg2
+
+        connection = psycopg2.connect(db)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                names = [d[0] for d in cursor.description]
+                return [dict(zip(names, row)) for row in cursor.fetchall()]
+        finally:
+            connection.close()
     with duckdb.connect(str(db), read_only=True) as con:
         cursor = con.execute(sql)
         names = [d[0] for d in cursor.description]
@@ -92,7 +105,7 @@ def truth_revenue(admin: Admin) -> dict[tuple[str, str, str], dict[str, int]]:
     return {k: {**v, "net": v["gross"] - v["refunds"]} for k, v in revenue.items()}
 
 
-def assert_metrics_equal_the_sandbox(db: Path, admin: Admin) -> None:
+def assert_metrics_equal_the_sandbox(db: Path | str, admin: Admin) -> None:
     today = datetime.now(timezone.utc).date()
     mrr = {r["currency_code"]: r["mrr"] for r in query(db, f"SELECT * FROM analytics_models.mrr_daily WHERE day = DATE '{today}'")}
     expected = truth_mrr(admin)
@@ -105,7 +118,7 @@ def assert_metrics_equal_the_sandbox(db: Path, admin: Admin) -> None:
     assert revenue == truth_revenue(admin)
 
 
-def assert_history_contiguous(db: Path) -> dict[str, list[dict[str, Any]]]:
+def assert_history_contiguous(db: Path | str) -> dict[str, list[dict[str, Any]]]:
     rows = query(db, "SELECT * FROM analytics_models.subscription_history ORDER BY subscription_id, valid_from, state_id")
     by_sub: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -118,14 +131,11 @@ def assert_history_contiguous(db: Path) -> dict[str, list[dict[str, Any]]]:
     return by_sub
 
 
-def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admin) -> None:
-    result = sync_all()
-    assert_models_built_and_tested(result, warehouse)
-    assert_metrics_equal_the_sandbox(warehouse, admin)
-    before = assert_history_contiguous(warehouse)
-    assert set(before) == {s["id"] for s in admin.truth("subscriptions")}
-
-    # changes made through the sandbox, one subscription at a time: items, quantity, status
+def change_the_sandbox(admin: Admin) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """A round of changes made through the sandbox, one subscription at a time (items, quantity,
+    status), then updates, new customers, transactions and adjustments, and a refund approved.
+    Returns the subscriptions as they were (sorted by id; the first three are the ones changed)
+    and the mutations of each one changed, by id."""
     subs = sorted(admin.truth("subscriptions"), key=lambda s: s["id"])
     prices = admin.truth("prices")
     changed = {}
@@ -148,31 +158,52 @@ def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admi
     if pending:
         admin.post("mutate", resource="adjustments", key=pending[0]["id"], set={"status": "approved"})
 
-    result = sync_all()
-    assert_models_built_and_tested(result, warehouse)
-    assert_metrics_equal_the_sandbox(warehouse, admin)
-    after = assert_history_contiguous(warehouse)
+    return subs, changed
+
+
+def assert_history_has_the_changes(before: dict[str, list[dict[str, Any]]], after: dict[str, list[dict[str, Any]]],
+                                   subs: list[dict[str, Any]], changed: dict[str, list[dict[str, Any]]],
+                                   admin: Admin) -> None:
+    """The history after `change_the_sandbox` (`before`, `after`: assert_history_contiguous's)
+    holds a state per change, and a row per subscription.* event the sandbox lists."""
     for sub, mutations in changed.items():
         states = {s["state_id"]: s for s in after[sub]}
         known = [s for s in before[sub] if s["changed_by"] != "listed"]  # a listed row stands in for no event
         assert len(after[sub]) >= len(known) + len(mutations), sub
         for mutation in mutations:
             assert mutation["event_id"] in states, (sub, mutation)
+    first, third = subs[0], subs[2]
     assert after[third["id"]][-1]["status"] == "canceled"
+    fourth = next(s for s in subs[3:] if s["status"] == "active")  # paused by change_the_sandbox
     assert [s["status"] for s in after[fourth["id"]][-2:]] == ["active", "paused"]
-    assert json.loads(after[first["id"]][-1]["items"])[0]["quantity"] == first["items"][0]["quantity"] + 3
+    items = after[first["id"]][-1]["items"]  # JSON text from DuckDB, parsed already from PostgreSQL's jsonb
+    assert (json.loads(items) if isinstance(items, str) else items)[0]["quantity"] == first["items"][0]["quantity"] + 3
     # a row per change: the states of a subscription are its subscription.* events, or its
-    # listed row when the stream has none
+    # listed row when the stream has none; a subscription listed with no event, which then
+    # changed, keeps that listed state before its first event
     events = defaultdict(set)
     for event in admin.truth("events"):
         if event["event_type"].startswith("subscription."):
             events[event["data"]["id"]].add(event["event_id"])
-    # listed row when the stream has none; a subscription listed with no event, which then
-    # changed, keeps that listed state before its first event
     for sub, states in after.items():
         listed_before = [s["state_id"] for s in before[sub]] == [f"listed/{sub}"]
         expected = events.get(sub, set()) | ({f"listed/{sub}"} if listed_before or sub not in events else set())
         assert {s["state_id"] for s in states} == expected, sub
+
+
+def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admin) -> None:
+    result = sync_all()
+    assert_models_built_and_tested(result, warehouse)
+    assert_metrics_equal_the_sandbox(warehouse, admin)
+    before = assert_history_contiguous(warehouse)
+    assert set(before) == {s["id"] for s in admin.truth("subscriptions")}
+
+    subs, changed = change_the_sandbox(admin)
+    result = sync_all()
+    assert_models_built_and_tested(result, warehouse)
+    assert_metrics_equal_the_sandbox(warehouse, admin)
+    after = assert_history_contiguous(warehouse)
+    assert_history_has_the_changes(before, after, subs, changed, admin)
     refunds = query(warehouse, "SELECT sum(refunds) AS r FROM analytics_models.revenue_monthly")[0]["r"]
     assert refunds > 0
 
@@ -289,6 +320,39 @@ def test_a_failing_dbt_test_fails_the_run_and_skips_the_models_after_it(warehous
     assert model_key("stg_transactions") in built and model_key("revenue_monthly") not in built
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "line_items_add_up_to_their_transaction" in str(failure.event_specific_data.error.message)
+
+
+def test_the_models_kinds_are_dbt_and_the_destination(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code location as loaded here (DuckDB) says duckdb; the specs made for PostgreSQL say
+    postgres, and for a destination the models do not run on, dbt only."""
+    from analytics_dagster.models import MANIFEST_DATA, build_specs
+
+    graph = defs.resolve_asset_graph()
+    assert {frozenset(graph.get(key).kinds) for key in MODELS} == {frozenset({"dbt", "duckdb"})}
+    for warehouse, kinds in (("postgres", {"dbt", "postgres"}), ("bigquery", {"dbt"})):
+        specs, _ = build_specs(MANIFEST_DATA, warehouse)
+        assert {frozenset(spec.kinds) for spec in specs} == {frozenset(kinds)}
+    from analytics_dagster.source.pipeline import destination_type
+
+    monkeypatch.setenv("DESTINATION_TYPE", "dlt.destinations.postgres")
+    assert destination_type() == "postgres"
+
+
+def test_postgres_credentials_that_cannot_be_resolved_fail_the_models_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DESTINATION_TYPE=postgres with a connection string lacking its database: the models step
+    fails before running dbt, naming the setting and the missing field, and not the password."""
+    monkeypatch.setenv("DESTINATION_TYPE", "postgres")
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", "postgresql://someone:n0t-to-be-shown@127.0.0.1:5432")
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=DagsterInstance.ephemeral(), asset_selection=sorted(MODELS), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error.message)
+    assert "destination.postgres.credentials" in message and "`database`" in message, message
+    assert "n0t-to-be-shown" not in message
+    assert not result.get_asset_check_evaluations()
 
 
 def test_a_dbt_build_waits_for_a_reader_holding_the_warehouse(

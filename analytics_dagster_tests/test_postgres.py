@@ -7,6 +7,7 @@ and prints such a DSN). Without it these tests skip, saying so; under CI they fa
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from analytics_dagster.models import MODEL_CHECK_SPECS
 from analytics_dagster.source.resources import STREAM_TABLES
 from analytics_dagster_tests.conftest import REPLACED, REPO, TABLES, Admin, assert_warehouse_equals_api, poll
 from analytics_dagster_tests.test_sync import check_results, sync
@@ -131,7 +133,9 @@ def test_runs_launched_through_a_postgres_backed_instance(
         assert [r.status for r in finished] == [DagsterRunStatus.SUCCESS]
         checks = [e for e in instance.all_logs(finished[0].run_id) if e.dagster_event
                   and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-        assert len(checks) == len(TABLES) + len(STREAM_TABLES)  # primary keys, and events applied
+        # primary keys, events applied, and the models' dbt tests (the models built on PostgreSQL)
+        assert len(checks) == len(TABLES) + len(STREAM_TABLES) + len(MODEL_CHECK_SPECS)
+        assert all(e.dagster_event.asset_check_evaluation_data.passed for e in checks)
         assert_warehouse_equals_api(postgres_warehouse, admin)
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
@@ -172,3 +176,106 @@ def test_a_load_that_fails_leaves_the_replaced_tables_as_they_were_in_postgres(
     sandbox.world.event_types[-1]["description"] = "no NUL any more"
     assert sync().success
     assert_warehouse_equals_api(postgres_warehouse, admin)
+
+
+@pytest.fixture
+def own_role(postgres_warehouse: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """The warehouse's database reached as a role of its own, owning it, whose password is a
+    random token found nowhere else (so that the run's logs can be searched for it): the
+    destination's credentials are that DSN. Yields (DSN, password)."""
+    dsn = urlparse(postgres_warehouse)
+    role, password = f"analytics_{uuid.uuid4().hex[:10]}", f"pw{uuid.uuid4().hex}"
+    _on_server(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    _on_server(f"ALTER DATABASE {dsn.path.lstrip('/')} OWNER TO {role}")
+    own = dsn._replace(netloc=f"{role}:{password}@{dsn.hostname}:{dsn.port or 5432}").geturl()
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", own)
+    yield own, password
+    _on_server(f"DROP DATABASE IF EXISTS {dsn.path.lstrip('/')} WITH (FORCE)")
+    _on_server(f"DROP ROLE IF EXISTS {role}")
+
+
+class _Records(logging.Handler):
+    """Every log record of this process's loggers, formatted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def test_models_build_and_test_on_postgres(own_role: tuple[str, str], admin: Admin,
+                                           capfd: pytest.CaptureFixture[str]) -> None:
+    """sync_all into PostgreSQL builds every model and passes every dbt test, and the marts
+    equal the sandbox's own figures, after a full sync and after a round of changes; the
+    password is nowhere in the run's logs, its events or the dbt command."""
+    from dagster import DagsterInstance
+
+    from analytics_dagster_tests.test_models import (
+        assert_history_contiguous,
+        assert_history_has_the_changes,
+        assert_metrics_equal_the_sandbox,
+        assert_models_built_and_tested,
+        change_the_sandbox,
+        query,
+        sync_all,
+    )
+
+    dsn, password = own_role
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("", "dagster", "dagster_dbt")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(records)
+        logger.setLevel(logging.DEBUG)
+    try:
+        instance = DagsterInstance.ephemeral()
+        first = sync_all(instance)
+        assert_models_built_and_tested(first, dsn)
+        assert_metrics_equal_the_sandbox(dsn, admin)
+        before = assert_history_contiguous(dsn)
+        assert set(before) == {s["id"] for s in admin.truth("subscriptions")}
+        # the models are PostgreSQL's, in their schema, as the role the credentials name
+        owners = query(dsn, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'analytics_models'")
+        assert owners == [{"tableowner": urlparse(dsn).username}]
+
+        subs, changed = change_the_sandbox(admin)
+        second = sync_all(instance)
+        assert_models_built_and_tested(second, dsn)
+        assert_metrics_equal_the_sandbox(dsn, admin)
+        after = assert_history_contiguous(dsn)
+        assert_history_has_the_changes(before, after, subs, changed, admin)
+        assert query(dsn, "SELECT sum(refunds) AS r FROM analytics_models.revenue_monthly")[0]["r"] > 0
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(records)
+            logger.setLevel(level)
+
+    # the password: not in any event or log message of either run, nor anything printed, nor
+    # the dbt command (whose log line is there: the search did see the dbt step's logs)
+    entries = [str(entry) for run in (first, second) for entry in instance.all_logs(run.run_id)]
+    assert any("analytics_models" in entry for entry in entries)
+    commands = [line for line in records.lines if "dbt build" in line]
+    assert commands and all("--target postgres" in line for line in commands), records.lines[-20:]
+    printed = capfd.readouterr()
+    for where, texts in (("events", entries), ("logs", records.lines), ("output", [printed.out, printed.err])):
+        leaked = [text[:300] for text in texts if password in text]
+        assert not leaked, (where, leaked)
+
+
+def test_dbt_on_a_session_not_in_utc_fails_before_building(postgres_warehouse: str, tmp_path: Path) -> None:
+    """The models' days are UTC's: dbt run by hand on PostgreSQL with the session in another time
+    zone (here PGTZ; else the server's default) stops at its start, saying why, and builds nothing."""
+    from analytics_dagster.models import DBT_PROJECT_DIR, dbt_environment
+    from analytics_dagster_tests.test_models import query
+
+    env = {**os.environ, **dbt_environment("postgres"), "PGTZ": "Europe/Berlin", "DBT_TARGET_PATH": str(tmp_path),
+           "DBT_LOG_PATH": str(tmp_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    dbt = [str(Path(sys.executable).parent / "dbt"), "build", "--target", "postgres", "--select", "stg_customer_addresses",
+           "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    refused = subprocess.run(dbt, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert "the session's time zone is Europe/Berlin, not UTC" in refused.stdout, refused.stdout[-3000:]
+    assert query(postgres_warehouse, "SELECT table_name FROM information_schema.tables "
+                                     "WHERE table_schema = 'analytics_models'") == []

@@ -192,10 +192,29 @@ def warehouse_lock() -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def destination_type() -> str:
+    """The destination's type as dlt's configuration names it now (`DESTINATION_TYPE`, or
+    `destination_type` in `.dlt/config.toml`; unset: "duckdb"), without a module path
+    ("dlt.destinations.postgres" is "postgres")."""
+    return (_setting("destination_type", str, None) or "duckdb").split(".")[-1]
+
+
 def duckdb_file() -> Optional[str]:
     """The warehouse's DuckDB file, absolute, as a run resolves it; None when the destination
     is not DuckDB."""
-    return _duckdb_file() if (dlt.config.get("destination_type", str) or "duckdb") == "duckdb" else None
+    return _duckdb_file() if destination_type() == "duckdb" else None
+
+
+def postgres_credentials() -> Any:
+    """The PostgreSQL destination's credentials (dlt's `PostgresCredentials`: host, port,
+    username, password, database, query), resolved as the pipeline's load resolves them:
+    `destination.postgres.credentials`, a connection string or its fields, from the
+    environment, `.dlt/secrets.toml` or `.dlt/config.toml`. Raises dlt's configuration error
+    (which names the missing fields and where they were looked for, and never shows a value)."""
+    from dlt.destinations import postgres
+
+    factory = postgres()
+    return factory.configuration(factory.spec()._bind_dataset_name(dataset_name=DATASET_NAME)).credentials
 
 
 def table_stats(

@@ -1,8 +1,9 @@
 {#- A month of a recurring price, in minor units: unit amount x quantity normalised to a month
     by its billing cycle (day x 365/12, week x 52/12, month / frequency, year / 12; each over
-    the cycle's frequency), before tax and discount. -#}
+    the cycle's frequency), before tax and discount. `double precision`: DuckDB's `double`,
+    and PostgreSQL's name of it. -#}
 {% macro monthly_amount(unit_amount, quantity, interval, frequency) -%}
-    (cast({{ unit_amount }} as double) * {{ quantity }}
+    (cast({{ unit_amount }} as double precision) * {{ quantity }}
         * case {{ interval }}
             when 'day' then 365.0 / 12
             when 'week' then 52.0 / 12

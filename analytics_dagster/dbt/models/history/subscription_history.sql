@@ -75,5 +75,5 @@ select
     currency_code,
     items,
     valid_from,
-    lead(valid_from) over (partition by subscription_id order by stream_position) as valid_to
+    lead(valid_from) over (partition by subscription_id order by {{ byte_order('stream_position') }}) as valid_to
 from states

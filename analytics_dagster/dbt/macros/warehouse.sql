@@ -1,0 +1,40 @@
+{#- What differs between the warehouses beyond JSON arrays (json.sql): each macro says where. -#}
+
+{#- `expr` (text) ordered byte by byte, as DuckDB orders text. PostgreSQL orders text by the
+    database's collation (a locale's may rank characters otherwise); "C" is byte order. -#}
+{% macro byte_order(expr) -%}
+    {{ return(adapter.dispatch('byte_order')(expr)) }}
+{%- endmacro %}
+
+{% macro default__byte_order(expr) -%}
+    {{ expr }} collate "C"
+{%- endmacro %}
+
+{% macro duckdb__byte_order(expr) -%}
+    {{ expr }}
+{%- endmacro %}
+
+{#- on-run-start: the models' days and months are UTC's, and dates are cut from timestamps (and
+    `current_date` taken) in the session's time zone. DuckDB's is set by profiles.yml
+    (settings.TimeZone); PostgreSQL's comes from the connection (the asset sets PGTZ=UTC), else
+    the server's default: a session whose offset from UTC is not 0 all year fails the run here,
+    before anything is built. -#}
+{% macro assert_session_time_zone_is_utc() -%}
+    {{ return(adapter.dispatch('assert_session_time_zone_is_utc')()) }}
+{%- endmacro %}
+
+{% macro default__assert_session_time_zone_is_utc() -%}
+    {%- if execute -%}
+        {%- set probe = run_query("select current_setting('TimeZone') as zone, "
+            ~ "extract(timezone from date_trunc('year', now())) = 0 "
+            ~ "and extract(timezone from date_trunc('year', now()) + interval '6 months') = 0 as utc") -%}
+        {%- if not probe.columns[1].values()[0] -%}
+            {{ exceptions.raise_compiler_error("the session's time zone is " ~ probe.columns[0].values()[0]
+                ~ ", not UTC: the models' days and months are UTC's. Set PGTZ=UTC in dbt's environment "
+                ~ "(the Dagster asset does), or the database's timezone to UTC") }}
+        {%- endif -%}
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro duckdb__assert_session_time_zone_is_utc() -%}
+{%- endmacro %}
