@@ -78,7 +78,7 @@ def truth_mrr(admin: Admin) -> dict[str, float]:
             continue
         for item in sub["items"]:
             price = item["price"]
-            if item["recurring"]:
+            if item["recurring"] and item.get("status", "active") == "active":  # trialing, inactive: not billed
                 cycle = price["billing_cycle"]
                 mrr[price["unit_price"]["currency_code"]] += (
                     int(price["unit_price"]["amount"]) * item["quantity"] * MONTH[cycle["interval"]] / cycle["frequency"])

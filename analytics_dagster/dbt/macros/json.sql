@@ -14,3 +14,16 @@
 {% macro duckdb__json_array_elements(expr, key, alias) -%}
     json_each({{ expr }}{% if key %}->'{{ key }}'{% endif %}) as {{ alias }}
 {%- endmacro %}
+
+{#- Whether the JSON value `expr` is a string (not a number, an object, null...). -#}
+{% macro json_is_string(expr) -%}
+    {{ return(adapter.dispatch('json_is_string')(expr)) }}
+{%- endmacro %}
+
+{% macro default__json_is_string(expr) -%}
+    jsonb_typeof({{ expr }}) = 'string'
+{%- endmacro %}
+
+{% macro duckdb__json_is_string(expr) -%}
+    json_type({{ expr }}) = 'VARCHAR'
+{%- endmacro %}

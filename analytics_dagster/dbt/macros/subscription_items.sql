@@ -31,13 +31,26 @@ select
     cast(item.value->>'recurring' as boolean) as recurring,
     item.value->'price'->'billing_cycle'->>'interval' as billing_interval,
     cast(item.value->'price'->'billing_cycle'->>'frequency' as bigint) as billing_frequency,
-    cast(item.value->'price'->'unit_price'->>'amount' as bigint) as unit_amount,
+    {{ amount("item.value->'price'->'unit_price'->>'amount'") }} as unit_amount,
     item.value->'price'->'unit_price'->>'currency_code' as unit_currency_code,
     case when cast(item.value->>'recurring' as boolean) then {{ monthly_amount(
-        "cast(item.value->'price'->'unit_price'->>'amount' as bigint)",
+        amount("item.value->'price'->'unit_price'->>'amount'"),
         "cast(item.value->>'quantity' as bigint)",
         "item.value->'price'->'billing_cycle'->>'interval'",
         "cast(item.value->'price'->'billing_cycle'->>'frequency' as bigint)") }} end as monthly_amount
 from {{ relation }} as s,
     {{ json_array_elements('s.' ~ items_column, none, 'item') }}
+{%- endmacro %}
+
+{#- Whether an item of a subscription is billed: its status `active` (Paddle's item statuses:
+    `trialing` is not billed yet, `inactive` no longer; an item without one counts as active). -#}
+{% macro billed_item(status) -%}
+    coalesce({{ status }}, 'active') = 'active'
+{%- endmacro %}
+
+{#- An amount of the API (a string of digits, in minor units) as a number: numeric(38, 0), not
+    bigint, as the API's amounts are strings with no bound (one beyond 2^63 would fail a cast to
+    bigint and with it the whole build). -#}
+{% macro amount(text) -%}
+    cast({{ text }} as numeric(38, 0))
 {%- endmacro %}

@@ -38,3 +38,19 @@
 
 {% macro duckdb__assert_session_time_zone_is_utc() -%}
 {%- endmacro %}
+
+{#- Whether the text `expr` is an RFC 3339 timestamp, as the sync reads one
+    (analytics_dagster/rfc3339.py): date, `T` (or t, or a space), time, up to 9 fractional
+    digits, `Z` or an offset. -#}
+{% macro is_rfc3339(expr) -%}
+    {%- set pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$" -%}
+    {{ return(adapter.dispatch('is_rfc3339')(expr, pattern)) }}
+{%- endmacro %}
+
+{% macro default__is_rfc3339(expr, pattern) -%}
+    coalesce({{ expr }} ~ '{{ pattern }}', false)
+{%- endmacro %}
+
+{% macro duckdb__is_rfc3339(expr, pattern) -%}
+    coalesce(regexp_matches({{ expr }}, '{{ pattern }}'), false)
+{%- endmacro %}

@@ -1,12 +1,21 @@
 -- One row per state of each subscription, valid from valid_from until valid_to (exclusive;
--- null: its current state). The states are the snapshots of its `subscription.*` events, in
--- the stream's order; a subscription with no event in the stream has not changed since its
--- updated_at, and its listed row is its one state. Contiguous: each state ends where the next
--- begins.
+-- null: its current state), contiguous: each state ends where the next begins.
 --
--- The listed row of a subscription that then changes is gone from the raw table (the merge
--- replaces it): this model keeps it, reading the states it recorded in its previous build. Such
--- a state stays while it is older than the subscription's first event.
+-- The states, in the stream's order (the event ids'):
+-- * the snapshot of each `subscription.*` event the sync applies (source/feed.py, event_problem:
+--   a string event_id, data with a string id and an RFC 3339 updated_at; a malformed event,
+--   which the sync sets aside, is no state either), from its occurred_at (else its data's
+--   updated_at);
+-- * before them, the subscription's listed row when no event of it is in the stream (it has not
+--   changed since its updated_at). Once it changes, the merge replaces that row in the raw
+--   table: this model keeps the state all the same, reading the states it recorded in its
+--   previous build (one stays while it is older than the subscription's first event);
+-- * after them, the listed row when it is newer than the newest snapshot (its updated_at more
+--   than a second after the snapshot's, a second of slack for stamps of varying precision): a
+--   listing read the change, and its event is late. Once the event is read it is a snapshot,
+--   and this state goes.
+-- A state's valid_from never goes back: a later state whose stamp reads earlier (the API's
+-- timestamps do not order its changes) starts where the one before it did.
 {%- set previous = adapter.get_relation(database=this.database, schema=this.schema, identifier=this.identifier) %}
 with snapshots as (
     select
@@ -14,13 +23,23 @@ with snapshots as (
         data->>'id' as subscription_id,
         event_type as changed_by,
         event_id as stream_position,
-        occurred_at as valid_from,
+        coalesce(occurred_at, cast(data->>'updated_at' as timestamptz)) as valid_from,
+        cast(data->>'updated_at' as timestamptz) as stamped_at,
         data->>'status' as status,
         data->>'customer_id' as customer_id,
         data->>'currency_code' as currency_code,
         data->'items' as items
     from {{ source('analytics', 'events') }}
-    where event_type like 'subscription.%' and data->>'id' is not null
+    where event_type like 'subscription.%'
+      and event_id is not null and event_id <> ''
+      and {{ json_is_string("data->'id'") }} and data->>'id' <> ''
+      and {{ is_rfc3339("data->>'updated_at'") }}
+),
+
+newest as (
+    select subscription_id, max(stamped_at) as stamped_at, min(valid_from) as first_valid_from
+    from snapshots
+    group by subscription_id
 ),
 
 listed as (
@@ -37,6 +56,22 @@ listed as (
     from {{ source('analytics', 'subscriptions') }} as s
     where not exists (select 1 from snapshots as e where e.subscription_id = s.id)
 ),
+
+listed_after as (
+    select
+        'current/' || s.id as state_id,
+        s.id as subscription_id,
+        'listed' as changed_by,
+        '~' as stream_position,
+        s.updated_at as valid_from,
+        s.status,
+        s.customer_id,
+        s.currency_code,
+        s.items
+    from {{ source('analytics', 'subscriptions') }} as s
+    join newest as n on n.subscription_id = s.id
+    where s.updated_at > n.stamped_at + interval '1 second'
+),
 {%- if previous %}
 
 listed_before as (
@@ -51,19 +86,37 @@ listed_before as (
         h.currency_code,
         h.items
     from {{ this }} as h
-    where h.changed_by = 'listed'
-      and h.valid_from < (select min(e.valid_from) from snapshots as e where e.subscription_id = h.subscription_id)
+    join newest as n on n.subscription_id = h.subscription_id
+    where h.state_id like 'listed/%' and h.valid_from < n.first_valid_from
 ),
 {%- endif %}
 
 states as (
-    select * from snapshots
+    select state_id, subscription_id, changed_by, stream_position, valid_from, status, customer_id, currency_code, items
+    from snapshots
     union all
     select * from listed
+    union all
+    select * from listed_after
     {%- if previous %}
     union all
     select * from listed_before
     {%- endif %}
+),
+
+ordered as (
+    select
+        state_id,
+        subscription_id,
+        changed_by,
+        status,
+        customer_id,
+        currency_code,
+        items,
+        stream_position,
+        max(valid_from) over (partition by subscription_id order by {{ byte_order('stream_position') }}
+                              rows between unbounded preceding and current row) as valid_from
+    from states
 )
 
 select
@@ -76,4 +129,4 @@ select
     items,
     valid_from,
     lead(valid_from) over (partition by subscription_id order by {{ byte_order('stream_position') }}) as valid_to
-from states
+from ordered

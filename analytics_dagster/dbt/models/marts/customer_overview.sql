@@ -1,4 +1,4 @@
--- Per customer and currency it was billed in: when it first paid, its lifetime net revenue in
+-- Per customer and currency it was billed in: when it first paid in it, its lifetime net revenue in
 -- that currency (billed, paid and completed transactions' subtotal less discount, less
 -- approved refunds and credits), and its subscriptions active now. A customer never billed
 -- has one row, with no currency and 0.
@@ -17,10 +17,10 @@ with net as (
 ),
 
 paid as (
-    select customer_id, min(coalesce(billed_at, created_at)) as first_paid_at
+    select customer_id, currency_code, min(coalesce(billed_at, created_at)) as first_paid_at
     from {{ ref('stg_transactions') }}
     where status in ('paid', 'completed')
-    group by 1
+    group by 1, 2
 ),
 
 subscriptions as (
@@ -44,5 +44,5 @@ select
     coalesce(s.subscriptions, 0) as subscriptions
 from {{ source('analytics', 'customers') }} as c
 left join net on net.customer_id = c.id
-left join paid on paid.customer_id = c.id
+left join paid on paid.customer_id = c.id and paid.currency_code = net.currency_code
 left join subscriptions as s on s.customer_id = c.id

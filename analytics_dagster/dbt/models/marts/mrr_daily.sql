@@ -1,5 +1,6 @@
--- MRR per day and currency: the monthly amounts (monthly_amount) of the recurring items of the
--- subscriptions active at the end of the day (UTC), from the first day of the history to today.
+-- MRR per day and currency: the monthly amounts (monthly_amount) of the recurring, active items
+-- (not trialing, not inactive: Paddle bills neither) of the subscriptions active at the end of
+-- the day (UTC), from the first day of the history to today.
 with history_items as (
     {{ subscription_items(ref('subscription_history'), 'subscription_id', ['status', 'valid_from', 'valid_to']) }}
 ),
@@ -22,5 +23,5 @@ from days
 join history_items as i
     on i.valid_from < days.day + interval '1 day'
     and (i.valid_to is null or i.valid_to >= days.day + interval '1 day')
-where i.status = 'active' and i.recurring
+where i.status = 'active' and i.recurring and {{ billed_item('i.item_status') }}
 group by days.day, i.unit_currency_code

@@ -6,9 +6,9 @@ select
     a.transaction_id,
     item.value->>'item_id' as line_item_id,
     item.value->>'type' as item_type,
-    cast(item.value->>'amount' as bigint) as amount,
-    cast(item.value->'totals'->>'subtotal' as bigint) as subtotal,
-    cast(item.value->'totals'->>'tax' as bigint) as tax,
-    cast(item.value->'totals'->>'total' as bigint) as total
+    {{ amount("item.value->>'amount'") }} as amount,
+    {{ amount("item.value->'totals'->>'subtotal'") }} as subtotal,
+    {{ amount("item.value->'totals'->>'tax'") }} as tax,
+    {{ amount("item.value->'totals'->>'total'") }} as total
 from {{ source('analytics', 'adjustments') }} as a,
     {{ json_array_elements('a.items', none, 'item') }}

@@ -10,11 +10,11 @@ select
     currency_code,
     status,
     reason,
-    cast(totals->>'subtotal' as bigint) as subtotal,
-    cast(totals->>'tax' as bigint) as tax,
-    cast(totals->>'total' as bigint) as total,
-    cast(totals->>'fee' as bigint) as fee,
-    cast(totals->>'earnings' as bigint) as earnings,
+    {{ amount("totals->>'subtotal'") }} as subtotal,
+    {{ amount("totals->>'tax'") }} as tax,
+    {{ amount("totals->>'total'") }} as total,
+    {{ amount("totals->>'fee'") }} as fee,
+    {{ amount("totals->>'earnings'") }} as earnings,
     created_at,
     updated_at
 from {{ source('analytics', 'adjustments') }}

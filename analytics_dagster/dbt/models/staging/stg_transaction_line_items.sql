@@ -7,9 +7,9 @@ select
     line.value->>'price_id' as price_id,
     line.value->'product'->>'id' as product_id,
     cast(line.value->>'quantity' as bigint) as quantity,
-    cast(line.value->'totals'->>'subtotal' as bigint) as subtotal,
-    cast(line.value->'totals'->>'discount' as bigint) as discount,
-    cast(line.value->'totals'->>'tax' as bigint) as tax,
-    cast(line.value->'totals'->>'total' as bigint) as total
+    {{ amount("line.value->'totals'->>'subtotal'") }} as subtotal,
+    {{ amount("line.value->'totals'->>'discount'") }} as discount,
+    {{ amount("line.value->'totals'->>'tax'") }} as tax,
+    {{ amount("line.value->'totals'->>'total'") }} as total
 from {{ source('analytics', 'transactions') }} as t,
     {{ json_array_elements('t.details', 'line_items', 'line') }}

@@ -11,11 +11,11 @@ select
     created_at,
     updated_at,
     billed_at,
-    cast(details->'totals'->>'subtotal' as bigint) as subtotal,
-    cast(details->'totals'->>'discount' as bigint) as discount,
-    cast(details->'totals'->>'tax' as bigint) as tax,
-    cast(details->'totals'->>'total' as bigint) as total,
-    cast(details->'totals'->>'grand_total' as bigint) as grand_total,
-    cast(details->'totals'->>'fee' as bigint) as fee,
-    cast(details->'totals'->>'earnings' as bigint) as earnings
+    {{ amount("details->'totals'->>'subtotal'") }} as subtotal,
+    {{ amount("details->'totals'->>'discount'") }} as discount,
+    {{ amount("details->'totals'->>'tax'") }} as tax,
+    {{ amount("details->'totals'->>'total'") }} as total,
+    {{ amount("details->'totals'->>'grand_total'") }} as grand_total,
+    {{ amount("details->'totals'->>'fee'") }} as fee,
+    {{ amount("details->'totals'->>'earnings'") }} as earnings
 from {{ source('analytics', 'transactions') }}
