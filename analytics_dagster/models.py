@@ -62,9 +62,11 @@ POSTGRES_ENV = {"host": "ANALYTICS_POSTGRES_HOST", "port": "ANALYTICS_POSTGRES_P
 POSTGRES_PASSWORD_ENV = "ANALYTICS_POSTGRES_PASSWORD"
 # The warehouses the models run on, each an output of that name in profiles.yml (a dbt target).
 WAREHOUSES = ("duckdb", "postgres")
-# A model is rebuilt once every raw table it reads has a new materialization whose blocking
-# checks passed, and none of them is being synced: a failed sync, or a table whose primary-key
-# check failed, leaves the models as they were rather than rebuilding them on stale or bad data.
+# A model is rebuilt once a raw table it reads has a new materialization (eager: any dependency
+# updated), every dependency's blocking checks passed, and none is being synced: a failed sync,
+# or a table whose primary-key check failed, leaves the models as they were rather than
+# rebuilding them on stale or bad data. A table synced alone rebuilds the models that read it on
+# the others as they are (subscription_history takes a listed row newer than the stream).
 MODELS_AUTOMATION = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
 # The marts are what a reader looks at: the daily sync (daily_all, 02:30) rebuilds them, so one
 # older than a day and a bit means that sync did not run or failed.

@@ -42,35 +42,22 @@ newest as (
     group by subscription_id
 ),
 
+-- the listed row: the one state of a subscription with no event (before the stream), or the
+-- newest when newer than its newest event (after it)
 listed as (
     select
-        'listed/' || s.id as state_id,
+        case when n.subscription_id is null then 'listed/' else 'current/' end || s.id as state_id,
         s.id as subscription_id,
         'listed' as changed_by,
-        '' as stream_position,
+        case when n.subscription_id is null then '' else '~' end as stream_position,
         s.updated_at as valid_from,
         s.status,
         s.customer_id,
         s.currency_code,
         s.items
     from {{ source('analytics', 'subscriptions') }} as s
-    where not exists (select 1 from snapshots as e where e.subscription_id = s.id)
-),
-
-listed_after as (
-    select
-        'current/' || s.id as state_id,
-        s.id as subscription_id,
-        'listed' as changed_by,
-        '~' as stream_position,
-        s.updated_at as valid_from,
-        s.status,
-        s.customer_id,
-        s.currency_code,
-        s.items
-    from {{ source('analytics', 'subscriptions') }} as s
-    join newest as n on n.subscription_id = s.id
-    where s.updated_at > n.stamped_at + interval '1 second'
+    left join newest as n on n.subscription_id = s.id
+    where n.subscription_id is null or s.updated_at > n.stamped_at + interval '1 second'
 ),
 {%- if previous %}
 
@@ -96,8 +83,6 @@ states as (
     from snapshots
     union all
     select * from listed
-    union all
-    select * from listed_after
     {%- if previous %}
     union all
     select * from listed_before
@@ -106,16 +91,9 @@ states as (
 
 ordered as (
     select
-        state_id,
-        subscription_id,
-        changed_by,
-        status,
-        customer_id,
-        currency_code,
-        items,
-        stream_position,
+        *,
         max(valid_from) over (partition by subscription_id order by {{ byte_order('stream_position') }}
-                              rows between unbounded preceding and current row) as valid_from
+                              rows between unbounded preceding and current row) as starts_at
     from states
 )
 
@@ -127,6 +105,6 @@ select
     customer_id,
     currency_code,
     items,
-    valid_from,
-    lead(valid_from) over (partition by subscription_id order by {{ byte_order('stream_position') }}) as valid_to
+    starts_at as valid_from,
+    lead(starts_at) over (partition by subscription_id order by {{ byte_order('stream_position') }}) as valid_to
 from ordered
