@@ -13,7 +13,8 @@ import time
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z",
+    re.ASCII,  # \d is 0-9 only, and \Z: no trailing newline (what the models' SQL accepts too)
 )
 NS_PER_SECOND = 1_000_000_000
 

@@ -279,3 +279,39 @@ def test_dbt_on_a_session_not_in_utc_fails_before_building(postgres_warehouse: s
     assert "the session's time zone is Europe/Berlin, not UTC" in refused.stdout, refused.stdout[-3000:]
     assert query(postgres_warehouse, "SELECT table_name FROM information_schema.tables "
                                      "WHERE table_schema = 'analytics_models'") == []
+
+
+# ---------------------------------------------------------------- the second adversary's (test_models_adversary_2.py)
+def test_a_lower_case_rfc3339_stamp_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
+    from analytics_dagster_tests.test_models import query, sync_all, truth_mrr
+    from analytics_dagster_tests.test_models_adversary import active_recurring, assert_close, run_ok, world_now
+    from analytics_dagster_tests.test_models_adversary_2 import first_sub, with_quantity
+
+    """A lower-case `t` and `z` (RFC 3339 allows both) in a subscription's stamp: the history
+    places it, and today's MRR is the sandbox's."""
+    run_ok(sync_all())
+    sub = first_sub(admin, active_recurring)
+    stamp = world_now(admin).strftime("%Y-%m-%dt%H:%M:%S.5z")
+    admin.post("mutate", resource="subscriptions", key=sub["id"], set={"items": with_quantity(sub, 2)},
+               updated_at=stamp)
+    run_ok(sync_all())
+    rows = query(postgres_warehouse, "SELECT day, currency_code, mrr FROM analytics_models.mrr_daily "
+                                     "WHERE day = (SELECT max(day) FROM analytics_models.mrr_daily)")
+    assert_close({r["currency_code"]: float(r["mrr"]) for r in rows}, truth_mrr(admin))
+
+
+def test_a_lower_case_stamp_read_by_a_listing_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
+    """The same stamp read by the first sync's listing, its event late: dlt cannot type it (the
+    raw updated_at is null), and the subscription's listed state starts at its created_at: the
+    build goes on."""
+    from analytics_dagster_tests.test_models import sync_all
+    from analytics_dagster_tests.test_models_adversary import active_recurring, world_now
+    from analytics_dagster_tests.test_models_adversary_2 import failed_checks, first_sub, warned, with_quantity
+
+    sub = first_sub(admin, active_recurring)
+    stamp = world_now(admin).strftime("%Y-%m-%dt%H:%M:%S.5z")
+    admin.post("mutate", resource="subscriptions", key=sub["id"], set={"items": with_quantity(sub, 2)},
+               updated_at=stamp, hold_event=True)
+    result = sync_all()
+    assert result.success, failed_checks(result)
+    warned(result)

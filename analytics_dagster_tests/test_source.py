@@ -106,6 +106,12 @@ def test_timestamps_keep_order_at_nanoseconds() -> None:
     assert parse_ns("2023-08-18T14:07:37.5+02:00") == parse_ns("2023-08-18T12:07:37.5Z")
     with pytest.raises(ValueError):
         parse_ns("2023-08-18 noon")
+    assert parse_ns("2023-08-18t12:07:37z") == parse_ns("2023-08-18T12:07:37Z")  # RFC 3339 allows both cases
+    # what the models' SQL rejects too (macros/warehouse.sql, is_rfc3339): a trailing newline,
+    # digits of another script
+    for bad in ("2023-08-18T12:07:37Z\n", "\u0662\u0660\u0662\u0663-08-18T12:07:37Z"):
+        with pytest.raises(ValueError):
+            parse_ns(bad)
 
 
 def test_progress_counts_across_paginator_copies_and_reports() -> None:

@@ -2,18 +2,18 @@
 -- null: its current state), contiguous: each state ends where the next begins.
 --
 -- The states, in the stream's order (the event ids'):
--- * the snapshot of each `subscription.*` event the sync applies (source/feed.py, event_problem:
---   a string event_id, data with a string id and an RFC 3339 updated_at; a malformed event,
---   which the sync sets aside, is no state either), from its occurred_at (else its data's
---   updated_at);
--- * before them, the subscription's listed row when no event of it is in the stream (it has not
---   changed since its updated_at). Once it changes, the merge replaces that row in the raw
---   table: this model keeps the state all the same, reading the states it recorded in its
---   previous build (one stays while it is older than the subscription's first event);
--- * after them, the listed row when it is newer than the newest snapshot (its updated_at more
---   than a second after the snapshot's, a second of slack for stamps of varying precision): a
---   listing read the change, and its event is late. Once the event is read it is a snapshot,
---   and this state goes.
+-- * the snapshot of each `subscription.*` event the sync applies (source/feed.py, event_problem,
+--   and the API's ids, `evt_...`: a malformed event, which the sync sets aside, is no state
+--   either), from its occurred_at (else its data's updated_at);
+-- * before them, the listed row (`listed/<id>`) while no event of the subscription is in the
+--   stream (it has not changed since its updated_at). Once the row changes, the merge replaces
+--   it in the raw table: this model keeps that state, reading what it recorded in its previous
+--   build, while it is older than the subscription's first event (or, with no event yet, than
+--   the new row);
+-- * after them, the listed row (`current/<id>`) when it is newer than the newest snapshot in
+--   the stream's order (its updated_at more than a second later: a second of slack for stamps
+--   of varying precision), or than the kept listed state: a listing read a change whose event
+--   is late (or the table was synced alone). Once the event is read, this state goes.
 -- A state's valid_from never goes back: a later state whose stamp reads earlier (the API's
 -- timestamps do not order its changes) starts where the one before it did.
 {%- set previous = adapter.get_relation(database=this.database, schema=this.schema, identifier=this.identifier) %}
@@ -23,70 +23,102 @@ with snapshots as (
         data->>'id' as subscription_id,
         event_type as changed_by,
         event_id as stream_position,
-        coalesce(occurred_at, cast(data->>'updated_at' as timestamptz)) as valid_from,
-        cast(data->>'updated_at' as timestamptz) as stamped_at,
+        coalesce(occurred_at, {{ rfc3339_timestamp("data->>'updated_at'") }}) as valid_from,
+        {{ rfc3339_timestamp("data->>'updated_at'") }} as stamped_at,
         data->>'status' as status,
         data->>'customer_id' as customer_id,
         data->>'currency_code' as currency_code,
         data->'items' as items
     from {{ source('analytics', 'events') }}
     where event_type like 'subscription.%'
-      and event_id is not null and event_id <> ''
+      and event_id like 'evt_%'
       and {{ json_is_string("data->'id'") }} and data->>'id' <> ''
       and {{ is_rfc3339("data->>'updated_at'") }}
 ),
 
+-- per subscription with events: the stamp of its newest snapshot (in the stream's order) and
+-- when its first state starts
 newest as (
-    select subscription_id, max(stamped_at) as stamped_at, min(valid_from) as first_valid_from
-    from snapshots
-    group by subscription_id
+    select subscription_id, stamped_at, first_valid_from
+    from (
+        select
+            subscription_id,
+            stamped_at,
+            min(valid_from) over (partition by subscription_id) as first_valid_from,
+            row_number() over (partition by subscription_id order by {{ byte_order('stream_position') }} desc) as position
+        from snapshots
+    ) as ranked
+    where position = 1
 ),
 
--- the listed row: the one state of a subscription with no event (before the stream), or the
--- newest when newer than its newest event (after it)
-listed as (
+-- the listed state the previous build recorded (none on the first build)
+recorded as (
+    {%- if previous %}
+    select subscription_id, valid_from, status, customer_id, currency_code, items
+    from {{ this }}
+    where state_id like 'listed/%'
+    {%- else %}
+    select id as subscription_id, updated_at as valid_from, status, customer_id, currency_code, items
+    from {{ source('analytics', 'subscriptions') }}
+    where 1 = 0
+    {%- endif %}
+),
+
+listings as (
     select
-        case when n.subscription_id is null then 'listed/' else 'current/' end || s.id as state_id,
         s.id as subscription_id,
-        'listed' as changed_by,
-        case when n.subscription_id is null then '' else '~' end as stream_position,
-        s.updated_at as valid_from,
+        coalesce(s.updated_at, s.created_at) as updated_at,
         s.status,
         s.customer_id,
         s.currency_code,
-        s.items
+        s.items,
+        n.subscription_id is not null as has_events,
+        n.stamped_at,
+        n.first_valid_from,
+        r.valid_from as recorded_from,
+        r.status as recorded_status,
+        r.customer_id as recorded_customer_id,
+        r.currency_code as recorded_currency_code,
+        r.items as recorded_items,
+        -- the recorded listed state stands: older than the first event, or, with none yet,
+        -- than the row as listed now
+        r.valid_from is not null and (
+            (n.subscription_id is not null and r.valid_from < n.first_valid_from)
+            or (n.subscription_id is null and coalesce(s.updated_at, s.created_at) > r.valid_from + interval '1 second')
+        ) as keeps_recorded
     from {{ source('analytics', 'subscriptions') }} as s
     left join newest as n on n.subscription_id = s.id
-    where n.subscription_id is null or s.updated_at > n.stamped_at + interval '1 second'
+    left join recorded as r on r.subscription_id = s.id
 ),
-{%- if previous %}
 
-listed_before as (
+listed as (
+    -- the recorded listed state, kept
     select
-        h.state_id,
-        h.subscription_id,
-        h.changed_by,
-        '' as stream_position,
-        h.valid_from,
-        h.status,
-        h.customer_id,
-        h.currency_code,
-        h.items
-    from {{ this }} as h
-    join newest as n on n.subscription_id = h.subscription_id
-    where h.state_id like 'listed/%' and h.valid_from < n.first_valid_from
+        'listed/' || subscription_id as state_id, subscription_id, 'listed' as changed_by, '' as stream_position,
+        recorded_from as valid_from, recorded_status as status, recorded_customer_id as customer_id,
+        recorded_currency_code as currency_code, recorded_items as items
+    from listings
+    where keeps_recorded
+    union all
+    -- the row as listed now: the one state of a subscription with no event, or, newer than the
+    -- stream or the kept state, the newest
+    select
+        case when has_events or keeps_recorded then 'current/' else 'listed/' end || subscription_id,
+        subscription_id,
+        'listed',
+        case when has_events or keeps_recorded then '~' else '' end,
+        updated_at, status, customer_id, currency_code, items
+    from listings
+    where (not has_events and not keeps_recorded)
+       or (has_events and updated_at > stamped_at + interval '1 second')
+       or (not has_events and keeps_recorded)
 ),
-{%- endif %}
 
 states as (
     select state_id, subscription_id, changed_by, stream_position, valid_from, status, customer_id, currency_code, items
     from snapshots
     union all
     select * from listed
-    {%- if previous %}
-    union all
-    select * from listed_before
-    {%- endif %}
 ),
 
 ordered as (
