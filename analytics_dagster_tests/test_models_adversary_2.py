@@ -182,8 +182,7 @@ def test_no_subscription_billed_today_fails_no_run(warehouse: Path, admin: Admin
         if sub["status"] == "active":
             admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "canceled"})
     assert truth_mrr(admin) == {}
-    result = sync_all()
-    assert result.success, failed_checks(result)
+    assert warned(sync_all()) == []  # not even a warning: today has no MRR, and none is listed
     assert mrr_on(warehouse, today()) == {}
 
 
@@ -280,13 +279,13 @@ def test_large_amounts_leave_the_mrr_today_test_passing(warehouse: Path, admin: 
             item["price"]["unit_price"]["currency_code"] = currency
             item["price"]["unit_price"]["amount"] = str(10**18 + 7919 * n + 1)
         admin.post("mutate", resource="subscriptions", key=sub["id"], set={"items": items})
-    instance = None
-    for _ in range(8):  # a random order each build: one failure in 8 builds is the finding
-        from dagster import DagsterInstance
+    from dagster import DagsterInstance
 
-        instance = instance or DagsterInstance.ephemeral()
-        result = sync_all(instance)
-        assert result.success, failed_checks(result)
+    instance = DagsterInstance.ephemeral()
+    # DuckDB sums in a different order each build: with an absolute tolerance, 2 builds in 3
+    # failed the check (4 builds all pass by luck about once in 80)
+    for _ in range(4):
+        assert warned(sync_all(instance)) == []
 
 
 def test_a_leap_second_fails_no_build(warehouse: Path, admin: Admin) -> None:
