@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,16 @@ def truth_mrr(admin: Admin) -> dict[str, float]:
         if sub["status"] != "active":
             continue
         for item in sub["items"]:
-            price = item["price"]
             if item["recurring"] and item.get("status", "active") == "active":  # trialing, inactive: not billed
-                cycle = price["billing_cycle"]
-                mrr[price["unit_price"]["currency_code"]] += (
-                    int(price["unit_price"]["amount"]) * item["quantity"] * MONTH[cycle["interval"]] / cycle["frequency"])
+                mrr[item["price"]["unit_price"]["currency_code"]] += monthly(item)
     return dict(mrr)
+
+
+def monthly(item: dict[str, Any]) -> float:
+    """A subscription item's monthly amount: unit amount x quantity normalised to a month."""
+    price = item["price"]
+    cycle = price["billing_cycle"]
+    return int(price["unit_price"]["amount"]) * item["quantity"] * MONTH[cycle["interval"]] / cycle["frequency"]
 
 
 def truth_revenue(admin: Admin) -> dict[tuple[str, str, str], dict[str, int]]:
@@ -105,13 +109,27 @@ def truth_revenue(admin: Admin) -> dict[tuple[str, str, str], dict[str, int]]:
     return {k: {**v, "net": v["gross"] - v["refunds"]} for k, v in revenue.items()}
 
 
-def assert_metrics_equal_the_sandbox(db: Path | str, admin: Admin) -> None:
-    today = datetime.now(timezone.utc).date()
-    mrr = {r["currency_code"]: r["mrr"] for r in query(db, f"SELECT * FROM analytics_models.mrr_daily WHERE day = DATE '{today}'")}
-    expected = truth_mrr(admin)
-    assert expected and set(mrr) == set(expected), (mrr, expected)
+def today() -> date:
+    return datetime.now(timezone.utc).date()
+
+
+def mrr_on(db: Path | str, day: date) -> dict[str, float]:
+    """mrr_daily's MRR by currency on `day`."""
+    return {r["currency_code"]: r["mrr"] for r in
+            query(db, f"SELECT currency_code, mrr FROM analytics_models.mrr_daily WHERE day = DATE '{day}'")}
+
+
+def assert_close(actual: dict[str, float], expected: dict[str, float]) -> None:
+    """The same currencies, each to a hundredth of a minor unit."""
+    assert set(actual) == set(expected), (actual, expected)
     for currency, value in expected.items():
-        assert abs(mrr[currency] - value) < 0.01, (currency, mrr[currency], value)
+        assert abs(actual[currency] - value) < 0.01, (currency, actual[currency], value)
+
+
+def assert_metrics_equal_the_sandbox(db: Path | str, admin: Admin) -> None:
+    expected = truth_mrr(admin)
+    assert expected
+    assert_close(mrr_on(db, today()), expected)
     revenue = {(r["month"].strftime("%Y-%m"), r["currency_code"], r["product_id"]):
                {"gross": int(r["gross"]), "refunds": int(r["refunds"]), "net": int(r["net"])}
                for r in query(db, "SELECT * FROM analytics_models.revenue_monthly")}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -31,34 +31,14 @@ import requests
 
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster_tests.conftest import Admin
-from analytics_dagster_tests.test_models import MONTH, query, sync_all, truth_mrr, truth_revenue
+from analytics_dagster_tests.test_models import (BILLED, assert_close, monthly, mrr_on, query, sync_all, today,
+                                                  truth_mrr, truth_revenue)
 
 # ---------------------------------------------------------------------- helpers
 def run_ok(result: Any) -> None:
     """The run succeeded and every dbt test passed (the failing ones named)."""
     failed = [f"{e.check_name}: {e.description}" for e in result.get_asset_check_evaluations() if not e.passed]
     assert result.success and not failed, failed or "the run failed"
-
-
-def mrr_on(db: Path, day: date) -> dict[str, float]:
-    return {r["currency_code"]: r["mrr"] for r in
-            query(db, f"SELECT currency_code, mrr FROM analytics_models.mrr_daily WHERE day = DATE '{day}'")}
-
-
-def today() -> date:
-    return datetime.now(timezone.utc).date()
-
-
-def monthly(item: dict[str, Any]) -> float:
-    price = item["price"]
-    cycle = price["billing_cycle"]
-    return int(price["unit_price"]["amount"]) * item["quantity"] * MONTH[cycle["interval"]] / cycle["frequency"]
-
-
-def assert_close(actual: dict[str, float], expected: dict[str, float]) -> None:
-    assert set(actual) == set(expected), (actual, expected)
-    for currency, value in expected.items():
-        assert abs(actual[currency] - value) < 0.01, (currency, actual[currency], value)
 
 
 def world_now(admin: Admin) -> datetime:
@@ -180,7 +160,6 @@ def test_a_bad_subscription_event_blocks_nothing_downstream(warehouse: Path, adm
 
 
 # ---------------------------------------------------------------------- customer_overview
-BILLED = ("billed", "paid", "completed")
 
 
 def truth_customer_overview(admin: Admin) -> dict[tuple[str, str | None], dict[str, Any]]:

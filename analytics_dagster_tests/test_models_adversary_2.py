@@ -36,16 +36,8 @@ import pytest
 
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster_tests.conftest import Admin
-from analytics_dagster_tests.test_models import query, sync_all, truth_mrr
-from analytics_dagster_tests.test_models_adversary import (
-    active_recurring,
-    assert_close,
-    mrr_on,
-    run_ok,
-    subscription_events,
-    today,
-    world_now,
-)
+from analytics_dagster_tests.test_models import assert_close, mrr_on, query, sync_all, today, truth_mrr
+from analytics_dagster_tests.test_models_adversary import active_recurring, run_ok, subscription_events, world_now
 
 
 def listed_only(admin: Admin, events: dict[str, list[dict[str, Any]]]) -> tuple[date, dict[str, Any]]:

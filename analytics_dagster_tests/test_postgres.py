@@ -283,8 +283,8 @@ def test_dbt_on_a_session_not_in_utc_fails_before_building(postgres_warehouse: s
 
 # ---------------------------------------------------------------- the second adversary's (test_models_adversary_2.py)
 def test_a_lower_case_rfc3339_stamp_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
-    from analytics_dagster_tests.test_models import query, sync_all, truth_mrr
-    from analytics_dagster_tests.test_models_adversary import active_recurring, assert_close, run_ok, world_now
+    from analytics_dagster_tests.test_models import assert_close, query, sync_all, truth_mrr
+    from analytics_dagster_tests.test_models_adversary import active_recurring, run_ok, world_now
     from analytics_dagster_tests.test_models_adversary_2 import first_sub, with_quantity
 
     """A lower-case `t` and `z` (RFC 3339 allows both) in a subscription's stamp: the history
