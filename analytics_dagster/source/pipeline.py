@@ -71,7 +71,7 @@ def load_with_more_memory(pipeline: dlt.Pipeline, error: BaseException,
     `error` is no such failure, nothing is pending, or the user set the limit (`error` stands)."""
     if not _out_of_memory(error) or not pipeline.has_pending_data or pipeline.destination is None:
         return None
-    if pipeline.destination.destination_type.split(".")[-1] != "duckdb" or _own_memory_limit():
+    if destination_type(pipeline) != "duckdb" or _own_memory_limit():
         return None
     for limit in MEMORY_LIMIT_STEPS:
         report(f"the load ran out of DuckDB's memory; loading it again with memory_limit "
@@ -157,7 +157,7 @@ _LOADER_FILE_FORMATS = {"duckdb": "parquet", "postgres": "csv"}
 
 def loader_file_format(pipeline: dlt.Pipeline) -> Optional[str]:
     """The loader file format for the pipeline's destination (None: the destination's default)."""
-    return _LOADER_FILE_FORMATS.get(pipeline.destination.destination_type.split(".")[-1])
+    return _LOADER_FILE_FORMATS.get(destination_type(pipeline))
 
 
 @contextlib.contextmanager
@@ -192,11 +192,12 @@ def warehouse_lock() -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def destination_type() -> str:
-    """The destination's type as dlt's configuration names it now (`DESTINATION_TYPE`, or
-    `destination_type` in `.dlt/config.toml`; unset: "duckdb"), without a module path
-    ("dlt.destinations.postgres" is "postgres")."""
-    return (_setting("destination_type", str, None) or "duckdb").split(".")[-1]
+def destination_type(pipeline: Optional[dlt.Pipeline] = None) -> str:
+    """The destination's type without a module path ("dlt.destinations.postgres" is "postgres"):
+    `pipeline`'s, or as dlt's configuration names it now (`DESTINATION_TYPE`, or
+    `destination_type` in `.dlt/config.toml`; unset: "duckdb")."""
+    name = pipeline.destination.destination_type if pipeline is not None else _setting("destination_type", str, None)
+    return (name or "duckdb").split(".")[-1]
 
 
 def duckdb_file() -> Optional[str]:
