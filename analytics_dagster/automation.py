@@ -91,17 +91,16 @@ weekly_full_refresh = _schedule(
 
 # The models follow the raw tables by their automation condition (models.py, MODELS_AUTOMATION);
 # this sensor evaluates it. On by default: it makes no API request, and builds a model only once
-# the raw tables it reads were synced and passed their checks.
+# a raw table it reads was synced and the tables it reads passed their checks.
 models_automation = AutomationConditionSensorDefinition(
     "models_automation",
     target=AssetSelection.groups(MODELS_GROUP),
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
     description=(
-        "Builds the dbt models (group models) after the raw tables they read were synced by any "
-        "run (the events sensor's, a schedule's, a launch), once every one of them has a new "
-        "materialization whose blocking checks passed and none is being synced: never on a "
-        "failed sync's stale data."
+        "Builds the dbt models (group models) after a raw table they read was synced by any run "
+        "(the events sensor's, a schedule's, a launch), once the tables they read passed their "
+        "blocking checks and none is being synced: never on a failed sync's stale data."
     ),
 )
 
