@@ -17,7 +17,7 @@ import requests
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox import SandboxConfig, SandboxServer, World
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
-from analytics_dagster_tests.conftest import REPO, Admin, poll
+from analytics_dagster_tests.conftest import FIXTURES, REPO, Admin, poll
 
 ID = re.compile(r"^[a-z]{3}_[a-z0-9]{26}$")
 LISTS = {
@@ -459,6 +459,9 @@ def test_rate_limit_blocks_then_recovers() -> None:
         assert codes == [200] * 5
         limited = get(server, "/v1/products")
         assert limited.status_code == 429 and limited.json()["error"]["code"] == "too_many_requests"
+        # the documentation URL Paddle itself sends (its 429 payload, in the fixtures)
+        paddle = json.loads((FIXTURES / "errors" / "too_many_requests_error.json").read_text())
+        assert limited.json()["error"]["documentation_url"] == paddle["error"]["documentation_url"]
         assert int(limited.headers["Retry-After"]) >= 1
         assert get(server, "/v1/products").status_code == 429, "the client stays blocked"
         poll(lambda: get(server, "/v1/products").status_code == 200, timeout=10, interval=0.2)

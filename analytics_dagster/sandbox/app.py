@@ -39,7 +39,7 @@ RETRYABLE_FAULTS = (429, 500, 502, 503, 504)
 # Paddle's public documentation of the errors every endpoint shares (its `documentation_url`):
 # "errors/shared" is Paddle's path on developer.paddle.com, not a folder of this repository or
 # of anything beside it
-_DOCS = "https://developer.paddle.com/v1/errors/shared/"
+_DOCS = "https://developer.paddle.com/errors/shared/"
 
 
 @dataclass
