@@ -266,24 +266,20 @@ class SandboxApp:
         per_page = _int_param(query.get("per_page"), "per_page", DEFAULT_PER_PAGE)
         per_page = min(per_page, api.max_page_size)
         order_field, ascending = _order(query.get("order_by"), api)
-        statuses: frozenset[str] | None = None
         stream = api.listing == "event_stream"
-        if query.get("status") and not stream:  # events have no status to filter on
-            statuses = frozenset(s.strip() for s in query["status"].split(",") if s.strip())
-        elif api.hides_archived:
-            statuses = frozenset({"active"})
+        where = {name: frozenset(v.strip() for v in query[name].split(",") if v.strip())
+                 for name in (*api.filters, *([] if stream else ["status"])) if query.get(name)}
+        # what a listing that does not ask leaves out: archived entities, non-catalog ones
+        where.update({f.name: f.asked(query.get(f.name)) for f in api.list_filters})
         customer_id = request.path_params.get("cus_id")
         if api.parent and customer_id not in self.world.entities[api.parent]:
             return _error(404, "entity_not_found", f"Entity {customer_id} not found")
         bounds = _updated_bounds(query) if api.listing == "server_updated_at" else None
-        where = {name: frozenset(v.strip() for v in query[name].split(",") if v.strip())
-                 for name in api.filters if query.get(name)}
         keys, has_more = self.world.page(
             resource,
             per_page=per_page,
             after=query.get("after"),
             ascending=ascending,
-            statuses=statuses,
             customer_id=customer_id,
             updated_bounds=bounds,
             order_by_updated=order_field == "updated_at",
@@ -292,8 +288,9 @@ class SandboxApp:
         last = keys[-1] if keys else query.get("after")
         next_url = str(request.url.include_query_params(after=last)) if last else str(request.url)
         pagination: dict[str, Any] = {"per_page": per_page, "next": next_url, "has_more": has_more}
-        total = len(self.world.ids[resource])
-        if bounds is not None or where:
+        total = self.world.count(resource, {name: values for name, values in where.items()
+                                            if name in {f.name for f in api.list_filters}})
+        if bounds is not None or set(where) - {f.name for f in api.list_filters}:
             pagination["estimated_total"] = -1
         elif not stream:  # events never say; others cap what they say
             pagination["estimated_total"] = min(total, 100001)

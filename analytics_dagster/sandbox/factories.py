@@ -48,6 +48,13 @@ _SUBSCRIPTION_DISCOUNT_SHARE = 0.2  # subscriptions created with a discount
 # a price's billing cycle (interval, frequency) and how often it is drawn: monthly and yearly
 # mostly, and the other intervals a monthly figure (MRR) has to normalise
 _BILLING_CYCLES = [(("month", 1), 40), (("year", 1), 40), (("month", 3), 10), (("week", 2), 5), (("day", 30), 5)]
+# Non-catalog (`type` custom) prices and products, and custom discounts (`mode` custom): Paddle
+# leaves them out of a listing that does not ask for them. A transaction or a subscription bills
+# a non-catalog price now and then (a negotiated price, a one-off charge), made with it, half of
+# them of a non-catalog product made with it too; some discounts are custom (made through the
+# API, or by Paddle for checkout recovery).
+_NON_CATALOG_SHARE = 0.1
+_CUSTOM_DISCOUNT_EVERY = 4
 _TAX_RATE = (8, 100)  # the tax of every line: 8% of its amount after discount, rounded down
 # the filter on when a report's rows were updated, by its type, as the spec names it
 _REPORT_UPDATED_FILTER = {"transactions": "updated_at", "adjustments": "updated_at", "discounts": "updated_at",
@@ -239,15 +246,42 @@ def new_price(world: World, ts: str, product_id: str | None) -> Entity:
     return entity
 
 
+def new_custom_product(world: World, ts: str, owner: str | None) -> Entity:
+    """A non-catalog product, made for one transaction or subscription."""
+    entity = new_product(world, ts, owner)
+    entity.update(type="custom", name=f"Custom package {len(world.ids['products']) + 1}")
+    return entity
+
+
+def new_custom_price(world: World, ts: str, product_id: str | None, currency: str) -> Entity:
+    """A non-catalog price of `product_id` in `currency` (a negotiated price), made for one
+    transaction or subscription."""
+    entity = new_price(world, ts, product_id)
+    entity.update(type="custom", description=f"Negotiated {entity['description']}")
+    entity["unit_price"]["currency_code"] = currency
+    return entity
+
+
+def catalog(world: World, resource: str) -> list[str]:
+    """The ids of `resource`'s catalog entities (`type` standard): what a new transaction,
+    subscription or discount picks among (a non-catalog one is made for its one use)."""
+    return [k for k in world.ids[resource] if world.entities[resource][k].get("type", "standard") == "standard"]
+
+
 def new_discount(world: World, ts: str, owner: str | None) -> Entity:
     entity = template("discount")
     entity.update(world.common("discounts", ts))
-    products = world.ids["products"]
+    products = catalog(world, "products")
+    custom = len(world.ids["discounts"]) % _CUSTOM_DISCOUNT_EVERY == 1  # the 2nd, then one in every 4
     entity.update(
-        description=f"Discount {len(world.ids['discounts']) + 1}",
+        description=f"Checkout recovery {len(world.ids['discounts']) + 1}" if custom
+        else f"Discount {len(world.ids['discounts']) + 1}",
+        mode="custom" if custom else "standard",
         code=None if world.rng.random() < 0.3 else f"CODE{world.rng.randint(1000, 9999)}",
         amount=str(world.rng.randint(1, 50)),
         times_used=world.rng.randint(0, 100),
+        # RFC 3339, as the spec types it (the SDK fixture this template is from has a space)
+        expires_at=None if world.rng.random() < 0.5 else world.stamp(parse_ns(ts) + 365 * _DAY_NS),
         restrict_to=world.rng.sample(products, k=min(2, len(products))),
         discount_group_id=None,
         discount_group=None,
@@ -310,14 +344,22 @@ def new_subscription(world: World, ts: str, customer_id: str | None) -> Entity:
     return entity
 
 
-def _chosen_prices(world: World, most: int) -> list[Entity]:
-    """1 to `most` distinct prices of the world, all in the first one's currency (as the API
-    bills a subscription or a transaction in one currency)."""
+def _chosen_prices(world: World, ts: str, most: int) -> list[Entity]:
+    """1 to `most` distinct prices of the catalog, all in the first one's currency (as the API
+    bills a subscription or a transaction in one currency); now and then the first is instead a
+    non-catalog price made now for this one use (`_NON_CATALOG_SHARE`), of the catalog price's
+    product or of a non-catalog product made with it."""
     prices = world.entities["prices"]
-    first = prices[world.rng.choice(world.ids["prices"])]
+    listed = catalog(world, "prices")
+    first = prices[world.rng.choice(listed)]
     currency = first["unit_price"]["currency_code"]
-    others = [k for k in world.ids["prices"] if k != first["id"] and prices[k]["unit_price"]["currency_code"] == currency]
+    others = [k for k in listed if k != first["id"] and prices[k]["unit_price"]["currency_code"] == currency]
     picked = world.rng.sample(others, k=min(len(others), world.rng.randint(0, most - 1)))
+    if world.rng.random() < _NON_CATALOG_SHARE:
+        product_id = first["product_id"]
+        if world.rng.random() < 0.5:
+            product_id = world.create("products", ts, None, new=new_custom_product)[0]["id"]
+        first, _ = world.create("prices", ts, product_id, new=functools.partial(new_custom_price, currency=currency))
     return [first, *(prices[k] for k in picked)]
 
 
@@ -335,7 +377,7 @@ def subscription_items(world: World, ts: str) -> tuple[str, list[Entity]]:
     """A new subscription's currency and items: 1 to 3 of the world's prices, each item with a
     snapshot of its price and product, as the API embeds them."""
     items = []
-    for price in _chosen_prices(world, 3):
+    for price in _chosen_prices(world, ts, 3):
         items.append({
             "status": "active", "quantity": _quantity(world, price), "recurring": price["billing_cycle"] is not None,
             "created_at": ts, "updated_at": ts, "previously_billed_at": ts, "next_billed_at": None,
@@ -370,7 +412,7 @@ def new_transaction(world: World, ts: str, customer_id: str | None) -> Entity:
         invoice_number=f"{world.rng.randint(100, 999)}-{world.rng.randint(10000, 99999)}",
         custom_data=_custom_data(world),
     )
-    _bill(world, entity, _chosen_prices(world, 3))
+    _bill(world, entity, _chosen_prices(world, ts, 3))
     entity["payments"] = _payments_after(world, entity, entity["status"], ts)
     return entity
 

@@ -43,7 +43,7 @@ import bisect
 import json
 import random
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from analytics_dagster.rfc3339 import CROCKFORD as _CROCKFORD, format_ns, id_floor, parse_ns
 from analytics_dagster.sandbox.factories import FACTORIES, Document, Factory, check
@@ -211,13 +211,16 @@ class World:
         return self.by_customer[resource].get(customer_id, [])
 
     # ------------------------------------------------------------------ making entities
-    def create(self, resource: str, ts: str, owner: str | None = None) -> tuple[dict[str, Any], list[str]]:
-        """A new entity of `resource` at `ts` from its factory, stored, and the ids of the events
-        its creation emitted (none while the initial history is written). A factory that may make
-        nothing (`Factory.history`'s) leaves the entity None."""
+    def create(self, resource: str, ts: str, owner: str | None = None,
+               new: Callable[[World, str, str | None], dict[str, Any] | None] | None = None,
+               ) -> tuple[dict[str, Any], list[str]]:
+        """A new entity of `resource` at `ts` from its factory (or `new`, made as the factory's
+        `new` makes one: a non-catalog price a transaction bills), stored, and the ids of the
+        events its creation emitted (none while the initial history is written). A factory that
+        may make nothing (`Factory.history`'s) leaves the entity None."""
         factory = self.factories[resource]
         assert isinstance(factory, Factory)
-        made = factory.new(self, ts, owner)
+        made = (new or factory.new)(self, ts, owner)
         if made is None:
             assert factory.history is not None, f"{resource}: its factory made nothing"
             return made, []  # type: ignore[return-value]
@@ -355,7 +358,6 @@ class World:
         per_page: int,
         after: str | None = None,
         ascending: bool = False,
-        statuses: frozenset[str] | None = None,
         customer_id: str | None = None,
         updated_bounds: tuple[int | None, bool, int | None, bool] | None = None,
         order_by_updated: bool = False,
@@ -382,14 +384,19 @@ class World:
             keys = sorted(keys, key=lambda k: (parse_ns(table[k]["updated_at"]), k))
         found: list[str] = []
         for key in _from(keys, after, ascending, by_position=order_by_updated):
-            if statuses is not None and table[key].get("status") not in statuses:
-                continue
             if where and any(table[key].get(name) not in values for name, values in where.items()):
                 continue
             if len(found) == per_page:
                 return found, True
             found.append(key)
         return found, False
+
+    def count(self, resource: str, where: dict[str, frozenset[str]]) -> int:
+        """How many entities of `resource` have one of the values `where` gives for each field."""
+        table = self.entities[resource]
+        if all(set(f.values) <= where.get(f.name, set(f.values)) for f in self.resources[resource].list_filters):
+            return len(self.ids[resource])  # every value of each asked: the whole resource
+        return sum(all(table[k].get(name) in values for name, values in where.items()) for k in self.ids[resource])
 
     def _updated_between(
         self, resource: str, lower: int | None, lower_incl: bool, upper: int | None, upper_incl: bool

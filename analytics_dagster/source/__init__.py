@@ -37,7 +37,7 @@ from analytics_dagster.source.events import (
     api_now_ns,
     event_client,
 )
-from analytics_dagster.source.backfill import listing_params, record_page
+from analytics_dagster.source.backfill import listing_start, record_page
 from analytics_dagster.source.feed import events_from_feed, feed_items, table_from_events
 from analytics_dagster.source.plan import SyncPlan, plan_sync
 from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS, change_filter, start_params
@@ -328,11 +328,10 @@ def _endpoint_config(
         endpoint["paginator"] = HasMorePaginator(
             resource.name, _listing_start(plan, resource, full_refresh, lookback_seconds), progress,
             on_page=None if resource.parent else _listing_page(plan, resource), clock=_clock(plan),
+            parts=resource.parts,  # every value of each filter whose default hides entities
         )
     else:
         endpoint["paginator"] = "single_page"
-    if resource.hides_archived:
-        params["status"] = "active,archived"
     config: dict[str, Any] = {
         "name": resource.name,
         "primary_key": resource.primary_key,
@@ -362,18 +361,20 @@ def _listing_start(plan: SyncPlan, resource: ApiResource, full_refresh: bool, lo
     since = start_params(resource, full_refresh=full_refresh, lookback_seconds=lookback_seconds,
                          since=plan.since_ns(resource.name))
 
-    def start() -> dict[str, str]:
+    def start() -> tuple[int, dict[str, str]]:
         plan.start_clock()  # the chunk's extraction begins (if nothing began it before)
         window = since() if since and plan.incremental == "listing" else {}
-        # (a child's listing is whole: its customer's)
-        return window if resource.parent else {**window, **listing_params(plan, _served(resource))}
+        if resource.parent:  # a child's listing is whole: its customer's
+            return 0, window
+        part, after = listing_start(plan, _served(resource))
+        return part, {**window, **after}
 
     return start
 
 
 def _listing_page(plan: SyncPlan, resource: ApiResource) -> Any:
-    def on_page(data: list[Any], has_more: bool) -> bool:
-        return record_page(plan, _served(resource), data, resource.primary_key, has_more)
+    def on_page(data: list[Any], has_more: bool, part: int) -> bool:
+        return record_page(plan, _served(resource), data, resource.primary_key, has_more, part)
 
     return on_page
 

@@ -10,19 +10,23 @@ from analytics_dagster.source.plan import SyncPlan
 from analytics_dagster.source.state import end_backfill, forget_listed, record_backfill
 
 
-def listing_params(plan: SyncPlan, tables: Iterable[str]) -> dict[str, str]:
-    """Where a listing that serves `tables` starts: after the least far of their backfills."""
+def listing_start(plan: SyncPlan, tables: Iterable[str]) -> tuple[int, dict[str, str]]:
+    """Where a listing that serves `tables` starts: the part of the listing
+    (`ApiResource.parts`) and the `after` of the least far of their backfills."""
     backfills = [plan.backfills[t] for t in tables if t in plan.backfills]
     if not backfills:
-        return {}
-    afters = [b["after"] for b in backfills]
-    return {} if None in afters else {"after": min(afters)}
+        return 0, {}
+    part, after = min((b.get("part", 0), b["after"] or "") for b in backfills)
+    return part, {"after": after} if after else {}
 
 
-def record_page(plan: SyncPlan, tables: Iterable[str], data: list[dict[str, Any]], key: str, has_more: bool) -> bool:
+def record_page(plan: SyncPlan, tables: Iterable[str], data: list[dict[str, Any]], key: str, has_more: bool,
+                part: int = 0) -> bool:
     """Record a page of a backfill's listing in the state of each of `tables` it serves
     (committed with the page's rows, in the same load); False: the chunk is full (its rows,
     or its time, `chunk_seconds`), stop: a chunk ends on a page, on time or on rows alike.
+    `part`: the part of the listing it goes on in (`ApiResource.parts`); a new part starts
+    from its first page.
 
     When the listing is done, each table's cursor becomes the stream's position at the
     backfill's start, and the next run replays the changes made since from the events.
@@ -36,7 +40,9 @@ def record_page(plan: SyncPlan, tables: Iterable[str], data: list[dict[str, Any]
     for table in served:
         backfill = plan.backfills[table]
         state = dlt.current.resource_state(table)
-        if data:
+        if backfill.get("part", 0) != part:  # the page ended a part: the next one starts from its first page
+            backfill.update(part=part, after=None)
+        elif data:
             backfill["after"] = max(backfill["after"] or "", data[-1][key])
         backfill["rows"] += len(data)
         backfill["run_rows"] = backfill.get("run_rows", 0) + len(data)

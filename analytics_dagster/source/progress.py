@@ -37,7 +37,8 @@ class Progress:
         self._counts: dict[str, list[int]] = {}
         self._last: dict[str, float] = {}
         self.requests: Counter[str] = Counter()  # every attempt, retries included, by resource
-        self.totals: dict[str, int] = {}  # the API's estimated_total of a listing
+        self.totals: dict[str, int] = {}  # the API's estimated_total of a listing (its parts' so far, added)
+        self._part_totals: dict[str, dict[int, int]] = {}
         self.committed: dict[str, int] = {}  # rows of a backfill committed by earlier runs
 
     def __deepcopy__(self, memo: dict) -> "Progress":
@@ -49,14 +50,19 @@ class Progress:
         with self._lock:
             self.requests[resource] += 1
 
-    def page(self, resource: str, rows: int, estimated_total: Any = None) -> None:
+    def page(self, resource: str, rows: int, estimated_total: Any = None, part: int = 0) -> None:
+        """Count a page of `resource` (of the part `part` of its listing, `ApiResource.parts`):
+        each part says its own `estimated_total`, and the listing's is theirs added up, of the
+        parts it has reached."""
         now = time.monotonic()
         with self._lock:
             counts = self._counts.setdefault(resource, [0, 0])
             counts[0] += 1
             counts[1] += rows
             if isinstance(estimated_total, int) and 0 <= estimated_total < 100001:  # capped or -1: no use
-                self.totals[resource] = estimated_total
+                parts = self._part_totals.setdefault(resource, {})
+                parts[part] = estimated_total
+                self.totals[resource] = sum(parts.values())
             due = now - self._last.get(resource, self.started) >= self.every
             if due:
                 self._last[resource] = now

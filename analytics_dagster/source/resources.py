@@ -10,6 +10,7 @@ API serves them under `/v1`, Paddle's own API (`environment` `live` or `sandbox`
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -50,6 +51,40 @@ def api_root(environment: Optional[str] = None, base_url: Optional[str] = None,
 
 
 @dataclass(frozen=True)
+class ListFilter:
+    """A query parameter of a list whose default leaves part of the resource out.
+
+    Attributes:
+        name: the parameter (`status`, `type`, `mode`).
+        values: every value it takes: together they are the whole resource.
+        default: the values the API applies when the parameter is not sent.
+        several: the API takes a comma-separated list in one request (`status=active,archived`,
+            an array in the spec); False: one value a request (`type`, `mode`: a string in the
+            spec), so the whole resource takes one listing per value.
+    """
+
+    name: str
+    values: tuple[str, ...]
+    default: tuple[str, ...]
+    several: bool = True
+
+    def asked(self, query: Optional[str]) -> frozenset[str]:
+        """The values a request's parameter (None: not sent) selects, as the API reads it."""
+        if not query:
+            return frozenset(self.default)
+        return frozenset(v.strip() for v in query.split(",") if v.strip())
+
+
+# `status`: entities with a status of active or archived are listed active only unless asked
+ACTIVE_OR_ARCHIVED = ListFilter("status", ("active", "archived"), default=("active",))
+# Paddle's `type` of prices and products, `mode` of discounts: non-catalog (`custom`) entities,
+# made for one transaction or subscription (or by Paddle, a checkout recovery discount), are left
+# out of a listing that does not ask for them, and the parameter takes one value a request
+CATALOG_TYPE = ListFilter("type", ("standard", "custom"), default=("standard",), several=False)
+DISCOUNT_MODE = ListFilter("mode", ("standard", "custom"), default=("standard",), several=False)
+
+
+@dataclass(frozen=True)
 class ApiResource:
     """One resource of the API and the table it lands in.
 
@@ -60,7 +95,9 @@ class ApiResource:
         primary_key: the column rows are merged on.
         page_size: `per_page` asked for (the API caps it: 200, transactions 30, adjustments 50).
         hides_archived: the API hides archived entities unless `status=active,archived` is
-            asked (the source asks).
+            asked (the source asks): shorthand for the list filter `ACTIVE_OR_ARCHIVED`.
+        hidden: the other query parameters whose default leaves entities out (`ListFilter`):
+            a listing asks for every value of each (`parts`), so it lists the whole resource.
         paginated: False for an endpoint that returns everything at once (no `per_page`, no cursor).
         data_selector: where the records are in the response.
         listing: how the resource is listed between runs (see `Listing`).
@@ -80,7 +117,7 @@ class ApiResource:
 
     The local sandbox (`analytics_dagster.sandbox`) serves every resource from this table too:
     its route (`path`), its ids (`id_prefix`), its pages (`max_page_size`, `order_fields`),
-    `hides_archived`, the `updated_at` filters of a `server_updated_at` resource,
+    `hides_archived` and `hidden` (each filter's default), the `updated_at` filters of a `server_updated_at` resource,
     its `filters`, and the events of its `event_entity`.
     """
 
@@ -99,6 +136,7 @@ class ApiResource:
     max_page_size: int = 200
     order_fields: tuple[str, ...] = ("id",)
     filters: tuple[str, ...] = ()
+    hidden: tuple[ListFilter, ...] = ()
 
     def __post_init__(self) -> None:
         if self.page_size > self.max_page_size:
@@ -111,6 +149,22 @@ class ApiResource:
         null, so without these a table could lack fields the API has (`import_meta`, `paused_at`, …).
         """
         return {name: {"data_type": data_type, "nullable": True} for name, data_type in self.nullable}
+
+    @property
+    def list_filters(self) -> tuple[ListFilter, ...]:
+        """Every query parameter whose default leaves part of the resource out."""
+        return ((ACTIVE_OR_ARCHIVED,) if self.hides_archived else ()) + self.hidden
+
+    @property
+    def parts(self) -> tuple[dict[str, str], ...]:
+        """The query parameters of each listing that together list the whole resource: the
+        values of a filter that takes several at once joined in each, one listing for each
+        combination of the others (prices: `type=standard`, then `type=custom`, both with
+        `status=active,archived`). One part, `{}`, for a resource that hides nothing."""
+        several = {f.name: ",".join(f.values) for f in self.list_filters if f.several}
+        single = [f for f in self.list_filters if not f.several]
+        return tuple({**several, **dict(zip([f.name for f in single], combination))}
+                     for combination in itertools.product(*(f.values for f in single)))
 
     @property
     def parent(self) -> str | None:
@@ -139,20 +193,20 @@ RESOURCES: tuple[ApiResource, ...] = (
         nullable=ENTITY_JSON,
     ),
     ApiResource(
-        "discounts", "/discounts", "id", "Discounts (dsc_…), archived included.", hides_archived=True,
-        event_entity="discount", id_prefix="dsc",
+        "discounts", "/discounts", "id", "Discounts (dsc_…), archived and custom (non-catalog) included.",
+        hides_archived=True, hidden=(DISCOUNT_MODE,), event_entity="discount", id_prefix="dsc",
         nullable=ENTITY_JSON + (("code", "text"), ("expires_at", "text"), ("usage_limit", "bigint"),
                   ("maximum_recurring_intervals", "bigint"), ("restrict_to", "json"),
                   ("discount_group_id", "text"), ("discount_group", "json")),
     ),
     ApiResource(
-        "prices", "/prices", "id", "Prices (pri_…) of products, archived included.", hides_archived=True,
-        event_entity="price", id_prefix="pri",
+        "prices", "/prices", "id", "Prices (pri_…) of products, archived and custom (non-catalog) included.",
+        hides_archived=True, hidden=(CATALOG_TYPE,), event_entity="price", id_prefix="pri",
         nullable=ENTITY_JSON + (("billing_cycle", "json"), ("trial_period", "json"), ("name", "text")),
     ),
     ApiResource(
-        "products", "/products", "id", "Products (pro_…), archived included.", hides_archived=True,
-        event_entity="product", id_prefix="pro", order_fields=("id", "updated_at"),
+        "products", "/products", "id", "Products (pro_…), archived and custom (non-catalog) included.",
+        hides_archived=True, hidden=(CATALOG_TYPE,), event_entity="product", id_prefix="pro", order_fields=("id", "updated_at"),
         nullable=ENTITY_JSON,
     ),
     ApiResource(

@@ -41,12 +41,14 @@ class Backfill(TypedDict, total=False):
     """A listing in chunks, between its loads (`backfill`; written by `record_backfill`, `end_backfill`).
 
     after: the last id committed (None: from the start); rows: the rows committed so far.
+    part: the part of the listing `after` is in (`ApiResource.parts`; absent: the first).
     position: events mode: the stream's cursor when the backfill began (the table's cursor once
         it is done). since_ns: listing mode: the change window its first chunk began with.
     began_ns: the API's clock as the listing began: where the next listing's window starts.
     """
 
     after: Optional[str]
+    part: int
     rows: int
     position: Optional[EventCursor]
     since_ns: int
@@ -115,7 +117,7 @@ def gaps_text(gaps: list[Finding]) -> str:
 
 
 # ------------------------------------------------------------------------------------ writers
-_BACKFILL_KEPT = ("after", "rows", "position", "since_ns", "began_ns")
+_BACKFILL_KEPT = ("after", "part", "rows", "position", "since_ns", "began_ns")
 MAX_FINDINGS = 50  # of each kind, per table
 
 
