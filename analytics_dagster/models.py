@@ -234,10 +234,16 @@ def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResu
                              dagster_dbt_translator=models_translator(), raise_on_error=False)
         results = [r for r in (_result(event, names, checks) for event in invocation.stream()) if r is not None]
         tables = table_metadata(pipeline, [r.asset_key for r in results if isinstance(r, MaterializeResult)])
+        samples = failing_samples(pipeline, invocation, results)
         for result in results:
             if isinstance(result, MaterializeResult):
                 result = MaterializeResult(asset_key=result.asset_key,
                                            metadata={**(result.metadata or {}), **tables[result.asset_key]})
+            elif result.check_name in samples:
+                result = AssetCheckResult(asset_key=result.asset_key, check_name=result.check_name,
+                                          passed=result.passed, severity=result.severity,
+                                          description=result.description,
+                                          metadata={**result.metadata, "failing_sample": samples[result.check_name]})
             yield result
         error = invocation.get_error()  # the command, its exit code and the errors dbt logged
         if error is not None:
@@ -316,6 +322,28 @@ def table_metadata(pipeline: Any, keys: list[AssetKey]) -> dict[AssetKey, dict[s
                 for column, kind in columns])
             metadata[key] = {"dagster/row_count": int(rows), "dagster/column_schema": schema}
     return metadata
+
+
+FAILING_SAMPLE_ROWS = 5
+
+
+def failing_samples(pipeline: Any, invocation: Any, results: list[Any]) -> dict[str, list[str]]:
+    """Per test that failed or warned: the first rows its query returns (a relationship test's
+    values with nothing to refer to), `FAILING_SAMPLE_ROWS` at most, each as text, so the
+    check's metadata names a few of what dagster-dbt counts (`dagster_dbt/failed_row_count`).
+    The query is the one dbt ran (run_results.json's `compiled_code`), read once dbt exits."""
+    failed = {r.metadata["unique_id"].value: r.check_name for r in results if isinstance(r, AssetCheckResult)
+              and not r.passed and "unique_id" in r.metadata}
+    if not failed:
+        return {}
+    compiled = {r["unique_id"]: r.get("compiled_code") for r in invocation.get_artifact("run_results.json")["results"]}
+    samples = {}
+    with pipeline.sql_client() as client:
+        for unique_id, check_name in failed.items():
+            if compiled.get(unique_id):
+                rows = client.execute_sql(f"SELECT * FROM ({compiled[unique_id]}) AS failing LIMIT {FAILING_SAMPLE_ROWS}")
+                samples[check_name] = [", ".join(str(v) for v in row) for row in rows]
+    return samples
 
 
 def _result(event: Any, names: Mapping[AssetKey, str], checks: set[tuple[AssetKey, str]]) -> Any:
