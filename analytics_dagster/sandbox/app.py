@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import json
 import math
 import random
@@ -35,6 +36,8 @@ from analytics_dagster.source.resources import ApiResource
 DEFAULT_API_KEY = "sandbox_api_key"
 DEFAULT_PATH_PREFIX = "/v1"  # the seed API's; Paddle's own API serves the same paths with none
 DEFAULT_PER_PAGE = 50
+# (every answer's `meta.request_id` is its `Request-Id` header too: Paddle's spec requires one of
+# `/transactions`)
 RETRYABLE_FAULTS = (429, 500, 502, 503, 504)
 # Paddle's public documentation of the errors every endpoint shares (its `documentation_url`):
 # "errors/shared" is Paddle's path on developer.paddle.com, not a folder of this repository or
@@ -91,6 +94,7 @@ class _Stats:
 
 
 def _error(status: int, code: str, detail: str, errors: list[dict[str, str]] | None = None) -> Response:
+    request_id = str(uuid.uuid4())
     error: dict[str, Any] = {
         "type": "api_error" if status >= 500 else "request_error",
         "code": code,
@@ -99,7 +103,8 @@ def _error(status: int, code: str, detail: str, errors: list[dict[str, str]] | N
     }
     if errors:
         error["errors"] = errors
-    return JSONResponse({"error": error, "meta": {"request_id": str(uuid.uuid4())}}, status)
+    return JSONResponse({"error": error, "meta": {"request_id": request_id}}, status,
+                        headers={"Request-Id": request_id})
 
 
 class _BadRequest(Exception):
@@ -306,18 +311,24 @@ class SandboxApp:
             blobs[0] = json.dumps(entity).encode()
         if injected == "no_has_more":
             pagination = {k: v for k, v in pagination.items() if k != "has_more"}
-        meta = json.dumps({"request_id": str(uuid.uuid4()), "pagination": pagination}).encode()
+        request_id = str(uuid.uuid4())
+        meta = json.dumps({"request_id": request_id, "pagination": pagination}).encode()
         if injected == "no_data":
             body = b'{"meta":' + meta + b"}"
         else:
             body = b'{"data":[' + b",".join(blobs) + b'],"meta":' + meta + b"}"
         if injected == "malformed_json":
             body = body[: len(body) // 2]
-        return Response(body, 200, media_type="application/json")
+        return Response(body, 200, media_type="application/json", headers={"Request-Id": request_id})
 
     def _whole(self, request: Request, resource: str) -> Response:
-        """An unpaginated resource: its whole document (`/v1/ips` an object, `/v1/event-types` a list)."""
-        return JSONResponse({"data": self.world.documents[resource], "meta": {"request_id": str(uuid.uuid4())}})
+        """An unpaginated resource: its whole document (`/v1/ips` an object, `/v1/event-types` a
+        list), with an `Etag` of its version (Paddle's spec requires one of `/ips`)."""
+        data = self.world.documents[resource]
+        version = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        request_id = str(uuid.uuid4())
+        return JSONResponse({"data": data, "meta": {"request_id": request_id}},
+                            headers={"Request-Id": request_id, "Etag": f'W/"{version}"'})
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"Path {request.url.path} not found.")
