@@ -36,6 +36,9 @@ from analytics_dagster.source.resources import ApiResource
 DEFAULT_API_KEY = "sandbox_api_key"
 DEFAULT_PATH_PREFIX = "/v1"  # the seed API's; Paddle's own API serves the same paths with none
 DEFAULT_PER_PAGE = 50
+# where Paddle's default `per_page` is not DEFAULT_PER_PAGE (its spec's per_page_adjustment_query);
+# transactions' 30 is their cap, which any default is cut to
+_DEFAULT_PER_PAGE = {"adjustments": 10}
 # (every answer's `meta.request_id` is its `Request-Id` header too: Paddle's spec requires one of
 # `/transactions`)
 RETRYABLE_FAULTS = (429, 500, 502, 503, 504)
@@ -268,7 +271,8 @@ class SandboxApp:
     def _list(self, request: Request, resource: str) -> Response:
         api = self.world.resources[resource]
         query = request.query_params
-        per_page = _int_param(query.get("per_page"), "per_page", DEFAULT_PER_PAGE)
+        default = _DEFAULT_PER_PAGE.get(resource, DEFAULT_PER_PAGE)
+        per_page = _int_param(query.get("per_page"), "per_page", default)
         per_page = min(per_page, api.max_page_size)
         order_field, ascending = _order(query.get("order_by"), api)
         stream = api.listing == "event_stream"
