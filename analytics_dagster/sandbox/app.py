@@ -470,18 +470,23 @@ def _order(value: str | None, api: ApiResource) -> tuple[str, bool]:
 
 
 def _updated_bounds(query: Any) -> tuple[int | None, bool, int | None, bool] | None:
+    """The `updated_at` bounds a query asks: `updated_at=<instant>` (updated at that very
+    instant), or any of `updated_at[GT|GTE|LT|LTE]=<instant>`."""
     lower: int | None = None
     upper: int | None = None
     lower_incl = upper_incl = False
-    for op in ("GT", "GTE", "LT", "LTE"):
-        raw = query.get(f"updated_at[{op}]")
+    for op in ("", "GT", "GTE", "LT", "LTE"):
+        name = f"updated_at[{op}]" if op else "updated_at"
+        raw = query.get(name)
         if raw is None:
             continue
         try:
             ns = parse_ns(raw)
         except ValueError:
-            raise _BadRequest(f"updated_at[{op}]", "must be an RFC 3339 datetime") from None
-        if op.startswith("G"):
+            raise _BadRequest(name, "must be an RFC 3339 datetime") from None
+        if not op:
+            lower, lower_incl, upper, upper_incl = ns, True, ns, True
+        elif op.startswith("G"):
             lower, lower_incl = ns, op == "GTE"
         else:
             upper, upper_incl = ns, op == "LTE"
