@@ -25,9 +25,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox.world import World
@@ -36,11 +38,14 @@ from analytics_dagster.source.resources import ApiResource
 DEFAULT_API_KEY = "sandbox_api_key"
 DEFAULT_PATH_PREFIX = "/v1"  # the seed API's; Paddle's own API serves the same paths with none
 DEFAULT_PER_PAGE = 50
+# (every answer's `meta.request_id` is its `Request-Id` header too: Paddle's spec requires one of
+# `/transactions`)
 # where Paddle's default `per_page` is not DEFAULT_PER_PAGE (its spec's per_page_adjustment_query);
 # transactions' 30 is their cap, which any default is cut to
 _DEFAULT_PER_PAGE = {"adjustments": 10}
-# (every answer's `meta.request_id` is its `Request-Id` header too: Paddle's spec requires one of
-# `/transactions`)
+# the latest requests `/_admin/requests` lists: enough for a sync of a test's world, bounded for a
+# long-running `make dev`
+REQUEST_LOG_SIZE = 10_000
 RETRYABLE_FAULTS = (429, 500, 502, 503, 504)
 # Paddle's public documentation of the errors every endpoint shares (its `documentation_url`):
 # "errors/shared" is Paddle's path on developer.paddle.com, not a folder of this repository or
@@ -73,6 +78,14 @@ class _Stats:
     by_status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     # (wall clock, resource) of the latest requests, bounded for a long-running `make dev`
     times: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=1_000_000))
+    # the latest requests outside /_admin as they came (method, path, raw query) and the status
+    # answered: what a client asked, for a test to hold against the API's spec
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
+    logged: int = 0  # requests ever logged: more than `requests` holds once it has dropped some
+
+    def log(self, method: str, path: str, query: str, status: int) -> None:
+        self.logged += 1
+        self.requests.append({"method": method, "path": path, "query": query, "status": status})
 
     def as_dict(self, during: list[str] | None = None) -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -118,6 +131,33 @@ class _BadRequest(Exception):
         )
 
 
+class _RequestLog:
+    """ASGI middleware: logs every request outside `/_admin` once answered (`_Stats.log`), those
+    to no route of the API too (a 404 or 405 that no endpoint of the API sees)."""
+
+    def __init__(self, app: ASGIApp, sandbox: SandboxApp) -> None:
+        self.app = app
+        self.sandbox = sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/_admin"):
+            await self.app(scope, receive, send)
+            return
+        status = 0  # none sent: the app failed before answering
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            query = scope["query_string"].decode("latin-1")
+            self.sandbox.stats.log(scope["method"], scope["path"], query, status)
+
+
 class SandboxApp:
     """The ASGI application plus the state behind it (world, config, faults, counters)."""
 
@@ -152,8 +192,9 @@ class SandboxApp:
             Route("/_admin/inject", self._admin(self._inject), methods=["POST"]),
             Route("/_admin/stats", self._admin(self._stats), methods=["GET"]),
             Route("/_admin/stats/reset", self._admin(self._reset_stats), methods=["POST"]),
+            Route("/_admin/requests", self._admin(self._requests), methods=["GET"]),
         ]
-        self.asgi = Starlette(routes=routes)
+        self.asgi = Starlette(routes=routes, middleware=[Middleware(_RequestLog, sandbox=self)])
         self.asgi.add_exception_handler(404, self._not_found)
 
     # ------------------------------------------------------------------ the API's pipeline
@@ -435,6 +476,11 @@ class SandboxApp:
     def _reset_stats(self, request: Request, body: dict[str, Any]) -> Any:
         self.stats = _Stats()
         return self.stats.as_dict()
+
+    def _requests(self, request: Request, body: dict[str, Any]) -> Any:
+        """The latest requests outside `/_admin` (`REQUEST_LOG_SIZE` at most), oldest first, and
+        how many were logged since the last reset: more than listed if some were dropped."""
+        return {"logged": self.stats.logged, "requests": list(self.stats.requests)}
 
 
 # ---------------------------------------------------------------------- query parsing
