@@ -1,15 +1,19 @@
-"""Conformance to Paddle's published OpenAPI spec: the sandbox answers as the spec says.
+"""Conformance to Paddle's published OpenAPI spec: the sandbox answers as the spec says, and a sync
+asks only what the spec defines.
 
 The spec is Paddle's own (`fixtures/paddle/openapi.yaml`, see `SOURCES.md` there), read by
-openapi-core, a maintained validator nobody on this project wrote (a test dependency).
+openapi-core, a maintained validator nobody on this project wrote (a test dependency):
 
-The sandbox's answers: every list the project syncs (the registry's paths), asked over HTTP for
-several pages and for every value the spec allows of each filter the project uses (`status`,
-`type`, `mode`, `order_by`, `per_page`, `after`, transactions' `updated_at`), each request and
-its response (status, the headers the spec defines, body) validated against the operation;
-every event of the stream validated as the webhook the spec defines for its type; the errors
-against the spec's error response. Each page is also checked to do what it was asked (the
-filter, the order, the page size): a filter accepted and ignored is no conformance.
+- The sandbox's answers: every list the project syncs (the registry's paths), asked over HTTP for
+  several pages and for every value the spec allows of each filter the project uses (`status`,
+  `type`, `mode`, `order_by`, `per_page`, `after`, transactions' `updated_at`), each request and
+  its response (status, the headers the spec defines, body) validated against the operation;
+  every event of the stream validated as the webhook the spec defines for its type; the errors
+  against the spec's error response. Each page is also checked to do what it was asked (the
+  filter, the order, the page size): a filter accepted and ignored is no conformance.
+- The sync's requests: a real sync of the sandbox, in events mode and in listing mode, each run
+  twice; every request it sent (the sandbox's request log) is held to the spec's parameters of
+  its operation: names, enum values, comma-separated arrays, integers in range, RFC 3339 dates.
 
 The spec leaves most objects open (no `additionalProperties`), so a field it does not define
 would pass unseen: `close` closes each object it declares properties of
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
@@ -32,12 +37,15 @@ import requests
 import yaml
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
+from openapi_core.validation.request.exceptions import SecurityValidationError
+from openapi_schema_validator import OAS31Validator
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox import SandboxConfig, SandboxServer, World
 from analytics_dagster.sandbox.app import DEFAULT_PATH_PREFIX
 from analytics_dagster.source.resources import RESOURCES, ApiResource, table_of_event
+from analytics_dagster.source.sync import sync as engine_sync
 from analytics_dagster_tests.conftest import FIXTURES, Admin
 
 SPEC = FIXTURES / "openapi.yaml"
@@ -48,7 +56,7 @@ PADDLE = "https://api.paddle.com"
 PREFIX = DEFAULT_PATH_PREFIX
 _SCHEMA_REF = "#/components/schemas/"
 # The registry's paths the spec does not have (an operation Paddle added after it), each with its
-# reason: their tests are skipped, saying it.
+# reason: their tests are skipped, saying it, and the sync's requests to them are not checked.
 NOT_IN_THE_SPEC: dict[str, str] = {}
 
 
@@ -186,6 +194,12 @@ def parameters(spec: dict[str, Any], path: str) -> dict[str, dict[str, Any]]:
         if resolved["in"] == "query":
             found[resolved["name"]] = resolved
     return found
+
+
+def served_at(path: str, served: str) -> bool:
+    """Whether the sandbox's `served` path (`/v1/customers/ctm_01.../addresses`) is the spec's or
+    the registry's `path` (`/customers/{customer_id}/addresses`)."""
+    return re.fullmatch(re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(PREFIX + path)), served) is not None
 
 
 def order_fields(parameter: dict[str, Any]) -> list[str]:
@@ -592,3 +606,81 @@ def test_the_closed_spec_refuses_a_field_it_does_not_define(openapi: OpenAPI, se
     request = SpecRequest(PREFIX + "/customers", [], server.auth_header)
     found = findings(openapi.iter_response_errors(request, SpecResponse(200, dict(page.headers), body)))
     assert len(found) == 1 and "'nickname' was unexpected" in found[0], found
+
+
+# ---------------------------------------------------------------------- the sync's requests
+# The spec's date filters take an operator after their name (`updated_at[GTE]`): their
+# description says so (`[LT]`, `[LTE]`, `[GT]`, `[GTE]`), the parameter is the name alone.
+_OPERATOR = re.compile(r"^(?P<name>[a-z_]+)\[(?P<op>LT|LTE|GT|GTE)\]$")
+_DATE_TIME = OAS31Validator({"type": "string", "format": "date-time"}, format_checker=OAS31Validator.FORMAT_CHECKER)
+
+
+def request_problems(openapi: OpenAPI, spec: dict[str, Any], logged: dict[str, Any]) -> list[str]:
+    """What in one logged request (method, path, raw query) the spec does not define."""
+    where = f"{logged['method']} {logged['path']}?{logged['query']}"
+    if logged["method"] != "GET":
+        return [f"{where}: the sync only reads"]
+    path = logged["path"]
+    operation = next((p for p in spec["paths"] if "get" in spec["paths"][p] and served_at(p, path)), None)
+    if operation is None:
+        return [] if any(served_at(p, path) for p in NOT_IN_THE_SPEC) else [f"{where}: no GET operation of the spec"]
+    declared = parameters(spec, operation)
+    query = parse_qsl(logged["query"], keep_blank_values=True)
+    names = [name for name, _ in query]
+    problems = [f"{where}: {name} sent twice (the spec's arrays are one comma-separated value)"
+                for name in sorted({n for n in names if names.count(n) > 1})]
+    plain, operators = [], []
+    for name, value in query:
+        match = _OPERATOR.match(name)
+        base = match.group("name") if match else name
+        if base not in declared:
+            problems.append(f"{where}: {name}: no parameter of GET {operation}")
+        elif match and f"`[{match.group('op')}]`" not in declared[base].get("description", ""):
+            problems.append(f"{where}: {name}: the spec's {base} takes no operator {match.group('op')}")
+        else:
+            (operators if match else plain).append((base, value))
+        description = declared.get(base, {}).get("description", "")
+        if "RFC 3339" in description and not _DATE_TIME.is_valid(value):
+            problems.append(f"{where}: {name}={value}: not an RFC 3339 date-time, as the spec asks")
+        if base == "per_page" and re.fullmatch(r"-?\d+", value) and int(value) < 1:  # the spec gives a maximum only
+            problems.append(f"{where}: per_page={value}: a page of none")
+        if base == "order_by" and not (re.fullmatch(r"([a-z_.]+)\[(ASC|DESC)\]", value)
+                                       and value.split("[")[0] in order_fields(declared[base])):
+            problems.append(f"{where}: order_by={value}: not a field the spec orders {operation} by, "
+                            f"[ASC] or [DESC]")
+    # each operator's value as the parameter's own (one request each: they share its name); no
+    # credentials: the log keeps none, and the sandbox answers 200 only to the Bearer key
+    for query_ in [plain] + [plain + [pair] for pair in operators]:
+        request = SpecRequest(path, query_, {})
+        errors = [e for e in openapi.iter_request_errors(request) if not isinstance(e, SecurityValidationError)]
+        problems += [f"{where}: {line}" for line in findings(errors)]
+    if logged["status"] != 200:
+        problems.append(f"{where}: answered {logged['status']}")
+    return problems
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("incremental", ["events", "listing"])
+def test_the_sync_asks_only_what_the_spec_defines(incremental: str, warehouse: Path, admin: Admin,
+                                                  monkeypatch: pytest.MonkeyPatch, openapi: OpenAPI,
+                                                  spec: dict[str, Any]) -> None:
+    """A sync's every request, in each incremental mode (a first run that lists everything, and
+    one after changes), is held to the spec's parameters of its operation."""
+    monkeypatch.setenv("SOURCES__ANALYTICS__INCREMENTAL", incremental)
+    lines: list[str] = []
+    engine_sync(report=lines.append, warn=lines.append)
+    admin.post("advance", updates=25, archives=5, new_customers=3, new_transactions=6, adjustments=2)
+    engine_sync(report=lines.append, warn=lines.append)
+    log = admin.get("requests")
+    assert log["logged"] == len(log["requests"]), "the sandbox's log dropped requests: its bound is too small"
+    problems = [p for logged in log["requests"] for p in request_problems(openapi, spec, logged)]
+    assert not problems, summary(problems)
+    # (what was checked: the sync asked each list, and the filters it relies on)
+    asked = {(logged["path"], name) for logged in log["requests"] for name, _ in parse_qsl(logged["query"])}
+    paths = {logged["path"] for logged in log["requests"]}
+    for api in RESOURCES:
+        assert any(served_at(api.path, path) for path in paths), f"the sync never asked {api.path}"
+    names = {name for _, name in asked}
+    assert {"per_page", "order_by", "after", "status", "type", "mode"} <= names, names
+    if incremental == "listing":
+        assert (PREFIX + "/transactions", "updated_at[GTE]") in asked, "the second listing asked no window"
