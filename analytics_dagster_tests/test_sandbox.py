@@ -611,3 +611,19 @@ def test_malformed_events_are_listed_as_sent(sandbox: SandboxServer, admin: Admi
     tail = all_events(sandbox)[-3:]
     assert tail[0]["event_id"] == no_data["event_id"] and "data" not in tail[0]
     assert tail[1]["event_id"] == 12345 and "event_id" not in tail[2]
+
+
+def test_the_request_log_keeps_each_request_as_it_came(sandbox: SandboxServer, admin: Admin) -> None:
+    get(sandbox, "/v1/customers", status="active,archived", per_page=3)
+    get(sandbox, "/v1/transactions", auth=False, **{"updated_at[GTE]": "2024-01-01T00:00:00Z"})
+    requests.post(sandbox.url + "/v1/customers", headers=sandbox.auth_header, timeout=30)
+    get(sandbox, "/v1/nothing-here")
+    admin.get("counts")  # the admin interface's own are no API requests
+    log = admin.get("requests")
+    assert log["logged"] == 4 and [(r["method"], r["path"], r["status"]) for r in log["requests"]] == [
+        ("GET", "/v1/customers", 200), ("GET", "/v1/transactions", 403), ("POST", "/v1/customers", 405),
+        ("GET", "/v1/nothing-here", 404)]
+    assert log["requests"][0]["query"] == "status=active%2Carchived&per_page=3"  # raw, as sent
+    assert log["requests"][1]["query"] == "updated_at%5BGTE%5D=2024-01-01T00%3A00%3A00Z"
+    admin.post("stats/reset")
+    assert admin.get("requests") == {"logged": 0, "requests": []}

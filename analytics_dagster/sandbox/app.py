@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import json
 import math
 import random
@@ -24,9 +25,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox.world import World
@@ -35,6 +38,14 @@ from analytics_dagster.source.resources import ApiResource
 DEFAULT_API_KEY = "sandbox_api_key"
 DEFAULT_PATH_PREFIX = "/v1"  # the seed API's; Paddle's own API serves the same paths with none
 DEFAULT_PER_PAGE = 50
+# (every answer's `meta.request_id` is its `Request-Id` header too: Paddle's spec requires one of
+# `/transactions`)
+# where Paddle's default `per_page` is not DEFAULT_PER_PAGE (its spec's per_page_adjustment_query);
+# transactions' 30 is their cap, which any default is cut to
+_DEFAULT_PER_PAGE = {"adjustments": 10}
+# the latest requests `/_admin/requests` lists: enough for a sync of a test's world, bounded for a
+# long-running `make dev`
+REQUEST_LOG_SIZE = 10_000
 RETRYABLE_FAULTS = (429, 500, 502, 503, 504)
 # Paddle's public documentation of the errors every endpoint shares (its `documentation_url`):
 # "errors/shared" is Paddle's path on developer.paddle.com, not a folder of this repository or
@@ -67,6 +78,14 @@ class _Stats:
     by_status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     # (wall clock, resource) of the latest requests, bounded for a long-running `make dev`
     times: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=1_000_000))
+    # the latest requests outside /_admin as they came (method, path, raw query) and the status
+    # answered: what a client asked, for a test to hold against the API's spec
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
+    logged: int = 0  # requests ever logged: more than `requests` holds once it has dropped some
+
+    def log(self, method: str, path: str, query: str, status: int) -> None:
+        self.logged += 1
+        self.requests.append({"method": method, "path": path, "query": query, "status": status})
 
     def as_dict(self, during: list[str] | None = None) -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -91,6 +110,7 @@ class _Stats:
 
 
 def _error(status: int, code: str, detail: str, errors: list[dict[str, str]] | None = None) -> Response:
+    request_id = str(uuid.uuid4())
     error: dict[str, Any] = {
         "type": "api_error" if status >= 500 else "request_error",
         "code": code,
@@ -99,7 +119,8 @@ def _error(status: int, code: str, detail: str, errors: list[dict[str, str]] | N
     }
     if errors:
         error["errors"] = errors
-    return JSONResponse({"error": error, "meta": {"request_id": str(uuid.uuid4())}}, status)
+    return JSONResponse({"error": error, "meta": {"request_id": request_id}}, status,
+                        headers={"Request-Id": request_id})
 
 
 class _BadRequest(Exception):
@@ -108,6 +129,33 @@ class _BadRequest(Exception):
         self.response = _error(
             400, "invalid_field", "Invalid request.", [{"field": field_name, "message": message}]
         )
+
+
+class _RequestLog:
+    """ASGI middleware: logs every request outside `/_admin` once answered (`_Stats.log`), those
+    to no route of the API too (a 404 or 405 that no endpoint of the API sees)."""
+
+    def __init__(self, app: ASGIApp, sandbox: SandboxApp) -> None:
+        self.app = app
+        self.sandbox = sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/_admin"):
+            await self.app(scope, receive, send)
+            return
+        status = 0  # none sent: the app failed before answering
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            query = scope["query_string"].decode("latin-1")
+            self.sandbox.stats.log(scope["method"], scope["path"], query, status)
 
 
 class SandboxApp:
@@ -144,8 +192,9 @@ class SandboxApp:
             Route("/_admin/inject", self._admin(self._inject), methods=["POST"]),
             Route("/_admin/stats", self._admin(self._stats), methods=["GET"]),
             Route("/_admin/stats/reset", self._admin(self._reset_stats), methods=["POST"]),
+            Route("/_admin/requests", self._admin(self._requests), methods=["GET"]),
         ]
-        self.asgi = Starlette(routes=routes)
+        self.asgi = Starlette(routes=routes, middleware=[Middleware(_RequestLog, sandbox=self)])
         self.asgi.add_exception_handler(404, self._not_found)
 
     # ------------------------------------------------------------------ the API's pipeline
@@ -263,7 +312,8 @@ class SandboxApp:
     def _list(self, request: Request, resource: str) -> Response:
         api = self.world.resources[resource]
         query = request.query_params
-        per_page = _int_param(query.get("per_page"), "per_page", DEFAULT_PER_PAGE)
+        default = _DEFAULT_PER_PAGE.get(resource, DEFAULT_PER_PAGE)
+        per_page = _int_param(query.get("per_page"), "per_page", default)
         per_page = min(per_page, api.max_page_size)
         order_field, ascending = _order(query.get("order_by"), api)
         stream = api.listing == "event_stream"
@@ -306,18 +356,24 @@ class SandboxApp:
             blobs[0] = json.dumps(entity).encode()
         if injected == "no_has_more":
             pagination = {k: v for k, v in pagination.items() if k != "has_more"}
-        meta = json.dumps({"request_id": str(uuid.uuid4()), "pagination": pagination}).encode()
+        request_id = str(uuid.uuid4())
+        meta = json.dumps({"request_id": request_id, "pagination": pagination}).encode()
         if injected == "no_data":
             body = b'{"meta":' + meta + b"}"
         else:
             body = b'{"data":[' + b",".join(blobs) + b'],"meta":' + meta + b"}"
         if injected == "malformed_json":
             body = body[: len(body) // 2]
-        return Response(body, 200, media_type="application/json")
+        return Response(body, 200, media_type="application/json", headers={"Request-Id": request_id})
 
     def _whole(self, request: Request, resource: str) -> Response:
-        """An unpaginated resource: its whole document (`/v1/ips` an object, `/v1/event-types` a list)."""
-        return JSONResponse({"data": self.world.documents[resource], "meta": {"request_id": str(uuid.uuid4())}})
+        """An unpaginated resource: its whole document (`/v1/ips` an object, `/v1/event-types` a
+        list), with an `Etag` of its version (Paddle's spec requires one of `/ips`)."""
+        data = self.world.documents[resource]
+        version = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        request_id = str(uuid.uuid4())
+        return JSONResponse({"data": data, "meta": {"request_id": request_id}},
+                            headers={"Request-Id": request_id, "Etag": f'W/"{version}"'})
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"Path {request.url.path} not found.")
@@ -421,6 +477,11 @@ class SandboxApp:
         self.stats = _Stats()
         return self.stats.as_dict()
 
+    def _requests(self, request: Request, body: dict[str, Any]) -> Any:
+        """The latest requests outside `/_admin` (`REQUEST_LOG_SIZE` at most), oldest first, and
+        how many were logged since the last reset: more than listed if some were dropped."""
+        return {"logged": self.stats.logged, "requests": list(self.stats.requests)}
+
 
 # ---------------------------------------------------------------------- query parsing
 def _int_param(value: str | None, name: str, default: int) -> int:
@@ -455,18 +516,23 @@ def _order(value: str | None, api: ApiResource) -> tuple[str, bool]:
 
 
 def _updated_bounds(query: Any) -> tuple[int | None, bool, int | None, bool] | None:
+    """The `updated_at` bounds a query asks: `updated_at=<instant>` (updated at that very
+    instant), or any of `updated_at[GT|GTE|LT|LTE]=<instant>`."""
     lower: int | None = None
     upper: int | None = None
     lower_incl = upper_incl = False
-    for op in ("GT", "GTE", "LT", "LTE"):
-        raw = query.get(f"updated_at[{op}]")
+    for op in ("", "GT", "GTE", "LT", "LTE"):
+        name = f"updated_at[{op}]" if op else "updated_at"
+        raw = query.get(name)
         if raw is None:
             continue
         try:
             ns = parse_ns(raw)
         except ValueError:
-            raise _BadRequest(f"updated_at[{op}]", "must be an RFC 3339 datetime") from None
-        if op.startswith("G"):
+            raise _BadRequest(name, "must be an RFC 3339 datetime") from None
+        if not op:
+            lower, lower_incl, upper, upper_incl = ns, True, ns, True
+        elif op.startswith("G"):
             lower, lower_incl = ns, op == "GTE"
         else:
             upper, upper_incl = ns, op == "LTE"

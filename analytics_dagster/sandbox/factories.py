@@ -323,6 +323,9 @@ def new_subscription(world: World, ts: str, customer_id: str | None) -> Entity:
         world.create("customer_addresses", ts, customer_id)
         addresses = world.children("customer_addresses", customer_id)
     entity = template("subscription")
+    # the template is a subscription fetched with `include`: these two come only then (Paddle's
+    # spec has them on subscription-includes, not on a listed subscription nor in its events)
+    del entity["next_transaction"], entity["recurring_transaction_details"]
     entity.update(world.common("subscriptions", ts))
     businesses = world.children("businesses", customer_id) or [None]
     currency, items = subscription_items(world, ts)
