@@ -19,8 +19,9 @@ from typing import Any, Iterator
 import pytest
 from paddle_billing import Client, Environment, Options
 from paddle_billing.Entities.Adjustment import Adjustment as ListedAdjustment
+from paddle_billing.Entities.Discounts.DiscountMode import DiscountMode
 from paddle_billing.Entities.Reports import ReportStatus
-from paddle_billing.Entities.Shared import Action, AdjustmentStatus, Status, TransactionStatus
+from paddle_billing.Entities.Shared import Action, AdjustmentStatus, CatalogType, Status, TransactionStatus
 from paddle_billing.Entities.Subscriptions import SubscriptionStatus
 from paddle_billing.Notifications.Entities.Adjustment import Adjustment
 from paddle_billing.Notifications.Entities.UndefinedEntity import UndefinedEntity
@@ -43,6 +44,7 @@ from analytics_dagster.sandbox import SandboxServer, World
 from analytics_dagster.source.resources import api_root
 
 BOTH = [Status.Active, Status.Archived]  # the project lists archived entities too
+TYPES = [CatalogType.Standard, CatalogType.Custom]  # ... and non-catalog prices and products
 
 
 class LoopbackEnvironment:
@@ -111,9 +113,14 @@ def test_every_list_every_page_every_entity_parses(
     pager = Pager(per_page=7)  # many pages; the SDK's pager asks for id[asc]
     lists = {
         "customers": client.customers.list(ListCustomers(pager=pager, statuses=BOTH)),
-        "discounts": client.discounts.list(ListDiscounts(pager=pager, statuses=BOTH)),
-        "prices": client.prices.list(ListPrices(pager=pager, statuses=BOTH)),
-        "products": client.products.list(ListProducts(pager=pager, statuses=BOTH)),
+        # one mode a request (the SDK's `mode` is one value); both, in id order
+        "discounts": sorted(
+            (d for mode in (DiscountMode.Standard, DiscountMode.Custom) for d in client.discounts.list(ListDiscounts(pager=pager, statuses=BOTH,
+                                                                                     mode=mode))),
+            key=lambda d: d.id),
+        # the SDK sends several types in one request (`type=standard,custom`), which the sandbox takes too
+        "prices": client.prices.list(ListPrices(pager=pager, statuses=BOTH, types=TYPES)),
+        "products": client.products.list(ListProducts(pager=pager, statuses=BOTH, types=TYPES)),
         "subscriptions": client.subscriptions.list(ListSubscriptions(pager=pager)),
         "transactions": client.transactions.list(ListTransactions(pager=Pager(per_page=30))),
         "reports": client.reports.list(ListReports(pager=Pager(per_page=2))),
@@ -197,7 +204,7 @@ def test_the_filters_the_project_relies_on_agree_with_the_data(
         ListCustomers(pager=Pager(after=middle, order_by=OrderBy.id_descending(), per_page=11), statuses=BOTH))
     assert ids(earlier) == customers[: len(customers) // 2][::-1]
     by_update = client.products.list(ListProducts(pager=Pager(order_by=OrderBy("updated_at", "desc"), per_page=3),
-                                                  statuses=BOTH))
+                                                  statuses=BOTH, types=TYPES))
     stamps = [parse_ns(p["updated_at"]) for p in world.truth("products")]
     assert [parse_ns(p.updated_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")) for p in by_update] == sorted(
         s // 1000 * 1000 for s in stamps)[::-1]

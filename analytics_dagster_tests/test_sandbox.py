@@ -63,21 +63,21 @@ def test_list_envelope(sandbox: SandboxServer) -> None:
 @pytest.mark.parametrize("path", sorted(LISTS.values()))
 def test_pagination_follows_next_until_has_more_is_false(sandbox: SandboxServer, path: str) -> None:
     resource = next(name for name, p in LISTS.items() if p == path)
-    archivable = RESOURCES_BY_NAME[resource].hides_archived
-    params = {"status": "active,archived"} if archivable else {}
-    entities, metas = walk(sandbox, path, per_page=7, **params)
-    keys = [e.get("id", e.get("event_id")) for e in entities]
+    keys = []
+    for params in RESOURCES_BY_NAME[resource].parts:  # the whole resource: every part of its listing
+        entities, metas = walk(sandbox, path, per_page=7, **params)
+        keys += [e.get("id", e.get("event_id")) for e in entities]
+        for meta in metas:  # `next` is absolute, keeps the query, and is there on the last page too
+            next_url = urlparse(meta["pagination"]["next"])
+            assert next_url.scheme == "http" and next_url.netloc == f"127.0.0.1:{sandbox.port}"
+            query = parse_qs(next_url.query)
+            assert query["per_page"] == ["7"]
+            assert {k: query.get(k) for k in params} == {k: [v] for k, v in params.items()}
+            assert "after" in query
+        assert [m["pagination"]["has_more"] for m in metas][-1] is False
+        assert all(m["pagination"]["has_more"] for m in metas[:-1])
     assert len(keys) == len(set(keys)), "a page repeated an entity"
     assert len(keys) == len(sandbox.world.ids[resource])
-    for meta in metas:  # `next` is absolute, keeps the query, and is there on the last page too
-        next_url = urlparse(meta["pagination"]["next"])
-        assert next_url.scheme == "http" and next_url.netloc == f"127.0.0.1:{sandbox.port}"
-        query = parse_qs(next_url.query)
-        assert query["per_page"] == ["7"]
-        assert query.get("status") == ([params["status"]] if archivable else None)
-        assert "after" in query
-    assert [m["pagination"]["has_more"] for m in metas][-1] is False
-    assert all(m["pagination"]["has_more"] for m in metas[:-1])
 
 
 def test_per_page_caps(sandbox: SandboxServer) -> None:
@@ -109,7 +109,8 @@ def test_products_order_by_updated_at_either_way(sandbox: SandboxServer) -> None
     truth = sandbox.world.truth("products")
     oldest_first = [p["id"] for p in sorted(truth, key=lambda p: (parse_ns(p["updated_at"]), p["id"]))]
     for order_by, expected in [("updated_at[ASC]", oldest_first), ("updated_at[desc]", oldest_first[::-1])]:
-        got, _ = walk(sandbox, "/v1/products", per_page=2, status="active,archived", order_by=order_by)
+        got, _ = walk(sandbox, "/v1/products", per_page=2, status="active,archived", type="standard,custom",
+                      order_by=order_by)
         assert [p["id"] for p in got] == expected, order_by
 
 
@@ -140,7 +141,8 @@ def test_archived_hidden_unless_asked() -> None:
             assert "archived" in statuses, "the seed world should archive some"
             shown, _ = walk(server, path)
             assert {e["status"] for e in shown} == {"active"}
-            everything, _ = walk(server, path, status="active,archived")
+            everything, _ = walk(server, path, status="active,archived", **({"type": "standard,custom"}
+                                                                             if resource == "prices" else {}))
             assert len(everything) == len(statuses)
 
 
@@ -394,12 +396,20 @@ def test_determinism_and_scale() -> None:
     a.advance(updates=5, archives=2, new_customers=3, new_transactions=4)
     b.advance(updates=5, archives=2, new_customers=3, new_transactions=4)
     assert all(a.truth(r) == b.truth(r) for r in a.entities)
-    counts = World(customers=400, seed=1).counts()
+    catalog = World(customers=400, seed=1)
+    counts = catalog.counts()
     assert counts["customers"] == 400
     assert 1.2 * 400 < counts["customer_addresses"] < 1.8 * 400
     assert 0.8 * 400 < counts["businesses"] < 1.2 * 400
     assert 1.6 * 400 < counts["transactions"] < 2.4 * 400
-    assert counts["products"] == 20 and counts["prices"] == 40 and counts["discounts"] == 20
+    # the catalog: N/20 products, 2 prices each; the non-catalog ones made with a tenth of
+    # transactions and subscriptions; the 2nd discount, then one in four, custom
+    assert sum(p["type"] == "standard" for p in catalog.truth("products")) == 20
+    assert sum(p["type"] == "standard" for p in catalog.truth("prices")) == 40
+    custom = sum(p["type"] == "custom" for p in catalog.truth("prices"))
+    assert 0.05 * (counts["transactions"] + counts["subscriptions"]) < custom < 0.15 * (
+        counts["transactions"] + counts["subscriptions"])
+    assert counts["discounts"] == 20 and sum(d["mode"] == "custom" for d in catalog.truth("discounts")) == 5
 
 
 def test_admin_advance_changes_the_world(sandbox: SandboxServer, admin: Admin) -> None:
