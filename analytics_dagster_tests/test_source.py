@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from dlt.sources.helpers.rest_client import RESTClient
-from requests import Response
+from requests import Request, Response
 
 from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.source import RESOURCES_BY_NAME, configured_api_root
@@ -134,6 +135,41 @@ def test_progress_counts_across_paginator_copies_and_reports() -> None:
     quiet = Progress(report=lines.append, every=3600.0)
     quiet.page("events", 10)
     assert len(lines) == 3, "at most one line per resource per interval"
+
+
+def test_a_listing_in_parts_goes_from_the_last_page_of_one_to_the_first_of_the_next() -> None:
+    """prices: `type=standard`, then `type=custom`: the second part's first URL keeps the query
+    (page size, order, a change window) without the cursor; each part's estimated total adds up."""
+    from analytics_dagster.source.progress import Progress
+
+    progress = Progress()
+    told: list[tuple[int, bool, int]] = []
+    parts = RESOURCES_BY_NAME["prices"].parts
+    paginator = HasMorePaginator("prices", progress=progress, parts=parts,
+                                 on_page=lambda data, more, part: told.append((len(data), more, part)) or True)
+    paginator.init_request(request := Request("GET", "https://api.example.com/prices", params={"per_page": 2}))
+    assert request.params == {"per_page": 2, "status": "active,archived", "type": "standard"}
+
+    def page(url: str, ids: list[str], has_more: bool, total: int) -> None:
+        body = {"data": [{"id": i} for i in ids],
+                "meta": {"pagination": {"has_more": has_more, "next": f"{url}&after={ids[-1]}",
+                                        "estimated_total": total}}}
+        response = response_of(json.dumps(body).encode(), url)
+        json_once("prices")(response)
+        paginator.update_state(response, body["data"])
+
+    first = "https://api.example.com/prices?per_page=2&status=active%2Carchived&type=standard&updated_at%5BGTE%5D=x"
+    page(first, ["pri_1", "pri_2"], True, 3)
+    assert paginator._next_reference == f"{first}&after=pri_2"
+    page(f"{first}&after=pri_2", ["pri_3"], False, 3)  # the last page of the catalog part
+    next_url = urlsplit(paginator._next_reference)
+    assert dict(parse_qsl(next_url.query)) == {"per_page": "2", "status": "active,archived",
+                                               "updated_at[GTE]": "x", "type": "custom"}
+    assert paginator.has_next_page
+    page(paginator._next_reference, ["pri_9"], False, 1)  # the last page of the last part
+    assert not paginator.has_next_page
+    assert told == [(2, True, 0), (1, True, 1), (1, False, 1)]
+    assert progress.totals["prices"] == 4
 
 
 def test_the_api_root_by_environment_base_url_and_prefix() -> None:

@@ -102,7 +102,7 @@ class HasMorePaginator(BaseNextUrlPaginator):
         if has_more and not next_url:
             raise MalformedPageError(self.resource, response.url, "has_more is true but there is no next URL")
         if not has_more and self.part + 1 < len(self.parts):  # this part is listed: the next one's first page
-            next_url = self._first_page_of(self.part + 1, response.request.url or response.url)
+            next_url = self._first_page_of(self.part + 1, response.url)
             self.part += 1
             has_more = True
         go_on = self.on_page(body["data"], has_more, self.part) if self.on_page is not None else True
