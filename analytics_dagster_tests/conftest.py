@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,17 +40,91 @@ EVERY_RUN = {r.name: 1 for r in RESOURCES if not r.event_entity and r.listing !=
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that syncs into a warehouse (the `warehouse` fixture: Dagster or dlt runs against
     the sandbox) is `e2e`, unless it is one of the few `smoke` ones the fast subset keeps
-    (`make test-fast`: `-m "not e2e and not slow and not browser"`)."""
+    (`make test-fast`: `-m "not e2e and not slow and not browser"`).
+
+    The tests that sync, and the browser's, run first: pytest-xdist hands tests out in this
+    order as workers come free, so the long ones start early and the last to start are the
+    short ones (a long test started last would hold the whole suite up while other workers idle).
+    """
     for item in items:
         if "warehouse" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("smoke"):
             item.add_marker(pytest.mark.e2e)
 
+    def runs_long(item: pytest.Item) -> bool:
+        return "warehouse" in getattr(item, "fixturenames", ()) or item.get_closest_marker("browser") is not None
+
+    items.sort(key=lambda item: not runs_long(item))  # stable: the modules' order kept within each
+
+
+SANDBOX_CUSTOMERS, SANDBOX_SEED = 40, 7  # the world every test's `sandbox` serves
+# A test that starts from a backfill asks for one of these fixtures instead of syncing itself:
+# by name, how the backfill is made (`assert sync().success`, or the same with the models built)
+BACKFILLS = ("backfilled", "backfilled_with_models")
+# the environment variables of the project's settings (dlt's sections), the DuckDB file's and
+# dlt's folder included
+PROJECT_SETTINGS = ("SOURCES__", "DESTINATION", "DLT_", "RUNTIME__", "EXTRACT__", "NORMALIZE__", "LOAD__",
+                    "DATA_WRITER__")
+
 
 @pytest.fixture
-def sandbox() -> Any:
-    """A small world (40 customers) served on a free loopback port."""
-    with SandboxServer(World(customers=40, seed=7), config=SandboxConfig()) as server:
+def sandbox(request: pytest.FixtureRequest) -> Any:
+    """A small world (40 customers) served on a free loopback port; for a test that starts from
+    a backfill (`backfilled`, `backfilled_with_models`), the world as that backfill left it."""
+    kind = next((name for name in BACKFILLS if name in request.fixturenames), None)
+    if kind is None:
+        world = World(customers=SANDBOX_CUSTOMERS, seed=SANDBOX_SEED)
+    else:
+        world = copy.deepcopy(request.getfixturevalue("backfill_templates").get(kind).world)
+    with SandboxServer(world, config=SandboxConfig()) as server:
         yield server
+
+
+@dataclass
+class Backfill:
+    """A backfill made once per test process (an xdist worker): the world it read, the
+    warehouse folder it wrote."""
+
+    world: World
+    warehouse: Path
+
+
+class BackfillTemplates:
+    """The backfills tests start from, each made the first time a test asks for it: the
+    default world synced into a warehouse of its own, exactly as a test would sync it (the
+    settings of `warehouse`), and checked equal to the API. A test gets a copy of both: the world
+    (a deep copy, served on its own port) and the warehouse folder (copied under its tmp_path).
+    It saves each test its own backfill (3 to 9 s of CPU), and changes nothing it asserts: the
+    sync of a copied warehouse reads its state from the warehouse, as on a machine whose dlt
+    folder is empty."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: dict[str, Backfill] = {}
+
+    def get(self, kind: str) -> Backfill:
+        if kind not in self.made:
+            self.made[kind] = self._make(kind)
+        return self.made[kind]
+
+    def _make(self, kind: str) -> Backfill:
+        from analytics_dagster_tests.test_models import sync_all
+        from analytics_dagster_tests.test_sync import sync
+
+        folder = self.root / kind
+        world = World(customers=SANDBOX_CUSTOMERS, seed=SANDBOX_SEED)
+        with SandboxServer(world, config=SandboxConfig()) as server, pytest.MonkeyPatch.context() as patch:
+            for name in [n for n in os.environ if n.startswith(PROJECT_SETTINGS)]:
+                patch.delenv(name)  # whatever the asking test set already: the defaults
+            db = use_sandbox(patch, server, folder)
+            result = sync() if kind == "backfilled" else sync_all()
+            assert result.success and all(e.passed for e in result.get_asset_check_evaluations()), kind
+            assert_warehouse_equals_api(db, Admin(server.url))
+        return Backfill(world=world, warehouse=db.parent)
+
+
+@pytest.fixture(scope="session")
+def backfill_templates(tmp_path_factory: pytest.TempPathFactory) -> BackfillTemplates:
+    return BackfillTemplates(tmp_path_factory.mktemp("backfills"))
 
 
 class Admin:
@@ -76,16 +152,39 @@ def admin(sandbox: SandboxServer) -> Admin:
     return Admin(sandbox.url)
 
 
+def use_sandbox(patch: pytest.MonkeyPatch, sandbox: SandboxServer, folder: Path) -> Path:
+    """Settings pointing the project at the sandbox, a DuckDB file and dlt dir under `folder`:
+    the DuckDB file."""
+    db = folder / "warehouse" / "test.duckdb"
+    patch.setenv("SOURCES__ANALYTICS__BASE_URL", sandbox.url)
+    patch.setenv("SOURCES__ANALYTICS__API_KEY", sandbox.config.api_key)
+    patch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(db))
+    patch.setenv("DLT_DATA_DIR", str(folder / "dlt"))
+    patch.setenv("SOURCES__ANALYTICS__REQUESTS_PER_MINUTE", "0")  # the test sandbox has no limit
+    return db
+
+
 @pytest.fixture
 def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer) -> Path:
     """Settings pointing the project at the sandbox, a DuckDB file and dlt dir under tmp_path."""
-    db = tmp_path / "warehouse" / "test.duckdb"
-    monkeypatch.setenv("SOURCES__ANALYTICS__BASE_URL", sandbox.url)
-    monkeypatch.setenv("SOURCES__ANALYTICS__API_KEY", sandbox.config.api_key)
-    monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(db))
-    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt"))
-    monkeypatch.setenv("SOURCES__ANALYTICS__REQUESTS_PER_MINUTE", "0")  # the test sandbox has no limit
-    return db
+    return use_sandbox(monkeypatch, sandbox, tmp_path)
+
+
+def _copy_backfill(kind: str, templates: BackfillTemplates, warehouse: Path) -> Path:
+    shutil.copytree(templates.get(kind).warehouse, warehouse.parent)
+    return warehouse
+
+
+@pytest.fixture
+def backfilled(warehouse: Path, backfill_templates: BackfillTemplates) -> Path:
+    """`warehouse`, and the sandbox, as `assert sync().success` (every raw table) leaves them."""
+    return _copy_backfill("backfilled", backfill_templates, warehouse)
+
+
+@pytest.fixture
+def backfilled_with_models(warehouse: Path, backfill_templates: BackfillTemplates) -> Path:
+    """`warehouse`, and the sandbox, as a successful `sync_all()` (raw tables and models) leaves them."""
+    return _copy_backfill("backfilled_with_models", backfill_templates, warehouse)
 
 
 def poll(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:

@@ -70,8 +70,8 @@ def selected(request: RunRequest) -> set[str]:
     return {k.path[-1] for k in request.asset_selection or []}
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_events_sensor_requests_a_run_only_for_new_events(warehouse: Path, admin: Admin) -> None:
-    assert sync().success  # the backfill
     instance = DagsterInstance.ephemeral()
     first = evaluate(instance, None)
     assert not first.run_requests
@@ -104,11 +104,11 @@ def test_events_sensor_requests_a_run_only_for_new_events(warehouse: Path, admin
     assert followed(again.cursor) == EventsSensorCursor(event_id=state.event_id)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_the_sensor_keeps_quiet_tables_current_and_never_lists_them_again(warehouse: Path, admin: Admin) -> None:
     """100 days of changes to customers and transactions only, synced by the sensor's runs alone:
     the other tables are current as of every run, so none ages past the 87 days after which a
     table is listed again."""
-    assert sync().success  # the backfill
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
     customers = [c["id"] for c in admin.truth("customers")]
@@ -147,10 +147,10 @@ def test_the_sensor_keeps_quiet_tables_current_and_never_lists_them_again(wareho
     assert_events_cover_api(warehouse, admin)  # the API keeps 90 days of them; the warehouse all
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_failed_run_is_run_again_without_a_new_event(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert sync().success  # the backfill
     instance = DagsterInstance.ephemeral()
     first = evaluate(instance, None)
     admin.post("advance", updates=10, archives=2, new_customers=2, new_transactions=3)

@@ -83,10 +83,10 @@ def test_rounds_of_changes_are_exact_from_the_events_alone(warehouse: Path, admi
     assert {e["data"]["id"] for e in adjustments} == set(touched["adjustments"]) <= set(warehouse_rows(warehouse, "adjustments"))
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_no_change_run_makes_one_request_for_events_plus_the_tables_without_events(
     warehouse: Path, admin: Admin
 ) -> None:
-    assert sync().success
     result, requests = synced(admin)
     assert requests == {"events": 1, **EVERY_RUN}
     meta = metadata(result)
@@ -107,8 +107,8 @@ def test_k_changes_cost_k_over_200_pages(warehouse: Path, admin: Admin) -> None:
     assert_warehouse_equals_api(warehouse, admin, EVENT_TABLES)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_child_alone_then_customers_is_exact_and_lists_nothing(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     admin.post("advance", updates=20, new_customers=3)
     result, requests = synced(admin, ["customer_addresses"])
     assert requests == {"events": 1}, "no customers listing, no per-customer request"
@@ -136,8 +136,8 @@ def test_changes_made_while_the_backfill_lists_are_replayed(
     assert_warehouse_equals_api(warehouse, admin)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_cursor_past_the_retention_window_lists_the_table_again(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     # changes, and then 88 days with no sync: within the API's 90 days, but past the margin
     admin.post("advance", updates=10, new_customers=2)
     admin.post("advance", seconds=88 * DAY)
@@ -156,9 +156,9 @@ def test_a_cursor_past_the_retention_window_lists_the_table_again(warehouse: Pat
     assert_events_cover_api(warehouse, admin)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_changes_whose_events_left_the_api_are_not_lost(warehouse: Path, admin: Admin) -> None:
     """Past the retention, the events of a change are gone: only a listing can still see it."""
-    assert sync().success
     admin.post("advance", updates=10, archives=2, new_customers=2, new_transactions=2)
     admin.post("advance", seconds=91 * DAY)
     assert not admin.truth("events"), "every change is older than the retention now"
@@ -195,8 +195,8 @@ def test_a_bad_incremental_setting_is_named(warehouse: Path, monkeypatch: pytest
     assert "sources.analytics.incremental is 'evnts'" in step_error(result)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_an_event_read_twice_after_a_failed_run_is_applied_once(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     admin.post("advance", updates=15, new_customers=2)
     # the run reads the events, then reports keep failing: nothing of it is committed
     admin.post("inject", resource="reports", kind="status", status=500, count=4)
@@ -217,8 +217,8 @@ def test_same_instant_changes_follow_the_order_of_events(warehouse: Path, admin:
     assert_table_equals_truth(warehouse, "products", admin.truth("products"))
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_one_run_can_be_forced_to_list_by_its_run_config(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     listing = {"ops": {"analytics_api": {"config": {"incremental": "listing"}}}}
     result, requests = synced(admin, ["customers", "customer_addresses"], run_config=listing)
     meta = metadata(result)
@@ -228,8 +228,8 @@ def test_one_run_can_be_forced_to_list_by_its_run_config(warehouse: Path, admin:
     assert requests == {"events": 1}
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_the_read_starts_where_the_tables_that_take_events_need_it(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     # day 2: a thousand changes (five pages of events), synced an hour later (out of the
     # late-event window) by every table but discounts
     admin.post("advance", seconds=2 * DAY, updates=1000)

@@ -51,9 +51,9 @@ def _differs(expected: Any, actual: Any) -> bool:
 
 
 # ---------------------------------------------------------------------- precision of updated_at
+@pytest.mark.usefixtures("backfilled")
 @pytest.mark.smoke
 def test_a_later_update_with_fewer_digits_wins_within_one_round(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     for number in range(4):
         # ordinary changes (stamps cut to 0-9 digits) and entities changed twice in one second,
         # the second change stamped `…SS.9Z`, which reads earlier than the first `…SS.9xxxxxZ`
@@ -65,8 +65,8 @@ def test_a_later_update_with_fewer_digits_wins_within_one_round(warehouse: Path,
     assert_warehouse_equals_api(warehouse, admin)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_later_update_with_fewer_digits_wins_across_runs(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     customer = admin.truth("customers")[3]["id"]
     admin.post("mutate", resource="customers", key=customer, set={"name": "first"},
                updated_at="2031-05-01T10:20:52.928731Z")
@@ -79,10 +79,10 @@ def test_a_later_update_with_fewer_digits_wins_across_runs(warehouse: Path, admi
     assert_warehouse_equals_api(warehouse, admin)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_later_update_with_fewer_digits_wins_across_chunks(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert sync().success
     product = admin.truth("products")[0]["id"]
     admin.post("mutate", resource="products", key=product, set={"description": "first"},
                updated_at="2031-05-01T10:20:52.928731Z")
@@ -99,9 +99,9 @@ def test_a_later_update_with_fewer_digits_wins_across_chunks(
 
 
 # ---------------------------------------------------------------------- late events
+@pytest.mark.usefixtures("backfilled")
 @pytest.mark.smoke
 def test_an_event_visible_after_later_ones_were_read_is_applied(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     customers = [c["id"] for c in admin.truth("customers")]
     # the change is made and its event's id taken now, but the event is listed only later
     late = admin.post("mutate", resource="customers", key=customers[0], set={"name": "late"}, hold_event=True)
@@ -123,8 +123,8 @@ def test_an_event_visible_after_later_ones_were_read_is_applied(warehouse: Path,
     assert meta["customers"]["rows_written"] == 1 and meta["events"]["rows_written"] == 1, "nothing applied twice"
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_late_event_older_than_an_applied_one_does_not_win(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     customer = admin.truth("customers")[1]["id"]
     older = admin.post("mutate", resource="customers", key=customer, set={"name": "older"}, hold_event=True)
     admin.post("advance", seconds=2)
@@ -139,10 +139,10 @@ def test_a_late_event_older_than_an_applied_one_does_not_win(warehouse: Path, ad
     assert_events_cover_api(warehouse, admin)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_rounds_of_changes_with_late_events_and_coarse_stamps_leave_no_stale_row(
     warehouse: Path, admin: Admin
 ) -> None:
-    assert sync().success
     customers = [c["id"] for c in admin.truth("customers")]
     for number in range(4):
         held = [admin.post("mutate", resource="customers", key=customers[number * 2 + i],
@@ -167,8 +167,8 @@ BAD_EVENTS = [
 ]
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_malformed_events_are_kept_reported_and_stop_nothing(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     product = admin.truth("products")[0]
     bad = [admin.post("event", **body) for body, _ in BAD_EVENTS]
     bad.append(admin.post("event", event_type="product.updated",
@@ -265,8 +265,8 @@ def test_two_changes_with_one_stamp_are_both_seen_by_listing_mode(
 
 
 # ---------------------------------------------------------------------- gaps
+@pytest.mark.usefixtures("backfilled")
 def test_events_past_the_retention_unread_are_reported(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     admin.post("advance", updates=10, new_customers=1)
     admin.post("advance", seconds=95 * DAY)  # the events of those changes are gone
     admin.post("advance", updates=4)
@@ -282,11 +282,11 @@ def test_events_past_the_retention_unread_are_reported(warehouse: Path, admin: A
 
 
 # ---------------------------------------------------------------------- found by an adversary
+@pytest.mark.usefixtures("backfilled")
 @pytest.mark.parametrize("value", [12345, ["x"], {"a": 1}], ids=["number", "list", "object"])
 def test_an_event_whose_data_id_is_no_string_is_reported_and_adds_no_row(
     warehouse: Path, admin: Admin, value: Any
 ) -> None:
-    assert sync().success
     customer = admin.truth("customers")[0]
     bad = admin.post("event", event_type="customer.updated", data={**customer, "name": "phantom", "id": value})
     admin.post("advance", updates=5)
@@ -298,8 +298,8 @@ def test_an_event_whose_data_id_is_no_string_is_reported_and_adds_no_row(
     assert sync().success, "later runs go on"
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_an_event_without_an_id_is_reported_once_and_kept_once(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     admin.post("event", event_type="customer.updated", data={"id": "ctm_x"}, drop=["event_id"])
     admin.post("event", event_type="transaction.updated", data={"id": "txn_x"}, event_id=12345)
     admin.post("advance", updates=3)
@@ -313,10 +313,10 @@ def test_an_event_without_an_id_is_reported_once_and_kept_once(warehouse: Path, 
     assert "12345" in warehouse_rows(warehouse, "events")
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_listing_after_events_wrote_a_row_does_not_trust_its_old_memory_of_it(
     warehouse: Path, admin: Admin, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert sync().success
     customer = admin.truth("customers")[2]["id"]
     second = (sandbox.world.clock_ns // 10**9 + 5) * 10**9
     whole, half = format_ns(second, 0), format_ns(second + 500_000_000, 1)  # "…:05Z", "…:05.5Z"
@@ -332,10 +332,10 @@ def test_a_listing_after_events_wrote_a_row_does_not_trust_its_old_memory_of_it(
     assert_warehouse_equals_api(warehouse, admin, WITHOUT_EVENTS)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_full_refresh_keeps_what_it_listed_while_a_newer_event_is_still_late(
     warehouse: Path, admin: Admin
 ) -> None:
-    assert sync().success
     customer = admin.truth("customers")[1]["id"]
     admin.post("mutate", resource="customers", key=customer, set={"name": "visible old"})
     admin.post("advance", seconds=2)
@@ -352,8 +352,8 @@ def test_a_full_refresh_keeps_what_it_listed_while_a_newer_event_is_still_late(
     assert_events_cover_api(warehouse, admin)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_later_gap_is_reported_too(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     gaps = []
     for _ in range(2):
         admin.post("advance", seconds=95 * DAY)
@@ -373,10 +373,10 @@ def chunked_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCES__ANALYTICS__PAGE_SIZES", json.dumps({"events": 20}))
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_late_event_read_a_chunk_before_a_newer_applied_one_does_not_win(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert sync().success
     chunked_stream(monkeypatch)
     customers = [c["id"] for c in admin.truth("customers")]
     late = [admin.post("mutate", resource="customers", key=customers[i], set={"name": f"Late {i}"},
@@ -395,11 +395,11 @@ def test_a_late_event_read_a_chunk_before_a_newer_applied_one_does_not_win(
     assert_events_cover_api(warehouse, admin)
 
 
+@pytest.mark.usefixtures("backfilled")
 @pytest.mark.timeout(180)
 def test_a_chunk_of_events_without_ids_does_not_read_itself_again_and_again(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert sync().success
     chunked_stream(monkeypatch)
     customer = admin.truth("customers")[0]["id"]
     for n in range(25):  # more than a page and a chunk of them
@@ -412,8 +412,8 @@ def test_a_chunk_of_events_without_ids_does_not_read_itself_again_and_again(
     assert_warehouse_equals_api(warehouse, admin, WITHOUT_EVENTS)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_many_events_without_ids_are_reported_once(warehouse: Path, admin: Admin) -> None:
-    assert sync().success
     customer = admin.truth("customers")[0]["id"]
     for n in range(60):
         admin.post("event", event_type="customer.updated", data={"id": customer, "n": n}, drop=["event_id"])
@@ -428,11 +428,11 @@ def test_many_events_without_ids_are_reported_once(warehouse: Path, admin: Admin
     assert len([k for k in warehouse_rows(warehouse, "events") if str(k).isdigit()]) == 60
 
 
+@pytest.mark.usefixtures("backfilled")
 @pytest.mark.parametrize("listing_again", ["full refresh", "backfill"])
 def test_an_events_mode_listing_makes_listing_mode_forget_its_memory(
     warehouse: Path, admin: Admin, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch, listing_again: str
 ) -> None:
-    assert sync().success
     customer = admin.truth("customers")[2]["id"]
     stamp = format_ns((sandbox.world.clock_ns // 10**9 + 5) * 10**9, 0)
     listing = {"ops": {"analytics_api": {"config": {"incremental": "listing"}}}}

@@ -226,8 +226,8 @@ def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admi
     assert refunds > 0
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_a_model_is_not_rebuilt_when_its_raw_table_fails(warehouse: Path, admin: Admin) -> None:
-    assert sync_all().success
     admin.post("advance", new_transactions=5)
     admin.post("inject", resource="events", kind="status", status=503, count=4)  # 1 try + 3 retries
     result = sync_all()
@@ -322,8 +322,8 @@ def test_the_models_automation_sensor_is_on_and_targets_the_models() -> None:
     assert sensor.asset_selection.resolve(graph) == MODELS
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_a_failing_dbt_test_fails_the_run_and_skips_the_models_after_it(warehouse: Path, admin: Admin) -> None:
-    assert sync_all().success
     victim = admin.truth("transactions")[0]["id"]
     with duckdb.connect(str(warehouse)) as con:  # a transaction whose total is not its lines' sum
         con.execute("UPDATE analytics.transactions SET details = json_merge_patch(details, '{\"totals\": {\"total\": \"1\"}}') "

@@ -77,10 +77,10 @@ def test_a_late_subscription_event_during_a_listing_leaves_mrr_and_the_run_right
     assert_close(mrr, truth_mrr(admin))
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_past_mrr_stays_when_a_listed_only_subscription_changes_later(warehouse: Path, admin: Admin) -> None:
     """A subscription with no event in the stream (unchanged for 90+ days) is counted on the
     past days from its updated_at. Changing it now must not change what it was in the past."""
-    run_ok(sync_all())
     events = subscription_events(admin)
     now = world_now(admin)
     past = (now - timedelta(days=10)).date()
@@ -96,12 +96,12 @@ def test_past_mrr_stays_when_a_listed_only_subscription_changes_later(warehouse:
     assert_close(mrr_on(warehouse, past), before)
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_a_later_change_reading_earlier_across_midnight_is_not_counted_twice(warehouse: Path, admin: Admin) -> None:
     """Two changes of one subscription a fraction of a second apart just before midnight: the
     first stamped rounded up to the next second (`…T00:00:00Z`, as the sandbox's stamps round),
     the second with more digits (`…T23:59:59.5Z`), reading earlier. The day's MRR is the
     subscription's once, in its last state."""
-    run_ok(sync_all())
     now = world_now(admin)
     day = (now + timedelta(days=2)).date()
     mrr_before, mrr_next_before = mrr_on(warehouse, day), mrr_on(warehouse, day + timedelta(days=1))
@@ -145,11 +145,11 @@ def test_an_item_not_billed_adds_nothing_to_mrr(warehouse: Path, admin: Admin, i
     assert item_status in listed
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_a_bad_subscription_event_blocks_nothing_downstream(warehouse: Path, admin: Admin) -> None:
     """The contract's bad events: nothing guarantees an event is well formed. One with a
     `data.id` but no `updated_at` (the sync's event_problem: not applied, a WARN finding that
     'must block nothing downstream') of an active subscription."""
-    run_ok(sync_all())
     sub = next(s for s in sorted(admin.truth("subscriptions"), key=lambda s: s["id"]) if active_recurring(s))
     admin.post("event", event_type="subscription.updated", data={"id": sub["id"]})
     result = sync_all()
@@ -261,9 +261,9 @@ def test_automation_after_one_raw_table_alone_builds_right_figures(warehouse: Pa
     assert_close(mrr_on(warehouse, today()), truth_mrr(admin))
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_sync_all_twice_without_change_gives_the_same_models(warehouse: Path, admin: Admin) -> None:
     """Probe: a second sync_all with nothing new builds the very same marts and history."""
-    run_ok(sync_all())
     tables = ["mrr_daily", "revenue_monthly", "customer_overview", "subscription_history"]
     before = {t: query(warehouse, f"SELECT * FROM analytics_models.{t} ORDER BY ALL") for t in tables}
     run_ok(sync_all())
@@ -272,11 +272,11 @@ def test_sync_all_twice_without_change_gives_the_same_models(warehouse: Path, ad
 
 
 # ---------------------------------------------------------------------- probes that held
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_same_instant_and_precision_traps_leave_today_and_revenue_right(warehouse: Path, admin: Admin) -> None:
     """Probe: changes sharing one stamp, changes whose later stamp reads earlier (within a
     second), reviews of refunds, new adjustments; today's MRR and every month's revenue are the
     sandbox's, every dbt test passes."""
-    run_ok(sync_all())
     admin.post("advance", updates=80, same_instant=True, adjustments=6, new_transactions=6)
     admin.post("advance", updates=20, precision_traps=25, adjustments=6)
     run_ok(sync_all())
@@ -295,11 +295,11 @@ def test_an_amount_beyond_int64_does_not_fail_the_build(warehouse: Path, admin: 
     run_ok(sync_all())
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_a_late_subscription_event_in_events_mode_leaves_history_in_stream_order(warehouse: Path, admin: Admin) -> None:
     """Probe: in events mode a change whose event is late, then a newer change visible at once:
     before and after the late one shows up, today's MRR is the sandbox's and the newest state
     (by the stream's order) is the newest change."""
-    run_ok(sync_all())
     events = subscription_events(admin)
     sub = next(s for s in sorted(admin.truth("subscriptions"), key=lambda s: s["id"])
                if s["id"] in events and active_recurring(s))
@@ -339,10 +339,10 @@ def test_a_full_refresh_keeps_the_history_the_api_no_longer_lists(warehouse: Pat
     assert_close(mrr_on(warehouse, today()), truth_mrr(admin))
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_an_event_without_occurred_at_does_not_fail_the_build(warehouse: Path, admin: Admin) -> None:
     """A bad event of another kind: well-formed data (the subscription as it is), no
     `occurred_at`. The sync applies its data; the history cannot place it."""
-    run_ok(sync_all())
     sub = next(s for s in sorted(admin.truth("subscriptions"), key=lambda s: s["id"]) if active_recurring(s))
     admin.post("event", event_type="subscription.updated", data=sub, drop=["occurred_at"])
     run_ok(sync_all())

@@ -100,11 +100,11 @@ def automation_requested(instance: Any, cursor: Any) -> tuple[list[Any], Any]:
 
 
 # ---------------------------------------------------------------------- findings
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_an_event_whose_id_is_no_string_is_no_state(warehouse: Path, admin: Admin) -> None:
     """The contract's bad events: an `event_id` that is a number, its data a well-formed
     subscription (another quantity). The sync reports it (events_applied) and applies nothing;
     the history must not take it either, and no past day may change."""
-    run_ok(sync_all())
     events = subscription_events(admin)
     past = (world_now(admin) - timedelta(days=3)).date()
     sub = first_sub(admin, lambda s: s["id"] in events and active_recurring(s)
@@ -168,8 +168,8 @@ def test_a_late_event_within_a_second_heals_once_read(warehouse: Path, admin: Ad
     assert_close(mrr_on(warehouse, today()), truth_mrr(admin))
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_no_subscription_billed_today_fails_no_run(warehouse: Path, admin: Admin) -> None:
-    run_ok(sync_all())
     for sub in admin.truth("subscriptions"):
         if sub["status"] == "active":
             admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "canceled"})
@@ -178,8 +178,8 @@ def test_no_subscription_billed_today_fails_no_run(warehouse: Path, admin: Admin
     assert mrr_on(warehouse, today()) == {}
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_a_lower_case_rfc3339_stamp_fails_no_build(warehouse: Path, admin: Admin) -> None:
-    run_ok(sync_all())
     sub = first_sub(admin, active_recurring)
     stamp = world_now(admin).strftime("%Y-%m-%dt%H:%M:%S.5z")
     admin.post("mutate", resource="subscriptions", key=sub["id"], set={"items": with_quantity(sub, 2)},
@@ -209,11 +209,11 @@ def test_events_synced_alone_then_the_automation_only_warns(warehouse: Path, adm
 
 
 # ---------------------------------------------------------------------- probes that held
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_a_late_event_older_than_a_kept_listed_state(warehouse: Path, admin: Admin) -> None:
     """A listed-only subscription changes twice: the first change's event is late, the second's
     is not. The history keeps listed/ (older than the first event read), then the late event is
     released; today and the past stay the sandbox's, the history contiguous."""
-    run_ok(sync_all())
     events = subscription_events(admin)
     past, sub = listed_only(admin, events)
     before = mrr_on(warehouse, past)
@@ -280,13 +280,13 @@ def test_large_amounts_leave_the_mrr_today_test_passing(warehouse: Path, admin: 
         assert warned(sync_all(instance)) == []
 
 
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_a_leap_second_fails_no_build(warehouse: Path, admin: Admin) -> None:
     """RFC 3339's time-second 60 (2016-12-31T23:59:60Z): the sync reads it and applies the event;
     neither warehouse's cast takes it, so the history skips such an event (its state is the
     listed row's, or the next event's) and the build goes on. What Python's regex once took
     beyond RFC 3339 (a trailing newline, digits of another script) the sync now sets aside, as
     the history does (test_source.py), and the sandbox refuses to stamp."""
-    run_ok(sync_all())
     sub = first_sub(admin, active_recurring)
     stamp = "2016-12-31T23:59:60Z"
     parse_ns(stamp)  # the sync reads it

@@ -58,10 +58,10 @@ def sync_with_log(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> tuple[Any, 
     return result, "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_reader_holding_the_warehouse_makes_the_run_wait_then_it_is_exact(
     warehouse: Path, admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert sync().success
     admin.post("advance", updates=5)
     with holder(warehouse, tmp_path, limit=4) as process:
         started = time.monotonic()
@@ -74,10 +74,10 @@ def test_a_reader_holding_the_warehouse_makes_the_run_wait_then_it_is_exact(
     assert_warehouse_equals_api(warehouse, admin)
 
 
+@pytest.mark.usefixtures("backfilled")
 def test_a_reader_that_does_not_let_go_fails_the_run_naming_it_then_the_next_run_is_exact(
     warehouse: Path, admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert sync().success
     before = warehouse_rows(warehouse, "customers")
     admin.post("advance", updates=5, new_customers=1)
     monkeypatch.setenv("DESTINATION__DUCKDB__LOCK_WAIT_SECONDS", "3")
