@@ -70,24 +70,24 @@ def floor(url: str, db: str, threads: int) -> int:
     adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(threads, 1))
     session.mount("http://", adapter)
 
-    def listing(path: str, archived: bool) -> list[dict]:
-        params: dict[str, Any] = {"per_page": 200}
-        if archived:
-            params["status"] = "active,archived"
-        rows, response = [], session.get(url + DEFAULT_PATH_PREFIX + path, params=params)
-        while True:
-            body = response.json()
-            rows += body["data"]
-            if not body["meta"]["pagination"]["has_more"]:
-                return rows
-            response = session.get(body["meta"]["pagination"]["next"])
+    def listing(path: str, parts: tuple[dict[str, str], ...]) -> list[dict]:
+        rows = []
+        for part in parts:  # the whole resource: every part of its listing (archived, non-catalog)
+            response = session.get(url + DEFAULT_PATH_PREFIX + path, params={"per_page": 200, **part})
+            while True:
+                body = response.json()
+                rows += body["data"]
+                if not body["meta"]["pagination"]["has_more"]:
+                    break
+                response = session.get(body["meta"]["pagination"]["next"])
+        return rows
 
-    tables = {r.name: listing(r.path, r.hides_archived) for r in LISTS}
+    tables = {r.name: listing(r.path, r.parts) for r in LISTS}
     tables["event_types"] = session.get(url + "/v1/event-types").json()["data"]
     tables["ip_addresses"] = [{"ipv4_cidr": c} for c in session.get(url + "/v1/ips").json()["data"]["ipv4_cidrs"]]
     ids = [c["id"] for c in tables["customers"]]
     for child in CHILDREN:
-        fetch = lambda cid, child=child: listing(child.path.format(cus_id=cid), child.hides_archived)  # noqa: E731
+        fetch = lambda cid, child=child: listing(child.path.format(cus_id=cid), child.parts)  # noqa: E731
         if threads > 1:
             with ThreadPoolExecutor(threads) as pool:
                 pages = list(pool.map(fetch, ids))
@@ -118,8 +118,7 @@ def plain_dlt(url: str, db: str) -> int:
     resources: list[dict[str, Any]] = []
     for r in RESOURCES:
         endpoint = {"path": r.path.replace("{cus_id}", "{resources.customers.id}"), "data_selector": r.data_selector,
-                    "params": {"status": "active,archived"} if r.hides_archived else {},
-                    "paginator": HasMorePaginator(r.name) if r.paginated else "single_page"}
+                    "paginator": HasMorePaginator(r.name, parts=r.parts) if r.paginated else "single_page"}
         resources.append({"name": r.name, "endpoint": endpoint, "primary_key": r.primary_key,
                           "write_disposition": "merge"})
         if r.name == "ip_addresses":  # the API lists bare CIDR strings
