@@ -332,17 +332,25 @@ def failing_samples(pipeline: Any, invocation: Any, results: list[Any]) -> dict[
     values with nothing to refer to), `FAILING_SAMPLE_ROWS` at most, each as text, so the
     check's metadata names a few of what dagster-dbt counts (`dagster_dbt/failed_row_count`).
     The query is the one dbt ran (run_results.json's `compiled_code`), read once dbt exits."""
+    # a test that failed or warned returned rows; one that errored (its table missing, say) has
+    # none to show, and its query would fail again
     failed = {r.metadata["unique_id"].value: r.check_name for r in results if isinstance(r, AssetCheckResult)
-              and not r.passed and "unique_id" in r.metadata}
+              and not r.passed and "unique_id" in r.metadata
+              and getattr(r.metadata.get("status"), "value", None) in ("fail", "warn")}
     if not failed:
         return {}
     compiled = {r["unique_id"]: r.get("compiled_code") for r in invocation.get_artifact("run_results.json")["results"]}
     samples = {}
     with pipeline.sql_client() as client:
         for unique_id, check_name in failed.items():
-            if compiled.get(unique_id):
+            if not compiled.get(unique_id):
+                continue
+            try:
                 rows = client.execute_sql(f"SELECT * FROM ({compiled[unique_id]}) AS failing LIMIT {FAILING_SAMPLE_ROWS}")
-                samples[check_name] = [", ".join(str(v) for v in row) for row in rows]
+            except Exception as error:  # a sample is a courtesy: the test's own result stands without it
+                samples[check_name] = [f"(no sample: {type(error).__name__}: {str(error)[:200]})"]
+                continue
+            samples[check_name] = [", ".join(str(v) for v in row) for row in rows]
     return samples
 
 

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 import dlt
 
 from analytics_dagster.source.plan import SyncPlan
+from analytics_dagster.source.resources import RESOURCES_BY_NAME
 from analytics_dagster.source.state import end_backfill, forget_listed, record_backfill
 
 
@@ -51,7 +52,7 @@ def record_page(plan: SyncPlan, tables: Iterable[str], data: list[dict[str, Any]
         if backfill.get("began_ns") is None and plan.api_now_ns is not None:
             backfill["began_ns"] = plan.api_now_ns  # the API's clock as the listing began
         if not has_more:
-            end_backfill(state, backfill)
+            end_backfill(state, backfill, RESOURCES_BY_NAME[table].parts)
             continue
         record_backfill(state, backfill)
         going = going or backfill["run_rows"] < plan.chunk_rows

@@ -34,6 +34,7 @@ from analytics_dagster.source.events import (
 from analytics_dagster.source.paginator import json_once, page_json
 from analytics_dagster.source.incremental import FROM_STATE, window_max
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
+from analytics_dagster.source.state import part_key, unlisted_parts
 
 
 @dataclass
@@ -192,6 +193,8 @@ def _choose_modes(plan: SyncPlan, resource_states: dict[str, dict[str, Any]], ta
             plan.reasons[table] = f"incremental = listing, resumed after {backfill['rows']} rows ({backfill['after']})"
         elif plan.incremental == "listing":
             plan.modes[table], plan.reasons[table] = "listing", "incremental = listing"
+            if not full_refresh and (unlisted := unlisted_parts(state, RESOURCES_BY_NAME[table].parts)):
+                plan.reasons[table] += f", whole: {_unlisted_reason(unlisted)}"
         elif full_refresh:
             plan.modes[table], plan.reasons[table] = "listing", "full refresh"
         elif backfill and backfill.get("position"):  # (not one of `listing` mode, left when the mode changed)
@@ -199,6 +202,8 @@ def _choose_modes(plan: SyncPlan, resource_states: dict[str, dict[str, Any]], ta
             plan.reasons[table] = f"backfill resumed after {backfill['rows']} rows ({backfill['after']})"
         elif not cursor:
             plan.modes[table], plan.reasons[table] = "listing", "first listing (no event cursor yet)"
+        elif unlisted := unlisted_parts(state, RESOURCES_BY_NAME[table].parts):
+            plan.modes[table], plan.reasons[table] = "listing", _unlisted_reason(unlisted)
         else:
             plan.modes[table], cursors[table] = "events", cursor
     if "events" in tables:
@@ -256,8 +261,15 @@ def _start_backfills(plan: SyncPlan, client: RESTClient, first: Any, resource_st
     else:  # chunked too, its change window kept from its first chunk (`since_ns`)
         for table in starting:
             state = resource_states.get(table, {})
-            since = None if full_refresh else window_max(state)
+            # a part never listed is listed whole: what it holds may be older than any window
+            whole = full_refresh or bool(unlisted_parts(state, RESOURCES_BY_NAME[table].parts))
+            since = None if whole else window_max(state)
             plan.backfills[table] = {"after": None, "rows": 0, "position": None, "since_ns": since}
+
+
+def _unlisted_reason(unlisted: list[dict[str, str]]) -> str:
+    return (f"no listing of it asked for {', '.join(part_key(p) for p in unlisted)} (a filter whose default "
+            "hides entities, declared since its last listing): listed again")
 
 
 def _recent(cursor: Cursor) -> dict[str, Optional[str]]:

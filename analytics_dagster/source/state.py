@@ -8,7 +8,7 @@ findings goes through the functions here; listing mode's own marks (`window_ns`,
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypedDict
+from typing import Any, Optional, Sequence, TypedDict
 
 from analytics_dagster.rfc3339 import parse_ns
 
@@ -88,6 +88,7 @@ class TableState(TypedDict, total=False):
     window_ns: int
     max_ns: int
     seen: dict[str, str]
+    listed_parts: list[str]  # the parts of its listing the last complete listing went through (`part_key`)
     last_event_id: str  # the events table's cursor before events mode (read once, then dropped)
 
 
@@ -126,15 +127,34 @@ def record_backfill(state: TableState, progress: dict[str, Any]) -> None:
     state["backfill"] = {k: progress[k] for k in _BACKFILL_KEPT if k in progress}  # type: ignore[typeddict-item]
 
 
-def end_backfill(state: TableState, progress: dict[str, Any]) -> None:
+def end_backfill(state: TableState, progress: dict[str, Any], parts: Sequence[dict[str, str]]) -> None:
     """A backfill is done: in events mode the table's cursor becomes the stream's position when
     it began (the next read replays the changes made since, with no window); the next
-    listing's change window starts where it began (`window_ns`)."""
+    listing's change window starts where it began (`window_ns`); `parts`, the parts of the
+    listing it went through (`ApiResource.parts`), are the table's `listed_parts`."""
     if progress.get("position"):  # (a listing of `listing` mode has none)
         state["event_cursor"] = {**progress["position"], "after_listing": True}
     if progress.get("began_ns") is not None:
         state["window_ns"] = progress["began_ns"]
+    state["listed_parts"] = [part_key(part) for part in parts]
     state.pop("backfill", None)
+
+
+def part_key(part: dict[str, str]) -> str:
+    """A part of a listing as the state keeps it: its query parameters (`status=...&type=custom`)."""
+    return "&".join(f"{name}={value}" for name, value in sorted(part.items()))
+
+
+def unlisted_parts(state: TableState, parts: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The parts of a table's listing (`ApiResource.parts`) that no complete listing of it went
+    through: a warehouse synced before the registry declared a filter (`type=custom` of prices)
+    lacks what that part holds, and neither the stream (no event of an entity that did not
+    change) nor a change window (rows older than it) brings those rows. A state from before
+    listings had parts was listed with the API's defaults beyond `status`: the first part."""
+    listed = state.get("listed_parts")
+    if listed is None:
+        listed = [part_key(parts[0])]
+    return [part for part in parts if part_key(part) not in listed]
 
 
 def forget_listed(state: TableState, ids: Optional[list[str]] = None) -> None:
