@@ -33,10 +33,10 @@ demo: install  ## sandbox up, every asset materialized into DuckDB, checks run, 
 TEST_WORKERS ?= 3
 
 test: install  ## the whole test suite
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist load --durations=10
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 test-fast: install  ## the fast subset: everything but the end-to-end runs, and a few of those (smoke)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist load -m "not e2e and not slow and not browser"
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not e2e and not slow and not browser"
 
 dev: install  ## the sandbox on :8765 and the Dagster UI on http://127.0.0.1:3000 (daemon included)
 	mkdir -p .dagster_home && cp dagster.dev.yaml .dagster_home/dagster.yaml

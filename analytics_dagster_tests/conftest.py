@@ -42,9 +42,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     the sandbox) is `e2e`, unless it is one of the few `smoke` ones the fast subset keeps
     (`make test-fast`: `-m "not e2e and not slow and not browser"`).
 
-    The tests that sync, and the browser's, run first: pytest-xdist hands tests out in this
-    order as workers come free, so the long ones start early and the last to start are the
-    short ones (a long test started last would hold the whole suite up while other workers idle).
+    The tests that sync, and the browser's, run first: the long ones start early and the last
+    to start are the short ones, which a worker that runs out takes from another's queue
+    (`--dist worksteal`): a long test started last would hold the whole suite up while other
+    workers idle.
     """
     for item in items:
         if "warehouse" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("smoke"):
