@@ -4,21 +4,13 @@ listed in parts): states the API allows in which the warehouse is not the API.""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import pytest
 
 from analytics_dagster.source.resources import ApiResource
 from analytics_dagster_tests.conftest import Admin, assert_warehouse_equals_api
 from analytics_dagster_tests.test_events import metadata
 from analytics_dagster_tests.test_sync import sync
-
-HIDDEN = {"prices": ("type", "custom"), "products": ("type", "custom"), "discounts": ("mode", "custom")}
-
-
-def hidden(admin: Admin, table: str) -> list[dict[str, Any]]:
-    field, value = HIDDEN[table]
-    return [e for e in admin.truth(table) if e[field] == value]
+from analytics_dagster_tests.test_whole_account import HIDDEN, hidden
 
 
 @pytest.mark.parametrize("mode", ["events", "listing"])

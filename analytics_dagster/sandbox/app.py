@@ -320,7 +320,8 @@ class SandboxApp:
         where = {name: frozenset(v.strip() for v in query[name].split(",") if v.strip())
                  for name in (*api.filters, *([] if stream else ["status"])) if query.get(name)}
         # what a listing that does not ask leaves out: archived entities, non-catalog ones
-        where.update({f.name: f.asked(query.get(f.name)) for f in api.list_filters})
+        hiding = {f.name: f.asked(query.get(f.name)) for f in api.list_filters}
+        where.update(hiding)
         customer_id = request.path_params.get("cus_id")
         if api.parent and customer_id not in self.world.entities[api.parent]:
             return _error(404, "entity_not_found", f"Entity {customer_id} not found")
@@ -338,9 +339,8 @@ class SandboxApp:
         last = keys[-1] if keys else query.get("after")
         next_url = str(request.url.include_query_params(after=last)) if last else str(request.url)
         pagination: dict[str, Any] = {"per_page": per_page, "next": next_url, "has_more": has_more}
-        total = self.world.count(resource, {name: values for name, values in where.items()
-                                            if name in {f.name for f in api.list_filters}})
-        if bounds is not None or set(where) - {f.name for f in api.list_filters}:
+        total = self.world.count(resource, hiding)
+        if bounds is not None or set(where) - set(hiding):
             pagination["estimated_total"] = -1
         elif not stream:  # events never say; others cap what they say
             pagination["estimated_total"] = min(total, 100001)
