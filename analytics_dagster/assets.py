@@ -16,6 +16,8 @@ GROUP = "analytics"
 # Every writer to the destination runs in this pool; its limit of 1 (dagster.yaml) keeps two
 # runs from writing one DuckDB file at once (DuckDB allows one writer per file).
 DESTINATION_POOL = "analytics_destination"
+# the metadata of a table the run skipped because the key may not read it, saying what to grant
+NOT_SYNCED = "not_synced"
 # a line per resource in the run's log, and an observation of each long listing's progress on
 # its asset, at most this often
 PROGRESS_EVERY_SECONDS = 10.0
@@ -118,11 +120,13 @@ def _run_metadata(run: SyncRun, name: str, config: SyncConfig) -> dict[str, Any]
         "rows_updated": int(done["updated"]),
         "rows_unchanged": int(done["unchanged"]),
         "full_refresh": config.full_refresh,
-        "sync_mode": run.plans[0].mode(name),
+        "sync_mode": "skipped" if name in run.forbidden else run.plans[0].mode(name),
         "sync_reason": run.plans[0].reasons.get(name, ""),
         "loads": run.loads[name],
         "api_requests": run.requests_for(name),
         "api_requests_in_run": sum(run.progress.requests.values()),
+        # the key may not read the table (403 forbidden): what to grant (the `api_key_may_read` check)
+        **({NOT_SYNCED: run.forbidden[name]} if name in run.forbidden else {}),
         **_cursor_metadata(event_cursor(state)),
         **_findings_metadata(state),
     }

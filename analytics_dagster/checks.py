@@ -1,19 +1,21 @@
-"""Checks on every table after each merge: primary keys (blocking), and for the tables the event
-stream keeps, that every event was applied and none passed the API's retention unread (a
-warning: one bad event must block nothing downstream)."""
+"""Checks on every table after each merge: primary keys (blocking); for the tables the event
+stream keeps, that every event was applied and none passed the API's retention unread; and that
+the API key may read the table (both warnings: one bad event, or one permission missing, must
+block nothing downstream)."""
 
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    EventLogEntry,
     multi_asset_check,
 )
 
-from analytics_dagster.assets import DESTINATION_POOL, asset_key
+from analytics_dagster.assets import DESTINATION_POOL, NOT_SYNCED, asset_key
 from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
 from analytics_dagster.source.pipeline import locked_pipeline, resource_states, table_stats
 from analytics_dagster.source.resources import STREAM_TABLES
@@ -21,6 +23,7 @@ from analytics_dagster.source.state import TableState, findings, gaps_text
 
 PK_CHECK = "primary_key_unique_not_null"
 EVENTS_CHECK = "events_applied"
+READ_CHECK = "api_key_may_read"
 
 
 @multi_asset_check(
@@ -44,6 +47,17 @@ EVENTS_CHECK = "events_applied"
             ),
         )
         for name in STREAM_TABLES
+    ] + [
+        AssetCheckSpec(
+            READ_CHECK,
+            asset=asset_key(r.name),
+            blocking=False,
+            description=(
+                f"The API key may read {r.name} (it has {r.permission}): the last sync did not skip it "
+                "for a 403 forbidden. Warns, naming the permission to grant."
+            ),
+        )
+        for r in RESOURCES if r.permission
     ],
     can_subset=True,
     name="primary_key_checks",
@@ -60,6 +74,8 @@ def primary_key_checks(context: AssetCheckExecutionContext) -> Iterator[AssetChe
         states = resource_states(pipeline) if applied else {}
     for name in applied:
         yield events_applied(name, states.get(name, {}))
+    for name in sorted({key.asset_key.path[-1] for key in context.selected_asset_check_keys if key.name == READ_CHECK}):
+        yield may_read(name, context.instance.get_latest_materialization_event(asset_key(name)))
     for name, table in stats.items():
         key = RESOURCES_BY_NAME[name].primary_key
         duplicates = table["duplicate_keys"]
@@ -107,4 +123,21 @@ def events_applied(table: str, state: TableState) -> AssetCheckResult:
             "bad_events": len(bad),
             "gaps": gaps_text(gaps),
         },
+    )
+
+
+def may_read(table: str, latest: Optional[EventLogEntry]) -> AssetCheckResult:
+    """Whether the last sync of `table` read it, from its latest materialization: a table the
+    key may not read was skipped, its metadata saying what to grant (`assets.NOT_SYNCED`)."""
+    materialization = latest.asset_materialization if latest is not None else None
+    entry = (materialization.metadata if materialization is not None else {}).get(NOT_SYNCED)
+    grant = getattr(entry, "value", entry)
+    permission = RESOURCES_BY_NAME[table].permission
+    return AssetCheckResult(
+        asset_key=asset_key(table),
+        check_name=READ_CHECK,
+        passed=not grant,
+        severity=AssetCheckSeverity.WARN,
+        description=str(grant) if grant else f"the API key may read {table} ({permission})",
+        metadata={"permission": permission or "", "synced": not grant},
     )

@@ -57,8 +57,8 @@ def test_every_table_the_stream_keeps_has_a_warning_check_of_its_events() -> Non
     graph = defs.resolve_asset_graph()
     checks = {k.asset_key.path[-1]: k for k in graph.asset_check_keys if k.name == "events_applied"}
     assert set(checks) == {r.name for r in RESOURCES if r.event_entity} | {"events"}
-    assert {k.name for k in graph.asset_check_keys} == {"primary_key_unique_not_null", "events_applied"} | {
-        c.name for c in MODEL_CHECK_SPECS}
+    assert {k.name for k in graph.asset_check_keys} == {"primary_key_unique_not_null", "events_applied",
+                                                        "api_key_may_read"} | {c.name for c in MODEL_CHECK_SPECS}
     for key in checks.values():
         assert not graph.get_check_spec(key).blocking, "one bad event must block nothing downstream"
 

@@ -123,13 +123,17 @@ def test_every_list_every_page_every_entity_parses(
         "products": client.products.list(ListProducts(pager=pager, statuses=BOTH, types=TYPES)),
         "subscriptions": client.subscriptions.list(ListSubscriptions(pager=pager)),
         "transactions": client.transactions.list(ListTransactions(pager=Pager(per_page=30))),
-        "reports": client.reports.list(ListReports(pager=Pager(per_page=2))),
+        # every status: a default listing leaves failed and expired reports out
+        "reports": client.reports.list(ListReports(pager=Pager(per_page=2), statuses=[ReportStatus.Pending, ReportStatus.Ready, ReportStatus.Failed, ReportStatus.Expired])),
         "adjustments": client.adjustments.list(ListAdjustments(pager=pager)),
         "events": client.events.list(ListEvents(pager=Pager(per_page=200))),
     }
     for name, collection in lists.items():
         entities = parsed(list(collection), name)
-        assert ids(entities) == [e["event_id" if name == "events" else "id"] for e in world.truth(name)], name
+        truth = world.truth(name)
+        if name == "discounts":  # the SDK's list filter names active and archived only: expired and used it cannot ask
+            truth = [d for d in truth if d["status"] in ("active", "archived")]
+        assert ids(entities) == [e["event_id" if name == "events" else "id"] for e in truth], name
     addresses, businesses = [], []
     for customer in world.ids["customers"]:
         addresses += parsed(list(client.addresses.list(customer, ListAddresses(statuses=BOTH))), "address")

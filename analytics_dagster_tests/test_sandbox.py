@@ -545,7 +545,11 @@ def test_every_create_and_update_emits_an_event_with_the_snapshot(sandbox: Sandb
     for table, prefix in prefixes.items():
         for key in touched.get(table, []):
             entity = next(e for e in admin.truth(table) if e["id"] == key)
-            assert latest[key]["event_type"].startswith(prefix + ".") and latest[key]["data"] == entity, (table, key)
+            # what Paddle's events leave out (`management_urls`, `times_used`), the snapshot lacks
+            omitted = RESOURCES_BY_NAME[table].event_omits
+            assert all(name in entity and name not in latest[key]["data"] for name in omitted), (table, key)
+            whole = {k: v for k, v in entity.items() if k not in omitted}
+            assert latest[key]["event_type"].startswith(prefix + ".") and latest[key]["data"] == whole, (table, key)
     assert sum(e["event_type"] == "adjustment.created" for e in new) == 2
     archived = [e for e in new if e["event_type"].endswith(".updated") and e["data"].get("status") == "archived"]
     assert len(archived) >= 4, "an archive is an update event"
@@ -606,7 +610,7 @@ def test_ordinary_rounds_cut_stamps_so_a_later_change_can_read_earlier() -> None
 def test_a_held_event_is_listed_only_once_released(sandbox: SandboxServer, admin: Admin) -> None:
     customer = admin.truth("customers")[0]["id"]
     held = admin.post("mutate", resource="customers", key=customer, set={"name": "held"}, hold_event=True)
-    admin.post("advance", seconds=2, updates=3)
+    admin.post("advance", seconds=2, new_customers=2)  # later events, none of this customer's
     listed = [e["event_id"] for e in all_events(sandbox)]
     assert held["event_id"] not in listed and max(listed) > held["event_id"], "later events are listed already"
     assert {c["id"]: c for c in admin.truth("customers")}[customer]["name"] == "held", "the change itself is visible"

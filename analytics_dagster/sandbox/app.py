@@ -69,6 +69,10 @@ class SandboxConfig:
     # the limit is counted over this many seconds (rate_limit * window / 60 requests per window);
     # the real API counts a minute, tests use a short window to cross the limit quickly
     rate_limit_window: float = 60.0
+    # permissions the API key lacks (`report.read`, `notification.read`, ...: the registry's
+    # `permission` of each resource, Paddle's `x-permissions`): their operations answer 403
+    # `forbidden`, the others as usual
+    denied_permissions: tuple[str, ...] = ()
 
 
 @dataclass
@@ -207,7 +211,7 @@ class SandboxApp:
             self.stats.times.append((time.time(), resource))
             if self.config.latency > 0:
                 await asyncio.sleep(self.config.latency)
-            response = self._rate_limited(request) or self._unauthorized(request)
+            response = self._rate_limited(request) or self._unauthorized(request) or self._forbidden(resource)
             response = response or self._fault(request) or self._injected(resource, request.url.path)
             if response is None:
                 async with self._lock:
@@ -260,6 +264,12 @@ class SandboxApp:
             return _error(403, "authentication_malformed", "Authentication header malformed.")
         if token != self.config.api_key:
             return _error(403, "invalid_token", "Authentication token is invalid.")
+        return None
+
+    def _forbidden(self, resource: str) -> Response | None:
+        """A valid key without the permission the operation needs: 403 `forbidden`."""
+        if self.world.resources[resource].permission in self.config.denied_permissions:
+            return _error(403, "forbidden", "You aren't permitted to perform this request.")
         return None
 
     def _fault(self, request: Request) -> Response | None:

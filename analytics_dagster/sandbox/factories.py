@@ -55,6 +55,7 @@ _BILLING_CYCLES = [(("month", 1), 40), (("year", 1), 40), (("month", 3), 10), ((
 # API, or by Paddle for checkout recovery).
 _NON_CATALOG_SHARE = 0.1
 _CUSTOM_DISCOUNT_EVERY = 4
+_REPORT_DAYS = 7  # a ready report can be downloaded for this long, then it expires
 _TAX_RATE = (8, 100)  # the tax of every line: 8% of its amount after discount, rounded down
 # the filter on when a report's rows were updated, by its type, as the spec names it
 _REPORT_UPDATED_FILTER = {"transactions": "updated_at", "adjustments": "updated_at", "discounts": "updated_at",
@@ -94,6 +95,10 @@ class Factory:
             then `completed`).
         changeable: which of its entities an update can change (an adjustment: only while it is
             pending approval); `advance` picks among those.
+        lapse: what time changes by itself, with no event (a discount expiring, a report's
+            download expiring): `lapse(world, entity)` is called as the clock moves (at the
+            end of the initial world, then at every `advance`) and returns whether it changed
+            the entity (the world then stamps its `updated_at`).
         history: makes the resource's share of the initial world itself, once the rest of it is
             made (so that adding it leaves every other resource's data as it was: its draws come
             last, the clock does not move): `history(world, count)`, with `count` as `count`
@@ -109,6 +114,7 @@ class Factory:
     created: Callable[[Entity], tuple[str, ...]] = created_only
     changeable: Callable[[Entity], bool] | None = None
     history: Callable[[World, int], None] | None = None
+    lapse: Callable[[World, Entity], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -280,8 +286,10 @@ def new_discount(world: World, ts: str, owner: str | None) -> Entity:
         code=None if world.rng.random() < 0.3 else f"CODE{world.rng.randint(1000, 9999)}",
         amount=str(world.rng.randint(1, 50)),
         times_used=world.rng.randint(0, 100),
-        # RFC 3339, as the spec types it (the SDK fixture this template is from has a space)
-        expires_at=None if world.rng.random() < 0.5 else world.stamp(parse_ns(ts) + 365 * _DAY_NS),
+        # RFC 3339, as the spec types it (the SDK fixture this template is from has a space);
+        # one in three two months after it was made (they expire in the world's two years)
+        expires_at=None if world.rng.random() < 0.5 else world.stamp(
+            parse_ns(ts) + (60 if len(world.ids["discounts"]) % 3 == 2 else 3 * 365) * _DAY_NS),
         restrict_to=world.rng.sample(products, k=min(2, len(products))),
         discount_group_id=None,
         discount_group=None,
@@ -304,13 +312,47 @@ def new_report(world: World, ts: str, owner: str | None) -> Entity:
     )
     # each type of report names its filters as the spec does (`product_updated_at`, ...)
     entity["filters"] = [{"name": _REPORT_UPDATED_FILTER[entity["type"]], "operator": "lt", "value": ts[:10]}]
-    if world.rng.random() < 0.7:
-        entity.update(status="ready", rows=world.rng.randint(1, 5000))
+    done = world.rng.random()
+    if done < 0.7:
+        finish_report(world, entity, world.rng.randint(1, 5000), ts, failed=done < 0.07)
     return entity
 
 
-def finish_report(world: World, entity: Entity, n: int) -> None:
-    entity.update(status="ready", rows=n)
+def finish_report(world: World, entity: Entity, n: int, ts: str | None = None, *, failed: bool | None = None) -> None:
+    """A pending report done: ready (its `rows`, downloadable for `_REPORT_DAYS`), or, one in
+    ten, failed; a ready report then expires by itself (`expire_report`)."""
+    if failed if failed is not None else n % 10 == 0:
+        entity.update(status="failed")
+        return
+    made = parse_ns(ts or world.stamp())
+    entity.update(status="ready", rows=n, expires_at=world.stamp(made + _REPORT_DAYS * _DAY_NS))
+
+
+def expire_report(world: World, entity: Entity) -> bool:
+    """A ready report past its `expires_at` expires (Paddle: no longer accessible)."""
+    if entity["status"] == "ready" and entity.get("expires_at") and parse_ns(entity["expires_at"]) <= world.clock_ns:
+        entity["status"] = "expired"
+        return True
+    return False
+
+
+def expire_discount(world: World, entity: Entity) -> bool:
+    """An active discount past its `expires_at` expires (Paddle sets it, with no event)."""
+    if entity["status"] == "active" and entity.get("expires_at") and parse_ns(entity["expires_at"]) <= world.clock_ns:
+        entity["status"] = "expired"
+        return True
+    return False
+
+
+def redeem_discount(world: World, entity: Entity) -> bool:
+    """A checkout that uses the discount: `times_used` grows, with no event (Paddle's events
+    leave it out: it changes too often); at its `usage_limit` Paddle marks it `used`. Returns
+    whether its status changed."""
+    entity["times_used"] = int(entity.get("times_used") or 0) + 1
+    if entity["status"] == "active" and entity.get("usage_limit") and entity["times_used"] >= entity["usage_limit"]:
+        entity["status"] = "used"
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------- subscriptions
@@ -342,6 +384,7 @@ def new_subscription(world: World, ts: str, customer_id: str | None) -> Entity:
         custom_data=_custom_data(world),
         import_meta=None,
     )
+    entity["management_urls"] = management_urls(entity)
     if world.ids["discounts"] and world.rng.random() < _SUBSCRIPTION_DISCOUNT_SHARE:
         entity["discount"] = _subscription_discount(world, ts)
     return entity
@@ -400,6 +443,15 @@ def _subscription_discount(world: World, ts: str) -> dict[str, Any]:
 
 def restatus_subscription(world: World, entity: Entity, n: int) -> None:
     entity["status"] = world.rng.choice(["active", "past_due", "paused", "canceled"])
+    entity["management_urls"] = management_urls(entity)
+
+
+def management_urls(subscription: Entity) -> dict[str, str | None]:
+    """The customer's links to change the subscription (Paddle's are temporary, and left out of
+    its events): none to update a payment method once it is canceled."""
+    base = f"https://buyer-portal.paddle.com/subscriptions/{subscription['id']}"
+    return {"update_payment_method": None if subscription["status"] == "canceled" else f"{base}/update-payment-method",
+            "cancel": f"{base}/cancel"}
 
 
 # ---------------------------------------------------------------------- transactions
@@ -666,7 +718,7 @@ def ip_addresses(world: World) -> dict[str, list[str]]:
 FACTORIES: dict[str, Factory | Document] = {
     "products": Factory(new_product, lambda rng, customers: max(3, customers // 20)),
     "prices": Factory(new_price, lambda rng, product: 2, made_with="products"),
-    "discounts": Factory(new_discount, lambda rng, customers: max(2, customers // 20)),
+    "discounts": Factory(new_discount, lambda rng, customers: max(2, customers // 20), lapse=expire_discount),
     "customers": Factory(new_customer, lambda rng, customers: customers, change=rename_customer),
     "customer_addresses": Factory(new_address, lambda rng, customer: rng.randint(0, 3), made_with="customers",
                                   change=move_address),
@@ -678,7 +730,8 @@ FACTORIES: dict[str, Factory | Document] = {
                             change=restatus_transaction, created=transaction_created),
     # one report with the first customer, then with every hundredth
     "reports": Factory(new_report, lambda rng, customer: int(customer % 100 == 0), made_with="customers",
-                       change=finish_report),
+                       change=finish_report, changeable=lambda report: report["status"] == "pending",
+                       lapse=expire_report),
     # about one adjustment for every 16 transactions, made once the rest of the world is
     "adjustments": Factory(new_adjustment, lambda rng, customers: max(2, customers // 8), change=review_adjustment,
                            changeable=pending_approval, history=adjustments_history),

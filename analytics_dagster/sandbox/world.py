@@ -46,7 +46,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from analytics_dagster.rfc3339 import CROCKFORD as _CROCKFORD, format_ns, id_floor, parse_ns
-from analytics_dagster.sandbox.factories import FACTORIES, Document, Factory, check
+from analytics_dagster.sandbox.factories import FACTORIES, Document, Factory, check, redeem_discount
 from analytics_dagster.source.resources import RESOURCES, ApiResource
 
 _START_NS = 1_672_531_200 * 10**9  # 2023-01-01T00:00:00Z
@@ -124,6 +124,7 @@ class World:
         self._generate(customers)
         self._write_history_events()
         self._generate_later(customers)
+        self._lapse()
 
     @property
     def event_types(self) -> list[dict[str, Any]]:
@@ -304,11 +305,14 @@ class World:
     def _new_event(
         self, event_type: str, snapshot: dict[str, Any], ts: str, at_ns: int | None = None
     ) -> dict[str, Any]:
+        # what the API's events of the entity leave out (`ApiResource.event_omits`) they lack
+        omitted = next((r.event_omits for r in self.resources.values() if r.event_entity == event_type.split(".")[0]), ())
         entity = {
             "event_id": self.new_id(self._event_prefix, at_ns),
             "event_type": event_type,
             "occurred_at": ts,
-            "data": dict(snapshot),  # a snapshot: later top-level changes do not reach it
+            # a snapshot: later top-level changes do not reach it
+            "data": {k: v for k, v in snapshot.items() if k not in omitted},
         }
         return self._store(EVENTS, entity)
 
@@ -455,6 +459,7 @@ class World:
         seconds: float = 60.0,
         same_instant: bool = False,
         precision_traps: int = 0,
+        checkouts: int = 0,
     ) -> dict[str, list[str]]:
         """Move the world forward: update, archive and create entities, emitting events.
 
@@ -474,12 +479,22 @@ class World:
             precision_traps: entities changed twice within one second, the first stamped
                 `…SS.9xxxxxZ` (6 digits), the second 10 ms later `…SS.9Z` (1 digit): the later
                 change reads earlier (each has its event, in the order of the changes).
+            checkouts: checkouts that redeem an active discount: its `times_used` grows, with
+                no event and no new `updated_at` (at its `usage_limit` it becomes `used`,
+                stamped, with no event either).
+
+        As the clock moves, what time changes by itself (`Factory.lapse`: discounts and
+        reports expiring) changes, stamped, with no event.
 
         Returns:
             The keys touched, per resource.
         """
         self.clock_ns += int(seconds * 1e9)
         round_ = _Round(self, self.stamp() if same_instant else None)
+        for resource, key in self._lapse():
+            round_.note(resource, key)
+        for _ in range(checkouts):
+            self._checkout(round_)
         # each resource as likely as the entities an update can change (`Factory.changeable`)
         weights = [len(self._changeable(r)) for r in self.updatable]
         updatable = [r for r, weight in zip(self.updatable, weights) if weight]
@@ -507,6 +522,31 @@ class World:
         for _ in range(new_event_types):
             self._new_event_type(round_)
         return round_.touched
+
+    def _lapse(self) -> list[tuple[str, str]]:
+        """Apply what time changed by itself (`Factory.lapse`), stamped now, with no event."""
+        changed = []
+        for name, factory in self.factories.items():
+            if isinstance(factory, Factory) and factory.lapse is not None:
+                for key in self.ids[name]:
+                    entity = self.entities[name][key]
+                    if factory.lapse(self, entity):
+                        self._touch(name, entity, self.stamp())
+                        changed.append((name, key))
+        return changed
+
+    def _checkout(self, round_: _Round) -> None:
+        """A checkout redeeming one active discount: silent (`factories.redeem_discount`)."""
+        active = [k for k in self.ids["discounts"] if self.entities["discounts"][k]["status"] == "active"]
+        if not active:
+            return
+        key = self.rng.choice(active)
+        entity = self.entities["discounts"][key]
+        if redeem_discount(self, entity):
+            self._touch("discounts", entity, round_.stamp())
+        else:
+            self._blobs.pop(key, None)  # (its cached JSON)
+        round_.note("discounts", key)
 
     def _changeable(self, resource: str) -> list[str]:
         """The keys of the entities of `resource` an update can change (`Factory.changeable`)."""

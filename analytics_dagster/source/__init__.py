@@ -43,6 +43,7 @@ from analytics_dagster.source.plan import SyncPlan, plan_sync
 from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS, change_filter, start_params
 from analytics_dagster.source.pacing import paced_session
 from analytics_dagster.source.paginator import HasMorePaginator, json_once
+from analytics_dagster.source.permissions import skip_when_forbidden
 from analytics_dagster.source.pipeline import SOURCE_NAME
 from analytics_dagster.source.progress import Progress
 from analytics_dagster.source.resources import RESOURCES, RESOURCES_BY_NAME, ApiResource, api_root
@@ -234,7 +235,7 @@ def analytics_source(
         "client": {"base_url": settings.api_root, "auth": BearerTokenAuth(token=settings.api_key), "session": session},
         "resource_defaults": {"write_disposition": "merge"},
         "resources": [
-            _endpoint_config(resource, settings, full_refresh, progress, plan)
+            _endpoint_config(resource, settings, full_refresh, progress, plan, session)
             for resource in [RESOURCES_BY_NAME["customers"]] + [r for r in listed if r.name != "customers"]
         ],
     }
@@ -310,8 +311,10 @@ def _endpoint_config(
     full_refresh: bool,
     progress: Optional[Progress],
     plan: SyncPlan,
+    session: Session,
 ) -> dict[str, Any]:
-    """The `rest_api` configuration of `resource`'s listing."""
+    """The `rest_api` configuration of `resource`'s listing. A `forbidden` answer (the key
+    lacks the permission) skips the table for the run (`permissions`)."""
     page_size, parallel, lookback_seconds = (settings.page_sizes[resource.name], settings.parallel_children,
                                              settings.lookback_seconds)
     params: dict[str, Any] = {}
@@ -320,7 +323,11 @@ def _endpoint_config(
         # compiled once: given as a string, dlt's client parses the JSONPath again for every page
         "data_selector": compile_path(resource.data_selector),
         "params": params,
-        "response_actions": [json_once(resource.name)],
+        "response_actions": [
+            skip_when_forbidden(plan.forbidden, resource.name, session,
+                                reached=[t for t in _served(resource)[1:] if t not in plan.feeds]),
+            json_once(resource.name),
+        ],
     }
     if resource.paginated:
         # in id order, so that a backfill can resume after the last id it committed

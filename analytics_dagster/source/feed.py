@@ -9,6 +9,7 @@ import dlt
 import orjson
 
 from analytics_dagster.rfc3339 import format_ns, parse_ns
+from analytics_dagster.source.paginator import HasMorePaginator
 from analytics_dagster.source.events import cursor_after, digest, has_more, keyed, last_keyed, window_floor
 from analytics_dagster.source.plan import SyncPlan, window_from
 from analytics_dagster.source.resources import ApiResource, table_of_event
@@ -18,6 +19,9 @@ from analytics_dagster.source.state import forget_listed, keep_findings, write_e
 _WRITE_BATCH = 1000
 # at most this many events without an id seen are kept per table
 _MAX_UNKEYED = 1000
+# entities fetched by id in one request, for the fields their events leave out: 100 ids of
+# Paddle's (30 characters each, comma-separated) keep the URL near 3 KB
+_FETCH_BATCH = 100
 
 
 class _End:
@@ -148,7 +152,8 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
             forget_listed(dlt.current.resource_state(api.name), [key for key, _ in fresh])
             winners.clear()
             for start in range(0, len(fresh), _WRITE_BATCH):
-                yield [orjson.loads(data) for _, data in fresh[start:start + _WRITE_BATCH]]
+                batch = [orjson.loads(data) for _, data in fresh[start:start + _WRITE_BATCH]]
+                yield with_omitted(api, plan, batch)
             return
         for key, event in read.after_start(item):
             if table_of_event(event.get("event_type") if isinstance(event, dict) else None) != api.name:
@@ -165,6 +170,33 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
                 created.add(entity)
 
     return apply
+
+
+def with_omitted(api: ApiResource, plan: SyncPlan, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` (events' snapshots) with the fields the API's events leave out
+    (`api.event_omits`) as the API holds them now: the entities fetched by id, `_FETCH_BATCH`
+    a request. Without them the merge would null those columns. An entity the API no longer
+    lists keeps its snapshot as it is."""
+    if not api.event_omits or not rows:
+        return rows
+    assert plan.client is not None, "the plan keeps the client it was made with"
+    current: dict[str, dict[str, Any]] = {}
+    ids = [row[api.primary_key] for row in rows]
+    for start in range(0, len(ids), _FETCH_BATCH):
+        batch = ids[start:start + _FETCH_BATCH]
+        params = {"id": ",".join(batch), "per_page": min(len(batch), api.max_page_size)}
+        try:
+            for page in plan.client.paginate(api.path, params=params, data_selector="data",
+                                             paginator=HasMorePaginator(api.name, parts=api.parts)):
+                current.update((entity[api.primary_key], entity) for entity in page if isinstance(entity, dict))
+        except Exception as exc:
+            raise RuntimeError(f"resource '{api.name}': fetching {', '.join(api.event_omits)} of "
+                               f"{len(batch)} entities its events changed (events leave them out) failed: {exc}") from None
+    for row in rows:
+        entity = current.get(row[api.primary_key])
+        if entity is not None:
+            row.update((name, entity.get(name)) for name in api.event_omits)
+    return rows
 
 
 def events_from_feed(plan: SyncPlan) -> Callable[[Any], Iterator[Any]]:

@@ -169,7 +169,10 @@ def change_filter(api: ApiResource, *, full_refresh: bool, lookback_seconds: int
                   began: Callable[[], Optional[int]] = lambda: None) -> Optional[ChangedSince]:
     """The filter step of a listing of `api` (None: every row it reads is written); `since`:
     the instant its window starts from, when not the state's (a chunked listing's); `began`:
-    the API's clock when the listing began (None: not known)."""
+    the API's clock when the listing began (None: not known). A table with fields that change
+    without moving `updated_at` (`unnotified`) has none: every row is written."""
+    if api.unnotified:
+        return None
     if api.listing in ("client_updated_at", "server_updated_at"):
         return ChangedSince(api, full_refresh, lookback_seconds * NS_PER_SECOND, since, began)
     return None

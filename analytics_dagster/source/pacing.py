@@ -14,6 +14,8 @@ from dlt.sources.helpers.requests import Client
 from requests import PreparedRequest, Response, Session
 from requests.adapters import HTTPAdapter
 
+from analytics_dagster.source.permissions import RefusingAdapter
+
 # a little under the limit: client and server clocks see each request at slightly different
 # moments, and the API counts whole minutes
 _HEADROOM = 0.97
@@ -36,17 +38,22 @@ class Pacer:
             time.sleep(start - now)
 
 
-class PacedAdapter(HTTPAdapter):
+class PacedAdapter(HTTPAdapter, RefusingAdapter):
     """A transport that waits for the pacer (if any) before every attempt, retries included,
-    and tells `on_request` of each."""
+    and tells `on_request` of each; the requests of a table the key may not read
+    (`permissions.refuse`) it answers itself, unsent."""
 
     def __init__(self, pacer: Optional[Pacer], on_request: Optional[Callable[[str], None]] = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pacer = pacer
         self.on_request = on_request
+        self.refused: set[str] = set()
 
     def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
         if self.pacer is not None:
             self.pacer.wait()
         if self.on_request is not None:
@@ -62,9 +69,8 @@ def paced_session(requests_per_minute: int, max_connections: int = 50,
     `on_request` is told the URL of every attempt (the run's request count).
     """
     session = Client(raise_for_status=False, max_connections=max_connections).session
-    if requests_per_minute > 0 or on_request is not None:
-        pacer = Pacer(requests_per_minute) if requests_per_minute > 0 else None
-        adapter = PacedAdapter(pacer, on_request, pool_maxsize=max_connections)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+    pacer = Pacer(requests_per_minute) if requests_per_minute > 0 else None
+    adapter = PacedAdapter(pacer, on_request, pool_maxsize=max_connections)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     return session

@@ -32,6 +32,7 @@ from analytics_dagster.source.events import (
     window_floor,
 )
 from analytics_dagster.source.paginator import json_once, page_json
+from analytics_dagster.source.permissions import grant_line, is_forbidden
 from analytics_dagster.source.incremental import FROM_STATE, window_max
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
 from analytics_dagster.source.state import part_key, unlisted_parts
@@ -72,6 +73,10 @@ class SyncPlan:
         problems: the events this run could not apply (table, event_id, event_type, problem).
         gaps: per table, the events it missed because they passed the API's retention
             (`from`, `to`): only `events`, whose cursor is never listed again.
+        client: the API's client the plan read the stream with; the feed fetches with it what
+            events leave out (`ApiResource.event_omits`).
+        forbidden: per table this run could not read for want of a permission of the key
+            (403 `forbidden`), what to grant; the table is skipped, the others go on.
     """
 
     incremental: str
@@ -92,6 +97,8 @@ class SyncPlan:
     unkeyed: dict[str, list[str]] = field(default_factory=dict)
     problems: list[dict[str, Any]] = field(default_factory=list)
     gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    client: Optional[RESTClient] = None
+    forbidden: dict[str, str] = field(default_factory=dict)
     _pages: Optional[Iterator[Any]] = None
     _clock: Optional[float] = None  # (monotonic) when this chunk's extraction began
 
@@ -168,14 +175,25 @@ def plan_sync(
         raise ValueError(f"sources.analytics.incremental is {incremental!r}: it must be one of {list(INCREMENTAL_MODES)}")
     tables = list(tables)
     plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds, lag_ns=visibility_lag_seconds * NS_PER_SECOND,
-                    retention_ns=retention_days * DAY_NS)
+                    retention_ns=retention_days * DAY_NS, client=client)
     cursors = _choose_modes(plan, resource_states, tables, full_refresh)
     first: Any = None
     if cursors:
-        first = _plan_the_read(plan, client, cursors, tables, page_size,
-                               retention_days=retention_days, margin_days=retention_margin_days)
+        try:
+            first = _plan_the_read(plan, client, cursors, tables, page_size,
+                                   retention_days=retention_days, margin_days=retention_margin_days)
+        except StreamForbidden as exc:
+            if plan.incremental != "listing":
+                raise
+            # listing mode reads the stream for the `events` table alone: that table is skipped
+            plan.forbidden["events"] = grant_line("events")
+            plan.modes.pop("events", None)
     _start_backfills(plan, client, first, resource_states, tables, full_refresh)
     return plan
+
+
+class StreamForbidden(RuntimeError):
+    """The key may not read the event stream (403 `forbidden`: it lacks `notification.read`)."""
 
 
 def _choose_modes(plan: SyncPlan, resource_states: dict[str, dict[str, Any]], tables: list[str],
@@ -202,6 +220,8 @@ def _choose_modes(plan: SyncPlan, resource_states: dict[str, dict[str, Any]], ta
             plan.reasons[table] = f"backfill resumed after {backfill['rows']} rows ({backfill['after']})"
         elif not cursor:
             plan.modes[table], plan.reasons[table] = "listing", "first listing (no event cursor yet)"
+        elif RESOURCES_BY_NAME[table].unnotified:
+            plan.modes[table], plan.reasons[table] = "listing", _unnotified_reason(table)
         elif unlisted := unlisted_parts(state, RESOURCES_BY_NAME[table].parts):
             plan.modes[table], plan.reasons[table] = "listing", _unlisted_reason(unlisted)
         else:
@@ -265,6 +285,11 @@ def _start_backfills(plan: SyncPlan, client: RESTClient, first: Any, resource_st
             whole = full_refresh or bool(unlisted_parts(state, RESOURCES_BY_NAME[table].parts))
             since = None if whole else window_max(state)
             plan.backfills[table] = {"after": None, "rows": 0, "position": None, "since_ns": since}
+
+
+def _unnotified_reason(table: str) -> str:
+    fields = ", ".join(RESOURCES_BY_NAME[table].unnotified)
+    return f"listed every run: its {fields} change{'s' if ',' not in fields else ''} with no event"
 
 
 def _unlisted_reason(unlisted: list[dict[str, str]]) -> str:
@@ -355,6 +380,15 @@ def _request(call: Callable[[], Any], tables: list[str]) -> Any:
     try:
         return call()
     except Exception as exc:
+        if is_forbidden(getattr(exc, "response", None)):
+            permission = RESOURCES_BY_NAME["events"].permission
+            raise StreamForbidden(
+                f"resource 'events': the API key lacks the permission {permission} (403 forbidden on "
+                f"{EVENTS_PATH}), and events mode keeps {', '.join(t for t in tables if t != 'events') or 'the tables'} "
+                f"from the event stream. Grant {permission} to the key (Paddle: Developer tools > "
+                "Authentication), or set sources.analytics.incremental = \"listing\" (every run then lists "
+                "every table whole or by its change window: many more requests; the events table is skipped)"
+            ) from None
         raise RuntimeError(
             f"resource 'events': the run's first request, to the event stream ({EVENTS_PATH}), "
             f"made to plan the sync of {', '.join(tables)}, failed: {exc}"

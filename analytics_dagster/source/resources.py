@@ -82,6 +82,15 @@ ACTIVE_OR_ARCHIVED = ListFilter("status", ("active", "archived"), default=("acti
 # out of a listing that does not ask for them, and the parameter takes one value a request
 CATALOG_TYPE = ListFilter("type", ("standard", "custom"), default=("standard",), several=False)
 DISCOUNT_MODE = ListFilter("mode", ("standard", "custom"), default=("standard",), several=False)
+# Paddle's discounts: `active` unless asked; `expired` (its `expires_at` passed) and `used` (its
+# `usage_limit` reached) are statuses Paddle sets by itself, described on the discount's status
+# though the list parameter's enum names only active and archived: the docs say the parameter is
+# how to get archived or expired discounts, so every status a discount can hold is asked
+DISCOUNT_STATUS = ListFilter("status", ("active", "archived", "expired", "used"), default=("active",))
+# Paddle's reports: `pending` and `ready` unless asked; a report that failed or expired would
+# otherwise stay `ready` in the warehouse for good. The spec's enum has these four (the docs'
+# prose also names `deleted`, which the spec does not accept: asked, it could fail the listing)
+REPORT_STATUS = ListFilter("status", ("pending", "ready", "failed", "expired"), default=("pending", "ready"))
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,8 @@ class ApiResource:
         primary_key: the column rows are merged on.
         page_size: `per_page` asked for (the API caps it: 200, transactions 30, adjustments 50).
         hides_archived: the API hides archived entities unless `status=active,archived` is
-            asked (the source asks): shorthand for the list filter `ACTIVE_OR_ARCHIVED`.
+            asked (the source asks): shorthand for the list filter `ACTIVE_OR_ARCHIVED`, unless
+            `hidden` has a `status` filter of its own (discounts: more statuses than two).
         hidden: the other query parameters whose default leaves entities out (`ListFilter`):
             a listing asks for every value of each (`parts`), so it lists the whole resource.
         paginated: False for an endpoint that returns everything at once (no `per_page`, no cursor).
@@ -112,8 +122,19 @@ class ApiResource:
         max_page_size: the most rows a page of it holds: the API cuts a larger `per_page` to it.
         order_fields: the fields its list can be ordered by (`order_by=<field>[ASC|DESC]`).
         filters: the fields its list can be filtered on, besides `status` (`?transaction_id=a,b`:
-            the entities whose field is one of those values). The source reads whole lists and
-            asks for none; the sandbox serves them.
+            the entities whose field is one of those values). The source reads whole lists, and
+            asks for `id` only to fetch what its events leave out (`event_omits`); the sandbox
+            serves them.
+        permission: what the API key needs to list it (the operation's `x-permissions` in
+            Paddle's spec); a key without it gets 403 `forbidden` there alone, and the table is
+            skipped, saying which permission to grant. None: any valid key.
+        event_omits: fields its events' snapshots leave out, though the entity has them (the
+            spec's event descriptions: "the complete subscription entity, except
+            `management_urls`"). The sync fetches the entities an event changed, by id, for
+            these (one request per page of changed entities), so the merge never nulls them.
+        unnotified: fields that change with no event at all (a discount's `times_used`, "changes
+            frequently, so isn't included in payloads"): the table is listed whole every run,
+            in events mode too, and every row written (a small table: a few requests).
 
     The local sandbox (`analytics_dagster.sandbox`) serves every resource from this table too:
     its route (`path`), its ids (`id_prefix`), its pages (`max_page_size`, `order_fields`),
@@ -137,6 +158,9 @@ class ApiResource:
     order_fields: tuple[str, ...] = ("id",)
     filters: tuple[str, ...] = ()
     hidden: tuple[ListFilter, ...] = ()
+    permission: str | None = None
+    event_omits: tuple[str, ...] = ()
+    unnotified: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.page_size > self.max_page_size:
@@ -152,8 +176,10 @@ class ApiResource:
 
     @property
     def list_filters(self) -> tuple[ListFilter, ...]:
-        """Every query parameter whose default leaves part of the resource out."""
-        return ((ACTIVE_OR_ARCHIVED,) if self.hides_archived else ()) + self.hidden
+        """Every query parameter whose default leaves part of the resource out (a `status`
+        of `hidden` stands for `hides_archived`'s)."""
+        named = {f.name for f in self.hidden}
+        return ((ACTIVE_OR_ARCHIVED,) if self.hides_archived and "status" not in named else ()) + self.hidden
 
     @property
     def parts(self) -> tuple[dict[str, str], ...]:
@@ -177,49 +203,53 @@ ENTITY_JSON: tuple[tuple[str, str], ...] = (("custom_data", "json"), ("import_me
 RESOURCES: tuple[ApiResource, ...] = (
     ApiResource(
         "customers", "/customers", "id", "Customers (ctm_…), archived included.", hides_archived=True,
-        event_entity="customer", id_prefix="ctm",
+        event_entity="customer", id_prefix="ctm", permission="customer.read",
         nullable=ENTITY_JSON,
     ),
     ApiResource(
         "customer_addresses", "/customers/{cus_id}/addresses", "id",
         "Addresses (add_…) of each customer, archived included; fetched once per customer.",
-        hides_archived=True, event_entity="address", id_prefix="add",
+        hides_archived=True, event_entity="address", id_prefix="add", permission="address.read",
         nullable=ENTITY_JSON + (("description", "text"), ("second_line", "text"), ("region", "text")),
     ),
     ApiResource(
         "businesses", "/customers/{cus_id}/businesses", "id",
         "Businesses (biz_…) of each customer, archived included; fetched once per customer.",
-        hides_archived=True, event_entity="business", id_prefix="biz",
+        hides_archived=True, event_entity="business", id_prefix="biz", permission="business.read",
         nullable=ENTITY_JSON,
     ),
     ApiResource(
-        "discounts", "/discounts", "id", "Discounts (dsc_…), archived and custom (non-catalog) included.",
-        hides_archived=True, hidden=(DISCOUNT_MODE,), event_entity="discount", id_prefix="dsc",
+        "discounts", "/discounts", "id",
+        "Discounts (dsc_…) of every status (archived, expired, used) and custom (non-catalog) ones; listed every run.",
+        hides_archived=True, hidden=(DISCOUNT_STATUS, DISCOUNT_MODE), event_entity="discount", id_prefix="dsc", permission="discount.read",
+        event_omits=("times_used",), unnotified=("times_used",), filters=("id",),
         nullable=ENTITY_JSON + (("code", "text"), ("expires_at", "text"), ("usage_limit", "bigint"),
                   ("maximum_recurring_intervals", "bigint"), ("restrict_to", "json"),
                   ("discount_group_id", "text"), ("discount_group", "json")),
     ),
     ApiResource(
         "prices", "/prices", "id", "Prices (pri_…) of products, archived and custom (non-catalog) included.",
-        hides_archived=True, hidden=(CATALOG_TYPE,), event_entity="price", id_prefix="pri",
+        hides_archived=True, hidden=(CATALOG_TYPE,), event_entity="price", id_prefix="pri", permission="price.read",
         nullable=ENTITY_JSON + (("billing_cycle", "json"), ("trial_period", "json"), ("name", "text")),
     ),
     ApiResource(
         "products", "/products", "id", "Products (pro_…), archived and custom (non-catalog) included.",
         hides_archived=True, hidden=(CATALOG_TYPE,), event_entity="product", id_prefix="pro", order_fields=("id", "updated_at"),
+        permission="product.read",
         nullable=ENTITY_JSON,
     ),
     ApiResource(
         "events", "/events", "event_id",
         "Events (evt_…): every change the API notified, each with a snapshot of the entity.",
-        listing="event_stream", id_prefix="evt",
+        listing="event_stream", id_prefix="evt", permission="notification.read",
     ),
     ApiResource(
         "event_types", "/event-types", "name", "The types of event the API can send.",
         paginated=False, listing="replace",
     ),
     ApiResource(
-        "reports", "/reports", "id", "Reports (rep_…); rows is null while pending.", id_prefix="rep",
+        "reports", "/reports", "id", "Reports (rep_…) of every status (failed and expired too); rows is null while pending.",
+        id_prefix="rep", hidden=(REPORT_STATUS,), permission="report.read",
         nullable=(("rows", "bigint"), ("expires_at", "timestamp")),
     ),
     ApiResource(
@@ -229,7 +259,7 @@ RESOURCES: tuple[ApiResource, ...] = (
     ),
     ApiResource(
         "subscriptions", "/subscriptions", "id", "Subscriptions (sub_…).", event_entity="subscription",
-        id_prefix="sub",
+        id_prefix="sub", permission="subscription.read", event_omits=("management_urls",), filters=("id",),
         nullable=ENTITY_JSON + (("address_id", "text"), ("business_id", "text"), ("paused_at", "timestamp"),
                   ("canceled_at", "timestamp"), ("next_billed_at", "timestamp"),
                   ("discount", "json"), ("billing_details", "json"), ("scheduled_change", "json"),
@@ -239,7 +269,7 @@ RESOURCES: tuple[ApiResource, ...] = (
     ApiResource(
         "transactions", "/transactions", "id", "Transactions (txn_…), with items and totals.",
         page_size=30, max_page_size=30, listing="server_updated_at", event_entity="transaction",
-        id_prefix="txn",
+        id_prefix="txn", permission="transaction.read",
         nullable=ENTITY_JSON + (("address_id", "text"), ("business_id", "text"), ("subscription_id", "text"),
                   ("invoice_id", "text"), ("invoice_number", "text"), ("discount_id", "text"),
                   ("billed_at", "timestamp"), ("revised_at", "timestamp"),
@@ -249,7 +279,7 @@ RESOURCES: tuple[ApiResource, ...] = (
     ApiResource(
         "adjustments", "/adjustments", "id",
         "Adjustments (adj_…): refunds, credits and chargebacks of transactions' items, with totals.",
-        page_size=50, max_page_size=50, event_entity="adjustment", id_prefix="adj",
+        page_size=50, max_page_size=50, event_entity="adjustment", id_prefix="adj", permission="adjustment.read",
         filters=("id", "action", "customer_id", "subscription_id", "transaction_id"),
         nullable=(("subscription_id", "text"), ("credit_applied_to_balance", "bool"),
                   ("payout_totals", "json")),

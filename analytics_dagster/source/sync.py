@@ -51,7 +51,9 @@ class SyncRun:
         progress: where requests, pages and rows are counted (and lines reported).
         report, warn: where the run's lines go (its plan per load, chunks, findings).
         plans: each load's plan, in order. written: rows written per table. loads: loads per
-            table. states: the tables' states as the last load committed them.
+            table. states: the tables' states as the last load committed them. forbidden: the
+            tables the key may not read (403 `forbidden`), skipped, each with what to grant
+            (`permissions`).
     """
 
     pipeline: dlt.Pipeline
@@ -65,6 +67,7 @@ class SyncRun:
     written: Counter[str] = field(default_factory=Counter)
     loads: Counter[str] = field(default_factory=Counter)
     states: dict[str, TableState] = field(default_factory=dict)
+    forbidden: dict[str, str] = field(default_factory=dict)
     _session: Optional[Session] = None
 
     def run(self, load: Callable[[DltSource], Iterable[Any]]) -> Iterator[Load]:
@@ -77,15 +80,17 @@ class SyncRun:
             yield Load(tables=chunk, plan=plan, results=results)
             # (the state this load committed: a later chunk's plan reads it, not the destination)
             self.states = resource_states(self.pipeline, from_destination=False)
-            backfilling = [t for t in chunk if backfill(self.states.get(t, {})) and t in plan.backfills]
-            finished |= {t for t, b in plan.backfills.items() if b["position"]} - set(backfilling)
+            # (a table the key may not read is not tried again in this run)
+            backfilling = [t for t in chunk if backfill(self.states.get(t, {})) and t in plan.backfills
+                           and t not in self.forbidden]
+            finished |= {t for t, b in plan.backfills.items() if b["position"]} - set(backfilling) - set(self.forbidden)
             reading = sorted(plan.feeds) if plan.feed_more else []  # the read of the stream goes on
             if backfilling or reading:
                 self.report(f"chunk {len(self.plans)} committed; " + "; ".join(
                     [self._backfill_line(t) for t in backfilling] + [self._cursor_line(t) for t in reading]))
                 chunk = sorted(set(backfilling) | set(reading))
             elif finished and not caught_up:  # the changes made while they were listed
-                chunk, caught_up = sorted(finished | ({"events"} & set(self.tables))), True
+                chunk, caught_up = sorted((finished | ({"events"} & set(self.tables))) - set(self.forbidden)), True
             else:
                 chunk = []
         self.report("read: " + "; ".join(self.progress.summary()))
@@ -102,20 +107,27 @@ class SyncRun:
         self.plans.append(plan)
         source = analytics_source(settings, plan, session, full_refresh=full_refresh, progress=self.progress)
         self.report(f"plan {len(self.plans)}: " + "; ".join(plan_line(plan, t) for t in chunk))
+        loaded = [t for t in chunk if t not in plan.forbidden]  # (the plan found the stream forbidden)
+        results: list[Any] = []
         try:
-            results = list(load(source if chunk == self.tables else source.with_resources(*chunk)))
+            if loaded:
+                results = list(load(source if loaded == self.tables else source.with_resources(*loaded)))
         except Exception as error:
             # (a chunk of very wide rows: loaded again, from its package, with more memory)
             if load_with_more_memory(self.pipeline, error, self.warn) is None:
                 raise
             results = []  # (the load function's results were lost with its error)
+        for table, grant in plan.forbidden.items():
+            if table not in self.forbidden:
+                self.forbidden[table] = grant
+                self.warn(grant)
         for problem in plan.problems:  # applied none of it; every other change went in
             self.warn(f"resource '{problem['table']}': event {problem['event_id']} "
                       f"({problem['event_type']}) was not applied: {problem['problem']}")
         for table, gap in plan.gaps.items():
             self.warn(f"resource '{table}': the events from {gap['from']} to {gap['to']} passed "
                       "the API's retention before this run read them: they are missing")
-        counts = self.pipeline.last_trace.last_normalize_info.row_counts
+        counts = self.pipeline.last_trace.last_normalize_info.row_counts if loaded else {}
         self.written.update({t: n for t, n in counts.items() if t in self.tables})
         self.loads.update(chunk)
         return plan, results
