@@ -32,8 +32,8 @@ def test_the_registry_lists_every_part_the_spec_defines() -> None:
     """Each listing's parts together ask for every value of each filter that hides entities."""
     assert RESOURCES_BY_NAME["prices"].parts == (
         {"status": "active,archived", "type": "standard"}, {"status": "active,archived", "type": "custom"})
-    assert RESOURCES_BY_NAME["discounts"].parts == (
-        {"status": "active,archived", "mode": "standard"}, {"status": "active,archived", "mode": "custom"})
+    every = "active,archived,expired,used"
+    assert RESOURCES_BY_NAME["discounts"].parts == ({"status": every, "mode": "standard"}, {"status": every, "mode": "custom"})
     assert RESOURCES_BY_NAME["customers"].parts == ({"status": "active,archived"},)
     assert RESOURCES_BY_NAME["subscriptions"].parts == ({},)
 
