@@ -728,8 +728,8 @@ FACTORIES: dict[str, Factory | Document] = {
                              made_with="customers", change=restatus_subscription),
     "transactions": Factory(new_transaction, lambda rng, customer: rng.randint(0, 4), made_with="customers",
                             change=restatus_transaction, created=transaction_created),
-    # one report with the first customer, then with every hundredth
-    "reports": Factory(new_report, lambda rng, customer: int(customer % 100 == 0), made_with="customers",
+    # one report with the first customer, then with every twentieth
+    "reports": Factory(new_report, lambda rng, customer: int(customer % 20 == 0), made_with="customers",
                        change=finish_report, changeable=lambda report: report["status"] == "pending",
                        lapse=expire_report),
     # about one adjustment for every 16 transactions, made once the rest of the world is

@@ -65,7 +65,7 @@ __all__ = [
     "configured_api_root",
 ]
 
-DEFAULT_REQUESTS_PER_MINUTE = 240  # the API's rate limit per client
+DEFAULT_REQUESTS_PER_MINUTE = 240  # the API's rate limit per IP address (docs/api.md)
 # A backfill (and a read of the event stream) commits after this much extraction: paced at 240
 # requests a minute, a chunk is about 240 requests, the most a killed or failed backfill loses
 # (customers: at least a page, 200 customers' children); unpaced, a small or mid-sized account
@@ -324,7 +324,7 @@ def _endpoint_config(
         "data_selector": compile_path(resource.data_selector),
         "params": params,
         "response_actions": [
-            skip_when_forbidden(plan.forbidden, resource.name, session,
+            skip_when_forbidden(plan.skip, resource.name, session,
                                 reached=[t for t in _served(resource)[1:] if t not in plan.feeds]),
             json_once(resource.name),
         ],

@@ -32,7 +32,7 @@ def record_page(plan: SyncPlan, tables: Iterable[str], data: list[dict[str, Any]
     When the listing is done, each table's cursor becomes the stream's position at the
     backfill's start, and the next run replays the changes made since from the events.
     """
-    served = [t for t in tables if t in plan.backfills]
+    served = [t for t in tables if t in plan.backfills and t not in plan.forbidden]
     if not served:
         return True  # not a backfill: no chunks
     if any(not isinstance(row, dict) or not row.get(key) for row in data):
@@ -40,7 +40,7 @@ def record_page(plan: SyncPlan, tables: Iterable[str], data: list[dict[str, Any]
     going = plan.chunk_rows <= 0
     for table in served:
         backfill = plan.backfills[table]
-        state = dlt.current.resource_state(table)
+        state = plan.live_states[table] = dlt.current.resource_state(table)
         if backfill.get("part", 0) != part:  # the page ended a part: the next one starts from its first page
             backfill.update(part=part, after=None)
         elif data:

@@ -55,19 +55,19 @@ def grant_line(table: str, via: Optional[str] = None) -> str:
             "syncs it; the other tables were synced.")
 
 
-def skip_when_forbidden(forbidden: dict[str, str], table: str, session: Session,
+def skip_when_forbidden(skip: Callable[[str, str], None], table: str, session: Session,
                         reached: Iterable[str] = ()) -> Callable[..., None]:
-    """A response hook of `table`'s listing: a `forbidden` answer records the table in
-    `forbidden` (with what to grant), stops its listing with no rows, and makes the session
-    refuse the table's other requests for the rest of the run. `reached`: the tables listed
-    through this one (a customer's children), skipped with it."""
+    """A response hook of `table`'s listing: a `forbidden` answer skips the table (`skip`: the
+    plan's, told what to grant), stops its listing with no rows, and makes the session refuse
+    the table's other requests for the rest of the run. `reached`: the tables listed through
+    this one (a customer's children), skipped with it."""
     reached = list(reached)
 
     def hook(response: Response, *args: Any, **kwargs: Any) -> None:
         if is_forbidden(response):
-            forbidden.setdefault(table, grant_line(table))
+            skip(table, grant_line(table))
             for child in reached:
-                forbidden.setdefault(child, grant_line(child, via=table))
+                skip(child, grant_line(child, via=table))
             refuse(session, [table])
             raise IgnoreResponseException()
 

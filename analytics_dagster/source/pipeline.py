@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import dlt
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
 from dlt.common.pipeline import get_dlt_pipelines_dir
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
 from analytics_dagster.source.duckdb_lock import DEFAULT_LOCK_WAIT_SECONDS, waiting_credentials
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
@@ -223,14 +224,20 @@ def table_stats(
 ) -> dict[str, dict[str, object]]:
     """Per table: rows and, with `keys`, null primary keys and up to 10 duplicated ones.
 
-    Goes through dlt's SQL client, so it works on whichever destination is configured.
+    Goes through dlt's SQL client, so it works on whichever destination is configured. A table
+    no load has made yet (its listing was skipped: the key may not read it) has no rows.
     """
     stats: dict[str, dict[str, object]] = {}
     with pipeline.sql_client() as client:
         for table in tables:
             qualified = client.make_qualified_table_name(table)
+            try:
+                rows = int(client.execute_sql(f"SELECT COUNT(*) FROM {qualified}")[0][0])
+            except DatabaseUndefinedRelation:
+                stats[table] = {"rows": 0} if not keys else {"rows": 0, "null_keys": 0, "duplicate_keys": {}}
+                continue
             if not keys:
-                stats[table] = {"rows": int(client.execute_sql(f"SELECT COUNT(*) FROM {qualified}")[0][0])}
+                stats[table] = {"rows": rows}
                 continue
             column = client.escape_column_name(RESOURCES_BY_NAME[table].primary_key)
             rows, null_keys = client.execute_sql(

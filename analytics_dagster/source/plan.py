@@ -4,6 +4,7 @@ starts, and the backfills in chunks (the overview of events mode: `events`)."""
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -76,7 +77,9 @@ class SyncPlan:
         client: the API's client the plan read the stream with; the feed fetches with it what
             events leave out (`ApiResource.event_omits`).
         forbidden: per table this run could not read for want of a permission of the key
-            (403 `forbidden`), what to grant; the table is skipped, the others go on.
+            (403 `forbidden`), what to grant; the table is skipped, the others go on (`skip`).
+        committed: the tables' states the plan was made from (the last load's).
+        live_states: the states this load's listings are writing (`backfill.record_page`).
     """
 
     incremental: str
@@ -99,6 +102,8 @@ class SyncPlan:
     gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
     client: Optional[RESTClient] = None
     forbidden: dict[str, str] = field(default_factory=dict)
+    committed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    live_states: dict[str, dict[str, Any]] = field(default_factory=dict)
     _pages: Optional[Iterator[Any]] = None
     _clock: Optional[float] = None  # (monotonic) when this chunk's extraction began
 
@@ -132,6 +137,16 @@ class SyncPlan:
                 "run_state) or was read already: build a new source for every run"
             )
         yield from pages
+
+    def skip(self, table: str, why: str) -> None:
+        """`table` cannot be read in this run (`why`: what to grant): recorded, and what the
+        load wrote to its state so far undone (a customers listing records its children's
+        progress with each page, before their own requests are answered)."""
+        self.forbidden.setdefault(table, why)
+        live = self.live_states.get(table)
+        if live is not None:
+            live.clear()
+            live.update(copy.deepcopy(self.committed.get(table, {})))
 
     def since_ns(self, table: str) -> Any:
         """The `max_ns` a chunked listing of `listing` mode keeps its change window from;
@@ -175,7 +190,7 @@ def plan_sync(
         raise ValueError(f"sources.analytics.incremental is {incremental!r}: it must be one of {list(INCREMENTAL_MODES)}")
     tables = list(tables)
     plan = SyncPlan(incremental=incremental, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds, lag_ns=visibility_lag_seconds * NS_PER_SECOND,
-                    retention_ns=retention_days * DAY_NS, client=client)
+                    retention_ns=retention_days * DAY_NS, client=client, committed=resource_states)
     cursors = _choose_modes(plan, resource_states, tables, full_refresh)
     first: Any = None
     if cursors:
@@ -186,7 +201,7 @@ def plan_sync(
             if plan.incremental != "listing":
                 raise
             # listing mode reads the stream for the `events` table alone: that table is skipped
-            plan.forbidden["events"] = grant_line("events")
+            plan.skip("events", grant_line("events"))
             plan.modes.pop("events", None)
     _start_backfills(plan, client, first, resource_states, tables, full_refresh)
     return plan

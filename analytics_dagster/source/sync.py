@@ -29,6 +29,7 @@ from analytics_dagster.source import analytics_source, paced_session, plan_run, 
 from analytics_dagster.source.pipeline import load_with_more_memory, resource_states
 from analytics_dagster.source.plan import SyncPlan
 from analytics_dagster.source.progress import Progress
+from analytics_dagster.source.resources import RESOURCES_BY_NAME
 from analytics_dagster.source.state import TableState, backfill, event_cursor
 
 
@@ -90,6 +91,8 @@ class SyncRun:
                     [self._backfill_line(t) for t in backfilling] + [self._cursor_line(t) for t in reading]))
                 chunk = sorted(set(backfilling) | set(reading))
             elif finished and not caught_up:  # the changes made while they were listed
+                # (not a table listed every run: the next run lists it again, events or none)
+                finished -= {t for t in finished if RESOURCES_BY_NAME[t].unnotified}
                 chunk, caught_up = sorted((finished | ({"events"} & set(self.tables))) - set(self.forbidden)), True
             else:
                 chunk = []
