@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
 import dlt
+from requests import HTTPError
 from dagster import (
     AssetSelection,
     AutomationConditionSensorDefinition,
@@ -40,7 +41,8 @@ from analytics_dagster.source.events import (
     keyed,
     window_floor,
 )
-from analytics_dagster.source.resources import STREAM_TABLES, table_of_event
+from analytics_dagster.source.permissions import is_forbidden
+from analytics_dagster.source.resources import RESOURCES_BY_NAME, STREAM_TABLES, table_of_event
 
 
 sync_all_job = define_asset_job(
@@ -224,6 +226,20 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
     # root as a run resolves it (environment, base_url, path_prefix)
     base_url = configured_api_root()
     api_key = dlt.secrets["sources.analytics.api_key"]
+    try:
+        return _evaluate(context, base_url, api_key)
+    except HTTPError as exc:
+        if not is_forbidden(exc.response):
+            raise
+        # a key without notification.read: nothing to watch; every tick says why (no run: it would fail)
+        permission = RESOURCES_BY_NAME["events"].permission
+        return SensorResult(skip_reason=SkipReason(
+            f"the API key lacks the permission {permission} (403 forbidden on the event stream): this sensor "
+            f"cannot watch it. Grant {permission} to the key (Paddle: Developer tools > Authentication), or "
+            "keep the warehouse current with the daily_all schedule and incremental = \"listing\"."))
+
+
+def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> SensorResult:
     if context.cursor is None:
         newest = latest_event_id(base_url, api_key)
         return SensorResult(

@@ -34,7 +34,9 @@ TABLES = [r.name for r in RESOURCES]
 PRIMARY_KEYS = {r.name: r.primary_key for r in RESOURCES}
 REPLACED = {r.name for r in RESOURCES if r.listing == "replace"}  # read whole by every run
 # the tables without events: every run asks each for its one page (reports, event types, IPs, ...)
-EVERY_RUN = {r.name: 1 for r in RESOURCES if not r.event_entity and r.listing != "event_stream"}
+# the tables every run lists (no events, or fields that change with none: discounts), with the
+# requests a small world's listing of each costs (one a part)
+EVERY_RUN = {r.name: len(r.parts) for r in RESOURCES if (not r.event_entity or r.unnotified) and r.listing != "event_stream"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -103,7 +103,7 @@ def test_a_backfill_killed_part_way_resumes_after_its_last_chunk(
     # event types, IPs) and what the world's changes added to the listings
     # (the new customers' children, a page of new transactions)
     one_chunk = 1 + 2 * CHUNK + 1
-    every_run = 2 + len(EVERY_RUN)
+    every_run = 2 + sum(EVERY_RUN.values())
     grown = 2 * 2 + 1
     assert resumed <= whole - killed + one_chunk + every_run + grown, (whole, killed, resumed)
     assert resumed < 0.6 * whole

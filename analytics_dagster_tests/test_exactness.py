@@ -105,8 +105,8 @@ def test_an_event_visible_after_later_ones_were_read_is_applied(warehouse: Path,
     customers = [c["id"] for c in admin.truth("customers")]
     # the change is made and its event's id taken now, but the event is listed only later
     late = admin.post("mutate", resource="customers", key=customers[0], set={"name": "late"}, hold_event=True)
-    # two seconds later, other changes whose events are visible at once
-    admin.post("advance", seconds=2, updates=8)
+    # two seconds later, other changes whose events are visible at once (none of that customer)
+    admin.post("advance", seconds=2, new_customers=3)
     assert sync().success
     assert late["event_id"] not in warehouse_rows(warehouse, "events")
     admin.post("release", event_ids=[late["event_id"]])

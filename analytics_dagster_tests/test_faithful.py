@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import AssetCheckSeverity
+from dagster import AssetCheckSeverity, DagsterInstance
 
 from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
 from analytics_dagster_tests.conftest import TABLES, Admin, assert_warehouse_equals_api, warehouse_rows
+from analytics_dagster_tests.test_automation import evaluate
 from analytics_dagster_tests.test_events import metadata
 from analytics_dagster_tests.test_failures import step_error
 from analytics_dagster_tests.test_sync import check_results, sync
@@ -160,3 +161,10 @@ def test_a_key_without_notification_read_fails_events_mode_naming_it(warehouse: 
     check = check_results(result, READ_CHECK)["events"]
     assert not check.passed and "notification.read" in check.description
 
+
+
+def test_the_events_sensor_says_why_it_cannot_watch_without_notification_read(warehouse: Path, admin: Admin) -> None:
+    admin.post("config", denied_permissions=["notification.read"])
+    with DagsterInstance.ephemeral() as instance:
+        tick = evaluate(instance, None)
+    assert not tick.run_requests and "notification.read" in tick.skip_message

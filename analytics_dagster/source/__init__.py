@@ -272,7 +272,9 @@ def _table_resource(api: ApiResource, resources: dict[str, DltResource], plan: S
     resource = _table(_pass_pages, api, listing) if api.name == "customers" else resources[api.name]
     step = change_filter(api, full_refresh=full_refresh, lookback_seconds=settings.lookback_seconds,
                          since=plan.since_ns(api.name), began=lambda: plan.api_now_ns)
-    if step is not None and not plan.backfills.get(api.name, {}).get("position"):
+    # (a backfill of events mode writes every row, but for a table filtered on content: it is
+    # listed every run, and its filter's marks are what the next run compares with)
+    if step is not None and (api.unnotified or not plan.backfills.get(api.name, {}).get("position")):
         resource.add_filter(step)
     return resource
 

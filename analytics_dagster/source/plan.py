@@ -230,13 +230,15 @@ def _choose_modes(plan: SyncPlan, resource_states: dict[str, dict[str, Any]], ta
                 plan.reasons[table] += f", whole: {_unlisted_reason(unlisted)}"
         elif full_refresh:
             plan.modes[table], plan.reasons[table] = "listing", "full refresh"
+        elif RESOURCES_BY_NAME[table].unnotified:
+            plan.modes[table], plan.reasons[table] = "listing", _unnotified_reason(table)
+            if backfill:  # its listing in chunks goes on where the last chunk stopped
+                plan.backfills[table] = {**backfill}
         elif backfill and backfill.get("position"):  # (not one of `listing` mode, left when the mode changed)
             plan.modes[table], plan.backfills[table] = "listing", {**backfill}
             plan.reasons[table] = f"backfill resumed after {backfill['rows']} rows ({backfill['after']})"
         elif not cursor:
             plan.modes[table], plan.reasons[table] = "listing", "first listing (no event cursor yet)"
-        elif RESOURCES_BY_NAME[table].unnotified:
-            plan.modes[table], plan.reasons[table] = "listing", _unnotified_reason(table)
         elif unlisted := unlisted_parts(state, RESOURCES_BY_NAME[table].parts):
             plan.modes[table], plan.reasons[table] = "listing", _unlisted_reason(unlisted)
         else:
@@ -289,10 +291,12 @@ def _start_backfills(plan: SyncPlan, client: RESTClient, first: Any, resource_st
     before any listing began; in `listing` mode, the change window of its first chunk."""
     starting = [t for t, mode in plan.modes.items() if mode == "listing" and t not in plan.backfills]
     if plan.incremental == "events":
-        if starting:
+        # (a table listed every run, `unnotified`, takes no events after its listing: no position)
+        if any(not RESOURCES_BY_NAME[t].unnotified for t in starting):
             plan.position = _position(client, first, plan, tables)
         for table in starting:
-            plan.backfills[table] = {"after": None, "rows": 0, "position": plan.position}
+            position = None if RESOURCES_BY_NAME[table].unnotified else plan.position
+            plan.backfills[table] = {"after": None, "rows": 0, "position": position}
     else:  # chunked too, its change window kept from its first chunk (`since_ns`)
         for table in starting:
             state = resource_states.get(table, {})

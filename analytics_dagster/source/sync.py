@@ -84,15 +84,15 @@ class SyncRun:
             # (a table the key may not read is not tried again in this run)
             backfilling = [t for t in chunk if backfill(self.states.get(t, {})) and t in plan.backfills
                            and t not in self.forbidden]
-            finished |= {t for t, b in plan.backfills.items() if b["position"]} - set(backfilling) - set(self.forbidden)
+            # (not a table listed every run: the next run lists it again, events or none)
+            finished |= {t for t, b in plan.backfills.items() if b["position"] and not RESOURCES_BY_NAME[t].unnotified
+                         } - set(backfilling) - set(self.forbidden)
             reading = sorted(plan.feeds) if plan.feed_more else []  # the read of the stream goes on
             if backfilling or reading:
                 self.report(f"chunk {len(self.plans)} committed; " + "; ".join(
                     [self._backfill_line(t) for t in backfilling] + [self._cursor_line(t) for t in reading]))
                 chunk = sorted(set(backfilling) | set(reading))
             elif finished and not caught_up:  # the changes made while they were listed
-                # (not a table listed every run: the next run lists it again, events or none)
-                finished -= {t for t in finished if RESOURCES_BY_NAME[t].unnotified}
                 chunk, caught_up = sorted((finished | ({"events"} & set(self.tables))) - set(self.forbidden)), True
             else:
                 chunk = []
