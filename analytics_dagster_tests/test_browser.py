@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from analytics_dagster.sandbox import SandboxServer
-from analytics_dagster.source.resources import STREAM_TABLES
+from analytics_dagster.source.resources import RESOURCES_BY_NAME, STREAM_TABLES
 from analytics_dagster_tests.conftest import (DAGSTER, TABLES, Admin, assert_warehouse_equals_api, dagster_ui,
                                              graphql, poll)
 
@@ -98,12 +98,14 @@ def test_materialize_all_in_the_ui(dagster_dev: str, warehouse: Path, admin: Adm
         nodes = graphql(url, checks_query)["assetNodes"]
         results = {n["assetKey"]["path"][-1]: [c["executionForLatestMaterialization"]["evaluation"]["success"]
                                                for c in n["assetChecksOrError"]["checks"]] for n in nodes}
-        # the primary-key check on every table, and the events check on those the stream keeps
-        assert results == {t: [True] * (2 if t in STREAM_TABLES else 1) for t in TABLES}
+        # the primary-key check on every table, the events check on those the stream keeps, and
+        # the key's permission on those that need one
+        assert results == {t: [True] * (1 + (t in STREAM_TABLES) + bool(RESOURCES_BY_NAME[t].permission))
+                           for t in TABLES}
         page.goto(f"{url}/assets/analytics/customers?view=lineage&lineageScope=downstream&lineageDepth=1",
                   wait_until="networkidle")
-        page.get_by_text("2 / 2 Passed").first.wait_for(timeout=30_000)
-        poll(lambda: page.get_by_text("2 / 2 Passed").count() == 3, timeout=30)
+        page.get_by_text("3 / 3 Passed").first.wait_for(timeout=30_000)
+        poll(lambda: page.get_by_text("3 / 3 Passed").count() == 3, timeout=30)
         shoot(page, tmp_path, "asset-graph.png")
 
         # lineage from the raw tables to a metric: revenue_monthly, two levels up, reads the
