@@ -10,6 +10,7 @@ import orjson
 
 from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.source.paginator import HasMorePaginator
+from analytics_dagster.source.permissions import grant_line, is_forbidden
 from analytics_dagster.source.events import cursor_after, digest, has_more, keyed, last_keyed, window_floor
 from analytics_dagster.source.plan import SyncPlan, window_from
 from analytics_dagster.source.resources import ApiResource, table_of_event
@@ -151,9 +152,13 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
             # listing mode's memory of these rows is stale now
             forget_listed(dlt.current.resource_state(api.name), [key for key, _ in fresh])
             winners.clear()
+            # (what `plan.skip` restores, if the key may not fetch what the events leave out)
+            plan.live_states[api.name] = dlt.current.resource_state(api.name)
             for start in range(0, len(fresh), _WRITE_BATCH):
-                batch = [orjson.loads(data) for _, data in fresh[start:start + _WRITE_BATCH]]
-                yield with_omitted(api, plan, batch)
+                batch = with_omitted(api, plan, [orjson.loads(data) for _, data in fresh[start:start + _WRITE_BATCH]])
+                if api.name in plan.forbidden:
+                    return  # skipped: nothing written, its cursor where it was
+                yield batch
             return
         for key, event in read.after_start(item):
             if table_of_event(event.get("event_type") if isinstance(event, dict) else None) != api.name:
@@ -176,7 +181,8 @@ def with_omitted(api: ApiResource, plan: SyncPlan, rows: list[dict[str, Any]]) -
     """`rows` (events' snapshots) with the fields the API's events leave out
     (`api.event_omits`) as the API holds them now: the entities fetched by id, `_FETCH_BATCH`
     a request. Without them the merge would null those columns. An entity the API no longer
-    lists keeps its snapshot as it is."""
+    lists keeps its snapshot as it is. A key that may read the stream but not the list
+    (403 `forbidden`) skips the table for the run (`plan.skip`: its cursor stays)."""
     if not api.event_omits or not rows:
         return rows
     assert plan.client is not None, "the plan keeps the client it was made with"
@@ -190,6 +196,9 @@ def with_omitted(api: ApiResource, plan: SyncPlan, rows: list[dict[str, Any]]) -
                                              paginator=HasMorePaginator(api.name, parts=api.parts)):
                 current.update((entity[api.primary_key], entity) for entity in page if isinstance(entity, dict))
         except Exception as exc:
+            if is_forbidden(getattr(exc, "response", None)):  # the stream, but not the list: the table waits
+                plan.skip(api.name, grant_line(api.name))
+                return rows
             raise RuntimeError(f"resource '{api.name}': fetching {', '.join(api.event_omits)} of "
                                f"{len(batch)} entities its events changed (events leave them out) failed: {exc}") from None
     for row in rows:
