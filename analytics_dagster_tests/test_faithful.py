@@ -169,21 +169,3 @@ def test_the_events_sensor_says_why_it_cannot_watch_without_notification_read(wa
         tick = evaluate(instance, None)
     assert not tick.run_requests and "notification.read" in tick.skip_message
 
-
-@pytest.mark.usefixtures("backfilled")
-def test_a_key_that_reads_the_stream_but_not_subscriptions_leaves_them_as_they_were(warehouse: Path, admin: Admin) -> None:
-    """The events of subscriptions arrive (notification.read), but what they leave out cannot be
-    fetched (no subscription.read): the table waits, its cursor unmoved, rather than losing
-    `management_urls`; granted, the next run applies those events."""
-    admin.post("config", denied_permissions=["subscription.read"])
-    before = warehouse_rows(warehouse, "subscriptions")
-    for sub in admin.truth("subscriptions")[:3]:
-        admin.post("mutate", resource="subscriptions", key=sub["id"], set={"custom_data": {"renewed": True}})
-    result = sync()
-    assert result.success
-    assert warehouse_rows(warehouse, "subscriptions") == before
-    assert_warehouse_equals_api(warehouse, admin, [t for t in TABLES if t != "subscriptions"])
-    assert not check_results(result, READ_CHECK)["subscriptions"].passed
-    admin.post("config", denied_permissions=[])
-    assert sync().success
-    assert_warehouse_equals_api(warehouse, admin)

@@ -2,8 +2,10 @@
 that could make the warehouse differ from the API, fail a run, or lose data.
 
 Each test is end to end: the sandbox on 127.0.0.1, a DuckDB file under tmp_path, the warehouse
-compared with the API key by key. A test marked xfail(strict) exposes a bug: it fails now, and
-passes once the bug is fixed.
+compared with the API key by key. Three of them found bugs, fixed since: a key without
+subscription.read failed every events-mode run; a report that expires keeping its `updated_at`
+(as Paddle's own example shows) stayed `ready`; a customers listing forbidden while it served
+only the children reported the customers as not synced.
 """
 
 from __future__ import annotations
@@ -44,14 +46,6 @@ def subscription_events_after(admin: Admin, event_id: str) -> set[str]:
 
 # --------------------------------------------------------------------------- reports
 @pytest.mark.parametrize("mode", ["events", "listing"])
-@pytest.mark.xfail(strict=True, reason=(
-    "A report that expires keeps its updated_at (Paddle's own example of GET /reports in its "
-    "OpenAPI spec: two `expired` reports whose updated_at is when they became ready, two weeks "
-    "before their expires_at), so once a later report moved the reports' change window "
-    "(ChangedSince on updated_at, 10 min lookback), the listing never writes the new status: the "
-    "warehouse keeps it `ready` for good. The sandbox's Factory.lapse stamps updated_at when a "
-    "report expires, which hides this. Fix: filter reports on content (ChangedContent, as "
-    "discounts: one page a run either way)."))
 def test_a_report_that_expires_keeping_its_updated_at_is_seen_expired(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str,
 ) -> None:
@@ -83,12 +77,6 @@ def test_a_report_that_expires_keeping_its_updated_at_is_seen_expired(
 
 # --------------------------------------------------------------------------- subscription.read
 @pytest.mark.usefixtures("backfilled")
-@pytest.mark.xfail(strict=True, reason=(
-    "A key with notification.read but without subscription.read: in events mode the fetch by id "
-    "of what subscription events leave out (feed.with_omitted) gets 403 forbidden and raises, so "
-    "the whole run fails (every table, the events table and the stream's cursors included), "
-    "every run until the permission is granted; docs/api.md promises that a key without one "
-    "permission skips that table alone, with a warning check."))
 def test_a_key_without_subscription_read_skips_subscriptions_alone_in_events_mode(
     warehouse: Path, admin: Admin,
 ) -> None:
@@ -153,13 +141,6 @@ def test_more_than_100_subscriptions_changed_in_one_run_are_fetched_in_batches(
 
 
 # --------------------------------------------------------------------------- mid-backfill permissions
-@pytest.mark.xfail(strict=True, reason=(
-    "A customers listing forbidden in a run where it serves only a child's backfill (addresses, "
-    "resumed) while customers are kept by the stream: the hook skips `customers` too "
-    "(skip_when_forbidden(plan.skip, 'customers', ...)), so the customers asset says "
-    "sync_mode skipped / not_synced 'grant customer.read' and its api_key_may_read check warns, "
-    "though its rows were synced from the stream (and are exact). Only the tables the listing "
-    "loads in this run should be skipped."))
 def test_permissions_revoked_and_granted_across_a_chunked_customers_backfill(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -98,7 +98,8 @@ class Factory:
         lapse: what time changes by itself, with no event (a discount expiring, a report's
             download expiring): `lapse(world, entity)` is called as the clock moves (at the
             end of the initial world, then at every `advance`) and returns whether it changed
-            the entity (the world then stamps its `updated_at`).
+            the entity; `lapse_stamps`: the world then stamps its `updated_at` too (Paddle's
+            own example of an expired report keeps the `updated_at` of when it was ready).
         history: makes the resource's share of the initial world itself, once the rest of it is
             made (so that adding it leaves every other resource's data as it was: its draws come
             last, the clock does not move): `history(world, count)`, with `count` as `count`
@@ -115,6 +116,7 @@ class Factory:
     changeable: Callable[[Entity], bool] | None = None
     history: Callable[[World, int], None] | None = None
     lapse: Callable[[World, Entity], bool] | None = None
+    lapse_stamps: bool = True
 
 
 @dataclass(frozen=True)
@@ -731,7 +733,7 @@ FACTORIES: dict[str, Factory | Document] = {
     # one report with the first customer, then with every twentieth
     "reports": Factory(new_report, lambda rng, customer: int(customer % 20 == 0), made_with="customers",
                        change=finish_report, changeable=lambda report: report["status"] == "pending",
-                       lapse=expire_report),
+                       lapse=expire_report, lapse_stamps=False),
     # about one adjustment for every 16 transactions, made once the rest of the world is
     "adjustments": Factory(new_adjustment, lambda rng, customers: max(2, customers // 8), change=review_adjustment,
                            changeable=pending_approval, history=adjustments_history),

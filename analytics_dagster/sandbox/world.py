@@ -524,14 +524,18 @@ class World:
         return round_.touched
 
     def _lapse(self) -> list[tuple[str, str]]:
-        """Apply what time changed by itself (`Factory.lapse`), stamped now, with no event."""
+        """Apply what time changed by itself (`Factory.lapse`), with no event (stamped now if
+        the factory says so)."""
         changed = []
         for name, factory in self.factories.items():
             if isinstance(factory, Factory) and factory.lapse is not None:
                 for key in self.ids[name]:
                     entity = self.entities[name][key]
                     if factory.lapse(self, entity):
-                        self._touch(name, entity, self.stamp())
+                        if factory.lapse_stamps:
+                            self._touch(name, entity, self.stamp())
+                        else:
+                            self._blobs.pop(key, None)  # (its cached JSON)
                         changed.append((name, key))
         return changed
 

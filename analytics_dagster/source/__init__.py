@@ -327,7 +327,7 @@ def _endpoint_config(
         "params": params,
         "response_actions": [
             skip_when_forbidden(plan.skip, resource.name, session,
-                                reached=[t for t in _served(resource)[1:] if t not in plan.feeds]),
+                                loads=[t for t in _served(resource) if t not in plan.feeds]),
             json_once(resource.name),
         ],
     }

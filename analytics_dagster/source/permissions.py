@@ -56,18 +56,17 @@ def grant_line(table: str, via: Optional[str] = None) -> str:
 
 
 def skip_when_forbidden(skip: Callable[[str, str], None], table: str, session: Session,
-                        reached: Iterable[str] = ()) -> Callable[..., None]:
-    """A response hook of `table`'s listing: a `forbidden` answer skips the table (`skip`: the
-    plan's, told what to grant), stops its listing with no rows, and makes the session refuse
-    the table's other requests for the rest of the run. `reached`: the tables listed through
-    this one (a customer's children), skipped with it."""
-    reached = list(reached)
+                        loads: Iterable[str]) -> Callable[..., None]:
+    """A response hook of `table`'s listing: a `forbidden` answer skips the tables the listing
+    loads in this run (`loads`: `table` unless the stream keeps it, and the children listed
+    through it; `skip`: the plan's, told what to grant), stops the listing with no rows, and
+    makes the session refuse the table's other requests for the rest of the run."""
+    loads = list(loads)
 
     def hook(response: Response, *args: Any, **kwargs: Any) -> None:
         if is_forbidden(response):
-            skip(table, grant_line(table))
-            for child in reached:
-                skip(child, grant_line(child, via=table))
+            for loaded in loads:
+                skip(loaded, grant_line(loaded) if loaded == table else grant_line(loaded, via=table))
             refuse(session, [table])
             raise IgnoreResponseException()
 

@@ -132,9 +132,11 @@ class ApiResource:
             spec's event descriptions: "the complete subscription entity, except
             `management_urls`"). The sync fetches the entities an event changed, by id, for
             these (one request per page of changed entities), so the merge never nulls them.
-        unnotified: fields that change with no event at all (a discount's `times_used`, "changes
-            frequently, so isn't included in payloads"): the table is listed whole every run,
-            in events mode too, and every row written (a small table: a few requests).
+        unnotified: fields that change with no event and no new `updated_at` (a discount's
+            `times_used`, "changes frequently, so isn't included in payloads"; a report's
+            `status` when it expires, as Paddle's own example shows): the table is listed whole
+            every run, in events mode too, and a row is written when its content changed (a
+            small table: a few requests).
 
     The local sandbox (`analytics_dagster.sandbox`) serves every resource from this table too:
     its route (`path`), its ids (`id_prefix`), its pages (`max_page_size`, `order_fields`),
@@ -249,7 +251,7 @@ RESOURCES: tuple[ApiResource, ...] = (
     ),
     ApiResource(
         "reports", "/reports", "id", "Reports (rep_…) of every status (failed and expired too); rows is null while pending.",
-        id_prefix="rep", hidden=(REPORT_STATUS,), permission="report.read",
+        id_prefix="rep", hidden=(REPORT_STATUS,), permission="report.read", unnotified=("status",),
         nullable=(("rows", "bigint"), ("expires_at", "timestamp")),
     ),
     ApiResource(
