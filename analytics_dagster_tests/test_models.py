@@ -329,6 +329,43 @@ def test_mrr_is_what_a_localized_world_bills(warehouse: Path, admin: Admin) -> N
 
 
 @pytest.mark.usefixtures("backfilled_with_models")
+def test_an_item_whose_amount_cannot_be_known_is_flagged_and_counted_nowhere(warehouse: Path, admin: Admin) -> None:
+    """A price added to an active subscription that states no amount in the subscription's
+    currency (no override of it for the address's country, its base in another): Paddle
+    converts it, and until a transaction of the subscription bills it, nothing in the warehouse
+    says the amount. It adds to no MRR, mrr_daily counts it in unknown_items, the dbt test
+    every_billed_item_has_an_amount warns naming it, and the run succeeds; once a renewal has
+    billed it, MRR is the sandbox's again."""
+    countries = address_countries(admin)
+    subs = sorted(admin.truth("subscriptions"), key=lambda s: s["id"])
+    catalog = [p for p in admin.truth("prices") if p["type"] == "standard" and p["billing_cycle"]]
+    sub, price = next((s, p) for s in subs if s["status"] == "active" for p in catalog
+                      if p["id"] not in {i["price"]["id"] for i in s["items"]}
+                      and not catalogue_billed(p, s["currency_code"], countries.get(s["address_id"])))
+    added = {**copy.deepcopy(sub["items"][0]), "price": price, "quantity": 2, "status": "active", "recurring": True}
+    admin.post("mutate", resource="subscriptions", key=sub["id"], set={"items": copy.deepcopy(sub["items"]) + [added]})
+    result = sync_all()
+    assert result.success
+    failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
+    assert set(failed) == {"every_billed_item_has_an_amount"}, failed
+    check = failed["every_billed_item_has_an_amount"]
+    assert check.severity.value == "WARN" and check.metadata["dagster_dbt/failed_row_count"].value == 1
+    assert f"{sub['id']}/{price['id']}" in str(check.metadata["failing_sample"].value)
+    currency = sub["currency_code"]
+    expected = truth_mrr(admin)
+    expected[currency] -= monthly(admin, {**sub, "items": [added]}, added)  # what the sandbox bills, unknown here
+    assert_close(mrr_on(warehouse, today()), expected)
+    unknown = query(warehouse, "SELECT currency_code, unknown_items FROM analytics_models.mrr_daily "
+                               f"WHERE day = DATE '{today()}' AND unknown_items > 0")
+    assert unknown == [{"currency_code": currency, "unknown_items": 1}]
+
+    touched = admin.post("advance", renewals=40)  # every active subscription renewed, this one too
+    assert sub["id"] in touched["subscriptions"]
+    assert_models_built_and_tested(sync_all(), warehouse)
+    assert_metrics_equal_the_sandbox(warehouse, admin)
+
+
+@pytest.mark.usefixtures("backfilled_with_models")
 def test_a_model_is_not_rebuilt_when_its_raw_table_fails(warehouse: Path, admin: Admin) -> None:
     admin.post("advance", new_transactions=5)
     admin.post("inject", resource="events", kind="status", status=503, count=4)  # 1 try + 3 retries
