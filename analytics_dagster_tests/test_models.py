@@ -279,14 +279,22 @@ def counted_items(db: Path | str) -> dict[str, dict[str, Any]]:
             "AND recurring AND coalesce(item_status, 'active') = 'active'")}
 
 
-@pytest.mark.world(seed=14, localized=0.6)
+LOCALIZED_WORLD = {"seed": 14, "localized": 0.6}  # a world of 40 customers with every case of billing_cases
+
+
+@pytest.mark.world(**LOCALIZED_WORLD)
 def test_mrr_is_what_a_localized_world_bills(warehouse: Path, admin: Admin) -> None:
+    assert_mrr_is_what_a_localized_world_bills(warehouse, admin)
+
+
+def assert_mrr_is_what_a_localized_world_bills(warehouse: Path | str, admin: Admin) -> None:
     """A world where most subscriptions are billed in their customer's currency (docs/sandbox.md):
     prices with EUR and GBP overrides, some whose override of that currency is for other
     countries, prices Paddle converts (what the subscription's transactions billed), a
     tax-inclusive price, a discounted subscription. Today's MRR per currency is what the sandbox
     bills, item by item, and no item is unknown. A month on, renewals bill converted prices at
-    that month's exchange rate: MRR follows the newest transaction."""
+    that month's exchange rate: MRR follows the newest transaction. (`warehouse`: a DuckDB file
+    or a PostgreSQL DSN.)"""
     cases = billing_cases(admin)
     assert set(cases) == {"override EUR", "override GBP", "base", "converted", "tax-inclusive catalogue",
                           "tax-inclusive converted", "converted, discounted",
