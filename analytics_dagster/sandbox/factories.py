@@ -27,6 +27,7 @@ each renewal (`World.advance`'s `renewals`).
 
 from __future__ import annotations
 
+import calendar
 import copy
 import functools
 import json
@@ -419,9 +420,7 @@ def _period(ts: str, cycle: dict[str, Any] | None) -> dict[str, str] | None:
         return {"starts_at": ts, "ends_at": format_ns(ns + seconds * 10**9, 6)}
     months = start.month - 1 + frequency * (12 if interval == "year" else 1)
     year, month = start.year + months // 12, months % 12 + 1
-    day = min(start.day, [31, 29 if year % 4 == 0 and (year % 100 or year % 400 == 0) else 28, 31, 30, 31, 30, 31,
-                          31, 30, 31, 30, 31][month - 1])
-    end = start.replace(year=year, month=month, day=day)
+    end = start.replace(year=year, month=month, day=min(start.day, calendar.monthrange(year, month)[1]))
     return {"starts_at": ts, "ends_at": format_ns(int(end.timestamp()) * 10**9 + ns % 10**9, 6)}
 
 

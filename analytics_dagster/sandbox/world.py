@@ -44,6 +44,7 @@ header.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import random
 import uuid
@@ -602,8 +603,8 @@ class World:
         self._touch("subscriptions", subscription, ts)
         round_.note("subscriptions", key)
         round_.note(EVENTS, self._emit("subscriptions", "updated", subscription))
-        txn, events = self.create("transactions", ts, subscription["customer_id"], new=lambda world, at, owner: (
-            new_subscription_transaction(world, at, owner, subscription=subscription, origin="subscription_recurring")))
+        txn, events = self.create("transactions", ts, subscription["customer_id"], new=functools.partial(
+            new_subscription_transaction, subscription=subscription, origin="subscription_recurring"))
         round_.note("transactions", txn["id"])
         round_.note(EVENTS, *events)
 
