@@ -80,9 +80,14 @@ PROJECT_SETTINGS = ("SOURCES__", "DESTINATION", "DLT_", "RUNTIME__", "EXTRACT__"
 @pytest.fixture
 def sandbox(request: pytest.FixtureRequest) -> Any:
     """A small world (40 customers) served on a free loopback port; for a test that starts from
-    a backfill (`backfilled`, `backfilled_with_models`), the world as that backfill left it."""
+    a backfill (`backfilled`, `backfilled_with_models`), the world as that backfill left it.
+    A test marked `world(...)` gets the world of those arguments instead (`World`'s)."""
     kind = next((name for name in BACKFILLS if name in request.fixturenames), None)
-    if kind is None:
+    marker = request.node.get_closest_marker("world")
+    if marker is not None:
+        assert kind is None, "a test of a world of its own starts from no shared backfill"
+        world = World(**{"customers": SANDBOX_CUSTOMERS, "seed": SANDBOX_SEED, **marker.kwargs})
+    elif kind is None:
         world = World(customers=SANDBOX_CUSTOMERS, seed=SANDBOX_SEED)
     else:
         world = copy.deepcopy(request.getfixturevalue("backfill_templates").get(kind).world)

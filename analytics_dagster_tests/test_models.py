@@ -18,12 +18,12 @@ from dagster import AssetKey, DagsterInstance
 
 from analytics_dagster.definitions import defs
 from analytics_dagster.models import MODEL_CHECK_SPECS, MODEL_SPECS, MODELS_GROUP, model_key
+from analytics_dagster.sandbox.factories import billed_monthly, catalogue_billed, tax_inclusive
 from analytics_dagster_tests.conftest import Admin
 
 MODELS = {spec.key for spec in MODEL_SPECS}
 METRICS = ["mrr_daily", "revenue_monthly", "customer_overview"]
 BILLED = ("billed", "paid", "completed")
-MONTH = {"day": 365 / 12, "week": 52 / 12, "month": 1.0, "year": 1 / 12}
 
 
 def sync_all(instance: DagsterInstance | None = None) -> Any:
@@ -71,22 +71,28 @@ def assert_models_built_and_tested(result: Any, db: Path) -> None:
 
 # ------------------------------------------------------------------ the sandbox's own figures
 def truth_mrr(admin: Admin) -> dict[str, float]:
-    """MRR by currency of the subscriptions the sandbox has now: recurring items of active ones."""
+    """MRR by currency of the subscriptions the sandbox has now: what it bills a month for the
+    recurring, billed items of the active ones (`factories.billed_monthly`: in the
+    subscription's currency, tax excluded, before discounts)."""
     mrr: dict[str, float] = defaultdict(float)
+    countries = address_countries(admin)
     for sub in admin.truth("subscriptions"):
         if sub["status"] != "active":
             continue
         for item in sub["items"]:
             if item["recurring"] and item.get("status", "active") == "active":  # trialing, inactive: not billed
-                mrr[item["price"]["unit_price"]["currency_code"]] += monthly(item)
+                mrr[sub["currency_code"]] += billed_monthly(sub, item, countries.get(sub["address_id"]))
     return dict(mrr)
 
 
-def monthly(item: dict[str, Any]) -> float:
-    """A subscription item's monthly amount: unit amount x quantity normalised to a month."""
-    price = item["price"]
-    cycle = price["billing_cycle"]
-    return int(price["unit_price"]["amount"]) * item["quantity"] * MONTH[cycle["interval"]] / cycle["frequency"]
+def address_countries(admin: Admin) -> dict[str, str]:
+    """The country of every address of the sandbox, by id."""
+    return {a["id"]: a["country_code"] for a in admin.truth("customer_addresses")}
+
+
+def monthly(admin: Admin, sub: dict[str, Any], item: dict[str, Any]) -> float:
+    """What the sandbox bills a month for an item of the subscription `sub` (`billed_monthly`)."""
+    return billed_monthly(sub, item, address_countries(admin).get(sub["address_id"]))
 
 
 def truth_revenue(admin: Admin) -> dict[tuple[str, str, str], dict[str, int]]:
@@ -161,7 +167,11 @@ def change_the_sandbox(admin: Admin) -> tuple[list[dict[str, Any]], dict[str, li
     items = copy.deepcopy(first["items"])
     items[0]["quantity"] += 3
     changed[first["id"]] = [admin.post("mutate", resource="subscriptions", key=first["id"], set={"items": items})]
-    extra = next(p for p in prices if p["id"] not in {i["price"]["id"] for i in second["items"]})
+    # a price added to a subscription is billed at what the price says (its transaction, which
+    # would say more, is not made by `mutate`)
+    country = address_countries(admin).get(second["address_id"])
+    extra = next(p for p in prices if p["id"] not in {i["price"]["id"] for i in second["items"]}
+                 and catalogue_billed(p, second["currency_code"], country) and not tax_inclusive(p))
     items = copy.deepcopy(second["items"]) + [{**copy.deepcopy(second["items"][0]), "price": extra, "quantity": 2}]
     changed[second["id"]] = [
         admin.post("mutate", resource="subscriptions", key=second["id"], set={"items": items}),
@@ -224,6 +234,143 @@ def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admi
     assert_history_has_the_changes(before, after, subs, changed, admin)
     refunds = query(warehouse, "SELECT sum(refunds) AS r FROM analytics_models.revenue_monthly")[0]["r"]
     assert refunds > 0
+
+
+def billing_cases(admin: Admin) -> dict[str, set[str]]:
+    """The items MRR counts now (recurring, billed, of active subscriptions), by how the sandbox
+    bills them (`factories`: at an override, at the base price, converted; tax-inclusive;
+    converted for a subscription with a discount that its transactions applied): their keys,
+    subscription_id/price_id."""
+    countries = address_countries(admin)
+    discounted = {t["subscription_id"] for t in admin.truth("transactions")
+                  if t["subscription_id"] and int(t["details"]["totals"]["discount"]) > 0}
+    cases: dict[str, set[str]] = defaultdict(set)
+    for sub in admin.truth("subscriptions"):
+        currency, country = sub["currency_code"], countries.get(sub["address_id"])
+        for item in sub["items"] if sub["status"] == "active" else []:
+            if not (item["recurring"] and item.get("status", "active") == "active"):
+                continue
+            price, key = item["price"], f"{sub['id']}/{item['price']['id']}"
+            override = any(country in o["country_codes"] and o["unit_price"]["currency_code"] == currency
+                           for o in price["unit_price_overrides"])
+            base = price["unit_price"]["currency_code"] == currency
+            kind = f"override {currency}" if override else "base" if base else "converted"
+            cases[kind].add(key)
+            if tax_inclusive(price):
+                cases["tax-inclusive " + ("converted" if kind == "converted" else "catalogue")].add(key)
+            if kind == "converted" and sub["id"] in discounted:
+                cases["converted, discounted"].add(key)
+            if not override and any(o["unit_price"]["currency_code"] == currency for o in price["unit_price_overrides"]):
+                cases["an override of the currency for other countries"].add(key)
+    return cases
+
+
+def truth_items(admin: Admin) -> dict[str, float]:
+    """What the sandbox bills a month for every item of its subscriptions, by subscription_id/price_id."""
+    countries = address_countries(admin)
+    return {f"{sub['id']}/{item['price']['id']}": billed_monthly(sub, item, countries.get(sub["address_id"]))
+            for sub in admin.truth("subscriptions") for item in sub["items"]}
+
+
+def counted_items(db: Path | str) -> dict[str, dict[str, Any]]:
+    """stg_subscription_items' items MRR counts now, by subscription_item_id."""
+    return {r["subscription_item_id"]: r for r in query(
+        db, "SELECT * FROM analytics_models.stg_subscription_items WHERE subscription_status = 'active' "
+            "AND recurring AND coalesce(item_status, 'active') = 'active'")}
+
+
+LOCALIZED_WORLD = {"seed": 14, "localized": 0.6}  # a world of 40 customers with every case of billing_cases
+
+
+@pytest.mark.world(**LOCALIZED_WORLD)
+def test_mrr_is_what_a_localized_world_bills(warehouse: Path, admin: Admin) -> None:
+    assert_mrr_is_what_a_localized_world_bills(warehouse, admin)
+
+
+def assert_mrr_is_what_a_localized_world_bills(warehouse: Path | str, admin: Admin) -> None:
+    """A world where most subscriptions are billed in their customer's currency (docs/sandbox.md):
+    prices with EUR and GBP overrides, some whose override of that currency is for other
+    countries, prices Paddle converts (what the subscription's transactions billed), a
+    tax-inclusive price, a discounted subscription. Today's MRR per currency is what the sandbox
+    bills, item by item, and no item is unknown. A month on, renewals bill converted prices at
+    that month's exchange rate: MRR follows the newest transaction. (`warehouse`: a DuckDB file
+    or a PostgreSQL DSN.)"""
+    cases = billing_cases(admin)
+    assert set(cases) == {"override EUR", "override GBP", "base", "converted", "tax-inclusive catalogue",
+                          "tax-inclusive converted", "converted, discounted",
+                          "an override of the currency for other countries"}, cases
+    assert_models_built_and_tested(sync_all(), warehouse)
+    assert_metrics_equal_the_sandbox(warehouse, admin)
+    items, truth = counted_items(warehouse), truth_items(admin)
+    assert set(items) == set().union(*cases.values())
+    for key, item in items.items():
+        assert abs(float(item["monthly_amount"]) - truth[key]) < 0.01, (item, truth[key])
+    sources = {kind: {items[key]["amount_source"] for key in keys} for kind, keys in cases.items()}
+    assert sources["override EUR"] == sources["override GBP"] == {"override"}
+    assert sources["base"] == {"base"} and sources["converted"] == {"billed"}
+    assert all(items[key]["tax_rate"] for key in cases["tax-inclusive catalogue"])  # its tax taken out
+    assert {r["unknown_items"] for r in query(warehouse, "SELECT unknown_items FROM analytics_models.mrr_daily")} == {0}
+    # MRR is before discounts (Paddle's MRR; docs/models.md): a discounted subscription's
+    # transactions billed less, its MRR is the undiscounted amount
+    for key in cases["converted, discounted"]:
+        line = query(warehouse, "SELECT l.subtotal, l.discount, l.unit_subtotal, l.quantity FROM "
+                                "analytics_models.stg_transaction_line_items AS l JOIN analytics_models.subscription_billed_prices AS b "
+                                f"ON b.line_item_id = l.line_item_id WHERE b.billed_price_id = '{key}/{items[key]['currency_code']}'")[0]
+        assert line["discount"] > 0 and float(items[key]["billed_unit_amount"]) == float(line["unit_subtotal"])
+
+    # a month on, every active subscription renewed (at least once): a converted price's amount
+    # is this month's, as its newest transaction says
+    before = truth
+    touched = admin.post("advance", seconds=35 * 24 * 3600, renewals=40)
+    renewed = set(touched["subscriptions"])
+    assert {key.split("/")[0] for key in cases["converted"]} <= renewed
+    after = truth_items(admin)
+    assert all(after[key] != before[key] for key in cases["converted"])
+    assert all(after[key] == before[key] for key in items if key not in cases["converted"])
+    assert {t["origin"] for t in admin.truth("transactions") if t["id"] in touched["transactions"]} == {
+        "subscription_recurring"}
+    assert_models_built_and_tested(sync_all(), warehouse)
+    assert_metrics_equal_the_sandbox(warehouse, admin)
+    items = counted_items(warehouse)
+    for key, item in items.items():
+        assert abs(float(item["monthly_amount"]) - after[key]) < 0.01, (item, after[key])
+
+
+@pytest.mark.usefixtures("backfilled_with_models")
+def test_an_item_whose_amount_cannot_be_known_is_flagged_and_counted_nowhere(warehouse: Path, admin: Admin) -> None:
+    """A price added to an active subscription that states no amount in the subscription's
+    currency (no override of it for the address's country, its base in another): Paddle
+    converts it, and until a transaction of the subscription bills it, nothing in the warehouse
+    says the amount. It adds to no MRR, mrr_daily counts it in unknown_items, the dbt test
+    every_billed_item_has_an_amount warns naming it, and the run succeeds; once a renewal has
+    billed it, MRR is the sandbox's again."""
+    countries = address_countries(admin)
+    subs = sorted(admin.truth("subscriptions"), key=lambda s: s["id"])
+    catalog = [p for p in admin.truth("prices") if p["type"] == "standard" and p["billing_cycle"]]
+    sub, price = next((s, p) for s in subs if s["status"] == "active" for p in catalog
+                      if p["id"] not in {i["price"]["id"] for i in s["items"]}
+                      and not catalogue_billed(p, s["currency_code"], countries.get(s["address_id"])))
+    added = {**copy.deepcopy(sub["items"][0]), "price": price, "quantity": 2, "status": "active", "recurring": True}
+    admin.post("mutate", resource="subscriptions", key=sub["id"], set={"items": copy.deepcopy(sub["items"]) + [added]})
+    result = sync_all()
+    assert result.success
+    failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
+    assert set(failed) == {"every_billed_item_has_an_amount"}, failed
+    check = failed["every_billed_item_has_an_amount"]
+    assert check.severity.value == "WARN" and check.metadata["dagster_dbt/failed_row_count"].value == 1
+    assert f"{sub['id']}/{price['id']}" in str(check.metadata["failing_sample"].value)
+    currency = sub["currency_code"]
+    expected = truth_mrr(admin)
+    expected[currency] -= monthly(admin, {**sub, "items": [added]}, added)  # what the sandbox bills, unknown here
+    assert_close(mrr_on(warehouse, today()), expected)
+    unknown = query(warehouse, "SELECT currency_code, unknown_items FROM analytics_models.mrr_daily "
+                               f"WHERE day = DATE '{today()}' AND unknown_items > 0")
+    assert unknown == [{"currency_code": currency, "unknown_items": 1}]
+
+    touched = admin.post("advance", renewals=40)  # every active subscription renewed, this one too
+    assert sub["id"] in touched["subscriptions"]
+    assert_models_built_and_tested(sync_all(), warehouse)
+    assert_metrics_equal_the_sandbox(warehouse, admin)
 
 
 @pytest.mark.usefixtures("backfilled_with_models")

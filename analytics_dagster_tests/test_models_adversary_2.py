@@ -264,13 +264,14 @@ def test_large_amounts_leave_the_mrr_today_test_passing(warehouse: Path, admin: 
     """Many active subscriptions priced around 10^18 minor units in one currency; sync_all (the
     models rebuilt each time) passes every time."""
     subs = [s for s in sorted(admin.truth("subscriptions"), key=lambda s: s["id"]) if active_recurring(s)]
-    currency = subs[0]["items"][0]["price"]["unit_price"]["currency_code"]
+    currency = subs[0]["currency_code"]
     for n, sub in enumerate(subs):
         items = copy.deepcopy(sub["items"])
-        for item in items:
+        for item in items:  # billed at these amounts: in the subscription's currency, no override, tax excluded
             item["price"]["unit_price"]["currency_code"] = currency
             item["price"]["unit_price"]["amount"] = str(10**18 + 7919 * n + 1)
-        admin.post("mutate", resource="subscriptions", key=sub["id"], set={"items": items})
+            item["price"].update(unit_price_overrides=[], tax_mode="external")
+        admin.post("mutate", resource="subscriptions", key=sub["id"], set={"items": items, "currency_code": currency})
     from dagster import DagsterInstance
 
     instance = DagsterInstance.ephemeral()

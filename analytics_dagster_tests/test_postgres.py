@@ -281,6 +281,15 @@ def test_dbt_on_a_session_not_in_utc_fails_before_building(postgres_warehouse: s
                                      "WHERE table_schema = 'analytics_models'") == []
 
 
+@pytest.mark.world(seed=14, localized=0.6)  # test_models.LOCALIZED_WORLD
+def test_mrr_is_what_a_localized_world_bills_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
+    """test_models.py's localized world on PostgreSQL: overrides, converted and tax-inclusive
+    prices (the macros' PostgreSQL dialect: jsonb overrides, whole-number tax), MRR as billed."""
+    from analytics_dagster_tests.test_models import assert_mrr_is_what_a_localized_world_bills
+
+    assert_mrr_is_what_a_localized_world_bills(postgres_warehouse, admin)
+
+
 # ---------------------------------------------------------------- the second adversary's (test_models_adversary_2.py)
 def test_a_lower_case_rfc3339_stamp_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
     from analytics_dagster_tests.test_models import assert_close, query, sync_all, truth_mrr

@@ -86,6 +86,7 @@ def test_every_hidden_entity_lands_and_stays_exact_through_changes(
         assert all(metadata(result)[t]["sync_mode"] == "events" for t in HIDDEN if not RESOURCES_BY_NAME[t].unnotified)
 
 
+@pytest.mark.world(seed=4)  # a world with 14 non-catalog prices: five pages of them
 def test_a_backfill_failing_in_a_later_part_resumes_in_it(
     warehouse: Path, admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

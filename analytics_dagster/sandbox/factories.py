@@ -11,19 +11,34 @@ Every factory draws from the world's generator only (`world.rng`), in a fixed or
 makes the same world. The table's order is the order the initial world makes entities in, an
 entity referring only to those made before it (discounts restrict to products; subscriptions
 take a discount).
+
+How the sandbox bills a subscription, as Paddle does (`billed_unit_amount`, `billed_monthly`):
+in the subscription's `currency_code`, at the price's `unit_price_overrides` entry for that
+currency and the country of the subscription's address if it has one, else at the base
+`unit_price` if it is in that currency, else at the base converted (`convert`: the sandbox's
+exchange rates, which move from month to month); a tax-inclusive price (`tax_mode` internal, or
+account_setting on an account whose setting is internal: `ACCOUNT_TAX_MODE`) has the tax of the
+address's country (`TAX_RATES`) included in that amount. A share of subscriptions is billed in
+the currency of its customer's country (`World(localized=...)`), and a subscription billed at an
+amount its catalogue prices do not say (a converted price, or a tax-inclusive one) has its
+transactions: the first (`origin` web) when it is made, one more (`subscription_recurring`) at
+each renewal (`World.advance`'s `renewals`).
 """
 
 from __future__ import annotations
 
+import calendar
 import copy
 import functools
 import json
 import pickle
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from fractions import Fraction
 from importlib import resources as importlib_resources
 from typing import TYPE_CHECKING, Any, Callable
 
-from analytics_dagster.rfc3339 import parse_ns
+from analytics_dagster.rfc3339 import format_ns, parse_ns
 
 if TYPE_CHECKING:
     import random
@@ -42,6 +57,7 @@ _CITIES = [
     ("Toronto", "ON", "CA", "M5H 2N2"),
     ("Sydney", "NSW", "AU", "2000"),
     ("Paris", None, "FR", "75001"),
+    ("Amsterdam", None, "NL", "1012 JS"),
 ]
 _CURRENCIES = ["USD", "EUR", "GBP", "AUD", "CAD"]
 _SUBSCRIPTION_DISCOUNT_SHARE = 0.2  # subscriptions created with a discount
@@ -56,7 +72,21 @@ _BILLING_CYCLES = [(("month", 1), 40), (("year", 1), 40), (("month", 3), 10), ((
 _NON_CATALOG_SHARE = 0.1
 _CUSTOM_DISCOUNT_EVERY = 4
 _REPORT_DAYS = 7  # a ready report can be downloaded for this long, then it expires
-_TAX_RATE = (8, 100)  # the tax of every line: 8% of its amount after discount, rounded down
+_TAX_RATE = "0.08"  # the tax rate of a transaction not of a subscription: 8% of a line's amount after discount
+# --- localized billing (the module's docstring)
+LOCALIZED_SHARE = 0.3  # subscriptions billed in their customer's currency, by default (`World(localized=...)`)
+COUNTRY_CURRENCY = {"US": "USD", "GB": "GBP", "DE": "EUR", "FR": "EUR", "NL": "EUR", "CA": "CAD", "AU": "AUD"}
+# the tax rate of a subscription's transactions, by the country of its address (others: _TAX_RATE)
+TAX_RATES = {"US": "0.08", "GB": "0.2", "DE": "0.19", "FR": "0.2", "NL": "0.21", "CA": "0.13", "AU": "0.1"}
+ACCOUNT_TAX_MODE = "external"  # the sandbox account's tax setting: a price of tax_mode account_setting excludes tax
+# a price's tax_mode, and how often it is drawn
+_TAX_MODES = [("account_setting", 70), ("external", 20), ("internal", 10)]
+_OVERRIDE_SHARE = 0.5  # prices with unit_price_overrides: one in EUR (for some of these lists), one in GBP
+_OVERRIDES = [("EUR", [["DE", "FR", "NL"], ["DE", "FR"]]), ("GBP", [["GB"]])]
+# units of each currency a US dollar buys, before the month's move (`convert`)
+_PER_USD = {"USD": Fraction(1), "EUR": Fraction(92, 100), "GBP": Fraction(79, 100), "AUD": Fraction(152, 100),
+            "CAD": Fraction(136, 100)}
+_PER_MONTH = {"day": 365 / 12, "week": 52 / 12, "month": 1.0, "year": 1 / 12}  # how many of each interval a month holds
 # the filter on when a report's rows were updated, by its type, as the spec names it
 _REPORT_UPDATED_FILTER = {"transactions": "updated_at", "adjustments": "updated_at", "discounts": "updated_at",
                           "products_prices": "product_updated_at"}
@@ -251,7 +281,20 @@ def new_price(world: World, ts: str, product_id: str | None) -> Entity:
         custom_data=_custom_data(world),
         import_meta=None,
     )
+    (entity["tax_mode"],) = world.rng.choices([m for m, _ in _TAX_MODES], [w for _, w in _TAX_MODES])
+    if world.rng.random() < _OVERRIDE_SHARE:
+        entity["unit_price_overrides"] = [_override(world, entity["unit_price"], currency, countries)
+                                          for currency, countries in _OVERRIDES]
     return entity
+
+
+def _override(world: World, base: dict[str, str], currency: str, countries: list[list[str]]) -> dict[str, Any]:
+    """A unit price override in `currency` for one of `countries`' lists: a price set by hand, as
+    a seller rounds it (`…99`), not a conversion of the base (up to 15% either side of one)."""
+    near = int(base["amount"]) * _PER_USD[currency] / _PER_USD[base["currency_code"]]
+    amount = max(1, round(near * Fraction(world.rng.randint(85, 115), 100) / 100)) * 100 - 1
+    return {"country_codes": list(world.rng.choice(countries)),
+            "unit_price": {"amount": str(amount), "currency_code": currency}}
 
 
 def new_custom_product(world: World, ts: str, owner: str | None) -> Entity:
@@ -389,7 +432,165 @@ def new_subscription(world: World, ts: str, customer_id: str | None) -> Entity:
     entity["management_urls"] = management_urls(entity)
     if world.ids["discounts"] and world.rng.random() < _SUBSCRIPTION_DISCOUNT_SHARE:
         entity["discount"] = _subscription_discount(world, ts)
+    country = country_of(world, entity)
+    if world.rng.random() < world.localized:  # Paddle's checkout in the customer's local currency
+        entity["currency_code"] = COUNTRY_CURRENCY.get(country, currency)
+    cycle = next((i["price"]["billing_cycle"] for i in items if i["price"]["billing_cycle"]), None)
+    entity.update(billing_cycle=cycle, current_billing_period=_period(ts, cycle),
+                  next_billed_at=_period(ts, cycle)["ends_at"] if cycle else None)
+    if any(not catalogue_billed(i["price"], entity["currency_code"], country) or tax_inclusive(i["price"])
+           for i in items):
+        # billed at an amount its catalogue prices do not say: the checkout's transaction shows it
+        world.create("transactions", ts, customer_id,
+                     new=functools.partial(new_subscription_transaction, subscription=entity, origin="web"))
     return entity
+
+
+def country_of(world: World, subscription: Entity) -> str | None:
+    """The country of the subscription's address (what its prices are localized for)."""
+    address = world.entities["customer_addresses"].get(subscription["address_id"])
+    return address["country_code"] if address else None
+
+
+def _period(ts: str, cycle: dict[str, Any] | None) -> dict[str, str] | None:
+    """The billing period that starts at `ts` and lasts one `cycle` (calendar months and years,
+    the day of the month kept where the month has it), or None for no cycle."""
+    if cycle is None:
+        return None
+    ns = parse_ns(ts)
+    start = datetime.fromtimestamp(ns // 10**9, tz=timezone.utc)
+    interval, frequency = cycle["interval"], cycle["frequency"]
+    if interval in ("day", "week"):
+        seconds = frequency * (7 if interval == "week" else 1) * 24 * 3600
+        return {"starts_at": ts, "ends_at": format_ns(ns + seconds * 10**9, 6)}
+    months = start.month - 1 + frequency * (12 if interval == "year" else 1)
+    year, month = start.year + months // 12, months % 12 + 1
+    end = start.replace(year=year, month=month, day=min(start.day, calendar.monthrange(year, month)[1]))
+    return {"starts_at": ts, "ends_at": format_ns(int(end.timestamp()) * 10**9 + ns % 10**9, 6)}
+
+
+# ---------------------------------------------------------------------- what a subscription is billed
+def catalogue_billed(price: Entity, currency: str, country: str | None) -> bool:
+    """Whether `price`, billed in `currency` to a customer in `country`, is billed at an amount
+    it states: an override of that country in that currency, or its base in that currency (else
+    Paddle converts the base)."""
+    return _override_amount(price, currency, country) is not None or price["unit_price"]["currency_code"] == currency
+
+
+def _override_amount(price: Entity, currency: str, country: str | None) -> int | None:
+    for override in price.get("unit_price_overrides") or []:
+        if country in override["country_codes"] and override["unit_price"]["currency_code"] == currency:
+            return int(override["unit_price"]["amount"])
+    return None
+
+
+def tax_inclusive(price: Entity) -> bool:
+    """Whether the price's amounts include tax: `tax_mode` internal, or account_setting on an
+    account whose setting is internal."""
+    mode = price.get("tax_mode") or "account_setting"
+    return (ACCOUNT_TAX_MODE if mode == "account_setting" else mode) == "internal"
+
+
+def tax_rate(country: str | None) -> str:
+    """The tax rate the sandbox bills a subscription's customer in `country` (a decimal string,
+    as a transaction line's `tax_rate`)."""
+    return TAX_RATES.get(country or "", _TAX_RATE)
+
+
+def convert(amount: int, currency: str, to: str, at: str) -> int:
+    """`amount` (minor units of `currency`) in `to` at the sandbox's exchange rate of the month
+    of `at`: a fixed rate against the US dollar moved by up to 1.25% either way, month by month.
+    Rounded half up to a minor unit."""
+    when = datetime.fromtimestamp(parse_ns(at) // 10**9, tz=timezone.utc)
+    drift = 1 + Fraction((when.year * 12 + when.month) * 7 % 11 - 5, 400)
+    exact = amount * _PER_USD[to] / _PER_USD[currency] * drift
+    return int(exact + Fraction(1, 2))
+
+
+def included_tax(amount: int, rate: str) -> int:
+    """The tax `amount` includes at `rate` (a decimal string of at most 6 places):
+    amount x rate / (1 + rate), rounded half up to a minor unit."""
+    scaled = Fraction(rate) * 10**6
+    assert scaled.denominator == 1, f"a tax rate of more than 6 decimal places: {rate}"
+    return int(amount * scaled / (10**6 + scaled) + Fraction(1, 2))
+
+
+def billed_unit_amount(price: Entity, currency: str, country: str | None, at: str) -> int:
+    """What the sandbox bills for a unit of `price` in `currency` to a customer in `country`, in
+    a billing period starting at `at`, tax included if the price includes it: the override of
+    that country in that currency, else the base in that currency, else the base converted."""
+    override = _override_amount(price, currency, country)
+    if override is not None:
+        return override
+    base = price["unit_price"]
+    if base["currency_code"] == currency:
+        return int(base["amount"])
+    return convert(int(base["amount"]), base["currency_code"], currency, at)
+
+
+def billed_unit_excluding_tax(price: Entity, currency: str, country: str | None, at: str) -> int:
+    """`billed_unit_amount`, its tax taken out if the price includes it."""
+    amount = billed_unit_amount(price, currency, country, at)
+    return amount - included_tax(amount, tax_rate(country)) if tax_inclusive(price) else amount
+
+
+def billed_monthly(subscription: Entity, item: Entity, country: str | None) -> float:
+    """What the sandbox bills a month for one item of `subscription` (as the API lists it; its
+    address in `country`), tax excluded, before any discount, in minor units of the
+    subscription's currency: the unit amount of its current billing period
+    (`billed_unit_excluding_tax`) x quantity, normalised to a month by the price's billing cycle
+    (days x 365/12, weeks x 52/12, months x 1, years x 1/12, each over the cycle's frequency)."""
+    price = item["price"]
+    period = subscription.get("current_billing_period") or {}
+    at = period.get("starts_at") or subscription["started_at"]
+    unit = billed_unit_excluding_tax(price, subscription["currency_code"], country, at)
+    cycle = price["billing_cycle"]
+    return unit * item["quantity"] * _PER_MONTH[cycle["interval"]] / cycle["frequency"]
+
+
+def renew_subscription(world: World, subscription: Entity, ts: str) -> None:
+    """Paddle renews the subscription at `ts`: its next billing period starts (its transaction is
+    the world's to make: `new_subscription_transaction`, origin subscription_recurring)."""
+    period = _period(ts, subscription.get("billing_cycle"))
+    subscription["current_billing_period"] = period
+    subscription["next_billed_at"] = period["ends_at"] if period else None
+
+
+def new_subscription_transaction(world: World, ts: str, customer_id: str | None, *, subscription: Entity,
+                                 origin: str) -> Entity:
+    """The transaction of a subscription's billing period (its current one), completed at `ts`:
+    each billed item (status active) at `billed_unit_amount` in the subscription's currency, the
+    tax rate of its address's country, 10% off every line while the subscription has a discount
+    (a one-off one: on its first transaction only)."""
+    country = country_of(world, subscription)
+    txn = template("transaction")
+    txn.update(world.common("transactions", ts))
+    discount = subscription.get("discount")
+    discounted = bool(discount) and (origin == "web" or (
+        discount["type"] == "recurring" and (discount["ends_at"] is None or parse_ns(discount["ends_at"]) > parse_ns(ts))))
+    txn.update(
+        status="completed",
+        customer_id=subscription["customer_id"],
+        address_id=subscription["address_id"],
+        business_id=subscription.get("business_id"),
+        origin=origin,
+        collection_mode="automatic",
+        subscription_id=subscription["id"],
+        billing_details=None,
+        billing_period=copy.deepcopy(subscription["current_billing_period"]),
+        discount_id=discount["id"] if discounted else None,
+        billed_at=ts,
+        invoice_number=f"{world.rng.randint(100, 999)}-{world.rng.randint(10000, 99999)}",
+        custom_data=None,
+    )
+    period = subscription["current_billing_period"] or {"starts_at": ts}
+    currency, rate = subscription["currency_code"], tax_rate(country)
+    lines = [(item["price"], item["quantity"],
+              billed_unit_amount(item["price"], currency, country, period["starts_at"]), discounted)
+             for item in subscription["items"] if item.get("status", "active") == "active"]
+    _bill_lines(world, txn, currency, rate, lines)
+    txn["payments"] = _payments_after(world, txn, "completed", ts)
+    return txn
 
 
 def _chosen_prices(world: World, ts: str, most: int) -> list[Entity]:
@@ -475,23 +676,41 @@ def new_transaction(world: World, ts: str, customer_id: str | None) -> Entity:
 
 
 def _bill(world: World, txn: Entity, prices: list[Entity]) -> None:
-    """The transaction's items, line items and totals for `prices`, as the API computes them:
-    per line, subtotal = unit price x quantity, a discount (10% on some lines), tax on what is
-    left, total = subtotal - discount + tax; the transaction's totals are the lines' sums, the
-    fee 5% of the total, earnings the total less tax and fee."""
+    """The transaction's items, line items and totals for `prices` in their currency, each line
+    of a random quantity, 10% off some lines (`_bill_lines`)."""
     currency = prices[0]["unit_price"]["currency_code"]
-    items, lines = [], []
+    lines = []
     for price in prices:
-        quantity = _quantity(world, price)
-        subtotal = int(price["unit_price"]["amount"]) * quantity
-        discount = subtotal // 10 if world.rng.random() < 0.3 else 0
-        tax = (subtotal - discount) * _TAX_RATE[0] // _TAX_RATE[1]
+        lines.append((price, _quantity(world, price), int(price["unit_price"]["amount"]), world.rng.random() < 0.3))
+    _bill_lines(world, txn, currency, _TAX_RATE, lines)
+
+
+def _bill_lines(world: World, txn: Entity, currency: str, rate: str,
+                lines_: list[tuple[Entity, int, int, bool]]) -> None:
+    """The transaction's items, line items and totals for its lines (price, quantity, unit amount
+    in `currency`, whether 10% off), at the tax rate `rate`, as the API computes them: per line,
+    subtotal = unit amount excluding tax x quantity (a tax-inclusive price's unit amount less the
+    tax it includes: `included_tax`), discount 10% of it or none, tax on what is left (a
+    tax-inclusive price: the tax included in what is left of its amount), total = subtotal -
+    discount + tax; `unit_totals` a unit's share (its subtotal the unit amount excluding tax);
+    the transaction's totals are the lines' sums, the fee 5% of the total, earnings the total
+    less tax and fee."""
+    items, lines = [], []
+    for price, quantity, unit, discounted in lines_:
+        inclusive = tax_inclusive(price)
+        subtotal = (unit - included_tax(unit, rate) if inclusive else unit) * quantity
+        discount = subtotal // 10 if discounted else 0
+        if inclusive:  # what is charged is the amount (less the discount's share of it): the tax is in it
+            charged = unit * quantity
+            tax = charged - (charged // 10 if discounted else 0) - (subtotal - discount)
+        else:
+            tax = int((subtotal - discount) * Fraction(rate))
         totals = {"subtotal": str(subtotal), "tax": str(tax), "discount": str(discount),
                   "total": str(subtotal - discount + tax)}
         items.append({"price": copy.deepcopy(price), "quantity": quantity})
         lines.append({
             "id": world.new_id("txnitm"), "price_id": price["id"], "quantity": quantity, "totals": totals,
-            "product": _product_of(world, price), "tax_rate": "0.08",
+            "product": _product_of(world, price), "tax_rate": rate,
             "unit_totals": {k: str(int(v) // quantity) for k, v in totals.items()},
         })
     sums = {k: sum(int(line["totals"][k]) for line in lines) for k in ("subtotal", "tax", "discount", "total")}
@@ -507,7 +726,7 @@ def _bill(world: World, txn: Entity, prices: list[Entity]) -> None:
     details = txn["details"]
     details["totals"] = totals
     details["adjusted_totals"] = {k: totals.get(k, v) for k, v in details["adjusted_totals"].items()}
-    details["tax_rates_used"] = [{"tax_rate": "0.08", "totals": {k: str(v) for k, v in sums.items()}}]
+    details["tax_rates_used"] = [{"tax_rate": rate, "totals": {k: str(v) for k, v in sums.items()}}]
     details["line_items"] = lines
 
 

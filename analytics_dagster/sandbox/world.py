@@ -14,8 +14,12 @@ Scale: for ``customers = N`` the initial world holds (on average)
 customers                 N
 customer_addresses        0 to 3 per customer (1.6 N: one at least with a subscription)
 businesses                0 to 2 per customer (1 N)
-subscriptions             0.5 N, each with an address, 20% with a discount
-transactions              0 to 4 per customer (2 N); paid or completed ones with a payment
+subscriptions             0.5 N, each with an address, 20% with a discount; ``localized`` of them
+                          (30%) billed in their customer's currency
+transactions              0 to 4 per customer (2 N); paid or completed ones with a payment; and
+                          the first of each subscription billed at an amount its prices do not
+                          state (converted, or tax-inclusive: ``factories``, "what a
+                          subscription is billed")
 events                    one per create and update of the resources with events, of the
                           last 90 days only (older ones are past the API's retention)
 products                  max(3, N / 20); prices: 2 per product
@@ -40,13 +44,15 @@ header.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import random
 import uuid
 from typing import Any, Callable, Iterable
 
 from analytics_dagster.rfc3339 import CROCKFORD as _CROCKFORD, format_ns, id_floor, parse_ns
-from analytics_dagster.sandbox.factories import FACTORIES, Document, Factory, check, redeem_discount
+from analytics_dagster.sandbox.factories import (FACTORIES, LOCALIZED_SHARE, Document, Factory, check,
+                                                 new_subscription_transaction, redeem_discount, renew_subscription)
 from analytics_dagster.source.resources import RESOURCES, ApiResource
 
 _START_NS = 1_672_531_200 * 10**9  # 2023-01-01T00:00:00Z
@@ -83,17 +89,21 @@ class World:
     Args:
         customers: how many customers the initial world has; everything else scales with it.
         seed: makes the world, and every later `advance`, reproducible.
+        localized: the share of subscriptions billed in the currency of their customer's
+            country (Paddle's localized checkout: an override of the price for that country, or
+            the base price converted), the others in their first price's currency.
         resources: the registry served (default: the project's).
         factories: what makes each resource's data, by name (default: `factories.FACTORIES`).
     """
 
-    def __init__(self, customers: int = 100, seed: int = 0, *,
+    def __init__(self, customers: int = 100, seed: int = 0, *, localized: float = LOCALIZED_SHARE,
                  resources: tuple[ApiResource, ...] = RESOURCES,
                  factories: dict[str, Factory | Document] = FACTORIES) -> None:
         check(resources, factories)
         self.resources: dict[str, ApiResource] = {r.name: r for r in resources}
         self.factories = factories
         self.seed = seed
+        self.localized = localized
         self.rng = random.Random(seed)
         self.clock_ns = _START_NS
         self._last_id_ms = 0
@@ -217,17 +227,20 @@ class World:
                ) -> tuple[dict[str, Any], list[str]]:
         """A new entity of `resource` at `ts` from its factory (or `new`, made as the factory's
         `new` makes one: a non-catalog price a transaction bills), stored, and the ids of the
-        events its creation emitted (none while the initial history is written). A factory that
-        may make nothing (`Factory.history`'s) leaves the entity None."""
+        events its creation emitted (none while the initial history is written), those of the
+        entities made with it included (a non-catalog price and product, a subscription's
+        transaction). A factory that may make nothing (`Factory.history`'s) leaves the entity None."""
         factory = self.factories[resource]
         assert isinstance(factory, Factory)
+        listed = len(self.ids[EVENTS])
         made = (new or factory.new)(self, ts, owner)
         if made is None:
             assert factory.history is not None, f"{resource}: its factory made nothing"
             return made, []  # type: ignore[return-value]
         entity = self._store(resource, made)
+        nested = self.ids[EVENTS][listed:] if self._history is None else []
         events = [self._emit(resource, verb, entity) for verb in factory.created(entity)]
-        return entity, [e for e in events if e]
+        return entity, nested + [e for e in events if e]
 
     def _make(self, resource: str, step: int, owner: str | None, place: int, children_only: bool) -> list[str]:
         """An entity now, the clock on by up to `step`, then what is made with it: event ids."""
@@ -453,6 +466,7 @@ class World:
         archives: int = 0,
         new_customers: int = 0,
         new_transactions: int = 0,
+        renewals: int = 0,
         adjustments: int = 0,
         cidrs_swapped: int = 0,
         new_event_types: int = 0,
@@ -469,6 +483,10 @@ class World:
             new_customers: customers created, each with its children (0 to 3 addresses and 0
                 to 2 businesses).
             new_transactions: transactions created for existing customers.
+            renewals: active subscriptions renewed: the next billing period starts now (a
+                `subscription.updated` event), billed by a transaction of origin
+                subscription_recurring at the amounts of now (a converted price at this
+                month's rate).
             adjustments: adjustments (refunds, credits, chargebacks) of transactions that can be
                 adjusted, each with its `adjustment.created` event (fewer if none can be).
             cidrs_swapped: webhook source CIDRs replaced by new ones (no event).
@@ -512,6 +530,8 @@ class World:
             txn, events = self.create("transactions", round_.stamp(), customer)
             round_.note("transactions", txn["id"])
             round_.note(EVENTS, *events)
+        for _ in range(renewals):
+            self._renew(round_)
         for _ in range(adjustments):
             adjustment, events = self.create("adjustments", round_.stamp())
             if adjustment is not None:
@@ -614,6 +634,23 @@ class World:
         round_.note(EVENTS, *events)
         for name, count in before.items():
             round_.note(name, *self.ids[name][count:])
+
+    def _renew(self, round_: _Round) -> None:
+        """One active subscription renewed: its next billing period, and the transaction that bills it."""
+        active = [k for k in self.ids["subscriptions"] if self.entities["subscriptions"][k]["status"] == "active"]
+        if not active:
+            return
+        key = self.rng.choice(active)
+        subscription = self.entities["subscriptions"][key]
+        ts = round_.stamp()
+        renew_subscription(self, subscription, ts)
+        self._touch("subscriptions", subscription, ts)
+        round_.note("subscriptions", key)
+        round_.note(EVENTS, self._emit("subscriptions", "updated", subscription))
+        txn, events = self.create("transactions", ts, subscription["customer_id"], new=functools.partial(
+            new_subscription_transaction, subscription=subscription, origin="subscription_recurring"))
+        round_.note("transactions", txn["id"])
+        round_.note(EVENTS, *events)
 
     def _swap_cidr(self, round_: _Round) -> None:
         gone = self.ip_cidrs.pop(self.rng.randrange(len(self.ip_cidrs)))

@@ -7,7 +7,7 @@
 -- A warning, not an error: the subscriptions table and the event stream can disagree for a
 -- while, by the contract (a late event; one table synced alone), and that blocks nothing.
 with listed as (
-    select unit_currency_code as currency_code, sum(monthly_amount) as mrr
+    select currency_code, coalesce(sum(monthly_amount), 0) as mrr
     from {{ ref('stg_subscription_items') }}
     where subscription_status = 'active' and recurring and {{ billed_item('item_status') }}
     group by 1

@@ -28,6 +28,7 @@ with snapshots as (
         data->>'status' as status,
         data->>'customer_id' as customer_id,
         data->>'currency_code' as currency_code,
+        data->>'address_id' as address_id,
         data->'items' as items
     from {{ source('analytics', 'events') }}
     where event_type like 'subscription.%'
@@ -51,14 +52,16 @@ newest as (
     where position = 1
 ),
 
--- the listed state the previous build recorded (none on the first build)
+-- the listed state the previous build recorded (none on the first build; one built before the
+-- history carried address_id has none for it, and the row's as listed now stands in)
 recorded as (
     {%- if previous %}
-    select subscription_id, valid_from, status, customer_id, currency_code, items
+    {%- set recorded_address = 'address_id' if 'address_id' in adapter.get_columns_in_relation(previous) | map(attribute='name') | map('lower') | list else 'cast(null as ' ~ dbt.type_string() ~ ')' %}
+    select subscription_id, valid_from, status, customer_id, currency_code, {{ recorded_address }} as address_id, items
     from {{ this }}
     where state_id like 'listed/%'
     {%- else %}
-    select id as subscription_id, updated_at as valid_from, status, customer_id, currency_code, items
+    select id as subscription_id, updated_at as valid_from, status, customer_id, currency_code, address_id, items
     from {{ source('analytics', 'subscriptions') }}
     where 1 = 0
     {%- endif %}
@@ -71,6 +74,7 @@ listings as (
         s.status,
         s.customer_id,
         s.currency_code,
+        s.address_id,
         s.items,
         n.subscription_id is not null as has_events,
         n.stamped_at,
@@ -79,6 +83,7 @@ listings as (
         r.status as recorded_status,
         r.customer_id as recorded_customer_id,
         r.currency_code as recorded_currency_code,
+        coalesce(r.address_id, s.address_id) as recorded_address_id,
         r.items as recorded_items,
         -- the recorded listed state stands: older than the first event, or, with none yet,
         -- than the row as listed now
@@ -96,7 +101,7 @@ listed as (
     select
         'listed/' || subscription_id as state_id, subscription_id, 'listed' as changed_by, '' as stream_position,
         recorded_from as valid_from, recorded_status as status, recorded_customer_id as customer_id,
-        recorded_currency_code as currency_code, recorded_items as items
+        recorded_currency_code as currency_code, recorded_address_id as address_id, recorded_items as items
     from listings
     where keeps_recorded
     union all
@@ -107,7 +112,7 @@ listed as (
         subscription_id,
         'listed',
         case when has_events or keeps_recorded then '~' else '' end,
-        updated_at, status, customer_id, currency_code, items
+        updated_at, status, customer_id, currency_code, address_id, items
     from listings
     where (not has_events and not keeps_recorded)
        or (has_events and updated_at > stamped_at + interval '1 second')
@@ -115,7 +120,8 @@ listed as (
 ),
 
 states as (
-    select state_id, subscription_id, changed_by, stream_position, valid_from, status, customer_id, currency_code, items
+    select state_id, subscription_id, changed_by, stream_position, valid_from, status, customer_id, currency_code,
+        address_id, items
     from snapshots
     union all
     select * from listed
@@ -136,6 +142,7 @@ select
     status,
     customer_id,
     currency_code,
+    address_id,
     items,
     starts_at as valid_from,
     lead(starts_at) over (partition by subscription_id order by {{ byte_order('stream_position') }}) as valid_to

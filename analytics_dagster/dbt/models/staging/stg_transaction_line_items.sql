@@ -10,6 +10,9 @@ select
     {{ amount("line.value->'totals'->>'subtotal'") }} as subtotal,
     {{ amount("line.value->'totals'->>'discount'") }} as discount,
     {{ amount("line.value->'totals'->>'tax'") }} as tax,
-    {{ amount("line.value->'totals'->>'total'") }} as total
+    {{ amount("line.value->'totals'->>'total'") }} as total,
+    {{ amount("line.value->'unit_totals'->>'subtotal'") }} as unit_subtotal,
+    line.value->>'tax_rate' as tax_rate,
+    line.value->>'proration' is not null as prorated
 from {{ source('analytics', 'transactions') }} as t,
     {{ json_array_elements('t.details', 'line_items', 'line') }}
