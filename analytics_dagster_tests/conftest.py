@@ -68,6 +68,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # paced at this share of it: 10% of 2 s, 0.2 s.
 PACE_UNDER_A_SHORT_WINDOW = 0.9
 SANDBOX_CUSTOMERS, SANDBOX_SEED = 40, 7  # the world every test's `sandbox` serves
+# a world of 40 customers with every case of billing (test_models.billing_cases): `world(**LOCALIZED_WORLD)`
+LOCALIZED_WORLD = {"seed": 19, "localized": 0.6}
 # A test that starts from a backfill asks for one of these fixtures instead of syncing itself:
 # by name, how the backfill is made (`assert sync().success`, or the same with the models built)
 BACKFILLS = ("backfilled", "backfilled_with_models")
@@ -267,6 +269,19 @@ def assert_events_cover_api(db: Path | str, admin: Admin) -> None:
     listed = admin.truth("events")
     assert_table_equals_truth(db, "events", listed, extra_allowed=True)
     assert len(rows) >= len(listed)
+
+
+def active(admin: Admin, table: str, **fields: Any) -> dict[str, Any]:
+    """An active entity of `table` whose fields have these values: the world's, or, when its
+    draws made none (all archived or expired), one of them made active again now (an update)."""
+    matching = [e for e in admin.truth(table) if all(e.get(k) == v for k, v in fields.items())]
+    found = next((e for e in matching if e["status"] == "active"), None)
+    if found is not None:
+        return found
+    assert matching, f"the world has no {table} with {fields}"
+    revive = {"status": "active", **({"expires_at": None} if "expires_at" in matching[0] else {})}
+    admin.post("mutate", resource=table, key=matching[0]["id"], set=revive)
+    return next(e for e in admin.truth(table) if e["id"] == matching[0]["id"])
 
 
 def assert_warehouse_equals_api(db: Path | str, admin: Admin, tables: list[str] = TABLES) -> None:

@@ -19,7 +19,7 @@ from dagster import AssetCheckSeverity, DagsterInstance
 
 from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
-from analytics_dagster_tests.conftest import TABLES, Admin, assert_warehouse_equals_api, warehouse_rows
+from analytics_dagster_tests.conftest import TABLES, Admin, active, assert_warehouse_equals_api, warehouse_rows
 from analytics_dagster_tests.test_automation import evaluate
 from analytics_dagster_tests.test_events import metadata
 from analytics_dagster_tests.test_failures import step_error
@@ -46,8 +46,9 @@ def change_what_events_do_not_say(admin: Admin, round_: int) -> dict[str, Any]:
         admin.post("mutate", resource="subscriptions", key=sub["id"],
                    set={"current_billing_period": {"starts_at": period["ends_at"], "ends_at": period["ends_at"]}})
     clock = now_ns(admin)
-    discount = next(d for d in admin.truth("discounts") if d["status"] == "active")
+    discount = active(admin, "discounts")
     admin.post("mutate", resource="discounts", key=discount["id"], set={"expires_at": format_ns(clock + HOUR_NS, 3)})
+    active(admin, "discounts", mode="standard")  # (one the checkouts can redeem)
     reports = admin.truth("reports")
     failing, expiring = reports[round_ % len(reports)], reports[(round_ + 1) % len(reports)]
     admin.post("mutate", resource="reports", key=failing["id"], set={"status": "failed"})
@@ -91,7 +92,7 @@ def test_a_default_listing_hides_failed_and_expired_reports_and_unusable_discoun
     import requests
 
     headers = {"Authorization": f"Bearer {sandbox.config.api_key}"}
-    discount = next(d for d in admin.truth("discounts") if d["status"] == "active")
+    discount = active(admin, "discounts")
     admin.post("mutate", resource="discounts", key=discount["id"], set={"expires_at": format_ns(now_ns(admin) + HOUR_NS, 3)})
     admin.post("advance", seconds=2 * 3600)  # it expires
     for table, hidden in (("reports", {"failed", "expired"}), ("discounts", {"expired", "used"})):

@@ -19,7 +19,7 @@ from dagster import AssetKey, DagsterInstance
 from analytics_dagster.definitions import defs
 from analytics_dagster.models import MODEL_CHECK_SPECS, MODEL_SPECS, MODELS_GROUP, model_key
 from analytics_dagster.sandbox.factories import billed_monthly, catalogue_billed, tax_inclusive
-from analytics_dagster_tests.conftest import Admin
+from analytics_dagster_tests.conftest import LOCALIZED_WORLD, Admin
 
 MODELS = {spec.key for spec in MODEL_SPECS}
 METRICS = ["mrr_daily", "revenue_monthly", "customer_overview"]
@@ -279,7 +279,6 @@ def counted_items(db: Path | str) -> dict[str, dict[str, Any]]:
             "AND recurring AND coalesce(item_status, 'active') = 'active'")}
 
 
-LOCALIZED_WORLD = {"seed": 14, "localized": 0.6}  # a world of 40 customers with every case of billing_cases
 
 
 @pytest.mark.world(**LOCALIZED_WORLD)

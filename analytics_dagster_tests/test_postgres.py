@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 import pytest
 
 from analytics_dagster.models import MODEL_CHECK_SPECS
-from analytics_dagster.source.resources import STREAM_TABLES
-from analytics_dagster_tests.conftest import REPLACED, REPO, TABLES, Admin, assert_warehouse_equals_api, poll
+from analytics_dagster.source.resources import RESOURCES, STREAM_TABLES
+from analytics_dagster_tests.conftest import LOCALIZED_WORLD, REPLACED, REPO, TABLES, Admin, assert_warehouse_equals_api, poll
 from analytics_dagster_tests.test_sync import check_results, sync
 
 SERVER = os.environ.get("ANALYTICS_TEST_POSTGRES")
@@ -133,8 +133,10 @@ def test_runs_launched_through_a_postgres_backed_instance(
         assert [r.status for r in finished] == [DagsterRunStatus.SUCCESS]
         checks = [e for e in instance.all_logs(finished[0].run_id) if e.dagster_event
                   and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-        # primary keys, events applied, and the models' dbt tests (the models built on PostgreSQL)
-        assert len(checks) == len(TABLES) + len(STREAM_TABLES) + len(MODEL_CHECK_SPECS)
+        # primary keys, events applied, the key's permissions, and the models' dbt tests (the
+        # models built on PostgreSQL)
+        permissions = [r for r in RESOURCES if r.permission]
+        assert len(checks) == len(TABLES) + len(STREAM_TABLES) + len(permissions) + len(MODEL_CHECK_SPECS)
         assert all(e.dagster_event.asset_check_evaluation_data.passed for e in checks)
         assert_warehouse_equals_api(postgres_warehouse, admin)
     finally:
@@ -281,7 +283,7 @@ def test_dbt_on_a_session_not_in_utc_fails_before_building(postgres_warehouse: s
                                      "WHERE table_schema = 'analytics_models'") == []
 
 
-@pytest.mark.world(seed=14, localized=0.6)  # test_models.LOCALIZED_WORLD
+@pytest.mark.world(**LOCALIZED_WORLD)
 def test_mrr_is_what_a_localized_world_bills_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
     """test_models.py's localized world on PostgreSQL: overrides, converted and tax-inclusive
     prices (the macros' PostgreSQL dialect: jsonb overrides, whole-number tax), MRR as billed."""

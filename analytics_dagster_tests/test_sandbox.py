@@ -345,7 +345,7 @@ def assert_adjustments_are_of_their_transactions(adjustments: list[dict], transa
 def test_adjustments_are_refunds_credits_and_chargebacks_of_real_transaction_items() -> None:
     """The initial world's adjustments (its history: a refund reviewed after it was made) and
     those `advance` makes, listed, each with its events; updates review pending refunds."""
-    world = World(customers=300, seed=2)
+    world = World(customers=300, seed=3)  # (one whose refunds include a rejected one)
     adjustments = world.truth("adjustments")
     assert len(adjustments) == 300 // 8, "max(2, N / 8) in the initial world"
     assert {a["action"] for a in adjustments} == {"refund", "credit", "chargeback"}

@@ -13,7 +13,7 @@ import pytest
 
 from analytics_dagster.models import model_key
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
-from analytics_dagster_tests.conftest import Admin, assert_warehouse_equals_api
+from analytics_dagster_tests.conftest import Admin, active, assert_warehouse_equals_api
 from analytics_dagster_tests.test_events import metadata
 from analytics_dagster_tests.test_failures import step_error
 from analytics_dagster_tests.test_models import assert_models_built_and_tested, sync_all
@@ -45,6 +45,7 @@ def test_a_default_listing_hides_them_and_the_sandbox_has_them(admin: Admin, san
     for table, (field, value) in HIDDEN.items():
         path = RESOURCES_BY_NAME[table].path
         assert hidden(admin, table), f"the sandbox makes no {field}={value} {table}"
+        active(admin, table, **{field: value}), active(admin, table, **{field: "standard"})  # (both shown or hidden)
         listed = requests.get(f"{sandbox.url}/v1{path}?per_page=200", headers=headers, timeout=30).json()["data"]
         assert listed and all(e[field] != value for e in listed), f"a default listing of {table} shows {value} ones"
         asked = requests.get(f"{sandbox.url}/v1{path}?per_page=200&{field}={value}", headers=headers,
@@ -60,6 +61,7 @@ def change_hidden_entities(admin: Admin) -> None:
     """A round of changes to the entities a default listing hides: updates, an archive, and new
     ones (new transactions bill a non-catalog price now and then)."""
     for table, (field, value) in HIDDEN.items():
+        active(admin, table, **{field: value})
         entities = [e for e in hidden(admin, table) if e["status"] == "active"]
         admin.post("mutate", resource=table, key=entities[0]["id"], set={"custom_data": {"round": table}})
         if len(entities) > 1:
