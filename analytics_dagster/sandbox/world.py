@@ -559,12 +559,16 @@ class World:
                         changed.append((name, key))
         return changed
 
+    def _pick_active(self, resource: str) -> str | None:
+        """One active entity of `resource`, drawn; None: none is active."""
+        active = [k for k in self.ids[resource] if self.entities[resource][k]["status"] == "active"]
+        return self.rng.choice(active) if active else None
+
     def _checkout(self, round_: _Round) -> None:
         """A checkout redeeming one active discount: silent (`factories.redeem_discount`)."""
-        active = [k for k in self.ids["discounts"] if self.entities["discounts"][k]["status"] == "active"]
-        if not active:
+        key = self._pick_active("discounts")
+        if key is None:
             return
-        key = self.rng.choice(active)
         entity = self.entities["discounts"][key]
         if redeem_discount(self, entity):
             self._touch("discounts", entity, round_.stamp())
@@ -612,10 +616,9 @@ class World:
 
     def _archive(self, round_: _Round, resource: str) -> None:
         """One active entity of `resource` archived: an update, with its event."""
-        active = [k for k in self.ids[resource] if self.entities[resource][k]["status"] == "active"]
-        if not active:
+        key = self._pick_active(resource)
+        if key is None:
             return
-        key = self.rng.choice(active)
         entity = self.entities[resource][key]
         entity["status"] = "archived"
         self._touch(resource, entity, round_.stamp())
@@ -637,10 +640,9 @@ class World:
 
     def _renew(self, round_: _Round) -> None:
         """One active subscription renewed: its next billing period, and the transaction that bills it."""
-        active = [k for k in self.ids["subscriptions"] if self.entities["subscriptions"][k]["status"] == "active"]
-        if not active:
+        key = self._pick_active("subscriptions")
+        if key is None:
             return
-        key = self.rng.choice(active)
         subscription = self.entities["subscriptions"][key]
         ts = round_.stamp()
         renew_subscription(self, subscription, ts)
