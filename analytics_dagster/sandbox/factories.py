@@ -365,7 +365,7 @@ def new_report(world: World, ts: str, owner: str | None) -> Entity:
 
 def finish_report(world: World, entity: Entity, n: int, ts: str | None = None, *, failed: bool | None = None) -> None:
     """A pending report done: ready (its `rows`, downloadable for `_REPORT_DAYS`), or, one in
-    ten, failed; a ready report then expires by itself (`expire_report`)."""
+    ten, failed; a ready report then expires by itself (`expire`)."""
     if failed if failed is not None else n % 10 == 0:
         entity.update(status="failed")
         return
@@ -373,17 +373,10 @@ def finish_report(world: World, entity: Entity, n: int, ts: str | None = None, *
     entity.update(status="ready", rows=n, expires_at=world.stamp(made + _REPORT_DAYS * _DAY_NS))
 
 
-def expire_report(world: World, entity: Entity) -> bool:
-    """A ready report past its `expires_at` expires (Paddle: no longer accessible)."""
-    if entity["status"] == "ready" and entity.get("expires_at") and parse_ns(entity["expires_at"]) <= world.clock_ns:
-        entity["status"] = "expired"
-        return True
-    return False
-
-
-def expire_discount(world: World, entity: Entity) -> bool:
-    """An active discount past its `expires_at` expires (Paddle sets it, with no event)."""
-    if entity["status"] == "active" and entity.get("expires_at") and parse_ns(entity["expires_at"]) <= world.clock_ns:
+def expire(world: World, entity: Entity, *, status: str) -> bool:
+    """An entity of `status` past its `expires_at` expires, set by Paddle with no event: a ready
+    report (no longer accessible), an active discount (no longer redeemable)."""
+    if entity["status"] == status and entity.get("expires_at") and parse_ns(entity["expires_at"]) <= world.clock_ns:
         entity["status"] = "expired"
         return True
     return False
@@ -939,7 +932,7 @@ def ip_addresses(world: World) -> dict[str, list[str]]:
 FACTORIES: dict[str, Factory | Document] = {
     "products": Factory(new_product, lambda rng, customers: max(3, customers // 20)),
     "prices": Factory(new_price, lambda rng, product: 2, made_with="products"),
-    "discounts": Factory(new_discount, lambda rng, customers: max(2, customers // 20), lapse=expire_discount),
+    "discounts": Factory(new_discount, lambda rng, customers: max(2, customers // 20), lapse=functools.partial(expire, status="active")),
     "customers": Factory(new_customer, lambda rng, customers: customers, change=rename_customer),
     "customer_addresses": Factory(new_address, lambda rng, customer: rng.randint(0, 3), made_with="customers",
                                   change=move_address),
@@ -952,7 +945,7 @@ FACTORIES: dict[str, Factory | Document] = {
     # one report with the first customer, then with every twentieth
     "reports": Factory(new_report, lambda rng, customer: int(customer % 20 == 0), made_with="customers",
                        change=finish_report, changeable=lambda report: report["status"] == "pending",
-                       lapse=expire_report, lapse_stamps=False),
+                       lapse=functools.partial(expire, status="ready"), lapse_stamps=False),
     # about one adjustment for every 16 transactions, made once the rest of the world is
     "adjustments": Factory(new_adjustment, lambda rng, customers: max(2, customers // 8), change=review_adjustment,
                            changeable=pending_approval, history=adjustments_history),

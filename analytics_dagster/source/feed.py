@@ -149,11 +149,11 @@ def table_from_events(api: ApiResource, plan: SyncPlan) -> Callable[[Any], Itera
                      if event_id not in read.seen and event_id > read.applied.get(key, "")]
             new = sum(1 for key, _ in fresh if key in created)
             read.finish(len(fresh), new)
-            # listing mode's memory of these rows is stale now
-            forget_listed(dlt.current.resource_state(api.name), [key for key, _ in fresh])
+            # listing mode's memory of these rows is stale now; (the state is what `plan.skip`
+            # restores, if the key may not fetch what the events leave out)
+            state = plan.live_states[api.name] = dlt.current.resource_state(api.name)
+            forget_listed(state, [key for key, _ in fresh])
             winners.clear()
-            # (what `plan.skip` restores, if the key may not fetch what the events leave out)
-            plan.live_states[api.name] = dlt.current.resource_state(api.name)
             for start in range(0, len(fresh), _WRITE_BATCH):
                 batch = with_omitted(api, plan, [orjson.loads(data) for _, data in fresh[start:start + _WRITE_BATCH]])
                 if api.name in plan.forbidden:

@@ -99,6 +99,16 @@ class _Step:
     def judge(self, row: dict[str, Any]) -> tuple[bool, str]:
         raise NotImplementedError
 
+    def key(self, row: dict[str, Any]) -> Any:
+        """The row's primary key; a row without one stops the listing, saying so."""
+        key = row.get(self.api.primary_key)
+        if key is None:
+            raise ValueError(
+                f"resource '{self.api.name}': a record has no primary key "
+                f"'{self.api.primary_key}' (fields: {sorted(row)[:12]})"
+            )
+        return key
+
 
 class ChangedSince(_Step):
     """Keeps rows whose `updated_at` moved since the last run (strategies *_updated_at)."""
@@ -130,12 +140,7 @@ class ChangedSince(_Step):
 
     def judge(self, row: dict[str, Any]) -> tuple[bool, str]:
         assert self.state is not None
-        key = row.get(self.api.primary_key)
-        if key is None:
-            raise ValueError(
-                f"resource '{self.api.name}': a record has no primary key "
-                f"'{self.api.primary_key}' (fields: {sorted(row)[:12]})"
-            )
+        key = self.key(row)
         stamp = row.get("updated_at")
         try:
             ns = parse_ns(stamp)  # type: ignore[arg-type]
@@ -179,9 +184,7 @@ class ChangedContent(_Step):
 
     def judge(self, row: dict[str, Any]) -> tuple[bool, str]:
         assert self.state is not None
-        key = row.get(self.api.primary_key)
-        if key is None:
-            raise ValueError(f"resource '{self.api.name}': a record has no primary key '{self.api.primary_key}'")
+        key = self.key(row)
         content, mark = self.state["content"], digest(row)
         if content.get(key) == mark:
             return False, "unchanged"

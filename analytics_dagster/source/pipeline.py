@@ -230,26 +230,22 @@ def table_stats(
     stats: dict[str, dict[str, object]] = {}
     with pipeline.sql_client() as client:
         for table in tables:
-            qualified = client.make_qualified_table_name(table)
             try:
-                rows = int(client.execute_sql(f"SELECT COUNT(*) FROM {qualified}")[0][0])
+                stats[table] = _table_stats(client, table, keys)
             except DatabaseUndefinedRelation:
                 stats[table] = {"rows": 0} if not keys else {"rows": 0, "null_keys": 0, "duplicate_keys": {}}
-                continue
-            if not keys:
-                stats[table] = {"rows": rows}
-                continue
-            column = client.escape_column_name(RESOURCES_BY_NAME[table].primary_key)
-            rows, null_keys = client.execute_sql(
-                f"SELECT COUNT(*), COUNT(*) - COUNT({column}) FROM {qualified}"
-            )[0]
-            duplicates = client.execute_sql(
-                f"SELECT {column}, COUNT(*) FROM {qualified} WHERE {column} IS NOT NULL "
-                f"GROUP BY {column} HAVING COUNT(*) > 1 ORDER BY COUNT(*) DESC, {column} LIMIT 10"
-            )
-            stats[table] = {
-                "rows": int(rows),
-                "null_keys": int(null_keys),
-                "duplicate_keys": {str(k): int(n) for k, n in duplicates},
-            }
     return stats
+
+
+def _table_stats(client: Any, table: str, keys: bool) -> dict[str, object]:
+    """`table_stats` of one table (raises DatabaseUndefinedRelation when it does not exist)."""
+    qualified = client.make_qualified_table_name(table)
+    if not keys:
+        return {"rows": int(client.execute_sql(f"SELECT COUNT(*) FROM {qualified}")[0][0])}
+    column = client.escape_column_name(RESOURCES_BY_NAME[table].primary_key)
+    rows, null_keys = client.execute_sql(f"SELECT COUNT(*), COUNT(*) - COUNT({column}) FROM {qualified}")[0]
+    duplicates = client.execute_sql(
+        f"SELECT {column}, COUNT(*) FROM {qualified} WHERE {column} IS NOT NULL "
+        f"GROUP BY {column} HAVING COUNT(*) > 1 ORDER BY COUNT(*) DESC, {column} LIMIT 10"
+    )
+    return {"rows": int(rows), "null_keys": int(null_keys), "duplicate_keys": {str(k): int(n) for k, n in duplicates}}

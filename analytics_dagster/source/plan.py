@@ -202,7 +202,6 @@ def plan_sync(
                 raise
             # listing mode reads the stream for the `events` table alone: that table is skipped
             plan.skip("events", grant_line("events"))
-            plan.modes.pop("events", None)
     _start_backfills(plan, client, first, resource_states, tables, full_refresh)
     return plan
 
