@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -333,7 +333,7 @@ MONTHLY_FIGURES = ("starting_mrr", *(f"{m}_mrr" for m in MOVEMENTS), "net_moveme
                    "net_revenue_retention")
 
 
-def figure_metadata(pipeline: Any, keys: list[AssetKey], today: date | None = None) -> dict[AssetKey, dict[str, Any]]:
+def figure_metadata(pipeline: Any, keys: list[AssetKey]) -> dict[AssetKey, dict[str, Any]]:
     """The newest figures of the MRR models, as numbers on their materializations, so that the
     asset's page plots each over time (Dagster plots a numeric metadata key across
     materializations): for `mrr_movements`, the movements of the last whole day (UTC: yesterday,
@@ -342,7 +342,7 @@ def figure_metadata(pipeline: Any, keys: list[AssetKey], today: date | None = No
     starting_mrr`, ..., `EUR ending_mrr`, `EUR net_revenue_retention` when it started with MRR),
     with `month`. A currency counts when it had MRR that day or moved. Read from the warehouse
     once dbt has exited, as `table_metadata` is."""
-    today = today or datetime.now(timezone.utc).date()
+    today = datetime.now(timezone.utc).date()
     names = {key.path[-1]: key for key in keys}
     metadata: dict[AssetKey, dict[str, Any]] = {}
     if not {"mrr_movements", "mrr_monthly"} & set(names):
