@@ -102,7 +102,9 @@ from (
                     item.value->'price'->>'product_id' as product_id,
                     item.value->>'status' as item_status,
                     cast(item.value->>'quantity' as bigint) as quantity,
-                    cast(item.value->>'recurring' as boolean) as recurring,
+                    -- (an item of a transaction, which an inferred state lists, does not say: its price's cycle does)
+                    coalesce(cast(item.value->>'recurring' as boolean),
+                             item.value->'price'->'billing_cycle'->>'interval' is not null) as recurring,
                     item.value->'price'->'billing_cycle'->>'interval' as billing_interval,
                     cast(item.value->'price'->'billing_cycle'->>'frequency' as bigint) as billing_frequency,
                     {{ amount("item.value->'price'->'unit_price'->>'amount'") }} as unit_amount,
