@@ -233,18 +233,38 @@ item_keys as (
     group by k.key_id
 ),
 
-period_states as (
+-- what each period's transaction billed a unit of each price (a converted price's amount moves
+-- with the exchange rate from one period to the next)
+line_keys as (
+    select
+        l.transaction_id,
+        {{ dbt.listagg("l.price_id || '@' || cast(l.unit_subtotal as " ~ dbt.type_string() ~ ")", "','",
+                       "order by l.price_id, l.unit_subtotal") }} as line_key
+    from {{ ref('stg_transaction_line_items') }} as l
+    join billed as b on b.transaction_id = l.transaction_id and b.origin <> 'subscription_update'
+    where not l.prorated
+    group by l.transaction_id
+),
+
+keyed_periods as (
     select
         p.*,
         coalesce(p.currency_code, '') || '|' || coalesce(p.address_id, '') || '|' || coalesce(k.item_key, '') as content,
-        -- a period whose content is the previous one's, right after it, continues its state
-        case when lag(p.period_end) over w >= p.period_start - interval '1 second'
-                  and lag(p.status) over w = p.status
-                  and lag(coalesce(p.currency_code, '') || '|' || coalesce(p.address_id, '') || '|' || coalesce(k.item_key, '')) over w
-                      = coalesce(p.currency_code, '') || '|' || coalesce(p.address_id, '') || '|' || coalesce(k.item_key, '')
-             then 0 else 1 end as starts_run
+        p.status || '|' || coalesce(l.line_key, '') as billed_key
     from periods as p
     left join item_keys as k on k.key_id = p.transaction_id
+    left join line_keys as l on l.transaction_id = p.transaction_id
+),
+
+period_states as (
+    select
+        p.*,
+        -- a period right after the previous one, that changes nothing MRR depends on (the same
+        -- status, items, currency, address and amounts billed), continues its state
+        case when lag(p.period_end) over w >= p.period_start - interval '1 second'
+                  and lag(p.content) over w = p.content and lag(p.billed_key) over w = p.billed_key
+             then 0 else 1 end as starts_run
+    from keyed_periods as p
     window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
 ),
 
@@ -259,7 +279,7 @@ runs as (
 merged as (
     select
         r.transaction_id, r.subscription_id, r.origin, r.status, r.customer_id, r.currency_code, r.address_id,
-        r.items, r.content, r.period_start, e.period_end, r.known_from
+        r.items, r.content, r.billed_key, r.period_start, e.period_end, r.known_from
     from runs as r
     join (select subscription_id, run, max(period_end) as period_end from runs group by subscription_id, run) as e
         on e.subscription_id = r.subscription_id and e.run = r.run

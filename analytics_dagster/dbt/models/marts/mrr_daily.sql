@@ -2,9 +2,11 @@
 -- (not trialing, not inactive: Paddle bills neither) of the subscriptions active at the end of
 -- the day (UTC), in the subscription's currency, tax excluded, before discounts (where each
 -- amount comes from: subscription_items, docs/models.md), from the first day of the history to
--- today. An item whose amount is unknown adds nothing, and is counted in unknown_items.
+-- today. An item whose amount is unknown adds nothing, and is counted in unknown_items. What a
+-- state's transactions billed is what its own period was billed (the line standing at its start).
 with history_items as (
-    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['status', 'valid_from', 'valid_to', 'inferred_from', 'uncertain']) }}
+    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['status', 'valid_from', 'valid_to', 'inferred_from', 'uncertain'],
+                         as_of='valid_from') }}
 ),
 
 days as (
