@@ -602,6 +602,9 @@ class World:
         keys = self.ids[resource]
         if isinstance(factory, Factory) and factory.changeable is not None:
             keys = [k for k in keys if factory.changeable(self.entities[resource][k])]
+        if self.lifecycles and resource == "transactions":
+            # a subscription's transactions change with it only (one past due: the subscription is)
+            keys = [k for k in keys if not self.entities[resource][k].get("subscription_id")]
         return keys
 
     def _pick(self, resource: str) -> str | None:

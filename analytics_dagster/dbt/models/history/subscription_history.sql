@@ -156,7 +156,7 @@ first_known as (
 -- What the subscription's own transactions billed before its first known state (transactions,
 -- unlike events, stay in the API): each of its checkout's (web), renewals' (subscription_recurring)
 -- and changes' (subscription_update), billed, paid, completed or past due, with a billing period
-billed as (
+billed_all as (
     select
         t.id as transaction_id,
         t.subscription_id,
@@ -174,7 +174,13 @@ billed as (
       and t.status in ('billed', 'paid', 'completed', 'past_due')
       and {{ is_rfc3339("t.billing_period->>'starts_at'") }}
       and {{ is_rfc3339("t.billing_period->>'ends_at'") }}
-      and {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }} < f.valid_from
+),
+
+billed as (
+    select b.*
+    from billed_all as b
+    join first_known as f on f.subscription_id = b.subscription_id
+    where b.period_start < f.valid_from
 ),
 
 -- a change's transaction (subscription_update) says when the subscription changed; what it
@@ -193,9 +199,23 @@ next_billed as (
     where u.origin = 'subscription_update'
 ),
 
+-- and what it was billed is what the period it changed in was (the transaction before it)
+billed_before as (
+    select
+        u.transaction_id,
+        b.transaction_id as billed_transaction_id,
+        row_number() over (partition by u.transaction_id order by b.period_start desc, b.transaction_id desc) as n
+    from billed as u
+    join billed as b
+        on b.subscription_id = u.subscription_id and b.origin <> 'subscription_update' and b.period_start <= u.period_start
+    where u.origin = 'subscription_update'
+),
+
 periods as (
     select
         b.transaction_id, b.subscription_id, b.origin, b.status, b.customer_id,
+        case when b.origin = 'subscription_update' then p.billed_transaction_id else b.transaction_id end
+            as amounts_from,
         case when b.origin = 'subscription_update' then coalesce(n.currency_code, f.currency_code) else b.currency_code end
             as currency_code,
         case when b.origin = 'subscription_update' then coalesce(n.address_id, f.address_id) else b.address_id end
@@ -207,6 +227,7 @@ periods as (
     from billed as b
     join first_known as f on f.subscription_id = b.subscription_id
     left join next_billed as n on n.transaction_id = b.transaction_id and n.n = 1
+    left join billed_before as p on p.transaction_id = b.transaction_id and p.n = 1
 ),
 
 -- What a state's MRR depends on, as text: its status, currency and address (whose country
@@ -253,7 +274,7 @@ keyed_periods as (
         p.status || '|' || coalesce(l.line_key, '') as billed_key
     from periods as p
     left join item_keys as k on k.key_id = p.transaction_id
-    left join line_keys as l on l.transaction_id = p.transaction_id
+    left join line_keys as l on l.transaction_id = p.amounts_from
 ),
 
 period_states as (
@@ -332,12 +353,16 @@ inferred as (
     join first_known as f on f.subscription_id = i.subscription_id
     where i.n = 1 and f.created_at < i.period_start - interval '1 second'
     union all
-    -- no transaction billed it before its first known state: that state, from its creation
+    -- no transaction billed it before its first known state: if one did since (its first period
+    -- starts there: a trial), nothing was billed before; if none ever did, its first known state,
+    -- from its creation
     select
-        'inferred/' || f.subscription_id, f.subscription_id, 'inferred', f.status, f.customer_id, f.currency_code,
-        f.address_id, f.items, f.created_at, f.valid_from, 'first_state', cast(null as {{ dbt.type_string() }}), false,
-        f.state_id
+        'inferred/' || f.subscription_id, f.subscription_id, 'inferred',
+        case when a.subscription_id is null then f.status end, f.customer_id, f.currency_code, f.address_id, f.items,
+        f.created_at, f.valid_from, case when a.subscription_id is null then 'first_state' else 'no_transaction' end,
+        cast(null as {{ dbt.type_string() }}), false, f.state_id
     from first_known as f
+    left join (select distinct subscription_id from billed_all) as a on a.subscription_id = f.subscription_id
     where f.created_at < f.valid_from - interval '1 second'
       and not exists (select 1 from periods as p where p.subscription_id = f.subscription_id)
 ),
