@@ -271,10 +271,25 @@ keyed_periods as (
     select
         p.*,
         coalesce(p.currency_code, '') || '|' || coalesce(p.address_id, '') || '|' || coalesce(k.item_key, '') as content,
-        p.status || '|' || coalesce(l.line_key, '') as billed_key
+        p.status || '|' || coalesce(l.line_key, '') as billed_key,
+        coalesce(f.currency_code, '') || '|' || coalesce(f.address_id, '') || '|' || coalesce(fk.item_key, '') as known_content
     from periods as p
+    join first_known as f on f.subscription_id = p.subscription_id
     left join item_keys as k on k.key_id = p.transaction_id
+    left join item_keys as fk on fk.key_id = f.state_id
     left join line_keys as l on l.transaction_id = p.amounts_from
+),
+
+-- a period is uncertain when what it billed is not what was billed next (or the first known
+-- state) and no change's transaction says when that changed: the change was within it (or
+-- between it and the next), its day unknown
+flagged_periods as (
+    select
+        p.*,
+        coalesce(lead(p.content) over w, p.known_content) <> p.content
+            and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update' as uncertain
+    from keyed_periods as p
+    window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
 ),
 
 period_states as (
@@ -284,8 +299,9 @@ period_states as (
         -- status, items, currency, address and amounts billed), continues its state
         case when lag(p.period_end) over w >= p.period_start - interval '1 second'
                   and lag(p.content) over w = p.content and lag(p.billed_key) over w = p.billed_key
+                  and lag(p.uncertain) over w = p.uncertain
              then 0 else 1 end as starts_run
-    from keyed_periods as p
+    from flagged_periods as p
     window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
 ),
 
@@ -300,7 +316,7 @@ runs as (
 merged as (
     select
         r.transaction_id, r.subscription_id, r.origin, r.status, r.customer_id, r.currency_code, r.address_id,
-        r.items, r.content, r.billed_key, r.period_start, e.period_end, r.known_from
+        r.items, r.uncertain, r.period_start, e.period_end, r.known_from
     from runs as r
     join (select subscription_id, run, max(period_end) as period_end from runs group by subscription_id, run) as e
         on e.subscription_id = r.subscription_id and e.run = r.run
@@ -311,27 +327,20 @@ inferred_periods as (
     select
         m.*,
         coalesce(lead(m.period_start) over w, m.known_from) as next_from,
-        coalesce(lead(m.content) over w,
-                 coalesce(f.currency_code, '') || '|' || coalesce(f.address_id, '') || '|' || coalesce(k.item_key, ''))
-            as next_content,
-        coalesce(lead(m.origin) over w, 'known') as next_origin,
         row_number() over w as n
     from merged as m
-    join first_known as f on f.subscription_id = m.subscription_id
-    left join item_keys as k on k.key_id = f.state_id
     window w as (partition by m.subscription_id order by m.period_start, m.transaction_id)
 ),
 
 inferred as (
     -- a billed period, to the next one (or the first known state), or to its end if nothing
-    -- was billed in between; uncertain when what it billed is not what was billed next and no
-    -- change's transaction says when that changed
+    -- was billed in between
     select
         'inferred/' || transaction_id as state_id, subscription_id, 'inferred' as changed_by, status, customer_id,
         currency_code, address_id, items, period_start as valid_from,
         case when period_end < next_from - interval '1 second' then period_end else next_from end as valid_to,
         'transaction' as inferred_from, transaction_id,
-        content <> next_content and next_origin <> 'subscription_update' as uncertain,
+        uncertain,
         transaction_id as key_id
     from inferred_periods
     union all
