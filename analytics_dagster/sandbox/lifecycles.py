@@ -246,11 +246,3 @@ def _monthly(state: Entity, country: str | None) -> float:
         return 0.0
     return sum(billed_monthly(state, item, country) for item in state["items"]
                if item["recurring"] and item.get("status", "active") == "active")
-
-
-def subscription_mrr(world: World, key: str, at_ns: int) -> float:
-    """One subscription's MRR at `at_ns` (its state then), for a test that looks at one."""
-    countries = {k: a["country_code"] for k, a in world.entities["customer_addresses"].items()}
-    states = [s for at, s in world.subscription_log[key] if at < at_ns]
-    return _monthly(states[-1], countries.get(states[-1]["address_id"])) if states else 0.0
-

@@ -16,6 +16,10 @@
 --   is late (or the table was synced alone). Once the event is read, this state goes.
 -- A state's valid_from never goes back: a later state whose stamp reads earlier (the API's
 -- timestamps do not order its changes) starts where the one before it did.
+-- Before the first of these (the first known state), from the subscription's creation, states
+-- inferred from what its own transactions billed (inferred_from: docs/models.md, "Before the
+-- first known state"), consecutive periods that change nothing merged, and flagged uncertain
+-- where what was billed changed with no transaction saying when.
 {%- set previous = adapter.get_relation(database=this.database, schema=this.schema, identifier=this.identifier) %}
 with snapshots as (
     select
@@ -153,9 +157,10 @@ first_known as (
     where o.position = 1
 ),
 
--- What the subscription's own transactions billed before its first known state (transactions,
--- unlike events, stay in the API): each of its checkout's (web), renewals' (subscription_recurring)
--- and changes' (subscription_update), billed, paid, completed or past due, with a billing period
+-- What the subscription's own transactions billed (transactions, unlike events, stay in the
+-- API): each of its checkout's (web), renewals' (subscription_recurring) and changes'
+-- (subscription_update), billed, paid, completed or past due, with a billing period; `billed`:
+-- those of the periods before its first known state
 billed_all as (
     select
         t.id as transaction_id,
