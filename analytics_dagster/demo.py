@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the sandbox enforces a rate limit, and the sync is paced to match it: no 429 expected
     config = SandboxConfig(rate_limit=DEMO_REQUESTS_PER_MINUTE, rate_limit_block=60)
-    with SandboxServer(World(customers=args.customers, seed=args.seed), config=config) as server:
+    with SandboxServer(World(customers=args.customers, seed=args.seed, lifecycles=True), config=config) as server:
         os.environ["SOURCES__ANALYTICS__BASE_URL"] = server.url
         os.environ["SOURCES__ANALYTICS__API_KEY"] = server.config.api_key
         os.environ["SOURCES__ANALYTICS__REQUESTS_PER_MINUTE"] = str(DEMO_REQUESTS_PER_MINUTE)

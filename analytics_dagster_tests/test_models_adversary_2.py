@@ -66,8 +66,10 @@ def failed_checks(result: Any) -> list[str]:
 
 
 def history_of(db: Path | str, sub_id: str) -> list[dict[str, Any]]:
+    """The subscription's observed states (events, listings; those inferred before them from its
+    transactions are test_history.py's)."""
     return query(db, "SELECT state_id, changed_by, valid_from, valid_to, status FROM analytics_models.subscription_history "
-                     f"WHERE subscription_id = '{sub_id}' ORDER BY valid_from, state_id")
+                     f"WHERE subscription_id = '{sub_id}' AND inferred_from IS NULL ORDER BY valid_from, state_id")
 
 
 def first_sub(admin: Admin, predicate: Any) -> dict[str, Any]:

@@ -292,6 +292,16 @@ def test_mrr_is_what_a_localized_world_bills_on_postgres(postgres_warehouse: str
     assert_mrr_is_what_a_localized_world_bills(postgres_warehouse, admin)
 
 
+@pytest.mark.world(lifecycles=True)
+def test_mrr_is_right_for_every_day_from_the_first_sync_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
+    """test_history.py's world on PostgreSQL: the states inferred from transactions (jsonb items
+    and billing periods, string_agg, the line standing at a state's start), every day's MRR the
+    sandbox's, after the first sync and two rounds of changes."""
+    from analytics_dagster_tests.test_history import assert_history_right_from_the_first_sync
+
+    assert assert_history_right_from_the_first_sync(postgres_warehouse, admin)[0]["flagged"] > 0
+
+
 # ---------------------------------------------------------------- the second adversary's (test_models_adversary_2.py)
 def test_a_lower_case_rfc3339_stamp_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
     from analytics_dagster_tests.test_models import assert_close, query, sync_all, truth_mrr

@@ -188,6 +188,7 @@ class SandboxApp:
         routes += [
             Route("/_admin/truth/{resource}", self._admin(self._truth), methods=["GET"]),
             Route("/_admin/counts", self._admin(self._counts), methods=["GET"]),
+            Route("/_admin/mrr_history", self._admin(self._mrr_history), methods=["GET"]),
             Route("/_admin/advance", self._admin(self._advance), methods=["POST"]),
             Route("/_admin/mutate", self._admin(self._mutate), methods=["POST"]),
             Route("/_admin/event", self._admin(self._event), methods=["POST"]),
@@ -417,6 +418,14 @@ class SandboxApp:
 
     def _counts(self, request: Request, body: dict[str, Any]) -> Any:
         return self.world.counts()
+
+    def _mrr_history(self, request: Request, body: dict[str, Any]) -> Any:
+        """The MRR of every day by currency, from the world's whole history (a world with
+        lifecycles only: any other answers 409, saying so)."""
+        if not self.world.lifecycles:
+            return _error(409, "conflict", "mrr_history: this world was made without lifecycles "
+                                           "(World(lifecycles=True), analytics-sandbox --lifecycles)")
+        return self.world.mrr_history()
 
     def _advance(self, request: Request, body: dict[str, Any]) -> Any:
         """Advance the world now, or (with `after_requests`: N) once N more API requests came in,

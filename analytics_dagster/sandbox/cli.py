@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="makes data and faults reproducible (default: %(default)s)")
     parser.add_argument("--localized", type=float, default=LOCALIZED_SHARE,
                         help="share of subscriptions billed in their customer's currency (default: %(default)s)")
+    parser.add_argument("--lifecycles", action="store_true",
+                        help="subscriptions renew, pause, resume, cancel and change quantity over a year more of history")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the Bearer token accepted (default: %(default)s)")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests failing with 429/500/502/503/504")
     parser.add_argument("--fault-retry-after", type=int, default=1, help="Retry-After seconds of a fault 429")
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
-    world = World(customers=args.customers, seed=args.seed, localized=args.localized)
+    world = World(customers=args.customers, seed=args.seed, localized=args.localized, lifecycles=args.lifecycles)
     config = SandboxConfig(
         api_key=args.api_key,
         fault_rate=args.fault_rate,

@@ -44,6 +44,7 @@ header.
 from __future__ import annotations
 
 import bisect
+import collections
 import functools
 import json
 import random
@@ -51,6 +52,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from analytics_dagster.rfc3339 import CROCKFORD as _CROCKFORD, format_ns, id_floor, parse_ns
+from analytics_dagster.sandbox import lifecycles as _lifecycles
 from analytics_dagster.sandbox.factories import (FACTORIES, LOCALIZED_SHARE, Document, Factory, check,
                                                  new_active_subscription, new_subscription_transaction,
                                                  redeem_discount, renew_subscription)
@@ -93,18 +95,25 @@ class World:
         localized: the share of subscriptions billed in the currency of their customer's
             country (Paddle's localized checkout: an override of the price for that country, or
             the base price converted), the others in their first price's currency.
+        lifecycles: subscriptions live their lives over the initial history: renewed each
+            period with their transactions, paused, resumed, canceled, their quantities changed
+            (`sandbox/lifecycles.py`); the world then knows the MRR of every past day
+            (`mrr_history`). Off by default, which leaves every other world as it was.
         resources: the registry served (default: the project's).
         factories: what makes each resource's data, by name (default: `factories.FACTORIES`).
     """
 
     def __init__(self, customers: int = 100, seed: int = 0, *, localized: float = LOCALIZED_SHARE,
-                 resources: tuple[ApiResource, ...] = RESOURCES,
+                 lifecycles: bool = False, resources: tuple[ApiResource, ...] = RESOURCES,
                  factories: dict[str, Factory | Document] = FACTORIES) -> None:
         check(resources, factories)
         self.resources: dict[str, ApiResource] = {r.name: r for r in resources}
         self.factories = factories
         self.seed = seed
         self.localized = localized
+        self.lifecycles = lifecycles
+        # every state of each subscription, from when (ns) it held: kept by a world with lifecycles
+        self.subscription_log: dict[str, list[tuple[int, dict[str, Any]]]] = collections.defaultdict(list)
         self.rng = random.Random(seed)
         self.clock_ns = _START_NS
         self._last_id_ms = 0
@@ -135,6 +144,8 @@ class World:
         self._generate(customers)
         self._write_history_events()
         self._generate_later(customers)
+        if lifecycles:
+            _lifecycles.live(self)
         self._lapse()
 
     @property
@@ -352,6 +363,8 @@ class World:
             return None
         # it occurred now, whatever `updated_at` a test gave the entity
         occurred = ts if parse_ns(ts) >= self.clock_ns else self.stamp()
+        if self.lifecycles and resource == "subscriptions":
+            _lifecycles.log_change(self, entity, parse_ns(occurred))
         return self._new_event(f"{name}.{verb}", entity, occurred)["event_id"]
 
     def _write_history_events(self) -> None:
@@ -459,6 +472,11 @@ class World:
         counts.update({name: len(self.truth(name)) for name in self.documents})
         return counts
 
+    def mrr_history(self) -> dict[str, dict[str, float]]:
+        """The MRR of every day by currency, from the world's whole history
+        (`lifecycles.mrr_history`: a world made with `lifecycles=True` only)."""
+        return _lifecycles.mrr_history(self)
+
     # ------------------------------------------------------------------ change over time
     def advance(
         self,
@@ -518,6 +536,8 @@ class World:
         round_ = _Round(self, self.stamp() if same_instant else None)
         for resource, key in self._lapse():
             round_.note(resource, key)
+        if self.lifecycles:
+            self._renew_due(round_)
         for _ in range(checkouts):
             self._checkout(round_)
         # each resource as likely as the entities an update can change (`Factory.changeable`)
@@ -591,6 +611,9 @@ class World:
         keys = self.ids[resource]
         if isinstance(factory, Factory) and factory.changeable is not None:
             keys = [k for k in keys if factory.changeable(self.entities[resource][k])]
+        if self.lifecycles and resource == "transactions":
+            # a subscription's transactions change with it only (one past due: the subscription is)
+            keys = [k for k in keys if not self.entities[resource][k].get("subscription_id")]
         return keys
 
     def _pick(self, resource: str) -> str | None:
@@ -671,6 +694,23 @@ class World:
             new_subscription_transaction, subscription=subscription, origin="subscription_recurring"))
         round_.note("transactions", txn["id"])
         round_.note(EVENTS, *events)
+
+    def _renew_due(self, round_: _Round) -> None:
+        """A world with lifecycles renews each active subscription whose period ended as the
+        clock moved: each period it missed, the next starting where the last ended (stamped
+        now, as a renewal run late), with its `subscription.updated` and its transaction."""
+        for key in self.ids["subscriptions"]:
+            subscription = self.entities["subscriptions"][key]
+            while (subscription["status"] == "active" and subscription.get("next_billed_at")
+                   and parse_ns(subscription["next_billed_at"]) <= self.clock_ns):
+                _lifecycles.renew(self, subscription, round_.stamp())
+                round_.note("subscriptions", key)
+                round_.note(EVENTS, self._emit("subscriptions", "updated", subscription))
+                txn, events = self.create("transactions", subscription["current_billing_period"]["starts_at"],
+                                          subscription["customer_id"], new=functools.partial(
+                    new_subscription_transaction, subscription=subscription, origin="subscription_recurring"))
+                round_.note("transactions", txn["id"])
+                round_.note(EVENTS, *events)
 
     def _swap_cidr(self, round_: _Round) -> None:
         gone = self.ip_cidrs.pop(self.rng.randrange(len(self.ip_cidrs)))

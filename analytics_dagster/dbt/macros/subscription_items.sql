@@ -25,8 +25,12 @@
     `monthly_amount` (`monthly_amount` of billed_unit_amount; null for an item that does not
     recur, or whose amount is unknown).
     `relation` has `currency_code`, `address_id` and `items_column`; `columns`: its columns
-    carried along, as they are named there (`status as subscription_status` renames one). -#}
-{% macro subscription_items(relation, id_column, columns, items_column='items') -%}
+    carried along, as they are named there (`status as subscription_status` renames one).
+    `as_of`: one of `columns`, a timestamp: what a transaction billed is then the line standing
+    at that instant (subscription_billed_lines: a state of the history is billed what its own
+    period was), not the newest (within a second after it: a renewal's transaction and its
+    event are stamped apart). -#}
+{% macro subscription_items(relation, id_column, columns, items_column='items', as_of=none) -%}
 {%- set names = [] -%}
 {%- for column in columns -%}{%- do names.append(column.split(' as ')[-1].strip()) -%}{%- endfor -%}
 select
@@ -102,7 +106,9 @@ from (
                     item.value->'price'->>'product_id' as product_id,
                     item.value->>'status' as item_status,
                     cast(item.value->>'quantity' as bigint) as quantity,
-                    cast(item.value->>'recurring' as boolean) as recurring,
+                    -- (an item of a transaction, which an inferred state lists, does not say: its price's cycle does)
+                    coalesce(cast(item.value->>'recurring' as boolean),
+                             item.value->'price'->'billing_cycle'->>'interval' is not null) as recurring,
                     item.value->'price'->'billing_cycle'->>'interval' as billing_interval,
                     cast(item.value->'price'->'billing_cycle'->>'frequency' as bigint) as billing_frequency,
                     {{ amount("item.value->'price'->'unit_price'->>'amount'") }} as unit_amount,
@@ -112,8 +118,15 @@ from (
                     {{ json_array_elements('s.' ~ items_column, none, 'item') }}
             ) as e
             left join {{ ref('stg_customer_addresses') }} as addr on addr.address_id = e.address_id
+            {%- if as_of %}
+            left join {{ ref('subscription_billed_lines') }} as b
+                on b.subscription_id = e.subscription_id and b.price_id = e.price_id and b.currency_code = e.currency_code
+                and (b.billed_from is null or b.billed_from <= e.{{ as_of }} + interval '1 second')
+                and (b.billed_to is null or b.billed_to > e.{{ as_of }} + interval '1 second')
+            {%- else %}
             left join {{ ref('subscription_billed_prices') }} as b
                 on b.subscription_id = e.subscription_id and b.price_id = e.price_id and b.currency_code = e.currency_code
+            {%- endif %}
         ) as i
     ) as p
 ) as a

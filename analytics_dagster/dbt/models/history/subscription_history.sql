@@ -16,6 +16,10 @@
 --   is late (or the table was synced alone). Once the event is read, this state goes.
 -- A state's valid_from never goes back: a later state whose stamp reads earlier (the API's
 -- timestamps do not order its changes) starts where the one before it did.
+-- Before the first of these (the first known state), from the subscription's creation, states
+-- inferred from what its own transactions billed (inferred_from: docs/models.md, "Before the
+-- first known state"), consecutive periods that change nothing merged, and flagged uncertain
+-- where what was billed changed with no transaction saying when.
 {%- set previous = adapter.get_relation(database=this.database, schema=this.schema, identifier=this.identifier) %}
 with snapshots as (
     select
@@ -133,17 +137,280 @@ ordered as (
         max(valid_from) over (partition by subscription_id order by {{ byte_order('stream_position') }}
                               rows between unbounded preceding and current row) as starts_at
     from states
+),
+
+observed as (
+    select
+        state_id, subscription_id, changed_by, status, customer_id, currency_code, address_id, items,
+        starts_at as valid_from,
+        lead(starts_at) over (partition by subscription_id order by {{ byte_order('stream_position') }}) as valid_to,
+        row_number() over (partition by subscription_id order by {{ byte_order('stream_position') }}) as position
+    from ordered
+),
+
+-- The first known state of each subscription, and when the subscription began: its created_at
+-- as listed (else the first state's start)
+first_known as (
+    select o.*, coalesce(least(s.created_at, o.valid_from), o.valid_from) as created_at
+    from observed as o
+    left join {{ source('analytics', 'subscriptions') }} as s on s.id = o.subscription_id
+    where o.position = 1
+),
+
+-- What the subscription's own transactions billed (transactions, unlike events, stay in the
+-- API): each of its checkout's (web), renewals' (subscription_recurring) and changes'
+-- (subscription_update), billed, paid, completed or past due, with a billing period; `billed`:
+-- those of the periods before its first known state
+billed_all as (
+    select
+        t.id as transaction_id,
+        t.subscription_id,
+        t.origin,
+        case when t.status = 'past_due' then 'past_due' else 'active' end as status,
+        t.customer_id,
+        coalesce(t.details->'totals'->>'currency_code', t.currency_code) as currency_code,
+        coalesce(t.address_id, f.address_id) as address_id,
+        t.items,
+        {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }} as period_start,
+        {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }} as period_end
+    from {{ source('analytics', 'transactions') }} as t
+    join first_known as f on f.subscription_id = t.subscription_id
+    where t.origin in ('web', 'subscription_recurring', 'subscription_update')
+      and t.status in ('billed', 'paid', 'completed', 'past_due')
+      and {{ is_rfc3339("t.billing_period->>'starts_at'") }}
+      and {{ is_rfc3339("t.billing_period->>'ends_at'") }}
+),
+
+billed as (
+    select b.*
+    from billed_all as b
+    join first_known as f on f.subscription_id = b.subscription_id
+    where b.period_start < f.valid_from
+),
+
+-- a change's transaction (subscription_update) says when the subscription changed; what it
+-- was from then is what was billed next (the next period's transaction, else the first known
+-- state): Paddle's lists the prorated items, not every item
+next_billed as (
+    select
+        u.transaction_id,
+        b.currency_code,
+        b.address_id,
+        b.items,
+        row_number() over (partition by u.transaction_id order by b.period_start, b.transaction_id) as n
+    from billed as u
+    join billed as b
+        on b.subscription_id = u.subscription_id and b.origin <> 'subscription_update' and b.period_start > u.period_start
+    where u.origin = 'subscription_update'
+),
+
+-- and what it was billed is what the period it changed in was (the transaction before it)
+billed_before as (
+    select
+        u.transaction_id,
+        b.transaction_id as billed_transaction_id,
+        row_number() over (partition by u.transaction_id order by b.period_start desc, b.transaction_id desc) as n
+    from billed as u
+    join billed as b
+        on b.subscription_id = u.subscription_id and b.origin <> 'subscription_update' and b.period_start <= u.period_start
+    where u.origin = 'subscription_update'
+),
+
+periods as (
+    select
+        b.transaction_id, b.subscription_id, b.origin, b.status, b.customer_id,
+        case when b.origin = 'subscription_update' then p.billed_transaction_id else b.transaction_id end
+            as amounts_from,
+        case when b.origin = 'subscription_update' then coalesce(n.currency_code, f.currency_code) else b.currency_code end
+            as currency_code,
+        case when b.origin = 'subscription_update' then coalesce(n.address_id, f.address_id) else b.address_id end
+            as address_id,
+        case when b.origin = 'subscription_update' then coalesce(n.items, f.items) else b.items end as items,
+        b.period_start,
+        b.period_end,
+        f.valid_from as known_from
+    from billed as b
+    join first_known as f on f.subscription_id = b.subscription_id
+    left join next_billed as n on n.transaction_id = b.transaction_id and n.n = 1
+    left join billed_before as p on p.transaction_id = b.transaction_id and p.n = 1
+),
+
+-- What a state's MRR depends on, as text: its status, currency and address (whose country
+-- localizes its prices), and each billed, recurring item's price and quantity; and the same
+-- without the status (what a change of items, currency or address alters)
+item_keys as (
+    select
+        k.key_id,
+        {{ dbt.listagg("k.price_id || '*' || k.quantity", "','", "order by k.price_id, k.quantity") }} as item_key
+    from (
+        select
+            st.key_id,
+            item.value->'price'->>'id' as price_id,
+            item.value->>'quantity' as quantity
+        from (
+            select state_id as key_id, items from observed
+            union all
+            select transaction_id, items from periods
+        ) as st,
+            {{ json_array_elements('st.items', none, 'item') }}
+        where {{ billed_item("item.value->>'status'") }}
+          and coalesce(cast(item.value->>'recurring' as boolean), item.value->'price'->'billing_cycle'->>'interval' is not null)
+    ) as k
+    group by k.key_id
+),
+
+-- what each period's transaction billed a unit of each price (a converted price's amount moves
+-- with the exchange rate from one period to the next)
+line_keys as (
+    select
+        l.transaction_id,
+        {{ dbt.listagg("l.price_id || '@' || cast(l.unit_subtotal as " ~ dbt.type_string() ~ ")", "','",
+                       "order by l.price_id, l.unit_subtotal") }} as line_key
+    from {{ ref('stg_transaction_line_items') }} as l
+    join billed as b on b.transaction_id = l.transaction_id and b.origin <> 'subscription_update'
+    where not l.prorated
+    group by l.transaction_id
+),
+
+keyed_periods as (
+    select
+        p.*,
+        coalesce(p.currency_code, '') || '|' || coalesce(p.address_id, '') || '|' || coalesce(k.item_key, '') as content,
+        p.status || '|' || coalesce(l.line_key, '') as billed_key,
+        coalesce(f.currency_code, '') || '|' || coalesce(f.address_id, '') || '|' || coalesce(fk.item_key, '') as known_content
+    from periods as p
+    join first_known as f on f.subscription_id = p.subscription_id
+    left join item_keys as k on k.key_id = p.transaction_id
+    left join item_keys as fk on fk.key_id = f.state_id
+    left join line_keys as l on l.transaction_id = p.amounts_from
+),
+
+-- a period is uncertain when what it billed is not what was billed next (or the first known
+-- state) and no change's transaction says when that changed: the change was within it (or
+-- between it and the next), its day unknown
+flagged_periods as (
+    select
+        p.*,
+        coalesce(lead(p.content) over w, p.known_content) <> p.content
+            and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update' as uncertain
+    from keyed_periods as p
+    window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
+),
+
+period_states as (
+    select
+        p.*,
+        -- a period right after the previous one, that changes nothing MRR depends on (the same
+        -- status, items, currency, address and amounts billed), continues its state
+        case when lag(p.period_end) over w >= p.period_start - interval '1 second'
+                  and lag(p.content) over w = p.content and lag(p.billed_key) over w = p.billed_key
+                  and lag(p.uncertain) over w = p.uncertain
+             then 0 else 1 end as starts_run
+    from flagged_periods as p
+    window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
+),
+
+runs as (
+    select *, sum(starts_run) over (partition by subscription_id order by period_start, transaction_id
+                                    rows between unbounded preceding and current row) as run
+    from period_states
+),
+
+-- consecutive periods that change nothing MRR depends on (renewals) are one state: the first
+-- period's transaction, to the last one's end
+merged as (
+    select
+        r.transaction_id, r.subscription_id, r.origin, r.status, r.customer_id, r.currency_code, r.address_id,
+        r.items, r.uncertain, r.period_start, e.period_end, r.known_from
+    from runs as r
+    join (select subscription_id, run, max(period_end) as period_end from runs group by subscription_id, run) as e
+        on e.subscription_id = r.subscription_id and e.run = r.run
+    where r.starts_run = 1
+),
+
+inferred_periods as (
+    select
+        m.*,
+        coalesce(lead(m.period_start) over w, m.known_from) as next_from,
+        row_number() over w as n
+    from merged as m
+    window w as (partition by m.subscription_id order by m.period_start, m.transaction_id)
+),
+
+inferred as (
+    -- a billed period, to the next one (or the first known state), or to its end if nothing
+    -- was billed in between
+    select
+        'inferred/' || transaction_id as state_id, subscription_id, 'inferred' as changed_by, status, customer_id,
+        currency_code, address_id, items, period_start as valid_from,
+        case when period_end < next_from - interval '1 second' then period_end else next_from end as valid_to,
+        'transaction' as inferred_from, transaction_id,
+        uncertain,
+        transaction_id as key_id
+    from inferred_periods
+    union all
+    -- nothing billed between a period's end and the next state: not billed (paused, canceled
+    -- and since resumed, or past due and not paid)
+    select
+        'inferred/' || transaction_id || '/after', subscription_id, 'inferred', cast(null as {{ dbt.type_string() }}),
+        customer_id, currency_code, address_id, items, period_end, next_from, 'no_transaction', transaction_id, false,
+        transaction_id
+    from inferred_periods
+    where period_end < next_from - interval '1 second'
+    union all
+    -- from its creation to the first billed period: not billed (a trial)
+    select
+        'inferred/' || i.subscription_id || '/before', i.subscription_id, 'inferred', cast(null as {{ dbt.type_string() }}),
+        i.customer_id, i.currency_code, i.address_id, i.items, f.created_at, i.period_start, 'no_transaction',
+        cast(null as {{ dbt.type_string() }}), false, i.transaction_id
+    from inferred_periods as i
+    join first_known as f on f.subscription_id = i.subscription_id
+    where i.n = 1 and f.created_at < i.period_start - interval '1 second'
+    union all
+    -- no transaction billed it before its first known state: if one did since (its first period
+    -- starts there: a trial), nothing was billed before; if none ever did, its first known state,
+    -- from its creation
+    select
+        'inferred/' || f.subscription_id, f.subscription_id, 'inferred',
+        case when a.subscription_id is null then f.status end, f.customer_id, f.currency_code, f.address_id, f.items,
+        f.created_at, f.valid_from, case when a.subscription_id is null then 'first_state' else 'no_transaction' end,
+        cast(null as {{ dbt.type_string() }}), false, f.state_id
+    from first_known as f
+    left join (select distinct subscription_id from billed_all) as a on a.subscription_id = f.subscription_id
+    where f.created_at < f.valid_from - interval '1 second'
+      and not exists (select 1 from periods as p where p.subscription_id = f.subscription_id)
+),
+
+history as (
+    select
+        state_id, subscription_id, changed_by, status, customer_id, currency_code, address_id, items, valid_from,
+        valid_to, cast(null as {{ dbt.type_string() }}) as inferred_from, cast(null as {{ dbt.type_string() }}) as transaction_id,
+        false as uncertain, state_id as key_id, position
+    from observed
+    union all
+    select *, 0 from inferred
 )
 
 select
-    state_id,
-    subscription_id,
-    changed_by,
-    status,
-    customer_id,
-    currency_code,
-    address_id,
-    items,
-    starts_at as valid_from,
-    lead(starts_at) over (partition by subscription_id order by {{ byte_order('stream_position') }}) as valid_to
-from ordered
+    h.state_id,
+    h.subscription_id,
+    h.changed_by,
+    h.status,
+    h.customer_id,
+    h.currency_code,
+    h.address_id,
+    h.items,
+    h.valid_from,
+    h.valid_to,
+    h.inferred_from,
+    h.transaction_id,
+    h.uncertain,
+    -- whether anything MRR depends on differs from the state before (a renewal: false)
+    coalesce(
+        lag(coalesce(h.status, '') || '|' || coalesce(h.currency_code, '') || '|' || coalesce(h.address_id, '') || '|'
+            || coalesce(k.item_key, '')) over (partition by h.subscription_id order by h.valid_from, h.position, h.state_id)
+        <> coalesce(h.status, '') || '|' || coalesce(h.currency_code, '') || '|' || coalesce(h.address_id, '') || '|'
+            || coalesce(k.item_key, ''),
+        true) as changes_mrr
+from history as h
+left join item_keys as k on k.key_id = h.key_id

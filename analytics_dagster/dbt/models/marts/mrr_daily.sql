@@ -2,9 +2,11 @@
 -- (not trialing, not inactive: Paddle bills neither) of the subscriptions active at the end of
 -- the day (UTC), in the subscription's currency, tax excluded, before discounts (where each
 -- amount comes from: subscription_items, docs/models.md), from the first day of the history to
--- today. An item whose amount is unknown adds nothing, and is counted in unknown_items.
+-- today. An item whose amount is unknown adds nothing, and is counted in unknown_items. What a
+-- state's transactions billed is what its own period was billed (the line standing at its start).
 with history_items as (
-    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['status', 'valid_from', 'valid_to']) }}
+    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['status', 'valid_from', 'valid_to', 'inferred_from', 'uncertain'],
+                         as_of='valid_from') }}
 ),
 
 days as (
@@ -21,7 +23,11 @@ select
     i.currency_code,
     coalesce(sum(i.monthly_amount), 0) as mrr,
     count(distinct i.subscription_id) as active_subscriptions,
-    count(*) filter (where i.amount_source = 'unknown') as unknown_items
+    count(*) filter (where i.amount_source = 'unknown') as unknown_items,
+    -- subscriptions counted in a state inferred from their transactions (or their first known
+    -- state extended back), and those of them whose state may be off: a flagged day
+    count(distinct i.subscription_id) filter (where i.inferred_from is not null) as inferred_subscriptions,
+    count(distinct i.subscription_id) filter (where i.uncertain) as uncertain_subscriptions
 from days
 join history_items as i
     on i.valid_from < days.day + interval '1 day'

@@ -16,7 +16,8 @@
 -- before it is summed: a subscription's MRR is then the same number whatever the order of its
 -- items, so a state with the same items moves nothing (a float sum would move by 1e-12).
 with history_items as (
-    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['state_id', 'status']) }}
+    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['state_id', 'status', 'valid_from'],
+                         as_of='valid_from') }}
 ),
 
 state_mrr as (
