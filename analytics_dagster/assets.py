@@ -13,6 +13,9 @@ from analytics_dagster.source.state import EventCursor, TableState, event_cursor
 from analytics_dagster.source.sync import SyncRun
 
 GROUP = "analytics"
+# Paddle's own daily figures (`/metrics/*`): a group of their own, with no lineage to the raw
+# tables (they come from Paddle, not from the entities); keys `analytics/metrics_<operation>`
+METRICS_GROUP = "metrics"
 # Every writer to the destination runs in this pool; its limit of 1 (dagster.yaml) keeps two
 # runs from writing one DuckDB file at once (DuckDB allows one writer per file).
 DESTINATION_POOL = "analytics_destination"
@@ -28,7 +31,7 @@ def asset_key(resource: str) -> AssetKey:
 
 
 class AnalyticsTranslator(DagsterDltTranslator):
-    """Keys `analytics/<resource>`, group `analytics`, and the customers -> children lineage
+    """Keys `analytics/<resource>`, group `analytics` (`metrics`: Paddle's metrics), and the customers -> children lineage
     that dagster-dlt does not draw by itself (it gives a child resource a dependency on a
     placeholder key of its parent resource, not on the parent's asset)."""
 
@@ -38,7 +41,7 @@ class AnalyticsTranslator(DagsterDltTranslator):
         return spec.replace_attributes(
             key=asset_key(api.name),
             deps=[asset_key(api.parent)] if api.parent else [],
-            group_name=GROUP,
+            group_name=api.group,
             description=f"{api.description}\n\n`GET {api.path}`, merged on `{api.primary_key}`.",
             kinds={"dlt"},
             metadata={

@@ -44,6 +44,7 @@ header.
 from __future__ import annotations
 
 import bisect
+import copy
 import functools
 import json
 import random
@@ -53,6 +54,7 @@ from typing import Any, Callable, Iterable
 from analytics_dagster.rfc3339 import CROCKFORD as _CROCKFORD, format_ns, id_floor, parse_ns
 from analytics_dagster.sandbox.factories import (FACTORIES, LOCALIZED_SHARE, Document, Factory, check,
                                                  new_subscription_transaction, redeem_discount, renew_subscription)
+from analytics_dagster.sandbox.metrics import BALANCE_CURRENCY, payout_totals
 from analytics_dagster.source.resources import RESOURCES, ApiResource
 
 _START_NS = 1_672_531_200 * 10**9  # 2023-01-01T00:00:00Z
@@ -94,12 +96,19 @@ class World:
             the base price converted), the others in their first price's currency.
         resources: the registry served (default: the project's).
         factories: what makes each resource's data, by name (default: `factories.FACTORIES`).
+        balance_currency: the account's primary balance currency: what `/metrics/*` and the
+            completed transactions' `details.payout_totals` are in (`sandbox.metrics`).
     """
 
     def __init__(self, customers: int = 100, seed: int = 0, *, localized: float = LOCALIZED_SHARE,
                  resources: tuple[ApiResource, ...] = RESOURCES,
-                 factories: dict[str, Factory | Document] = FACTORIES) -> None:
+                 factories: dict[str, Factory | Document] = FACTORIES,
+                 balance_currency: str = BALANCE_CURRENCY) -> None:
         check(resources, factories)
+        self.balance_currency = balance_currency
+        # every state each subscription has been in, (from ns, snapshot), for `/metrics/*`:
+        # the initial history's (their status then, the rest as made) and every change's since
+        self.subscription_states: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.resources: dict[str, ApiResource] = {r.name: r for r in resources}
         self.factories = factories
         self.seed = seed
@@ -128,7 +137,7 @@ class World:
         self.held: set[str] = set()
         # the unpaginated resources' whole `data`
         self.documents: dict[str, Any] = {
-            r.name: factories[r.name].make(self) for r in resources if not r.paginated}
+            r.name: factories[r.name].make(self) for r in resources if not r.paginated and r.listing != "days"}
         # events of the initial history, made once the history is written (see `_emit`)
         self._history: list[tuple[int, str, str, str, dict[str, Any]]] | None = []
         self._generate(customers)
@@ -188,6 +197,7 @@ class World:
         api = self.resources[resource]
         key = entity[api.primary_key]
         self.entities[resource][key] = entity
+        self._pay_out(resource, entity)
         ids = self.ids[resource]
         if not ids or ids[-1] < key:
             ids.append(key)
@@ -207,7 +217,13 @@ class World:
             del index[bisect.bisect_left(index, (parse_ns(entity["updated_at"]), key))]
             bisect.insort(index, (parse_ns(updated_at), key))
         entity["updated_at"] = updated_at
+        self._pay_out(resource, entity)
         self._blobs.pop(key, None)
+
+    def _pay_out(self, resource: str, entity: dict[str, Any]) -> None:
+        """A completed transaction's `details.payout_totals`: its totals in the balance currency."""
+        if resource == "transactions" and isinstance(entity.get("details"), dict):
+            entity["details"]["payout_totals"] = payout_totals(entity, self.balance_currency)
 
     def blob(self, resource: str, key: str) -> bytes:
         """The entity's JSON, cached until it changes."""
@@ -351,13 +367,20 @@ class World:
             return None
         # it occurred now, whatever `updated_at` a test gave the entity
         occurred = ts if parse_ns(ts) >= self.clock_ns else self.stamp()
+        if resource == "subscriptions":
+            self._keep_state(entity, parse_ns(occurred))
         return self._new_event(f"{name}.{verb}", entity, occurred)["event_id"]
+
+    def _keep_state(self, subscription: dict[str, Any], at_ns: int) -> None:
+        self.subscription_states.setdefault(subscription["id"], []).append((at_ns, copy.deepcopy(subscription)))
 
     def _write_history_events(self) -> None:
         assert self._history is not None
         cutoff = self.retention_cutoff_ns()
         self._last_id_ms = 0  # history ids are of their own instants, before the clock's
         for at_ns, resource, key, event_type, then in sorted(self._history, key=lambda e: e[0]):
+            if resource == "subscriptions":  # every state, those past the retention too
+                self._keep_state(dict(self.entities[resource][key], **then), at_ns)
             if at_ns >= cutoff:
                 self._new_event(event_type, dict(self.entities[resource][key], **then), then["updated_at"], at_ns)
         self._last_id_ms = max(self._last_id_ms, self.clock_ns // 1_000_000)
