@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from analytics_dagster.rfc3339 import format_ns, parse_ns
+from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox import metrics
 from analytics_dagster.sandbox.world import World
 from analytics_dagster.source.resources import ApiResource
@@ -406,10 +406,7 @@ class SandboxApp:
         if bounds[1] < bounds[0]:
             raise _BadRequest("to", f"to ({bounds[1]}) must not be before from ({bounds[0]})")
         operation = self.world.resources[resource].path.rsplit("/", 1)[-1]
-        data = metrics.series(self.world, operation, bounds[0], bounds[1])
-        data["timeseries"] = metrics.skewed(data["timeseries"], self.config.metrics_skew)
-        return {**data, "starts_at": f"{bounds[0]}T00:00:00Z", "ends_at": f"{bounds[1]}T00:00:00Z",
-                "interval": "day", "updated_at": format_ns(self.world.clock_ns, 3)}
+        return metrics.response_data(self.world, operation, bounds[0], bounds[1], self.config.metrics_skew)
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"Path {request.url.path} not found.")
@@ -439,14 +436,13 @@ class SandboxApp:
         resource = request.path_params["resource"]
         if resource not in self.world.resources:
             return _error(404, "not_found", f"No resource {resource}")
-        if self.world.resources[resource].listing == "days":  # the rows a sync keeps of `?from=&to=`
+        # a metric: the rows a sync keeps of `?from=&to=` (none: of a first sync's days)
+        if self.world.resources[resource].listing == "days" and request.query_params:
             try:
                 data = self._series_data(resource, request.query_params.get("from"), request.query_params.get("to"))
             except _BadRequest as exc:
                 return exc.response
-            return [{"day": p["timestamp"][:10], **{k: v for k, v in p.items() if k != "timestamp"},
-                     **({"currency_code": data["currency_code"]} if "currency_code" in data else {}),
-                     "updated_at": data["updated_at"]} for p in data["timeseries"]]
+            return metrics.rows(data)
         return self.world.truth(resource)
 
     def _counts(self, request: Request, body: dict[str, Any]) -> Any:

@@ -26,13 +26,14 @@ import datetime as dt
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Callable
 
-from analytics_dagster.rfc3339 import parse_ns
+from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.sandbox.factories import _PER_USD, billed_monthly
 
 if TYPE_CHECKING:
     from analytics_dagster.sandbox.world import World
 
 DAY_NS = 24 * 3600 * 10**9
+HISTORY_DAYS = 365  # the days a first sync reads (the source's `metrics_history_days`)
 BALANCE_CURRENCY = "USD"
 _PAYOUT_FIELDS = ("subtotal", "tax", "discount", "total", "credit", "credit_to_balance", "balance", "grand_total",
                   "fee", "earnings")
@@ -196,6 +197,30 @@ def skewed(points: list[dict[str, Any]], factors: dict[str, float]) -> list[dict
                     point[k] = str(value) if isinstance(point[k], str) else value
         out.append(point)
     return out
+
+
+def response_data(world: World, operation: str, start: dt.date, end: dt.date,
+                  skew: dict[str, float] | None = None) -> dict[str, Any]:
+    """The whole `data` of a response: the series (`skew`ed), its bounds and `updated_at` (the
+    world's clock: when the figures were computed)."""
+    data = series(world, operation, start, end)
+    data["timeseries"] = skewed(data["timeseries"], skew or {})
+    return {**data, "starts_at": f"{start}T00:00:00Z", "ends_at": f"{end}T00:00:00Z", "interval": "day",
+            "updated_at": format_ns(world.clock_ns, 3)}
+
+
+def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A response's `data` as the rows a sync keeps: a day each, its values, the series'
+    `currency_code` if it has one, the response's `updated_at`."""
+    return [{"day": p["timestamp"][:10], **{k: v for k, v in p.items() if k != "timestamp"},
+             **({"currency_code": data["currency_code"]} if "currency_code" in data else {}),
+             "updated_at": data["updated_at"]} for p in data["timeseries"]]
+
+
+def history(world: World, operation: str) -> list[dict[str, Any]]:
+    """The rows a first sync keeps: `HISTORY_DAYS` days to the world's today."""
+    today = dt.datetime.fromtimestamp(world.clock_ns // 10**9, tz=dt.timezone.utc).date()
+    return rows(response_data(world, operation, today - dt.timedelta(days=HISTORY_DAYS - 1), today + dt.timedelta(days=1)))
 
 
 def parse_day(value: str | None) -> dt.date:

@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable
 from analytics_dagster.rfc3339 import CROCKFORD as _CROCKFORD, format_ns, id_floor, parse_ns
 from analytics_dagster.sandbox.factories import (FACTORIES, LOCALIZED_SHARE, Document, Factory, check,
                                                  new_subscription_transaction, redeem_discount, renew_subscription)
+from analytics_dagster.sandbox import metrics
 from analytics_dagster.sandbox.metrics import BALANCE_CURRENCY, payout_totals
 from analytics_dagster.source.resources import RESOURCES, ApiResource
 
@@ -465,13 +466,16 @@ class World:
 
     def truth(self, resource: str) -> list[dict[str, Any]]:
         """Every entity of `resource`, archived included, as the API lists it now (events: the
-        retention window only; an unpaginated resource: its rows, as the source keeps them)."""
+        retention window only; an unpaginated resource: its rows, as the source keeps them; a
+        metric: the rows a first sync keeps, `metrics.history`)."""
         if resource in self.documents:
             api = self.resources[resource]
             rows = self.documents[resource]
             for step in api.data_selector.split(".")[1:]:  # the document is `data` already
                 rows = rows[step]
             return [dict(row) if isinstance(row, dict) else {api.primary_key: row} for row in rows]
+        if self.resources[resource].listing == "days":  # a metric: the days a first sync reads
+            return metrics.history(self, self.resources[resource].path.rsplit("/", 1)[-1])
         keys = self.retained_event_ids() if resource == EVENTS else self.ids[resource]
         return [self.entities[resource][key] for key in keys]
 
