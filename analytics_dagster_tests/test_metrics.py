@@ -7,11 +7,13 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from dagster import AssetCheckSeverity
 
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster_tests.conftest import METRICS, TABLES, Admin, assert_table_equals_truth, assert_warehouse_equals_api, warehouse_rows
+from analytics_dagster_tests.test_models import sync_all
 from analytics_dagster_tests.test_sync import check_results, sync
 
 READ_CHECK = "api_key_may_read"
@@ -114,3 +116,43 @@ def test_a_key_without_metrics_read_syncs_every_other_table_and_warns(warehouse:
     for table in METRICS:
         truth = served(admin, table, today - dt.timedelta(days=HISTORY - 1), today + dt.timedelta(days=1))
         assert_table_equals_truth(warehouse, table, list(truth.values()))
+
+
+def reconciliation(result: Any) -> dict[str, Any]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.check_name.endswith("_paddle")}
+
+
+def assert_reconciled(result: Any) -> None:
+    found = reconciliation(result)
+    assert set(found) == {"mrr_matches_paddle", "active_subscribers_match_paddle", "revenue_matches_paddle"}
+    for name, check in found.items():
+        seen = {k: getattr(v, "value", v) for k, v in check.metadata.items()}
+        assert check.passed, (name, check.description, seen.get("by_day"), seen.get("rates"))
+        assert seen["days_compared"] >= 7, (name, seen)
+        assert isinstance(seen["ours"], float) and isinstance(seen["paddle"], float)
+
+
+def test_reconciliation_passes_on_one_currency_and_warns_naming_a_skewed_day(warehouse: Path, admin: Admin) -> None:
+    result = sync_all()
+    assert result.success
+    assert_reconciled(result)
+    mrr = reconciliation(result)["mrr_matches_paddle"]
+    assert mrr.metadata["paddle"].value > 0
+    # Paddle's MRR of one day, four days back, differs: the check warns naming it, and only it
+    today = api_today(admin)
+    skewed = (today - dt.timedelta(days=4)).isoformat()
+    admin.post("config", metrics_skew={skewed: 1.02})
+    result = sync_all()
+    found = reconciliation(result)
+    assert not found["mrr_matches_paddle"].passed and found["mrr_matches_paddle"].severity == AssetCheckSeverity.WARN
+    assert found["mrr_matches_paddle"].metadata["days_beyond_tolerance"].value == skewed
+    assert skewed in found["mrr_matches_paddle"].description
+
+
+@pytest.mark.world(localized=0.6, seed=19)
+def test_reconciliation_passes_on_a_multi_currency_world(warehouse: Path, admin: Admin) -> None:
+    result = sync_all()
+    assert result.success
+    assert_reconciled(result)
+    rates = reconciliation(result)["mrr_matches_paddle"].metadata["rates"].value
+    assert "->USD" in rates, rates  # several billing currencies, converted
