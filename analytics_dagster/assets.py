@@ -8,6 +8,7 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from analytics_dagster.source import RESOURCES_BY_NAME, Progress, described_source
+from analytics_dagster.source.days import newest_points
 from analytics_dagster.source.pipeline import DATASET_NAME, definition_pipeline, loader_file_format, locked_pipeline, table_stats
 from analytics_dagster.source.state import EventCursor, TableState, event_cursor, findings, gaps_text, last_run
 from analytics_dagster.source.sync import SyncRun
@@ -104,11 +105,14 @@ def analytics_assets(
                     by_table[name] = {**by_table.get(name, {}), **(result.metadata or {})}
         # the row count is all this step needs: the checks step queries the keys
         stats = table_stats(pipeline, tables, keys=False)
+        # the newest day of each of Paddle's metrics, as numbers its asset plots
+        newest = newest_points(pipeline, [t for t in tables if RESOURCES_BY_NAME[t].listing == "days"])
     # every table (a load loaded again with more memory returned no dagster-dlt metadata), a
     # parent before its children (Dagster wants a multi-asset's outputs in topological order)
     for name in sorted(tables, key=lambda t: RESOURCES_BY_NAME[t].parent is not None):
         yield MaterializeResult(asset_key=asset_key(name), metadata={
-            **by_table.get(name, {}), "dagster/row_count": stats[name]["rows"], **_run_metadata(run, name, config)})
+            **by_table.get(name, {}), "dagster/row_count": stats[name]["rows"], **_run_metadata(run, name, config),
+            **newest.get(name, {})})
 
 
 def _run_metadata(run: SyncRun, name: str, config: SyncConfig) -> dict[str, Any]:

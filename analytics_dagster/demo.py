@@ -102,9 +102,23 @@ def print_models(result: Any) -> bool:
                               "WHERE month = ? GROUP BY 1 ORDER BY 1", [month]).fetchall()
     print("MRR today (minor units a month): " + (", ".join(
         f"{currency} {value:,.0f} ({subs} subscriptions)" for currency, value, subs in mrr) or "none"))
+    print_paddle_mrr(result)
     print(f"net revenue of the last month with revenue ({month:%Y-%m}), minor units: " + ", ".join(
         f"{currency} {net:,} (gross {gross:,}, refunds {refunds:,})" for currency, gross, refunds, net in revenue))
     return len(built) == len(models) and not failed
+
+
+def print_paddle_mrr(result: Any) -> None:
+    """Today's MRR beside Paddle's (its `/metrics/monthly-recurring-revenue`), in the balance
+    currency, and the difference: the reconciliation check's figures of the newest day."""
+    check = next((e for e in result.get_asset_check_evaluations() if e.check_name == "mrr_matches_paddle"), None)
+    seen = {k: getattr(v, "value", v) for k, v in (check.metadata if check else {}).items()}
+    if "paddle" not in seen:
+        print("MRR beside Paddle's: " + (check.description if check else "not checked"))
+        return
+    print(f"MRR beside Paddle's ({seen['newest_day']}, {seen['balance_currency']}, other currencies at their payout "
+          f"rate): ours {seen['ours']:,.0f}, Paddle's {seen['paddle']:,.0f}, difference {seen['difference']:,.0f} "
+          f"({seen['difference_pct']:+.3f}%): {'within' if check.passed else 'BEYOND'} {seen['tolerance_pct']}%")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dagster import AssetKey, DefaultSensorStatus, build_schedule_context
 
 from analytics_dagster.definitions import defs
 from analytics_dagster.models import MODEL_CHECK_SPECS, MODEL_SPECS
+from analytics_dagster.reconcile import SPECS
 from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
 from analytics_dagster_tests.conftest import DAGSTER, METRICS, REPO, TABLES, poll
 
@@ -58,7 +59,7 @@ def test_every_table_the_stream_keeps_has_a_warning_check_of_its_events() -> Non
     checks = {k.asset_key.path[-1]: k for k in graph.asset_check_keys if k.name == "events_applied"}
     assert set(checks) == {r.name for r in RESOURCES if r.event_entity} | {"events"}
     assert {k.name for k in graph.asset_check_keys} == {"primary_key_unique_not_null", "events_applied",
-                                                        "api_key_may_read"} | {c.name for c in MODEL_CHECK_SPECS}
+                                                        "api_key_may_read"} | {c.name for c in MODEL_CHECK_SPECS + SPECS}
     for key in checks.values():
         assert not graph.get_check_spec(key).blocking, "one bad event must block nothing downstream"
 

@@ -62,6 +62,10 @@ def test_metrics_first_run_a_day_later_and_a_revision_inside_the_window(warehous
     seen = metadata(result)
     assert seen["metrics_revenue"]["sync_mode"] == "days"
     assert seen["metrics_revenue"]["api_requests"] == 1 and seen["metrics_revenue"]["dagster/row_count"] == HISTORY
+    # the newest day's figures, as numbers (plotted on the asset's page)
+    assert seen["metrics_monthly_recurring_revenue"]["newest_day"] == today.isoformat()
+    assert seen["metrics_monthly_recurring_revenue"]["newest_amount"] == int(first["metrics_monthly_recurring_revenue"][today.isoformat()]["amount"])
+    assert isinstance(seen["metrics_checkout_conversion"]["newest_rate"], float)
 
     # a day later: the days from the last one loaded less the window are read again
     admin.post("advance", seconds=86400, updates=10, new_transactions=3, renewals=2)

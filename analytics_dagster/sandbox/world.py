@@ -224,7 +224,9 @@ class World:
     def _pay_out(self, resource: str, entity: dict[str, Any]) -> None:
         """A completed transaction's `details.payout_totals`: its totals in the balance currency."""
         if resource == "transactions" and isinstance(entity.get("details"), dict):
-            entity["details"]["payout_totals"] = payout_totals(entity, self.balance_currency)
+            payout = payout_totals(entity, self.balance_currency)
+            if entity["details"].get("payout_totals") != payout:  # a new dict: events keep the old one
+                entity["details"] = {**entity["details"], "payout_totals": payout}
 
     def blob(self, resource: str, key: str) -> bytes:
         """The entity's JSON, cached until it changes."""

@@ -77,3 +77,30 @@ def day_rows(table: str) -> Callable[[Any], Iterator[dict[str, Any]]]:
             yield row
 
     return rows
+
+
+def newest_points(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per metric table, its newest day and that day's values as numbers (`newest_<field>`: the
+    asset's page plots a number of its materializations over time). A table not loaded yet: none."""
+    points: dict[str, dict[str, Any]] = {}
+    if not tables:
+        return points
+    with pipeline.sql_client() as client:
+        for table in tables:
+            try:
+                with client.execute_query(f"SELECT * FROM {client.make_qualified_table_name(table)} "
+                                          "ORDER BY day DESC LIMIT 1") as cursor:
+                    names = [d[0] for d in cursor.description]
+                    row = cursor.fetchone()
+            except Exception:  # (no table yet: the key may not read it, or nothing was loaded)
+                continue
+            if row is None:
+                continue
+            values = dict(zip(names, row))
+            point: dict[str, Any] = {"newest_day": str(values["day"])}
+            for name in ("amount", "count", "completed_count", "rate"):
+                if values.get(name) is not None:
+                    number = float(values[name])
+                    point[f"newest_{name}"] = int(number) if number.is_integer() and name != "rate" else number
+            points[table] = point
+    return points
