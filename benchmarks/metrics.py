@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+from typing import Any
 
 from analytics_dagster.sandbox import SandboxConfig, SandboxServer, World
 from analytics_dagster.source.resources import RESOURCES
@@ -25,6 +26,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--marginal", action="store_true",
+                        help="after an unpaced backfill of the other tables, daily runs (events mode, paced at 240/minute) "
+                             "of them alone, with the metrics' first history, and with the metrics' re-read")
     args = parser.parse_args()
     started = time.monotonic()
     world = World(customers=args.customers, seed=args.seed)
@@ -33,15 +37,22 @@ def main() -> None:
     from analytics_dagster.source.pipeline import loader_file_format, locked_pipeline
     from analytics_dagster.source.sync import SyncRun
 
-    def sync() -> SyncRun:
-        """The engine's run of the metrics alone (`sync.sync` hands a run of a subset its
-        whole source, which Dagster's dlt resource subsets and plain `pipeline.run` does not)."""
+    def sync(tables: list[str] = METRICS) -> SyncRun:
+        """The engine's run of `tables` (`sync.sync` hands a run of a subset its whole source,
+        which Dagster's dlt resource subsets and plain `pipeline.run` does not)."""
         with locked_pipeline() as pipeline:
-            run = SyncRun(pipeline, METRICS, report=lambda line: None)
-            for _ in run.run(lambda source: [pipeline.run(source.with_resources(*METRICS),
+            run = SyncRun(pipeline, tables, report=lambda line: None)
+            for _ in run.run(lambda source: [pipeline.run(source.with_resources(*source_tables(source, tables)),
                                                           loader_file_format=loader_file_format(pipeline))]):
                 pass
         return run
+
+    def source_tables(source: Any, tables: list[str]) -> list[str]:
+        return [t for t in tables if t in source.resources]
+
+    if args.marginal:
+        marginal(args, sync)
+        return
 
     for paced in (240, 0):
         config = SandboxConfig(rate_limit=paced, rate_limit_block=60)
@@ -62,6 +73,30 @@ def main() -> None:
                 print(json.dumps({"run": run, "paced_per_minute": paced, "seconds": round(seconds, 2),
                                   "requests": stats.total, "answered_429": stats.by_status.get(429, 0),
                                   "rows_written": sum(result.written.values())}))
+
+
+def marginal(args: Any, sync: Any) -> None:
+    tables = [r.name for r in RESOURCES if r.listing != "days"]
+    world = World(customers=args.customers, seed=args.seed)
+    with SandboxServer(world, config=SandboxConfig()) as server, tempfile.TemporaryDirectory() as folder:
+        os.environ.update({
+            "SOURCES__ANALYTICS__BASE_URL": server.url, "SOURCES__ANALYTICS__API_KEY": server.config.api_key,
+            "SOURCES__ANALYTICS__REQUESTS_PER_MINUTE": "0",
+            "DESTINATION__DUCKDB__CREDENTIALS": f"{folder}/w.duckdb", "DLT_DATA_DIR": f"{folder}/dlt"})
+        started = time.monotonic()
+        sync(tables)
+        print(json.dumps({"backfill_unpaced_seconds": round(time.monotonic() - started, 1)}))
+        os.environ["SOURCES__ANALYTICS__REQUESTS_PER_MINUTE"] = "240"
+        server.app.config.rate_limit = 240
+        for run, selected in (("daily, without the metrics", tables), ("daily, the metrics' first history", tables + METRICS),
+                              ("daily, the metrics' re-read", tables + METRICS), ("daily, without the metrics", tables)):
+            server.world.advance(seconds=86400, updates=args.customers // 100, new_transactions=args.customers // 100)
+            server.app.stats.__init__()
+            started = time.monotonic()
+            result = sync(selected)
+            print(json.dumps({"run": run, "seconds": round(time.monotonic() - started, 2),
+                              "requests": server.app.stats.total, "answered_429": server.app.stats.by_status.get(429, 0),
+                              "rows_written": sum(result.written.values())}))
 
 
 if __name__ == "__main__":
