@@ -56,7 +56,10 @@ def payout_totals(txn: dict[str, Any], balance: str) -> dict[str, str] | None:
         return None
     currency = totals["currency_code"]
     out = {k: str(convert(int(totals.get(k) or 0), currency, balance)) for k in _PAYOUT_FIELDS}
-    return {**out, "currency_code": balance}
+    # (as Paddle sends them now: the rate, its fee's share, the tax of the grand total; Paddle's
+    # Python SDK requires the three)
+    return {**out, "currency_code": balance, "exchange_rate": f"{float(rate(currency, balance)):.8f}".rstrip("0").rstrip("."),
+            "fee_rate": "0.05", "grand_total_tax": str(convert(int(totals.get("tax") or 0), currency, balance))}
 
 
 def _day(stamp: str | None) -> str:
