@@ -15,13 +15,13 @@ from analytics_dagster.sandbox import SandboxServer
 from analytics_dagster_tests.conftest import (
     EVERY_RUN,
     MATERIALIZE_ALL,
-    METRICS,
     REPO,
     TABLES,
     Admin,
     assert_events_cover_api,
     assert_warehouse_equals_api,
     poll,
+    requests_but_metrics,
 )
 from analytics_dagster_tests.test_events import metadata
 from analytics_dagster_tests.test_failures import step_error
@@ -48,13 +48,6 @@ def whole_backfill_requests(admin: Admin, tmp_path: Path, monkeypatch: pytest.Mo
         assert result.success
         assert metadata(result)["customers"]["loads"] > 3, "the backfill came in chunks"
         return admin.get("stats")["total"]
-
-
-def backfill_requests(admin: Admin) -> int:
-    """The requests since the last reset, but Paddle's metrics' (a run of every asset, as
-    `MATERIALIZE_ALL`, asks them too; the control, `sync()`, does not)."""
-    stats = admin.get("stats")
-    return stats["total"] - sum(stats["by_resource"].get(m, 0) for m in METRICS)
 
 
 def test_a_chunked_backfill_is_exact_and_keeps_its_events_position(
@@ -93,10 +86,10 @@ def test_a_backfill_killed_part_way_resumes_after_its_last_chunk(
     admin.post("config", latency=0.03)  # slow enough to be caught part-way
     process = subprocess.Popen(MATERIALIZE_ALL, cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    poll(lambda: backfill_requests(admin) >= 0.6 * whole, timeout=300, interval=0.02)
+    poll(lambda: requests_but_metrics(admin) >= 0.6 * whole, timeout=300, interval=0.02)
     os.killpg(process.pid, signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL, "killed before it finished"
-    killed = backfill_requests(admin)
+    killed = requests_but_metrics(admin)
     admin.post("config", latency=0.0)
     # changes between the killed run and the resume
     admin.post("advance", updates=15, archives=2, new_customers=2, new_transactions=3)
