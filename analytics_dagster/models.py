@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -234,11 +234,13 @@ def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResu
                              dagster_dbt_translator=models_translator(), raise_on_error=False)
         results = [r for r in (_result(event, names, checks) for event in invocation.stream()) if r is not None]
         tables = table_metadata(pipeline, [r.asset_key for r in results if isinstance(r, MaterializeResult)])
+        figures = figure_metadata(pipeline, [r.asset_key for r in results if isinstance(r, MaterializeResult)])
         samples = failing_samples(pipeline, invocation, results)
         for result in results:
             if isinstance(result, MaterializeResult):
                 result = MaterializeResult(asset_key=result.asset_key,
-                                           metadata={**(result.metadata or {}), **tables[result.asset_key]})
+                                           metadata={**(result.metadata or {}), **tables[result.asset_key],
+                                                     **figures.get(result.asset_key, {})})
             elif result.check_name in samples:
                 result = AssetCheckResult(asset_key=result.asset_key, check_name=result.check_name,
                                           passed=result.passed, severity=result.severity,
@@ -321,6 +323,53 @@ def table_metadata(pipeline: Any, keys: list[AssetKey]) -> dict[AssetKey, dict[s
                             description=(described[name].get(column) or {}).get("description") or None)
                 for column, kind in columns])
             metadata[key] = {"dagster/row_count": int(rows), "dagster/column_schema": schema}
+    return metadata
+
+
+# The classes of mrr_movements, in the order a reader reads them (and mrr_monthly's columns of them)
+MOVEMENTS = ("new", "expansion", "reactivation", "contraction", "churn")
+# mrr_monthly's figures, as numbers on its materialization: its columns
+MONTHLY_FIGURES = ("starting_mrr", *(f"{m}_mrr" for m in MOVEMENTS), "net_movement", "ending_mrr",
+                   "net_revenue_retention")
+
+
+def figure_metadata(pipeline: Any, keys: list[AssetKey]) -> dict[AssetKey, dict[str, Any]]:
+    """The newest figures of the MRR models, as numbers on their materializations, so that the
+    asset's page plots each over time (Dagster plots a numeric metadata key across
+    materializations): for `mrr_movements`, the movements of the last whole day (UTC: yesterday,
+    as of the build), per currency and class (`EUR new`, ..., 0 when none), with `movements_day`;
+    for `mrr_monthly`, the newest month's row (this month, to today) per currency (`EUR
+    starting_mrr`, ..., `EUR ending_mrr`, `EUR net_revenue_retention` when it started with MRR),
+    with `month`. A currency counts when it had MRR that day or moved. Read from the warehouse
+    once dbt has exited, as `table_metadata` is."""
+    today = datetime.now(timezone.utc).date()
+    names = {key.path[-1]: key for key in keys}
+    metadata: dict[AssetKey, dict[str, Any]] = {}
+    if not {"mrr_movements", "mrr_monthly"} & set(names):
+        return metadata
+    with pipeline.sql_client() as client:
+        if "mrr_movements" in names:
+            day = (today - timedelta(days=1)).isoformat()
+            rows = client.execute_sql(
+                f"SELECT currency_code, movement, sum(amount) FROM {MODELS_SCHEMA}.mrr_movements "
+                "WHERE day = CAST(%s AS date) GROUP BY 1, 2", day)
+            currencies = {r[0] for r in client.execute_sql(
+                f"SELECT currency_code FROM {MODELS_SCHEMA}.mrr_daily WHERE day = CAST(%s AS date)", day)}
+            moved = {(currency, movement): float(amount) for currency, movement, amount in rows}
+            figures: dict[str, Any] = {"movements_day": day}
+            for currency in sorted(currencies | {c for c, _ in moved}):
+                figures.update({f"{currency} {m}": moved.get((currency, m), 0.0) for m in MOVEMENTS})
+            metadata[names["mrr_movements"]] = figures
+        if "mrr_monthly" in names:
+            month = today.replace(day=1).isoformat()
+            columns = ", ".join(MONTHLY_FIGURES)
+            rows = client.execute_sql(f"SELECT currency_code, {columns} FROM {MODELS_SCHEMA}.mrr_monthly "
+                                      "WHERE month = CAST(%s AS date) ORDER BY currency_code", month)
+            figures = {"month": month}
+            for currency, *values in rows:
+                figures.update({f"{currency} {name}": float(value) for name, value in zip(MONTHLY_FIGURES, values)
+                                if value is not None})
+            metadata[names["mrr_monthly"]] = figures
     return metadata
 
 

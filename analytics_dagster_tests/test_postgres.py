@@ -326,3 +326,15 @@ def test_a_lower_case_stamp_read_by_a_listing_on_postgres(postgres_warehouse: st
     result = sync_all()
     assert result.success, failed_checks(result)
     warned(result)
+
+
+def test_mrr_movements_through_rounds_of_changes_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
+    """test_mrr_movements.py's rounds on PostgreSQL (from a backfill there): the movements add
+    up on every day, each classified as named, the months and the figures as the sandbox bills."""
+    from analytics_dagster_tests.test_models import assert_models_built_and_tested, sync_all
+    from analytics_dagster_tests.test_mrr_movements import assert_movements_through_rounds
+
+    # the backfill first, as the DuckDB test's starts from one (a first sync after the world's
+    # clock moved on would find no event in the API's 90 days, and no events table to build on)
+    assert_models_built_and_tested(sync_all(), postgres_warehouse)
+    assert_movements_through_rounds(postgres_warehouse, admin)

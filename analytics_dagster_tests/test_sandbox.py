@@ -429,6 +429,15 @@ def test_admin_advance_changes_the_world(sandbox: SandboxServer, admin: Admin) -
     stamps = {e["updated_at"] for r, keys in same.items() if r != "events"
               for e in admin.truth(r) if e.get("id") in keys}
     assert len(stamps) == 1
+    # new subscriptions of existing customers, active, each with its subscription.created event
+    customers = set(after_customers)
+    touched = admin.post("advance", new_subscriptions=2)
+    subs = {s["id"]: s for s in admin.truth("subscriptions")}
+    assert len(touched["subscriptions"]) == 2
+    assert all(subs[k]["status"] == "active" and subs[k]["customer_id"] in customers for k in touched["subscriptions"])
+    created = {e["data"]["id"] for e in admin.truth("events") if e["event_id"] in touched["events"]
+               and e["event_type"] == "subscription.created"}
+    assert created == set(touched["subscriptions"])
 
 
 def test_faults_are_retryable_kinds_and_reproducible() -> None:

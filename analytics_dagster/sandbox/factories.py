@@ -439,6 +439,15 @@ def new_subscription(world: World, ts: str, customer_id: str | None) -> Entity:
     return entity
 
 
+def new_active_subscription(world: World, ts: str, customer_id: str | None) -> Entity:
+    """A subscription a checkout starts now (`World.advance`'s `new_subscriptions`): as
+    `new_subscription` makes one, but active (the initial world's take any status)."""
+    entity = new_subscription(world, ts, customer_id)
+    entity["status"] = "active"
+    entity["management_urls"] = management_urls(entity)
+    return entity
+
+
 def country_of(world: World, subscription: Entity) -> str | None:
     """The country of the subscription's address (what its prices are localized for)."""
     address = world.entities["customer_addresses"].get(subscription["address_id"])

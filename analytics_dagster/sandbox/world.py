@@ -53,7 +53,8 @@ from typing import Any, Callable, Iterable
 
 from analytics_dagster.rfc3339 import CROCKFORD as _CROCKFORD, format_ns, id_floor, parse_ns
 from analytics_dagster.sandbox.factories import (FACTORIES, LOCALIZED_SHARE, Document, Factory, check,
-                                                 new_subscription_transaction, redeem_discount, renew_subscription)
+                                                 new_active_subscription, new_subscription_transaction,
+                                                 redeem_discount, renew_subscription)
 from analytics_dagster.sandbox import metrics
 from analytics_dagster.sandbox.metrics import BALANCE_CURRENCY, payout_totals
 from analytics_dagster.source.resources import RESOURCES, ApiResource
@@ -495,6 +496,7 @@ class World:
         archives: int = 0,
         new_customers: int = 0,
         new_transactions: int = 0,
+        new_subscriptions: int = 0,
         renewals: int = 0,
         adjustments: int = 0,
         cidrs_swapped: int = 0,
@@ -512,6 +514,11 @@ class World:
             new_customers: customers created, each with its children (0 to 3 addresses and 0
                 to 2 businesses).
             new_transactions: transactions created for existing customers.
+            new_subscriptions: active subscriptions created for existing customers, as a
+                checkout makes them (`subscription.created`; an address first for a customer
+                with none, and the checkout's transaction when the prices do not state what it
+                bills), each with its events: a customer starting another subscription, or one
+                coming back after its last was canceled (Paddle never reactivates a canceled one).
             renewals: active subscriptions renewed: the next billing period starts now (a
                 `subscription.updated` event), billed by a transaction of origin
                 subscription_recurring at the amounts of now (a converted price at this
@@ -559,6 +566,8 @@ class World:
             txn, events = self.create("transactions", round_.stamp(), customer)
             round_.note("transactions", txn["id"])
             round_.note(EVENTS, *events)
+        for _ in range(new_subscriptions):
+            self._new_subscription(round_)
         for _ in range(renewals):
             self._renew(round_)
         for _ in range(adjustments):
@@ -663,6 +672,15 @@ class World:
         before = {name: len(self.ids[name]) for name in children}
         place = len(self.ids["customers"]) - 1
         events = self._make_with("customers", customer["id"], place, _ADVANCE_STEP_NS, children_only=True)
+        round_.note(EVENTS, *events)
+        for name, count in before.items():
+            round_.note(name, *self.ids[name][count:])
+
+    def _new_subscription(self, round_: _Round) -> None:
+        """An existing customer's new active subscription, with what is made with it, and their events."""
+        customer = self.rng.choice(self.ids["customers"])
+        before = {name: len(ids) for name, ids in self.ids.items() if name != EVENTS}
+        _, events = self.create("subscriptions", round_.stamp(), customer, new=new_active_subscription)
         round_.note(EVENTS, *events)
         for name, count in before.items():
             round_.note(name, *self.ids[name][count:])

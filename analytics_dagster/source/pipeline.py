@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -69,11 +70,18 @@ def load_with_more_memory(pipeline: dlt.Pipeline, error: BaseException,
                           report: Callable[[str], None]) -> Optional[dlt.Pipeline]:
     """After a load of `pipeline` failed on DuckDB's memory limit, load the package it left
     again, with the limit raised by `MEMORY_LIMIT_STEPS`: the pipeline that loaded it. None when
-    `error` is no such failure, nothing is pending, or the user set the limit (`error` stands)."""
-    if not _out_of_memory(error) or not pipeline.has_pending_data or pipeline.destination is None:
+    `error` is no such failure, nothing is pending, or the load is not DuckDB's (`error` stands).
+    When the user set the limit, `OutOfDuckDBMemory` names it and the memory."""
+    if not pipeline.has_pending_data or pipeline.destination is None or destination_type(pipeline) != "duckdb":
         return None
-    if destination_type(pipeline) != "duckdb" or _own_memory_limit():
+    memory = out_of_memory(error) or _memory_in_package(pipeline)
+    if memory is None:
         return None
+    if _own_memory_limit():
+        raise OutOfDuckDBMemory(
+            f"the load ran out of DuckDB's memory, under the memory_limit that "
+            f"destination.duckdb.credentials.global_config sets (raise it, or remove it to let "
+            f"the run raise its own step by step): {memory}") from error
     for limit in MEMORY_LIMIT_STEPS:
         report(f"the load ran out of DuckDB's memory; loading it again with memory_limit "
                f"{limit or 'DuckDB default (80% of RAM)'} (destination.duckdb.credentials.global_config sets it)")
@@ -82,18 +90,51 @@ def load_with_more_memory(pipeline: dlt.Pipeline, error: BaseException,
             retry.load()
             return retry
         except Exception as again:  # noqa: BLE001 (re-raised unless it is the memory again)
-            if not _out_of_memory(again) or not limit:
+            if not limit or (out_of_memory(again) or _memory_in_package(retry)) is None:
                 raise
     return None
 
 
-def _out_of_memory(error: BaseException) -> bool:
+class OutOfDuckDBMemory(Exception):
+    """A load ran out of the DuckDB memory limit the user set."""
+
+
+# What DuckDB says when memory runs out: `Out of Memory Error: failed to allocate data of size
+# 64.0 MiB (180.2 MiB/244.1 MiB used)`, or at a commit `TransactionContext Error: Failed to
+# commit: could not allocate block of size 1.9 KiB (254.3 MiB/244.1 MiB used)` (or "failed to
+# pin block"): the memory used against the limit, in parentheses, is in each. After a failed
+# commit DuckDB may invalidate the database, and every later statement of the load, dlt's
+# retries included, fails with `FatalException: database has been invalidated`, which names no
+# memory: the load's own record of its tries does.
+_MEMORY_SIGN = re.compile(r"Out of Memory|\([\d.]+ [KMGT]?i?B/[\d.]+ [KMGT]?i?B used\)")
+
+
+def out_of_memory(error: BaseException) -> Optional[str]:
+    """DuckDB's line saying memory ran out, in `error` or what caused it; None when none does."""
     seen: Optional[BaseException] = error
     while seen is not None:
-        if "Out of Memory" in str(seen):
-            return True
+        line = _memory_line(str(seen))
+        if line:
+            return line
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
+
+
+def _memory_line(text: str) -> Optional[str]:
+    return next((line.strip() for line in text.splitlines() if _MEMORY_SIGN.search(line)), None)
+
+
+def _memory_in_package(pipeline: dlt.Pipeline) -> Optional[str]:
+    """DuckDB's line saying memory ran out, in what dlt recorded of the failed tries of the jobs
+    of `pipeline`'s pending load packages (a package's `.exceptions` folder, one file a try)."""
+    packages = pipeline._get_load_storage().normalized_packages  # noqa: SLF001 (no public reader of the tries)
+    for load_id in pipeline.list_normalized_load_packages():
+        folder = Path(packages.storage.make_full_path(packages.get_package_path(load_id))) / ".exceptions"
+        for record in sorted(folder.glob("*.exception")) if folder.is_dir() else ():
+            line = _memory_line(record.read_text(errors="replace"))
+            if line:
+                return line
+    return None
 
 
 def _own_memory_limit() -> bool:

@@ -163,6 +163,13 @@ from (
      // (2 * (1000000 + cast(round(cast({{ rate }} as decimal(20, 10)) * 1000000) as hugeint))))
 {%- endmacro %}
 
+{#- Whether an item counts in MRR: a recurring, billed item (`billed_item`) of a subscription whose
+    status is `active` (trialing, paused, past-due and canceled subscriptions add nothing). One
+    rule for mrr_daily, mrr_movements and the tests that recompute them. -#}
+{% macro counts_in_mrr(status, recurring, item_status) -%}
+    ({{ status }} = 'active' and {{ recurring }} and {{ billed_item(item_status) }})
+{%- endmacro %}
+
 {#- Whether an item of a subscription is billed: its status `active` (Paddle's item statuses:
     `trialing` is not billed yet, `inactive` no longer; an item without one counts as active). -#}
 {% macro billed_item(status) -%}

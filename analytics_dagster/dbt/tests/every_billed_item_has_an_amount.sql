@@ -6,5 +6,5 @@
 -- names the items (a renewal, once synced, bills them).
 select subscription_item_id, subscription_id, price_id, currency_code, country_code, unit_currency_code, tax_mode
 from {{ ref('stg_subscription_items') }}
-where subscription_status = 'active' and recurring and {{ billed_item('item_status') }}
+where {{ counts_in_mrr('subscription_status', 'recurring', 'item_status') }}
     and amount_source = 'unknown'

@@ -9,7 +9,7 @@
 with listed as (
     select currency_code, coalesce(sum(monthly_amount), 0) as mrr
     from {{ ref('stg_subscription_items') }}
-    where subscription_status = 'active' and recurring and {{ billed_item('item_status') }}
+    where {{ counts_in_mrr('subscription_status', 'recurring', 'item_status') }}
     group by 1
 ),
 

@@ -26,5 +26,5 @@ from days
 join history_items as i
     on i.valid_from < days.day + interval '1 day'
     and (i.valid_to is null or i.valid_to >= days.day + interval '1 day')
-where i.status = 'active' and i.recurring and {{ billed_item('i.item_status') }}
+where {{ counts_in_mrr('i.status', 'i.recurring', 'i.item_status') }}
 group by days.day, i.currency_code
