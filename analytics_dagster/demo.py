@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"\njob sync_all {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s "
               f"({requests} API requests, paced to {DEMO_REQUESTS_PER_MINUTE}/min, {throttled} answered 429)")
-        print(f"{'table':<20}{'rows':>8}{'API':>8}  checks")
+        width = max(len(r.name) for r in RESOURCES) + 2
+        print(f"{'table':<{width}}{'rows':>8}{'API':>8}  checks")
         ok = result.success
         for resource in RESOURCES:
             expected = len(server.world.truth(resource.name))
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = ("not run" if not check else f"{len(check)} passed" if all(c.passed for c in check)
                        else "FAILED: " + ", ".join(c.check_name for c in check if not c.passed))
             ok = ok and rows == expected and verdict.endswith("passed")
-            print(f"{resource.name:<20}{rows:>8}{expected:>8}  {verdict}")
+            print(f"{resource.name:<{width}}{rows:>8}{expected:>8}  {verdict}")
         ok = print_models(result) and ok
         print(f"\nwarehouse: {os.environ.get('DESTINATION__DUCKDB__CREDENTIALS', 'data/warehouse.duckdb')} (dataset analytics)")
     print("sandbox down; " + ("all tables equal the API, all checks passed" if ok else "SOMETHING IS WRONG (see above)"))
