@@ -8,11 +8,15 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from analytics_dagster.source import RESOURCES_BY_NAME, Progress, described_source
+from analytics_dagster.source.days import newest_points
 from analytics_dagster.source.pipeline import DATASET_NAME, definition_pipeline, loader_file_format, locked_pipeline, table_stats
 from analytics_dagster.source.state import EventCursor, TableState, event_cursor, findings, gaps_text, last_run
 from analytics_dagster.source.sync import SyncRun
 
 GROUP = "analytics"
+# Paddle's own daily figures (`/metrics/*`): a group of their own, with no lineage to the raw
+# tables (they come from Paddle, not from the entities); keys `analytics/metrics_<operation>`
+METRICS_GROUP = "metrics"
 # Every writer to the destination runs in this pool; its limit of 1 (dagster.yaml) keeps two
 # runs from writing one DuckDB file at once (DuckDB allows one writer per file).
 DESTINATION_POOL = "analytics_destination"
@@ -28,7 +32,7 @@ def asset_key(resource: str) -> AssetKey:
 
 
 class AnalyticsTranslator(DagsterDltTranslator):
-    """Keys `analytics/<resource>`, group `analytics`, and the customers -> children lineage
+    """Keys `analytics/<resource>`, group `analytics` (`metrics`: Paddle's metrics), and the customers -> children lineage
     that dagster-dlt does not draw by itself (it gives a child resource a dependency on a
     placeholder key of its parent resource, not on the parent's asset)."""
 
@@ -38,7 +42,7 @@ class AnalyticsTranslator(DagsterDltTranslator):
         return spec.replace_attributes(
             key=asset_key(api.name),
             deps=[asset_key(api.parent)] if api.parent else [],
-            group_name=GROUP,
+            group_name=api.group,
             description=f"{api.description}\n\n`GET {api.path}`, merged on `{api.primary_key}`.",
             kinds={"dlt"},
             metadata={
@@ -101,11 +105,14 @@ def analytics_assets(
                     by_table[name] = {**by_table.get(name, {}), **(result.metadata or {})}
         # the row count is all this step needs: the checks step queries the keys
         stats = table_stats(pipeline, tables, keys=False)
+        # the newest day of each of Paddle's metrics, as numbers its asset plots
+        newest = newest_points(pipeline, [t for t in tables if RESOURCES_BY_NAME[t].listing == "days"])
     # every table (a load loaded again with more memory returned no dagster-dlt metadata), a
     # parent before its children (Dagster wants a multi-asset's outputs in topological order)
     for name in sorted(tables, key=lambda t: RESOURCES_BY_NAME[t].parent is not None):
         yield MaterializeResult(asset_key=asset_key(name), metadata={
-            **by_table.get(name, {}), "dagster/row_count": stats[name]["rows"], **_run_metadata(run, name, config)})
+            **by_table.get(name, {}), "dagster/row_count": stats[name]["rows"], **_run_metadata(run, name, config),
+            **newest.get(name, {})})
 
 
 def _run_metadata(run: SyncRun, name: str, config: SyncConfig) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from dagster import (
     sensor,
 )
 
-from analytics_dagster.assets import GROUP, asset_key
+from analytics_dagster.assets import GROUP, METRICS_GROUP, asset_key
 from analytics_dagster.models import MODELS_GROUP
 from analytics_dagster.source import configured_api_root
 from analytics_dagster.rfc3339 import NS_PER_SECOND
@@ -47,7 +47,7 @@ from analytics_dagster.source.resources import RESOURCES_BY_NAME, STREAM_TABLES,
 
 sync_all_job = define_asset_job(
     "sync_all",
-    selection=AssetSelection.groups(GROUP, MODELS_GROUP),
+    selection=AssetSelection.groups(GROUP, METRICS_GROUP, MODELS_GROUP),
     description=(
         "Sync every resource of the API into the warehouse, then check primary keys, then build "
         "the dbt models and run their tests (a model runs only if every raw table it reads was "
@@ -65,7 +65,7 @@ sync_fast_moving_job = define_asset_job(
 
 full_refresh_job = define_asset_job(
     "full_refresh",
-    selection=AssetSelection.groups(GROUP, MODELS_GROUP),
+    selection=AssetSelection.groups(GROUP, METRICS_GROUP, MODELS_GROUP),
     config={"ops": {"analytics_api": {"config": {"full_refresh": True}}}},
     description=(
         "Forget the incremental state: read every resource whole and write every row (merged on "

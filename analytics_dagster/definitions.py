@@ -27,10 +27,11 @@ from analytics_dagster.automation import (  # noqa: E402
 )
 from analytics_dagster.checks import primary_key_checks  # noqa: E402
 from analytics_dagster.models import analytics_models  # noqa: E402  (the manifest, read as JSON: no dbt import)
+from analytics_dagster.reconcile import paddle_reconciliation  # noqa: E402
 
 defs = Definitions(
     assets=[analytics_assets, analytics_models],
-    asset_checks=[primary_key_checks],
+    asset_checks=[primary_key_checks, paddle_reconciliation],
     jobs=[sync_all_job, sync_fast_moving_job, full_refresh_job],
     schedules=[hourly_fast_moving, daily_all, weekly_full_refresh],
     sensors=[api_events_sensor, report_failed_runs, models_automation],

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"\njob sync_all {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s "
               f"({requests} API requests, paced to {DEMO_REQUESTS_PER_MINUTE}/min, {throttled} answered 429)")
-        print(f"{'table':<20}{'rows':>8}{'API':>8}  checks")
+        width = max(len(r.name) for r in RESOURCES) + 2
+        print(f"{'table':<{width}}{'rows':>8}{'API':>8}  checks")
         ok = result.success
         for resource in RESOURCES:
             expected = len(server.world.truth(resource.name))
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = ("not run" if not check else f"{len(check)} passed" if all(c.passed for c in check)
                        else "FAILED: " + ", ".join(c.check_name for c in check if not c.passed))
             ok = ok and rows == expected and verdict.endswith("passed")
-            print(f"{resource.name:<20}{rows:>8}{expected:>8}  {verdict}")
+            print(f"{resource.name:<{width}}{rows:>8}{expected:>8}  {verdict}")
         ok = print_models(result) and ok
         print(f"\nwarehouse: {os.environ.get('DESTINATION__DUCKDB__CREDENTIALS', 'data/warehouse.duckdb')} (dataset analytics)")
     print("sandbox down; " + ("all tables equal the API, all checks passed" if ok else "SOMETHING IS WRONG (see above)"))
@@ -102,9 +103,23 @@ def print_models(result: Any) -> bool:
                               "WHERE month = ? GROUP BY 1 ORDER BY 1", [month]).fetchall()
     print("MRR today (minor units a month): " + (", ".join(
         f"{currency} {value:,.0f} ({subs} subscriptions)" for currency, value, subs in mrr) or "none"))
+    print_paddle_mrr(result)
     print(f"net revenue of the last month with revenue ({month:%Y-%m}), minor units: " + ", ".join(
         f"{currency} {net:,} (gross {gross:,}, refunds {refunds:,})" for currency, gross, refunds, net in revenue))
     return len(built) == len(models) and not failed
+
+
+def print_paddle_mrr(result: Any) -> None:
+    """Today's MRR beside Paddle's (its `/metrics/monthly-recurring-revenue`), in the balance
+    currency, and the difference: the reconciliation check's figures of the newest day."""
+    check = next((e for e in result.get_asset_check_evaluations() if e.check_name == "mrr_matches_paddle"), None)
+    seen = {k: getattr(v, "value", v) for k, v in (check.metadata if check else {}).items()}
+    if "paddle" not in seen:
+        print("MRR beside Paddle's: " + (check.description if check else "not checked"))
+        return
+    print(f"MRR beside Paddle's ({seen['newest_day']}, {seen['balance_currency']}, other currencies at their payout "
+          f"rate): ours {seen['ours']:,.0f}, Paddle's {seen['paddle']:,.0f}, difference {seen['difference']:,.0f} "
+          f"({seen['difference_pct']:+.3f}%): {'within' if check.passed else 'BEYOND'} {seen['tolerance_pct']}%")
 
 
 if __name__ == "__main__":

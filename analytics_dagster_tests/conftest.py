@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,13 +30,17 @@ FIXTURES = Path(__file__).parent / "fixtures" / "paddle"
 DAGSTER = str(Path(sys.executable).parent / "dagster")  # the CLI of this environment
 # the command a user runs: every asset, in a process of its own
 MATERIALIZE_ALL = [DAGSTER, "asset", "materialize", "-m", "analytics_dagster.definitions", "--select", "*"]
-TABLES = [r.name for r in RESOURCES]
+# the API's entities; Paddle's metrics (`/metrics/*`, daily series by date) are `METRICS`:
+# test_metrics.py syncs and compares them, by the days each run read
+TABLES = [r.name for r in RESOURCES if r.listing != "days"]
+METRICS = [r.name for r in RESOURCES if r.listing == "days"]
 PRIMARY_KEYS = {r.name: r.primary_key for r in RESOURCES}
 REPLACED = {r.name for r in RESOURCES if r.listing == "replace"}  # read whole by every run
 # the tables without events: every run asks each for its one page (reports, event types, IPs, ...)
 # the tables every run lists (no events, or fields that change with none: discounts), with the
 # requests a small world's listing of each costs (one a part)
-EVERY_RUN = {r.name: len(r.parts) for r in RESOURCES if (not r.event_entity or r.unnotified) and r.listing != "event_stream"}
+EVERY_RUN = {r.name: len(r.parts) for r in RESOURCES
+             if (not r.event_entity or r.unnotified) and r.listing not in ("event_stream", "days")}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -232,12 +236,19 @@ def warehouse_rows(db: Path | str, table: str) -> dict[str, dict[str, Any]]:
             cursor = con.execute(f"SELECT * FROM analytics.{table}")
             names = [d[0] for d in cursor.description]
             rows = [dict(zip(names, row)) for row in cursor.fetchall()]
-    return {row[PRIMARY_KEYS[table]]: row for row in rows}
+    # (a metric's `day`, a date, by its ISO string: as the API says it)
+    return {_key(row[PRIMARY_KEYS[table]]): row for row in rows}
+
+
+def _key(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, date) and not isinstance(value, datetime) else value
 
 
 def same_value(expected: Any, actual: Any) -> bool:
     if expected is None:
         return actual is None
+    if isinstance(actual, date) and not isinstance(actual, datetime):  # a metric's `day`
+        return expected == actual.isoformat()
     if isinstance(actual, datetime):  # the warehouse keeps microseconds (docs/design.md, "The warehouse")
         return parse_ns(expected) // 1000 == int(actual.timestamp()) * 1_000_000 + actual.microsecond
     if isinstance(expected, (dict, list)):
@@ -287,6 +298,13 @@ def active(admin: Admin, table: str, **fields: Any) -> dict[str, Any]:
 def assert_warehouse_equals_api(db: Path | str, admin: Admin, tables: list[str] = TABLES) -> None:
     for table in tables:
         assert_table_equals_truth(db, table, admin.truth(table))
+
+
+def requests_but_metrics(admin: Admin) -> int:
+    """The API requests since the last stats reset, but Paddle's metrics': a run of every asset
+    (`MATERIALIZE_ALL`) asks them too, a run of `TABLES` does not."""
+    stats = admin.get("stats")
+    return stats["total"] - sum(stats["by_resource"].get(m, 0) for m in METRICS)
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ and synced into DuckDB, as every resource of the registry is served.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -51,6 +52,9 @@ WITH_GIFT_CARDS = {**FACTORIES, "gift_cards": Factory(new_gift_card, lambda rng,
 def assert_served(server: SandboxServer, api: ApiResource) -> None:
     """`api` is served by the sandbox as its registry entry says, over HTTP."""
     world, path = server.world, server.path_prefix + api.path
+    if api.listing == "days":
+        assert_series_served(server, api)
+        return
     if not api.paginated:
         body = get(server, path).json()
         assert body["data"] == world.documents[api.name] and "pagination" not in body["meta"], api.name
@@ -80,6 +84,26 @@ def assert_served(server: SandboxServer, api: ApiResource) -> None:
         assert {e[hiding.name] for e in shown} <= set(hiding.default), (api.name, hiding.name)
     if api.listing != "event_stream":
         assert_evented(server, api, keys[0])
+
+
+def assert_series_served(server: SandboxServer, api: ApiResource) -> None:
+    """A daily series (`/metrics/*`): a point a day from `from` (inclusive) to `to` (exclusive)
+    up to the API's today, both dates required (else a 400 naming the field), in the shape of
+    Paddle's payloads; the same date twice: an empty series. No events."""
+    today = datetime.fromtimestamp(server.world.clock_ns // 10**9, tz=timezone.utc).date()
+    start, end = today - timedelta(days=9), today + timedelta(days=3)
+    body = get(server, path := server.path_prefix + api.path, **{"from": str(start), "to": str(end)}).json()
+    data = body["data"]
+    assert [p["timestamp"] for p in data["timeseries"]] == [f"{start + timedelta(days=k)}T00:00:00Z" for k in range(10)]
+    assert (data["starts_at"], data["ends_at"], data["interval"]) == (f"{start}T00:00:00Z", f"{end}T00:00:00Z", "day")
+    assert parse_ns(data["updated_at"]) and body["meta"]["request_id"]
+    assert ("currency_code" in data) == any(name == "amount" for name, _ in api.nullable), api.name
+    for missing, query in (("from", {"to": str(end)}), ("to", {"from": str(start)}), ("to", {"from": str(end), "to": str(start)}),
+                           ("from", {"from": "yesterday", "to": str(end)})):
+        response = get(server, path, **query)
+        assert response.status_code == 400 and response.json()["error"]["errors"][0]["field"] == missing, (api.name, query)
+    assert get(server, path, **{"from": str(start), "to": str(start)}).json()["data"]["timeseries"] == []
+    assert api.event_entity is None and api.permission == "metrics.read" and api.primary_key == "day"
 
 
 def assert_evented(server: SandboxServer, api: ApiResource, key: str) -> None:

@@ -21,6 +21,7 @@ from analytics_dagster_tests.conftest import (
     assert_events_cover_api,
     assert_warehouse_equals_api,
     poll,
+    requests_but_metrics,
 )
 from analytics_dagster_tests.test_events import metadata
 from analytics_dagster_tests.test_failures import step_error
@@ -85,10 +86,10 @@ def test_a_backfill_killed_part_way_resumes_after_its_last_chunk(
     admin.post("config", latency=0.03)  # slow enough to be caught part-way
     process = subprocess.Popen(MATERIALIZE_ALL, cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    poll(lambda: admin.get("stats")["total"] >= 0.6 * whole, timeout=300, interval=0.02)
+    poll(lambda: requests_but_metrics(admin) >= 0.6 * whole, timeout=300, interval=0.02)
     os.killpg(process.pid, signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL, "killed before it finished"
-    killed = admin.get("stats")["total"]
+    killed = requests_but_metrics(admin)
     admin.post("config", latency=0.0)
     # changes between the killed run and the resume
     admin.post("advance", updates=15, archives=2, new_customers=2, new_transactions=3)

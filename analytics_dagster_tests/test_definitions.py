@@ -12,8 +12,9 @@ from dagster import AssetKey, DefaultSensorStatus, build_schedule_context
 
 from analytics_dagster.definitions import defs
 from analytics_dagster.models import MODEL_CHECK_SPECS, MODEL_SPECS
+from analytics_dagster.reconcile import SPECS
 from analytics_dagster.source import RESOURCES, RESOURCES_BY_NAME
-from analytics_dagster_tests.conftest import DAGSTER, REPO, TABLES, poll
+from analytics_dagster_tests.conftest import DAGSTER, METRICS, REPO, TABLES, poll
 
 
 
@@ -35,10 +36,10 @@ def test_loads_with_no_settings_and_no_network(tmp_path: Path) -> None:
 def test_asset_keys_groups_lineage_and_descriptions() -> None:
     graph = defs.resolve_asset_graph()
     keys = graph.get_all_asset_keys() - {spec.key for spec in MODEL_SPECS}  # the models: test_models.py
-    assert keys == {AssetKey(["analytics", name]) for name in TABLES}
+    assert keys == {AssetKey(["analytics", name]) for name in TABLES + METRICS}
     for key in keys:
         node = graph.get(key)
-        assert node.group_name == "analytics"
+        assert node.group_name == ("metrics" if key.path[-1] in METRICS else "analytics")
         # the path under the API's root (its prefix, `/v1` by default, is a setting)
         assert node.description and f"`GET {RESOURCES_BY_NAME[key.path[-1]].path}`" in node.description
         expected = {AssetKey(["analytics", "customers"])} if key.path[-1] in ("customer_addresses", "businesses") else set()
@@ -48,7 +49,7 @@ def test_asset_keys_groups_lineage_and_descriptions() -> None:
 def test_every_asset_has_a_blocking_primary_key_check() -> None:
     graph = defs.resolve_asset_graph()
     checks = {k.asset_key.path[-1]: k for k in graph.asset_check_keys if k.name == "primary_key_unique_not_null"}
-    assert set(checks) == set(TABLES)
+    assert set(checks) == set(TABLES + METRICS)
     for key in checks.values():
         assert graph.get_check_spec(key).blocking
 
@@ -58,7 +59,7 @@ def test_every_table_the_stream_keeps_has_a_warning_check_of_its_events() -> Non
     checks = {k.asset_key.path[-1]: k for k in graph.asset_check_keys if k.name == "events_applied"}
     assert set(checks) == {r.name for r in RESOURCES if r.event_entity} | {"events"}
     assert {k.name for k in graph.asset_check_keys} == {"primary_key_unique_not_null", "events_applied",
-                                                        "api_key_may_read"} | {c.name for c in MODEL_CHECK_SPECS}
+                                                        "api_key_may_read"} | {c.name for c in MODEL_CHECK_SPECS + SPECS}
     for key in checks.values():
         assert not graph.get_check_spec(key).blocking, "one bad event must block nothing downstream"
 

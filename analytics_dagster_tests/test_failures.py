@@ -138,12 +138,17 @@ def test_the_key_appears_nowhere(warehouse: Path, admin: Admin, sandbox: Sandbox
     assert len(dump) > 10_000 and "analytics/customers" in events, "the dumps hold the run"
 
 
-def test_two_materializations_at_once_both_succeed(warehouse: Path, admin: Admin) -> None:
+def test_two_materializations_at_once_both_succeed(warehouse: Path, admin: Admin, tmp_path: Path) -> None:
     """Two real `dagster asset materialize` processes started together: the second waits its
     turn on the pipeline lock instead of failing on DuckDB's single-writer lock."""
-    processes = [subprocess.Popen(MATERIALIZE_ALL, cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outcomes = [(p.wait(timeout=600), p.stderr.read() if p.stderr else "") for p in processes]
+    # (their logs to files: a pipe read only once they end fills, and blocks a run that logs more)
+    logs = [tmp_path / f"materialize_{n}.log" for n in range(2)]
+    processes = []
+    for log in logs:
+        with open(log, "w") as err:
+            processes.append(subprocess.Popen(MATERIALIZE_ALL, cwd=REPO, env=dict(os.environ),
+                                              stdout=subprocess.DEVNULL, stderr=err, text=True))
+    outcomes = [(p.wait(timeout=600), log.read_text()) for p, log in zip(processes, logs)]
     for code, err in outcomes:
         assert code == 0, err[-3000:]
     assert_warehouse_equals_api(warehouse, admin)

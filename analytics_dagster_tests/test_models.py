@@ -18,6 +18,7 @@ from dagster import AssetKey, DagsterInstance
 
 from analytics_dagster.definitions import defs
 from analytics_dagster.models import MODEL_CHECK_SPECS, MODEL_SPECS, MODELS_GROUP, model_key
+from analytics_dagster.reconcile import SPECS as RECONCILIATION
 from analytics_dagster.sandbox.factories import billed_monthly, catalogue_billed, tax_inclusive
 from analytics_dagster_tests.conftest import LOCALIZED_WORLD, Admin
 
@@ -64,7 +65,8 @@ def assert_models_built_and_tested(result: Any, db: Path) -> None:
         assert materialization.metadata["dagster/row_count"].value == rows, name
         assert [c.name for c in materialization.metadata["dagster/column_schema"].schema.columns] == columns, name
     checks = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations() if e.asset_key in MODELS}
-    assert set(checks) == {(c.asset_key, c.name) for c in MODEL_CHECK_SPECS}
+    # the dbt tests, and the reconciliation with Paddle's metrics (test_metrics.py)
+    assert set(checks) == {(c.asset_key, c.name) for c in MODEL_CHECK_SPECS + RECONCILIATION}
     failed = [f"{k[1]}: {e.description}" for k, e in checks.items() if not e.passed]
     assert not failed, failed
 
@@ -356,7 +358,9 @@ def test_an_item_whose_amount_cannot_be_known_is_flagged_and_counted_nowhere(war
     result = sync_all()
     assert result.success
     failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
-    assert set(failed) == {"every_billed_item_has_an_amount"}, failed
+    # (Paddle's MRR counts the item the warehouse cannot price: its check may warn too, beyond
+    # its tolerance: docs/models.md, "Reconciliation with Paddle")
+    assert set(failed) - {"mrr_matches_paddle"} == {"every_billed_item_has_an_amount"}, failed
     check = failed["every_billed_item_has_an_amount"]
     assert check.severity.value == "WARN" and check.metadata["dagster_dbt/failed_row_count"].value == 1
     assert f"{sub['id']}/{price['id']}" in str(check.metadata["failing_sample"].value)

@@ -21,8 +21,10 @@ from urllib.parse import urlparse
 import pytest
 
 from analytics_dagster.models import MODEL_CHECK_SPECS
+from analytics_dagster.reconcile import SPECS as RECONCILIATION
 from analytics_dagster.source.resources import RESOURCES, STREAM_TABLES
-from analytics_dagster_tests.conftest import LOCALIZED_WORLD, REPLACED, REPO, TABLES, Admin, assert_warehouse_equals_api, poll
+from analytics_dagster_tests.conftest import (LOCALIZED_WORLD, METRICS, REPLACED, REPO, TABLES, Admin,
+                                             assert_warehouse_equals_api, poll)
 from analytics_dagster_tests.test_sync import check_results, sync
 
 SERVER = os.environ.get("ANALYTICS_TEST_POSTGRES")
@@ -133,10 +135,11 @@ def test_runs_launched_through_a_postgres_backed_instance(
         assert [r.status for r in finished] == [DagsterRunStatus.SUCCESS]
         checks = [e for e in instance.all_logs(finished[0].run_id) if e.dagster_event
                   and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-        # primary keys, events applied, the key's permissions, and the models' dbt tests (the
-        # models built on PostgreSQL)
+        # primary keys (Paddle's metrics' too), events applied, the key's permissions, the models'
+        # dbt tests (the models built on PostgreSQL) and their reconciliation with Paddle's metrics
         permissions = [r for r in RESOURCES if r.permission]
-        assert len(checks) == len(TABLES) + len(STREAM_TABLES) + len(permissions) + len(MODEL_CHECK_SPECS)
+        assert len(checks) == (len(TABLES) + len(METRICS) + len(STREAM_TABLES) + len(permissions) + len(MODEL_CHECK_SPECS)
+                               + len(RECONCILIATION))
         assert all(e.dagster_event.asset_check_evaluation_data.passed for e in checks)
         assert_warehouse_equals_api(postgres_warehouse, admin)
     finally:

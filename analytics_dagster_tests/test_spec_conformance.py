@@ -57,7 +57,10 @@ PREFIX = DEFAULT_PATH_PREFIX
 _SCHEMA_REF = "#/components/schemas/"
 # The registry's paths the spec does not have (an operation Paddle added after it), each with its
 # reason: their tests are skipped, saying it, and the sync's requests to them are not checked.
-NOT_IN_THE_SPEC: dict[str, str] = {}
+NOT_IN_THE_SPEC: dict[str, str] = {
+    api.path: "Paddle added the seven /metrics/* operations on 2026-03-12, after the spec the project checks "
+              "against (docs/api.md, \"Metrics\": what the sync relies on of them)"
+    for api in RESOURCES if api.listing == "days"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,12 @@ KNOWN: tuple[Known, ...] = (
           f"{_NEWER} (in fixtures/paddle/transactions/list_paginated_page_one.json)"),
     Known("transactions", "payments.*.method_details.south_korea_local_card", ("list", "events"),
           f"{_NEWER}: null unless paid so (in fixtures/paddle/transactions/list_paginated_page_one.json)"),
+    Known("transactions", "details.payout_totals.exchange_rate", ("list", "events"),
+          f"{_NEWER}: the rate the payout converted at; Paddle's Python SDK requires it (TransactionPayoutTotals)"),
+    Known("transactions", "details.payout_totals.fee_rate", ("list", "events"),
+          f"{_NEWER}, as details.payout_totals.exchange_rate"),
+    Known("transactions", "details.payout_totals.grand_total_tax", ("list", "events"),
+          f"{_NEWER}, as details.totals.grand_total_tax"),
     Known("adjustments", "totals.retained_fee", ("list", "events"),
           f"{_NEWER} (in fixtures/paddle/adjustments/list_default.json)"),
     Known("adjustments", "payout_totals.retained_fee", ("list", "events"), f"{_NEWER}, as totals.retained_fee"),
@@ -579,6 +588,8 @@ def test_paddle_s_own_examples_pass_the_closed_spec(openapi: OpenAPI, spec: dict
     examples = []
     for api in RESOURCES:
         path = operation_path(api)
+        if path in NOT_IN_THE_SPEC:
+            continue
         content = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
         # (with the headers the spec requires of some)
         headers = {"Content-Type": "application/json", "Etag": 'W/"1"', "Request-Id": "1"}
@@ -714,6 +725,9 @@ def test_the_registry_says_what_the_spec_says_of_permissions_omissions_and_filte
     of each filter whose default hides entities (the parameter's enum; beyond it, only
     `BEYOND_THE_SPEC`'s)."""
     for api in RESOURCES:
+        if operation_path(api) in NOT_IN_THE_SPEC:
+            assert api.permission == "metrics.read", api.name  # (Paddle's docs of the operations)
+            continue
         operation = spec["paths"][operation_path(api)]["get"]
         assert api.permission == next(iter(operation.get("x-permissions") or []), None), api.name
         declared = parameters(spec, operation_path(api))

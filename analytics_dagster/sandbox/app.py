@@ -32,6 +32,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from analytics_dagster.rfc3339 import parse_ns
+from analytics_dagster.sandbox import metrics
 from analytics_dagster.sandbox.world import World
 from analytics_dagster.source.resources import ApiResource
 
@@ -73,6 +74,9 @@ class SandboxConfig:
     # `permission` of each resource, Paddle's `x-permissions`): their operations answer 403
     # `forbidden`, the others as usual
     denied_permissions: tuple[str, ...] = ()
+    # `/metrics/*` of these days (`YYYY-MM-DD`) with every amount and count times the factor: a
+    # day Paddle revised (set after a sync read it), or one the warehouse disagrees with
+    metrics_skew: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -182,8 +186,8 @@ class SandboxApp:
         self._deferred: list[tuple[int, Callable[..., Any], dict[str, Any]]] = []
         self._lock = asyncio.Lock()  # the world is mutated by admin calls between requests
         # the registry's resources: a list's pages, or an unpaginated resource's whole document
-        routes = [Route(path_prefix + api.path, methods=["GET"],
-                        endpoint=self._api_endpoint(api.name, self._list if api.paginated else self._whole))
+        routes = [Route(path_prefix + api.path, methods=["GET"], endpoint=self._api_endpoint(
+                        api.name, self._series if api.listing == "days" else self._list if api.paginated else self._whole))
                   for api in world.resources.values()]
         routes += [
             Route("/_admin/truth/{resource}", self._admin(self._truth), methods=["GET"]),
@@ -386,6 +390,25 @@ class SandboxApp:
         return JSONResponse({"data": data, "meta": {"request_id": request_id}},
                             headers={"Request-Id": request_id, "Etag": f'W/"{version}"'})
 
+    def _series(self, request: Request, resource: str) -> Response:
+        """A metric (`/metrics/*`, `sandbox.metrics`): the days `from` (inclusive) to `to`
+        (exclusive), both required RFC 3339 dates; a bad or missing one is a 400."""
+        request_id = str(uuid.uuid4())
+        data = self._series_data(resource, request.query_params.get("from"), request.query_params.get("to"))
+        return JSONResponse({"data": data, "meta": {"request_id": request_id}}, headers={"Request-Id": request_id})
+
+    def _series_data(self, resource: str, start: str | None, end: str | None) -> dict[str, Any]:
+        bounds = []
+        for name, value in (("from", start), ("to", end)):
+            try:
+                bounds.append(metrics.parse_day(value))
+            except ValueError as exc:
+                raise _BadRequest(name, f"{name} {exc}") from None
+        if bounds[1] < bounds[0]:
+            raise _BadRequest("to", f"to ({bounds[1]}) must not be before from ({bounds[0]})")
+        operation = self.world.resources[resource].path.rsplit("/", 1)[-1]
+        return metrics.response_data(self.world, operation, bounds[0], bounds[1], self.config.metrics_skew)
+
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"Path {request.url.path} not found.")
 
@@ -414,6 +437,13 @@ class SandboxApp:
         resource = request.path_params["resource"]
         if resource not in self.world.resources:
             return _error(404, "not_found", f"No resource {resource}")
+        # a metric: the rows a sync keeps of `?from=&to=` (none: of a first sync's days)
+        if self.world.resources[resource].listing == "days" and request.query_params:
+            try:
+                data = self._series_data(resource, request.query_params.get("from"), request.query_params.get("to"))
+            except _BadRequest as exc:
+                return exc.response
+            return metrics.rows(data)
         return self.world.truth(resource)
 
     def _counts(self, request: Request, body: dict[str, Any]) -> Any:

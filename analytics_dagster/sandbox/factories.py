@@ -971,8 +971,8 @@ def check(resources: tuple[ApiResource, ...], factories: dict[str, Factory | Doc
     made: list[str] = []
     for api in resources:
         factory = factories.get(api.name)
-        if api.listing == "event_stream":
-            problems += [f"{api.name}: the event stream is the world's, it takes no factory"] if factory else []
+        if api.listing in ("event_stream", "days"):  # the stream, the metrics: made by the world
+            problems += [f"{api.name}: the world makes it, it takes no factory"] if factory else []
         elif not api.paginated:
             problems += [] if isinstance(factory, Document) else [f"{api.name}: unpaginated, needs a Document"]
         elif not isinstance(factory, Factory):

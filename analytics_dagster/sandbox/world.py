@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import copy
 import functools
 import json
 import random
@@ -56,6 +57,8 @@ from analytics_dagster.sandbox import lifecycles as _lifecycles
 from analytics_dagster.sandbox.factories import (FACTORIES, LOCALIZED_SHARE, Document, Factory, check,
                                                  new_active_subscription, new_subscription_transaction,
                                                  redeem_discount, renew_subscription)
+from analytics_dagster.sandbox import metrics
+from analytics_dagster.sandbox.metrics import BALANCE_CURRENCY, payout_totals
 from analytics_dagster.source.resources import RESOURCES, ApiResource
 
 _START_NS = 1_672_531_200 * 10**9  # 2023-01-01T00:00:00Z
@@ -101,12 +104,19 @@ class World:
             (`mrr_history`). Off by default, which leaves every other world as it was.
         resources: the registry served (default: the project's).
         factories: what makes each resource's data, by name (default: `factories.FACTORIES`).
+        balance_currency: the account's primary balance currency: what `/metrics/*` and the
+            completed transactions' `details.payout_totals` are in (`sandbox.metrics`).
     """
 
     def __init__(self, customers: int = 100, seed: int = 0, *, localized: float = LOCALIZED_SHARE,
                  lifecycles: bool = False, resources: tuple[ApiResource, ...] = RESOURCES,
-                 factories: dict[str, Factory | Document] = FACTORIES) -> None:
+                 factories: dict[str, Factory | Document] = FACTORIES,
+                 balance_currency: str = BALANCE_CURRENCY) -> None:
         check(resources, factories)
+        self.balance_currency = balance_currency
+        # every state each subscription has been in, (from ns, snapshot), for `/metrics/*`:
+        # the initial history's (their status then, the rest as made) and every change's since
+        self.subscription_states: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.resources: dict[str, ApiResource] = {r.name: r for r in resources}
         self.factories = factories
         self.seed = seed
@@ -138,7 +148,7 @@ class World:
         self.held: set[str] = set()
         # the unpaginated resources' whole `data`
         self.documents: dict[str, Any] = {
-            r.name: factories[r.name].make(self) for r in resources if not r.paginated}
+            r.name: factories[r.name].make(self) for r in resources if not r.paginated and r.listing != "days"}
         # events of the initial history, made once the history is written (see `_emit`)
         self._history: list[tuple[int, str, str, str, dict[str, Any]]] | None = []
         self._generate(customers)
@@ -200,6 +210,7 @@ class World:
         api = self.resources[resource]
         key = entity[api.primary_key]
         self.entities[resource][key] = entity
+        self._pay_out(resource, entity)
         ids = self.ids[resource]
         if not ids or ids[-1] < key:
             ids.append(key)
@@ -219,7 +230,15 @@ class World:
             del index[bisect.bisect_left(index, (parse_ns(entity["updated_at"]), key))]
             bisect.insort(index, (parse_ns(updated_at), key))
         entity["updated_at"] = updated_at
+        self._pay_out(resource, entity)
         self._blobs.pop(key, None)
+
+    def _pay_out(self, resource: str, entity: dict[str, Any]) -> None:
+        """A completed transaction's `details.payout_totals`: its totals in the balance currency."""
+        if resource == "transactions" and isinstance(entity.get("details"), dict):
+            payout = payout_totals(entity, self.balance_currency)
+            if entity["details"].get("payout_totals") != payout:  # a new dict: events keep the old one
+                entity["details"] = {**entity["details"], "payout_totals": payout}
 
     def blob(self, resource: str, key: str) -> bytes:
         """The entity's JSON, cached until it changes."""
@@ -363,15 +382,22 @@ class World:
             return None
         # it occurred now, whatever `updated_at` a test gave the entity
         occurred = ts if parse_ns(ts) >= self.clock_ns else self.stamp()
-        if self.lifecycles and resource == "subscriptions":
-            _lifecycles.log_change(self, entity, parse_ns(occurred))
+        if resource == "subscriptions":
+            self._keep_state(entity, parse_ns(occurred))
+            if self.lifecycles:
+                _lifecycles.log_change(self, entity, parse_ns(occurred))
         return self._new_event(f"{name}.{verb}", entity, occurred)["event_id"]
+
+    def _keep_state(self, subscription: dict[str, Any], at_ns: int) -> None:
+        self.subscription_states.setdefault(subscription["id"], []).append((at_ns, copy.deepcopy(subscription)))
 
     def _write_history_events(self) -> None:
         assert self._history is not None
         cutoff = self.retention_cutoff_ns()
         self._last_id_ms = 0  # history ids are of their own instants, before the clock's
         for at_ns, resource, key, event_type, then in sorted(self._history, key=lambda e: e[0]):
+            if resource == "subscriptions":  # every state, those past the retention too
+                self._keep_state(dict(self.entities[resource][key], **then), at_ns)
             if at_ns >= cutoff:
                 self._new_event(event_type, dict(self.entities[resource][key], **then), then["updated_at"], at_ns)
         self._last_id_ms = max(self._last_id_ms, self.clock_ns // 1_000_000)
@@ -456,13 +482,16 @@ class World:
 
     def truth(self, resource: str) -> list[dict[str, Any]]:
         """Every entity of `resource`, archived included, as the API lists it now (events: the
-        retention window only; an unpaginated resource: its rows, as the source keeps them)."""
+        retention window only; an unpaginated resource: its rows, as the source keeps them; a
+        metric: the rows a first sync keeps, `metrics.history`)."""
         if resource in self.documents:
             api = self.resources[resource]
             rows = self.documents[resource]
             for step in api.data_selector.split(".")[1:]:  # the document is `data` already
                 rows = rows[step]
             return [dict(row) if isinstance(row, dict) else {api.primary_key: row} for row in rows]
+        if self.resources[resource].listing == "days":  # a metric: the days a first sync reads
+            return metrics.history(self, self.resources[resource].path.rsplit("/", 1)[-1])
         keys = self.retained_event_ids() if resource == EVENTS else self.ids[resource]
         return [self.entities[resource][key] for key in keys]
 

@@ -38,6 +38,7 @@ from analytics_dagster.source.events import (
     event_client,
 )
 from analytics_dagster.source.backfill import listing_start, record_page
+from analytics_dagster.source.days import day_rows, plan_days
 from analytics_dagster.source.feed import events_from_feed, feed_items, table_from_events
 from analytics_dagster.source.plan import SyncPlan, plan_sync
 from analytics_dagster.source.incremental import DEFAULT_LOOKBACK_SECONDS, change_filter, start_params
@@ -75,6 +76,10 @@ DEFAULT_BACKFILL_CHUNK_SECONDS = 60.0
 # comes first: with DuckDB's memory limit (`pipeline.DEFAULT_DUCKDB_MEMORY_LIMIT`) it only bounds the
 # rows a load holds when requests are fast (measured against time: docs/benchmark.md, "Chunks by time")
 DEFAULT_BACKFILL_CHUNK_ROWS = 20000
+# Paddle's metrics (`/metrics/*`, `listing` "days"): the days a first run reads, and how many
+# days before the last one loaded every later run reads again (Paddle may revise recent days)
+DEFAULT_METRICS_HISTORY_DAYS = 365
+DEFAULT_METRICS_REREAD_DAYS = 7
 # The customers listing feeds both the `customers` table and the two child resources. It is a
 # resource of its own, never loaded, so whatever `customers` filters (incremental sync) does not
 # hide customers from the children, and a child-only run never moves `customers`' state.
@@ -129,6 +134,10 @@ class SourceSettings:
             event stream commits after this many events likewise. 0: no row limit.
         backfill_chunk_seconds: ... or after this many seconds of the chunk's extraction,
             whichever comes first (at the next page). 0: no time limit.
+        metrics_history_days: the days of Paddle's metrics (`/metrics/*`) a first run reads,
+            today included (one request per metric).
+        metrics_reread_days: a later run reads the metrics from the last day loaded less
+            this many days (Paddle may revise recent days) to today.
     """
 
     api_root: str
@@ -143,6 +152,8 @@ class SourceSettings:
     event_visibility_lag_seconds: int = DEFAULT_VISIBILITY_LAG_SECONDS
     backfill_chunk_rows: int = DEFAULT_BACKFILL_CHUNK_ROWS
     backfill_chunk_seconds: float = DEFAULT_BACKFILL_CHUNK_SECONDS
+    metrics_history_days: int = DEFAULT_METRICS_HISTORY_DAYS
+    metrics_reread_days: int = DEFAULT_METRICS_REREAD_DAYS
 
 
 @with_config(sections=(known_sections.SOURCES, SOURCE_NAME))
@@ -160,6 +171,8 @@ def source_settings(
     event_visibility_lag_seconds: int = DEFAULT_VISIBILITY_LAG_SECONDS,
     backfill_chunk_rows: int = DEFAULT_BACKFILL_CHUNK_ROWS,
     backfill_chunk_seconds: float = DEFAULT_BACKFILL_CHUNK_SECONDS,
+    metrics_history_days: int = DEFAULT_METRICS_HISTORY_DAYS,
+    metrics_reread_days: int = DEFAULT_METRICS_REREAD_DAYS,
 ) -> SourceSettings:
     """The settings, read the dlt way now (never at import); an argument given wins over them.
 
@@ -171,6 +184,9 @@ def source_settings(
     unknown = set(page_sizes or {}) - set(RESOURCES_BY_NAME)
     if unknown:
         raise ValueError(f"sources.analytics.page_sizes names no resource: {sorted(unknown)}")
+    if metrics_history_days < 1 or metrics_reread_days < 0:
+        raise ValueError(f"sources.analytics.metrics_history_days must be 1 or more and metrics_reread_days 0 or "
+                         f"more, not {metrics_history_days} and {metrics_reread_days}")
     return SourceSettings(
         api_root=configured_api_root(base_url), api_key=api_key,
         page_sizes={r.name: (page_sizes or {}).get(r.name, page_size) or r.page_size for r in RESOURCES},
@@ -178,7 +194,8 @@ def source_settings(
         requests_per_minute=requests_per_minute, incremental=incremental,
         event_retention_days=event_retention_days, event_retention_margin_days=event_retention_margin_days,
         event_visibility_lag_seconds=event_visibility_lag_seconds, backfill_chunk_rows=backfill_chunk_rows,
-        backfill_chunk_seconds=backfill_chunk_seconds,
+        backfill_chunk_seconds=backfill_chunk_seconds, metrics_history_days=metrics_history_days,
+        metrics_reread_days=metrics_reread_days,
     )
 
 
@@ -197,6 +214,8 @@ def plan_run(settings: SourceSettings, session: Session, run_state: dict[str, An
     )
     if settings.requests_per_minute > 0 and settings.backfill_chunk_seconds > 0:  # paced: the chunk's time in requests
         plan.chunk_requests = max(1, int(settings.requests_per_minute * settings.backfill_chunk_seconds / 60))
+    plan_days(plan, settings, session, run_state, [t for t in tables if RESOURCES_BY_NAME[t].listing == "days"],
+              full_refresh=full_refresh)
     if progress is not None:
         for table, backfill in plan.backfills.items():  # by earlier runs (this run's rows it counts)
             progress.committed.setdefault(table, backfill["rows"])
@@ -270,6 +289,8 @@ def _table_resource(api: ApiResource, resources: dict[str, DltResource], plan: S
         step = events_from_feed(plan) if api.name == "events" else table_from_events(api, plan)
         return _table(step, api, feed)
     resource = _table(_pass_pages, api, listing) if api.name == "customers" else resources[api.name]
+    if api.listing == "days":  # a response is one series: a row per day, merged on it
+        return resource.add_yield_map(day_rows(api.name))
     step = change_filter(api, full_refresh=full_refresh, lookback_seconds=settings.lookback_seconds,
                          since=plan.since_ns(api.name), began=lambda: plan.api_now_ns)
     # (a backfill of events mode writes every row, but for a table filtered on content: it is
@@ -331,6 +352,8 @@ def _endpoint_config(
             json_once(resource.name),
         ],
     }
+    if resource.listing == "days":  # the plan's dates (`days.plan_days`)
+        params.update(plan.days.get(resource.name, {}))  # (none: the source only described, or not selected)
     if resource.paginated:
         # in id order, so that a backfill can resume after the last id it committed
         params.update(per_page=page_size, order_by="id[ASC]")

@@ -78,6 +78,8 @@ class SyncPlan:
             events leave out (`ApiResource.event_omits`).
         forbidden: per table this run could not read for want of a permission of the key
             (403 `forbidden`), what to grant; the table is skipped, the others go on (`skip`).
+        days: per daily series read in this run (`listing` "days": Paddle's metrics), its
+            `from` and `to` dates (`days.plan_days`).
         committed: the tables' states the plan was made from (the last load's).
         live_states: the states this load's listings are writing (`backfill.record_page`).
     """
@@ -102,6 +104,7 @@ class SyncPlan:
     gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
     client: Optional[RESTClient] = None
     forbidden: dict[str, str] = field(default_factory=dict)
+    days: dict[str, dict[str, str]] = field(default_factory=dict)
     committed: dict[str, dict[str, Any]] = field(default_factory=dict)
     live_states: dict[str, dict[str, Any]] = field(default_factory=dict)
     _pages: Optional[Iterator[Any]] = None
@@ -122,11 +125,12 @@ class SyncPlan:
         return time.monotonic() - self._clock >= self.chunk_seconds
 
     def mode(self, table: str) -> str:
-        """How `table` is synced in this run: events, listing, or replace (tiny, no events)."""
+        """How `table` is synced in this run: events, listing, replace (tiny, no events), or
+        days (a daily series read by dates)."""
         if table in self.feeds:
             return "events"
         api = RESOURCES_BY_NAME[table]
-        return "replace" if api.listing == "replace" else "listing"
+        return api.listing if api.listing in ("replace", "days") else "listing"
 
     def pages(self) -> Iterator[list[dict[str, Any]]]:
         """The events after the oldest fed cursor, a page at a time (once per run)."""

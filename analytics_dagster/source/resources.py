@@ -22,6 +22,7 @@ Listing = Literal[
     "server_updated_at",  # filtered by the API: updated_at[GTE]=<cursor - overlap>
     "event_stream",  # the events themselves: after=<last event_id>, order_by=id[ASC]
     "replace",  # small, no events (no updated_at, or entities that can be deleted): read whole, the table replaced
+    "days",  # a daily timeseries (`/metrics/*`): `from`/`to` dates, from the last loaded day less a re-read window
 ]
 
 
@@ -132,6 +133,8 @@ class ApiResource:
             spec's event descriptions: "the complete subscription entity, except
             `management_urls`"). The sync fetches the entities an event changed, by id, for
             these (one request per page of changed entities), so the merge never nulls them.
+        group: the Dagster group of its asset: `analytics` (the API's entities), `metrics`
+            (Paddle's own daily figures: no lineage to the entities' tables).
         unnotified: fields that change with no event and no new `updated_at` (a discount's
             `times_used`, "changes frequently, so isn't included in payloads"; a report's
             `status` when it expires, as Paddle's own example shows): the table is listed whole
@@ -163,6 +166,7 @@ class ApiResource:
     permission: str | None = None
     event_omits: tuple[str, ...] = ()
     unnotified: tuple[str, ...] = ()
+    group: str = "analytics"
 
     def __post_init__(self) -> None:
         if self.page_size > self.max_page_size:
@@ -287,6 +291,35 @@ RESOURCES: tuple[ApiResource, ...] = (
                   ("payout_totals", "json")),
     ),
 )
+
+
+
+def _metric(operation: str, description: str, values: tuple[tuple[str, str], ...]) -> ApiResource:
+    """One of Paddle's seven `GET /metrics/*` operations (since 2026-03): a daily timeseries of
+    the dates `from` (inclusive) to `to` (exclusive), a row per day merged on `day`, amounts in
+    the smallest unit of the account's primary balance currency (docs/api.md, "Metrics")."""
+    return ApiResource(
+        "metrics_" + operation.replace("-", "_"), f"/metrics/{operation}", "day",
+        f"Paddle's own {description}, one row per day (`day`), with the response's `updated_at`.",
+        paginated=False, listing="days", permission="metrics.read", group="metrics",
+        nullable=values + (("updated_at", "timestamp"),),
+    )
+
+
+# the amounts of a metric, strings of minor units (dlt would type a column that only held
+# digits as text anyway: declared so a series of zeros is still a column)
+_AMOUNT = (("amount", "text"), ("currency_code", "text"))
+METRICS: tuple[ApiResource, ...] = (
+    _metric("monthly-recurring-revenue", "monthly recurring revenue (MRR) at the end of each day", _AMOUNT),
+    _metric("monthly-recurring-revenue-change", "net change of MRR on each day", _AMOUNT),
+    _metric("active-subscribers", "count of active subscribers at the end of each day", (("count", "bigint"),)),
+    _metric("revenue", "revenue of each day (completed transactions)", _AMOUNT + (("count", "bigint"),)),
+    _metric("refunds", "refunds of each day", _AMOUNT),
+    _metric("chargebacks", "count of chargebacks of each day", (("count", "bigint"),)),
+    _metric("checkout-conversion", "checkouts of each day and how many completed",
+            (("count", "bigint"), ("completed_count", "bigint"), ("rate", "text"))),
+)
+RESOURCES = RESOURCES + METRICS
 
 RESOURCES_BY_NAME: dict[str, ApiResource] = {r.name: r for r in RESOURCES}
 # the tables the event stream keeps current, by the entity their events name

@@ -1,0 +1,106 @@
+"""Paddle's metrics (`GET /metrics/*`): daily timeseries read by dates, not listed by id.
+
+Each operation takes `from` (inclusive) and `to` (exclusive) dates, both required, and answers
+one series, a point a day (`{"data": {"currency_code"?, "timeseries": [...], "updated_at"}}`).
+A first run reads `metrics_history_days` days up to today in one request per metric (the API
+states no longest range); a later run reads from the last day it loaded less
+`metrics_reread_days` (Paddle may revise recent days) to today, merged on `day`. "Today" is the
+API's (its `Date` header): a run that read nothing before asks it with an empty series
+(`from` = `to`), one request more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, Iterator, Sequence
+
+import dlt
+from requests import Session
+
+from analytics_dagster.source.events import api_now_ns
+from analytics_dagster.rfc3339 import NS_PER_SECOND
+from analytics_dagster.source.plan import SyncPlan
+from analytics_dagster.source.resources import RESOURCES_BY_NAME
+
+LAST_DAY = "last_day"  # the newest day a table's series loaded, in its dlt state
+
+
+def api_today(now_ns: int) -> dt.date:
+    return dt.datetime.fromtimestamp(now_ns // NS_PER_SECOND, tz=dt.timezone.utc).date()
+
+
+def plan_days(plan: SyncPlan, settings: Any, session: Session, run_state: dict[str, Any], tables: Sequence[str], *,
+              full_refresh: bool) -> None:
+    """The dates each metric of `tables` is read for in this run (`plan.days`), and why
+    (`plan.reasons`)."""
+    if not tables:
+        return
+    if plan.api_now_ns is None:  # no request made yet: the API's today, from an empty series
+        today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+        response = session.get(settings.api_root + RESOURCES_BY_NAME[tables[0]].path, params={"from": today, "to": today},
+                               headers={"Authorization": f"Bearer {settings.api_key}"}, timeout=60)
+        plan.api_now_ns = api_now_ns(response)
+    today = api_today(plan.api_now_ns)
+    for table in tables:
+        last = (run_state.get(table) or {}).get(LAST_DAY)
+        if last and not full_refresh:
+            start = min(dt.date.fromisoformat(last), today) - dt.timedelta(days=settings.metrics_reread_days)
+            why = f"from the last day loaded ({last}) less {settings.metrics_reread_days} days"
+        else:
+            start = today - dt.timedelta(days=settings.metrics_history_days - 1)
+            why = f"a history of {settings.metrics_history_days} days" + (" (full refresh)" if last else "")
+        plan.days[table] = {"from": start.isoformat(), "to": (today + dt.timedelta(days=1)).isoformat()}
+        plan.reasons[table] = f"days {start} to {today}: {why}"
+
+
+def day_rows(table: str) -> Callable[[Any], Iterator[dict[str, Any]]]:
+    """A step of `table`'s resource: the series of a response's `data` as rows, one per day
+    (`day`, the point's values, the series' `currency_code` if it has one and `updated_at`);
+    the newest day kept in the table's state (where the next run's dates start)."""
+
+    def rows(data: Any) -> Iterator[dict[str, Any]]:
+        if not isinstance(data, dict) or not isinstance(data.get("timeseries"), list):
+            raise ValueError(f"resource '{table}': the response's data has no timeseries list: {str(data)[:200]}")
+        state = dlt.current.resource_state(table)
+        for point in data["timeseries"]:
+            stamp = point.get("timestamp") if isinstance(point, dict) else None
+            try:
+                day = dt.date.fromisoformat(str(stamp)[:10])
+            except ValueError:
+                raise ValueError(f"resource '{table}': a point of the series has no RFC 3339 timestamp: {point!r}") from None
+            row = {"day": day, **{k: v for k, v in point.items() if k != "timestamp"}}
+            if "currency_code" in data:
+                row["currency_code"] = data["currency_code"]
+            row["updated_at"] = data.get("updated_at")
+            if day.isoformat() > (state.get(LAST_DAY) or ""):
+                state[LAST_DAY] = day.isoformat()
+            yield row
+
+    return rows
+
+
+def newest_points(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per metric table, its newest day and that day's values as numbers (`newest_<field>`: the
+    asset's page plots a number of its materializations over time). A table not loaded yet: none."""
+    points: dict[str, dict[str, Any]] = {}
+    if not tables:
+        return points
+    with pipeline.sql_client() as client:
+        for table in tables:
+            try:
+                with client.execute_query(f"SELECT * FROM {client.make_qualified_table_name(table)} "
+                                          "ORDER BY day DESC LIMIT 1") as cursor:
+                    names = [d[0] for d in cursor.description]
+                    row = cursor.fetchone()
+            except Exception:  # (no table yet: the key may not read it, or nothing was loaded)
+                continue
+            if row is None:
+                continue
+            values = dict(zip(names, row))
+            point: dict[str, Any] = {"newest_day": str(values["day"])}
+            for name in ("amount", "count", "completed_count", "rate"):
+                if values.get(name) is not None:
+                    number = float(values[name])
+                    point[f"newest_{name}"] = int(number) if number.is_integer() and name != "rate" else number
+            points[table] = point
+    return points
