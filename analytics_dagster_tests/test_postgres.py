@@ -305,6 +305,15 @@ def test_mrr_is_right_for_every_day_from_the_first_sync_on_postgres(postgres_war
     assert assert_history_right_from_the_first_sync(postgres_warehouse, admin)[0]["flagged"] > 0
 
 
+@pytest.mark.world(customers=0)
+def test_a_new_account_builds_empty_models_then_real_ones_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
+    """test_models.py's new account on PostgreSQL: the empty stand-ins of the raw tables (jsonb,
+    timestamptz), then the real ones."""
+    from analytics_dagster_tests.test_models import assert_a_new_account_builds_empty_models_then_real_ones
+
+    assert_a_new_account_builds_empty_models_then_real_ones(postgres_warehouse, admin)
+
+
 # ---------------------------------------------------------------- the second adversary's (test_models_adversary_2.py)
 def test_a_lower_case_rfc3339_stamp_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
     from analytics_dagster_tests.test_models import assert_close, query, sync_all, truth_mrr

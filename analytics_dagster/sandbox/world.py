@@ -296,7 +296,7 @@ class World:
     def _generate(self, customers: int) -> None:
         """The initial world: the lists made on their own, in the factories' order, each entity
         with what is made with it, the clock walking through two years; then some updated."""
-        step = max(2_000_000, _HISTORY_NS // max(1, customers * 10))
+        step = max(2_000_000, _HISTORY_NS // (max(1, customers) * 10))  # (an empty account: as one customer's)
         for name, factory in self.factories.items():
             if isinstance(factory, Factory) and factory.made_with is None and factory.history is None:
                 for place in range(factory.count(self.rng, customers)):

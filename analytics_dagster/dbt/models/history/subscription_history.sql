@@ -34,7 +34,7 @@ with snapshots as (
         data->>'currency_code' as currency_code,
         data->>'address_id' as address_id,
         data->'items' as items
-    from {{ source('analytics', 'events') }}
+    from {{ raw('events') }}
     where event_type like 'subscription.%'
       and event_id like 'evt_%'
       and {{ json_is_string("data->'id'") }} and data->>'id' <> ''
@@ -66,7 +66,7 @@ recorded as (
     where state_id like 'listed/%'
     {%- else %}
     select id as subscription_id, updated_at as valid_from, status, customer_id, currency_code, address_id, items
-    from {{ source('analytics', 'subscriptions') }}
+    from {{ raw('subscriptions') }}
     where 1 = 0
     {%- endif %}
 ),
@@ -95,7 +95,7 @@ listings as (
             (n.subscription_id is not null and r.valid_from < n.first_valid_from)
             or (n.subscription_id is null and coalesce(s.updated_at, s.created_at) > r.valid_from + interval '1 second')
         ) as keeps_recorded
-    from {{ source('analytics', 'subscriptions') }} as s
+    from {{ raw('subscriptions') }} as s
     left join newest as n on n.subscription_id = s.id
     left join recorded as r on r.subscription_id = s.id
 ),
@@ -153,7 +153,7 @@ observed as (
 first_known as (
     select o.*, coalesce(least(s.created_at, o.valid_from), o.valid_from) as created_at
     from observed as o
-    left join {{ source('analytics', 'subscriptions') }} as s on s.id = o.subscription_id
+    left join {{ raw('subscriptions') }} as s on s.id = o.subscription_id
     where o.position = 1
 ),
 
@@ -173,7 +173,7 @@ billed_all as (
         t.items,
         {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }} as period_start,
         {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }} as period_end
-    from {{ source('analytics', 'transactions') }} as t
+    from {{ raw('transactions') }} as t
     join first_known as f on f.subscription_id = t.subscription_id
     where t.origin in ('web', 'subscription_recurring', 'subscription_update')
       and t.status in ('billed', 'paid', 'completed', 'past_due')

@@ -28,7 +28,7 @@ subscriptions as (
         customer_id,
         count(*) filter (where status = 'active') as active_subscriptions,
         count(*) as subscriptions
-    from {{ source('analytics', 'subscriptions') }}
+    from {{ raw('subscriptions') }}
     group by 1
 )
 
@@ -42,7 +42,7 @@ select
     cast(paid.first_paid_at as date) as first_paid_date,
     coalesce(s.active_subscriptions, 0) as active_subscriptions,
     coalesce(s.subscriptions, 0) as subscriptions
-from {{ source('analytics', 'customers') }} as c
+from {{ raw('customers') }} as c
 left join net on net.customer_id = c.id
 left join paid on paid.customer_id = c.id and paid.currency_code = net.currency_code
 left join subscriptions as s on s.customer_id = c.id

@@ -10,5 +10,5 @@ select
     {{ amount("item.value->'totals'->>'subtotal'") }} as subtotal,
     {{ amount("item.value->'totals'->>'tax'") }} as tax,
     {{ amount("item.value->'totals'->>'total'") }} as total
-from {{ source('analytics', 'adjustments') }} as a,
+from {{ raw('adjustments') }} as a,
     {{ json_array_elements('a.items', none, 'item') }}

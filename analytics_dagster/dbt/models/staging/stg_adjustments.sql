@@ -17,4 +17,4 @@ select
     {{ amount("totals->>'earnings'") }} as earnings,
     created_at,
     updated_at
-from {{ source('analytics', 'adjustments') }}
+from {{ raw('adjustments') }}

@@ -7,4 +7,4 @@ select
     city,
     created_at,
     updated_at
-from {{ source('analytics', 'customer_addresses') }}
+from {{ raw('customer_addresses') }}

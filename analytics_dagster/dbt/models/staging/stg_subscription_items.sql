@@ -7,5 +7,5 @@ select
     subscription_id || '/' || price_id as subscription_item_id,
     *
 from (
-    {{ subscription_items(source('analytics', 'subscriptions'), 'id', ['status as subscription_status', 'customer_id']) }}
+    {{ subscription_items(raw('subscriptions'), 'id', ['status as subscription_status', 'customer_id']) }}
 ) as items

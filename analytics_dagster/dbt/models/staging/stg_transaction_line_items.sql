@@ -14,5 +14,5 @@ select
     {{ amount("line.value->'unit_totals'->>'subtotal'") }} as unit_subtotal,
     line.value->>'tax_rate' as tax_rate,
     line.value->>'proration' is not null as prorated
-from {{ source('analytics', 'transactions') }} as t,
+from {{ raw('transactions') }} as t,
     {{ json_array_elements('t.details', 'line_items', 'line') }}

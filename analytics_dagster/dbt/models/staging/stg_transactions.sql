@@ -18,4 +18,4 @@ select
     {{ amount("details->'totals'->>'grand_total'") }} as grand_total,
     {{ amount("details->'totals'->>'fee'") }} as fee,
     {{ amount("details->'totals'->>'earnings'") }} as earnings
-from {{ source('analytics', 'transactions') }}
+from {{ raw('transactions') }}
