@@ -39,7 +39,7 @@ def test_subscriptions_live_their_lives_over_more_than_the_stream_keeps() -> Non
     cutoff = world.retention_cutoff_ns()
     older = 0
     for key, sub in subs.items():
-        log = world.subscription_log[key]
+        log = world.subscription_states[key]
         assert log[0][0] == parse_ns(sub["created_at"]) and log[-1][1]["updated_at"] == sub["updated_at"]
         billed = [t for t in by_sub[key] if t["origin"] != "subscription_update"]
         # the billed periods follow each other: a renewal's starts where the one before ended

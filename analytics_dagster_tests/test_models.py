@@ -51,7 +51,8 @@ def query(db: Path | str, sql: str) -> list[dict[str, Any]]:
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def assert_models_built_and_tested(result: Any, db: Path) -> None:
+def assert_models_built_and_tested(result: Any, db: Path | str, may_warn: dict[str, str] | None = None) -> None:
+    """`may_warn`: checks that may warn, each with what its description must then say."""
     assert result.success
     materializations = {m.asset_key: m for m in result.asset_materializations_for_node("analytics_models")}
     assert set(materializations) == MODELS
@@ -67,7 +68,8 @@ def assert_models_built_and_tested(result: Any, db: Path) -> None:
     checks = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations() if e.asset_key in MODELS}
     # the dbt tests, and the reconciliation with Paddle's metrics (test_metrics.py)
     assert set(checks) == {(c.asset_key, c.name) for c in MODEL_CHECK_SPECS + RECONCILIATION}
-    failed = [f"{k[1]}: {e.description}" for k, e in checks.items() if not e.passed]
+    failed = [f"{k[1]}: {e.description}" for k, e in checks.items() if not e.passed
+              and (k[1] not in (may_warn or {}) or may_warn[k[1]] not in (e.description or ""))]
     assert not failed, failed
 
 
@@ -602,7 +604,9 @@ def assert_a_new_account_builds_empty_models_then_real_ones(db: Path | str, admi
 
     admin.post("advance", new_customers=4)
     admin.post("advance", new_subscriptions=3, new_transactions=6)
-    assert_models_built_and_tested(sync_all(), db)
+    # (a currency no completed transaction was paid out in yet has no rate to convert at: the
+    # reconciliation with Paddle's MRR says so, rather than guess)
+    assert_models_built_and_tested(sync_all(), db, may_warn={"mrr_matches_paddle": "no payout rate for"})
     assert_metrics_equal_the_sandbox(db, admin)
     raw = tables("analytics")
     assert {"customers", "subscriptions", "transactions"} <= raw

@@ -27,7 +27,6 @@ what the rest of the world draws is what it draws without the option.
 
 from __future__ import annotations
 
-import copy
 import functools
 import heapq
 import random
@@ -56,7 +55,7 @@ def live(world: World) -> None:
     """Give every subscription of the initial world its life (the module's docstring), from its
     creation to a `now` a year (`LIFE_DAYS`) after the rest of the initial world was made (the
     world's clock then; whatever else the world holds does not change in that year), replacing the events the initial world made of them with those of that
-    life, and logging each state in `world.subscription_log`."""
+    life, and each state kept in `world.subscription_states` (from the events it writes)."""
     now, last_id_ms, rng = world.clock_ns + LIFE_DAYS * _DAY_NS, world._last_id_ms, world.rng
     world.rng, world._last_id_ms, world._history = random.Random(f"{world.seed}/lifecycles"), 0, []
     _forget_events(world)
@@ -111,7 +110,9 @@ def live(world: World) -> None:
 
 
 def _forget_events(world: World) -> None:
-    """The initial world's events of subscriptions: their lives below make them again."""
+    """The initial world's events of subscriptions, and the states it kept of them
+    (`World.subscription_states`): their lives below make them again."""
+    world.subscription_states.clear()
     events = world.entities["events"]
     gone = {k for k, e in events.items() if str(e.get("event_type", "")).startswith("subscription.")}
     world.ids["events"] = [k for k in world.ids["events"] if k not in gone]
@@ -195,13 +196,6 @@ def _record(world: World, sub: Entity, at: int, ts: str, verb: str) -> None:
     world._blobs.pop(sub["id"], None)
     snapshot = dict(sub)  # a shallow copy: a life replaces what it changes (items, periods), never edits them
     world._history.append((at, "subscriptions", sub["id"], f"subscription.{verb}", snapshot))
-    world.subscription_log[sub["id"]].append((at, snapshot))
-
-
-def log_change(world: World, sub: Entity, at_ns: int) -> None:
-    """A change of the subscription made since (by `advance` or `mutate`), in the log: its
-    state from `at_ns`, when its event occurred."""
-    world.subscription_log[sub["id"]].append((at_ns, copy.deepcopy(sub)))
 
 
 def mrr_history(world: World, until: date | None = None) -> dict[str, dict[str, float]]:
@@ -215,7 +209,7 @@ def mrr_history(world: World, until: date | None = None) -> dict[str, dict[str, 
         raise ValueError("mrr_history: only a world made with lifecycles=True knows every past state")
     countries = {k: a["country_code"] for k, a in world.entities["customer_addresses"].items()}
     changes: list[tuple[int, str, Entity]] = sorted(
-        (at, key, state) for key, states in world.subscription_log.items() for at, state in states)
+        (at, key, state) for key, states in world.subscription_states.items() for at, state in states)
     if not changes:
         return {}
     first = datetime.fromtimestamp(changes[0][0] // 10**9, tz=timezone.utc).date()

@@ -44,7 +44,6 @@ header.
 from __future__ import annotations
 
 import bisect
-import collections
 import copy
 import functools
 import json
@@ -122,8 +121,6 @@ class World:
         self.seed = seed
         self.localized = localized
         self.lifecycles = lifecycles
-        # every state of each subscription, from when (ns) it held: kept by a world with lifecycles
-        self.subscription_log: dict[str, list[tuple[int, dict[str, Any]]]] = collections.defaultdict(list)
         self.rng = random.Random(seed)
         self.clock_ns = _START_NS
         self._last_id_ms = 0
@@ -384,8 +381,6 @@ class World:
         occurred = ts if parse_ns(ts) >= self.clock_ns else self.stamp()
         if resource == "subscriptions":
             self._keep_state(entity, parse_ns(occurred))
-            if self.lifecycles:
-                _lifecycles.log_change(self, entity, parse_ns(occurred))
         return self._new_event(f"{name}.{verb}", entity, occurred)["event_id"]
 
     def _keep_state(self, subscription: dict[str, Any], at_ns: int) -> None:
