@@ -475,13 +475,32 @@ def test_a_failing_dbt_test_fails_the_run_and_skips_the_models_after_it_in_proce
     """A failing dbt test fails the step with dbt's error and skips the models after it, whether
     dbt runs in the step's process (the default: no child process, hence no child's CPU) or, with
     ANALYTICS_DBT_IN_PROCESS=false, as dagster-dbt's subprocess: both builds give the same
-    materializations and check results, dagster-dbt's metadata included."""
+    materializations and check results, dagster-dbt's metadata included. In process, first a
+    build interrupted as dagster-dbt interrupts its subprocess when the step is (SIGINT, then a
+    bounded wait): dbt stops at once, and the build after it, in the same process, is right."""
     import resource
+    import signal
+    import time
+
+    from analytics_dagster.models import (MANIFEST, _environ, dbt_environment, dbt_target, models_dbt,
+                                          models_translator)
 
     victim = admin.truth("transactions")[0]["id"]
     with duckdb.connect(str(warehouse)) as con:  # a transaction whose total is not its lines' sum
         con.execute("UPDATE analytics.transactions SET details = json_merge_patch(details, '{\"totals\": {\"total\": \"1\"}}') "
                     f"WHERE id = '{victim}'")
+    with _environ(dbt_environment("duckdb")):
+        invocation = models_dbt().cli(["build"], manifest=MANIFEST, target_path=dbt_target(),
+                                      dagster_dbt_translator=models_translator(), raise_on_error=False)
+        events = invocation.stream_raw_events()
+        first = next(e for e in events if e.raw_event["info"]["name"] in ("LogModelResult", "LogTestResult"))
+        started = time.perf_counter()
+        invocation.process.send_signal(signal.SIGINT)
+        assert invocation.process.wait(timeout=10) == 2 and time.perf_counter() - started < 5
+        list(events)
+        assert "KeyboardInterrupt" in str(invocation.get_error())
+        ran = {r["unique_id"] for r in invocation.get_artifact("run_results.json")["results"]}
+        assert first.raw_event["data"]["node_info"]["unique_id"] in ran and len(ran) < len(MODELS), ran
     seen = {}
     for in_process in ("true", "false"):
         monkeypatch.setenv("ANALYTICS_DBT_IN_PROCESS", in_process)
@@ -506,6 +525,17 @@ def test_a_failing_dbt_test_fails_the_run_and_skips_the_models_after_it_in_proce
             {name: (e.passed, e.severity, e.metadata.get("dagster_dbt/failed_row_count"), e.metadata.get("status"))
              for name, e in checks.items()})
     assert seen["true"] == seen["false"]
+
+
+def test_the_in_process_setting_is_true_or_false(monkeypatch: pytest.MonkeyPatch) -> None:
+    from analytics_dagster.dbt_in_process import in_process
+
+    for value, expected in (("", True), ("true", True), ("1", True), ("False", False), ("0", False), ("no", False)):
+        monkeypatch.setenv("ANALYTICS_DBT_IN_PROCESS", value)
+        assert in_process() is expected, value
+    monkeypatch.setenv("ANALYTICS_DBT_IN_PROCESS", "sometimes")
+    with pytest.raises(ValueError, match="ANALYTICS_DBT_IN_PROCESS='sometimes'"):
+        in_process()
 
 
 def test_the_models_kinds_are_dbt_and_the_destination(monkeypatch: pytest.MonkeyPatch) -> None:
