@@ -6,7 +6,8 @@ importing dagster-dbt imports dbt-core, which costs more than the whole code loc
 today (0.9 s measured), so nothing here imports either until a run starts. The keys, lineage
 and checks are what dagster-dbt's own `@dbt_assets` makes of that manifest with `ModelsTranslator`
 (a test compares them); a run is dagster-dbt's: `DbtCliResource` runs `dbt build` of the
-selected models and tests and its events become this step's materializations and check results.
+selected models and tests (in this process: `dbt_in_process.py`) and its events become this
+step's materializations and check results.
 
 Sources are the raw assets `analytics/<table>` (`meta.dagster.asset_key` in sources.yml), so
 lineage runs from `analytics/transactions` to each metric; a model is `analytics_models/<name>`,
