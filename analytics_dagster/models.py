@@ -6,7 +6,8 @@ importing dagster-dbt imports dbt-core, which costs more than the whole code loc
 today (0.9 s measured), so nothing here imports either until a run starts. The keys, lineage
 and checks are what dagster-dbt's own `@dbt_assets` makes of that manifest with `ModelsTranslator`
 (a test compares them); a run is dagster-dbt's: `DbtCliResource` runs `dbt build` of the
-selected models and tests and its events become this step's materializations and check results.
+selected models and tests (in this process: `dbt_in_process.py`) and its events become this
+step's materializations and check results.
 
 Sources are the raw assets `analytics/<table>` (`meta.dagster.asset_key` in sources.yml), so
 lineage runs from `analytics/transactions` to each metric; a model is `analytics_models/<name>`,
@@ -173,11 +174,16 @@ def models_dbt(target: str = "duckdb") -> Any:
     `dbt --version` in a subprocess (the version is the installed dbt-core's: the executable is
     this environment's), and loading dbt's adapter and macros in this process, which dagster-dbt
     needs only for its own row counts and column metadata (`table_metadata` reads them from the
-    warehouse instead)."""
+    warehouse instead).
+
+    And dbt runs in this process, not in a subprocess (analytics_dagster/dbt_in_process.py: the
+    2 s of importing dbt paid once per process), unless `ANALYTICS_DBT_IN_PROCESS=false`."""
     from importlib.metadata import version as installed
 
     from dagster_dbt import DbtCliResource
     from packaging import version
+
+    from analytics_dagster.dbt_in_process import in_process, popen_in_process
 
     class ModelsDbt(DbtCliResource):
         @property
@@ -186,6 +192,12 @@ def models_dbt(target: str = "duckdb") -> Any:
 
         def _initialize_dbt_core_adapter(self, args: Any) -> Any:
             return None
+
+        def cli(self, args: Any, **kwargs: Any) -> Any:
+            if not in_process():
+                return super().cli(args, **kwargs)
+            with popen_in_process():
+                return super().cli(args, **kwargs)
 
     return ModelsDbt(project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR),
                      dbt_executable=str(Path(sys.executable).parent / "dbt"), target=target)

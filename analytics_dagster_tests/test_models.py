@@ -477,21 +477,73 @@ def test_the_models_automation_sensor_is_on_and_targets_the_models() -> None:
 
 
 @pytest.mark.usefixtures("backfilled_with_models")
-def test_a_failing_dbt_test_fails_the_run_and_skips_the_models_after_it(warehouse: Path, admin: Admin) -> None:
+def test_a_failing_dbt_test_fails_the_run_and_skips_the_models_after_it_in_process_or_not(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing dbt test fails the step with dbt's error and skips the models after it, whether
+    dbt runs in the step's process (the default: no child process, hence no child's CPU) or, with
+    ANALYTICS_DBT_IN_PROCESS=false, as dagster-dbt's subprocess: both builds give the same
+    materializations and check results, dagster-dbt's metadata included. In process, first a
+    build interrupted as dagster-dbt interrupts its subprocess when the step is (SIGINT, then a
+    bounded wait): dbt stops at once, and the build after it, in the same process, is right."""
+    import resource
+    import signal
+    import time
+
+    from analytics_dagster.models import (MANIFEST, _environ, dbt_environment, dbt_target, models_dbt,
+                                          models_translator)
+
     victim = admin.truth("transactions")[0]["id"]
     with duckdb.connect(str(warehouse)) as con:  # a transaction whose total is not its lines' sum
         con.execute("UPDATE analytics.transactions SET details = json_merge_patch(details, '{\"totals\": {\"total\": \"1\"}}') "
                     f"WHERE id = '{victim}'")
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=DagsterInstance.ephemeral(), asset_selection=sorted(MODELS), raise_on_error=False)
-    assert not result.success
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert not checks["line_items_add_up_to_their_transaction"].passed
-    assert all(e.passed for name, e in checks.items() if name != "line_items_add_up_to_their_transaction")
-    built = {m.asset_key for m in result.asset_materializations_for_node("analytics_models")}
-    assert model_key("stg_transactions") in built and model_key("revenue_monthly") not in built
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "line_items_add_up_to_their_transaction" in str(failure.event_specific_data.error.message)
+    with _environ(dbt_environment("duckdb")):
+        invocation = models_dbt().cli(["build"], manifest=MANIFEST, target_path=dbt_target(),
+                                      dagster_dbt_translator=models_translator(), raise_on_error=False)
+        events = invocation.stream_raw_events()
+        first = next(e for e in events if e.raw_event["info"]["name"] in ("LogModelResult", "LogTestResult"))
+        started = time.perf_counter()
+        invocation.process.send_signal(signal.SIGINT)
+        assert invocation.process.wait(timeout=10) == 2 and time.perf_counter() - started < 5
+        list(events)
+        assert "KeyboardInterrupt" in str(invocation.get_error())
+        ran = {r["unique_id"] for r in invocation.get_artifact("run_results.json")["results"]}
+        assert first.raw_event["data"]["node_info"]["unique_id"] in ran and len(ran) < len(MODELS), ran
+    seen = {}
+    for in_process in ("true", "false"):
+        monkeypatch.setenv("ANALYTICS_DBT_IN_PROCESS", in_process)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=DagsterInstance.ephemeral(), asset_selection=sorted(MODELS), raise_on_error=False)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        child_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        # dbt's import alone is 2 s of CPU in a subprocess
+        assert (child_cpu < 0.5) if in_process == "true" else (child_cpu > 1.0), (in_process, child_cpu)
+        assert not result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert not checks["line_items_add_up_to_their_transaction"].passed
+        assert all(e.passed for name, e in checks.items() if name != "line_items_add_up_to_their_transaction")
+        built = {m.asset_key for m in result.asset_materializations_for_node("analytics_models")}
+        assert model_key("stg_transactions") in built and model_key("revenue_monthly") not in built
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        message = str(failure.event_specific_data.error.message)
+        assert "line_items_add_up_to_their_transaction" in message and "exit code `1`" in message, message
+        seen[in_process] = (
+            built, {m.asset_key: sorted(m.metadata) for m in result.asset_materializations_for_node("analytics_models")},
+            {name: (e.passed, e.severity, e.metadata.get("dagster_dbt/failed_row_count"), e.metadata.get("status"))
+             for name, e in checks.items()})
+    assert seen["true"] == seen["false"]
+
+
+def test_the_in_process_setting_is_true_or_false(monkeypatch: pytest.MonkeyPatch) -> None:
+    from analytics_dagster.dbt_in_process import in_process
+
+    for value, expected in (("", True), ("true", True), ("1", True), ("False", False), ("0", False), ("no", False)):
+        monkeypatch.setenv("ANALYTICS_DBT_IN_PROCESS", value)
+        assert in_process() is expected, value
+    monkeypatch.setenv("ANALYTICS_DBT_IN_PROCESS", "sometimes")
+    with pytest.raises(ValueError, match="ANALYTICS_DBT_IN_PROCESS='sometimes'"):
+        in_process()
 
 
 def test_the_models_kinds_are_dbt_and_the_destination(monkeypatch: pytest.MonkeyPatch) -> None:
