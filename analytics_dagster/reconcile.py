@@ -7,7 +7,10 @@ both cover (a setting, 7), in the account's balance currency (Paddle's `currency
 - `mrr_matches_paddle` (on `mrr_daily`): the model's MRR against Paddle's. One billing currency
   in the balance currency: directly. Others: each converted at the rate its own recent
   completed transactions were paid out at (`details.payout_totals` against `details.totals`,
-  the newest `RATE_TRANSACTIONS` of it), the rates listed in the metadata.
+  the newest `RATE_TRANSACTIONS` of it), the rates listed in the metadata. A day `mrr_daily`
+  flags (a change older than the event stream that no transaction dates) is compared and
+  shown, but a difference there is the flag's, not a warning: set `reconcile_days` to the
+  history's length to hold the whole history to Paddle's.
 - `active_subscribers_match_paddle` (on `mrr_daily`): the subscriptions active at the end of each
   day (`subscription_history`) against Paddle's active subscribers.
 - `revenue_matches_paddle` (on `revenue_monthly`): revenue and refunds by day from the mart's
@@ -60,12 +63,16 @@ class Comparison:
     rows: list[tuple[dt.date, float, float, str]] = field(default_factory=list)  # (day, ours, Paddle's, what)
     rates: dict[str, tuple[float, int]] = field(default_factory=dict)  # currency: (rate, transactions)
     unconverted: set[str] = field(default_factory=set)
+    # days whose MRR the history may have wrong (mrr_daily.uncertain_subscriptions: a change older
+    # than the event stream that no transaction dates, docs/models.md): shown, not warned of
+    flagged: set[dt.date] = field(default_factory=set)
 
     def result(self, key: Any, check: str, tolerance: float, currency: str) -> AssetCheckResult:
-        beyond = sorted({d for d, ours, paddle, _ in self.rows if abs(ours - paddle) > tolerance * max(abs(paddle), 1)})
+        differ = sorted({d for d, ours, paddle, _ in self.rows if abs(ours - paddle) > tolerance * max(abs(paddle), 1)})
+        beyond = [d for d in differ if d not in self.flagged]
         table = "\n".join(["| day | what | ours | Paddle's | difference | % |", "|---|---|---:|---:|---:|---:|"] + [
-            f"| {d} | {what} | {ours:,.0f} | {paddle:,.0f} | {ours - paddle:,.0f} | {_pct(ours, paddle):+.3f} |"
-            for d, ours, paddle, what in self.rows])
+            f"| {d} | {what}{' (flagged)' if d in self.flagged else ''} | {ours:,.0f} | {paddle:,.0f} | "
+            f"{ours - paddle:,.0f} | {_pct(ours, paddle):+.3f} |" for d, ours, paddle, what in self.rows])
         metadata: dict[str, Any] = {
             "days_compared": len(self.rows),
             "days_beyond_tolerance": ", ".join(str(d) for d in beyond) or "none",
@@ -80,6 +87,9 @@ class Comparison:
                              "difference": ours - paddle, "difference_pct": _pct(ours, paddle)})
         if self.unconverted:
             metadata["unconverted"] = ", ".join(sorted(self.unconverted))
+        if self.flagged:
+            metadata["days_flagged"] = len(self.flagged & {r[0] for r in self.rows})
+            metadata["days_flagged_beyond_tolerance"] = ", ".join(str(d) for d in differ if d in self.flagged) or "none"
         passed = not beyond and not self.unconverted
         if not self.rows:
             description = f"{self.label}: nothing to compare (Paddle's metrics not synced, or no day both cover)"
@@ -184,9 +194,12 @@ def compare_mrr(query: Query, days: int) -> tuple[Comparison, str]:
     if not paddle or not _exists(query, MODELS_SCHEMA, "mrr_daily"):
         return comparison, balance
     ours: dict[dt.date, dict[str, float]] = {}
-    for day, currency, mrr in query(f"SELECT day, currency_code, mrr FROM {MODELS_SCHEMA}.mrr_daily WHERE day >= %s",
-                                    min(paddle)):
+    for day, currency, mrr, uncertain in query(
+            f"SELECT day, currency_code, mrr, uncertain_subscriptions FROM {MODELS_SCHEMA}.mrr_daily WHERE day >= %s",
+            min(paddle)):
         ours.setdefault(_date(day), {})[currency] = float(mrr or 0)
+        if uncertain:
+            comparison.flagged.add(_date(day))
     # (a day with no active subscription has no row in mrr_daily: its MRR is 0)
     first = min(ours) if ours else None
     covered = {d for d in paddle if first is not None and d >= first}
