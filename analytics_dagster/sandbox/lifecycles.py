@@ -214,8 +214,11 @@ def mrr_history(world: World, until: date | None = None) -> dict[str, dict[str, 
     if not world.lifecycles:
         raise ValueError("mrr_history: only a world made with lifecycles=True knows every past state")
     countries = {k: a["country_code"] for k, a in world.entities["customer_addresses"].items()}
+    # by instant and subscription only: two states of one subscription at one instant (periods
+    # an `advance` renewed late, stamped alike) keep their log order (a state is no sort key)
     changes: list[tuple[int, str, Entity]] = sorted(
-        (at, key, state) for key, states in world.subscription_log.items() for at, state in states)
+        ((at, key, state) for key, states in world.subscription_log.items() for at, state in states),
+        key=lambda change: change[:2])
     if not changes:
         return {}
     first = datetime.fromtimestamp(changes[0][0] // 10**9, tz=timezone.utc).date()
