@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import functools
 import heapq
+import itertools
 import random
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
@@ -139,6 +140,17 @@ def renew(world: World, sub: Entity, ts: str) -> None:
     world._touch("subscriptions", sub, ts)
 
 
+def date_renewal(world: World, sub: Entity) -> None:
+    """A renewal run late (`World.advance` jumped past the period's end) is logged from when its
+    period starts, not when its event was stamped: its transaction bills the period from then
+    (at that month's rate, for a converted price), as Paddle renews on time; the truth follows
+    what was billed (never before the state logged before it)."""
+    log = world.subscription_log[sub["id"]]
+    at, state = log[-1]
+    earliest = log[-2][0] if len(log) > 1 else 0
+    log[-1] = (max(earliest, min(at, parse_ns(sub["current_billing_period"]["starts_at"]))), state)
+
+
 def _plan_period(world: World, queue: list[tuple[int, int, str, str]], order: int, key: str, sub: Entity) -> None:
     """What happens in the subscription's current period: maybe a quantity change within it,
     then its end."""
@@ -216,8 +228,12 @@ def mrr_history(world: World, until: date | None = None) -> dict[str, dict[str, 
     countries = {k: a["country_code"] for k, a in world.entities["customer_addresses"].items()}
     # by instant and subscription only: two states of one subscription at one instant (periods
     # an `advance` renewed late, stamped alike) keep their log order (a state is no sort key)
+    # a subscription's states hold in the order it had them: one logged after another, at an
+    # instant that reads earlier (a late renewal's stamp, cut to fewer digits), holds from the
+    # one before's (as the stream's order says; never put before it)
     changes: list[tuple[int, str, Entity]] = sorted(
-        ((at, key, state) for key, states in world.subscription_log.items() for at, state in states),
+        ((at, key, state) for key, states in world.subscription_log.items()
+         for at, state in zip(itertools.accumulate((at for at, _ in states), max), (state for _, state in states))),
         key=lambda change: change[:2])
     if not changes:
         return {}

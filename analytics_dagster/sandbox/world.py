@@ -706,6 +706,7 @@ class World:
                 _lifecycles.renew(self, subscription, round_.stamp())
                 round_.note("subscriptions", key)
                 round_.note(EVENTS, self._emit("subscriptions", "updated", subscription))
+                _lifecycles.date_renewal(self, subscription)
                 txn, events = self.create("transactions", subscription["current_billing_period"]["starts_at"],
                                           subscription["customer_id"], new=functools.partial(
                     new_subscription_transaction, subscription=subscription, origin="subscription_recurring"))
