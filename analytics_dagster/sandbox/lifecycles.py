@@ -77,7 +77,7 @@ def live(world: World) -> None:
             heapq.heappush(queue, (parse_ns(sub["next_billed_at"]), order, key, "activate"))
         else:
             if key not in checked_out:  # (the initial world made those billed at an amount no price says)
-                _bill(world, sub, sub["created_at"], "web")
+                bill(world, sub, sub["created_at"], "web")
             _plan_period(world, queue, order, key, sub)
     while queue and queue[0][0] < now:
         at, order, key, what = heapq.heappop(queue)
@@ -87,7 +87,7 @@ def live(world: World) -> None:
         if what == "activate" or what == "resume":
             _start_period(world, sub, ts, status="active")
             _record(world, sub, at, ts, "updated")
-            _bill(world, sub, ts, "subscription_recurring")
+            bill(world, sub, ts, "subscription_recurring")
             _plan_period(world, queue, order, key, sub)
         elif what == "quantity":
             _change_quantity(world, sub, at, ts)
@@ -104,7 +104,7 @@ def live(world: World) -> None:
             else:  # renewed: the next period starts where this one ended
                 _start_period(world, sub, sub["current_billing_period"]["ends_at"], status="active")
                 _record(world, sub, at, ts, "updated")
-                _bill(world, sub, sub["current_billing_period"]["starts_at"], "subscription_recurring")
+                bill(world, sub, sub["current_billing_period"]["starts_at"], "subscription_recurring")
                 _plan_period(world, queue, order, key, sub)
     world.clock_ns = now
     world._write_history_events()
@@ -140,17 +140,6 @@ def renew(world: World, sub: Entity, ts: str) -> None:
     world._touch("subscriptions", sub, ts)
 
 
-def date_renewal(world: World, sub: Entity) -> None:
-    """A renewal run late (`World.advance` jumped past the period's end) is logged from when its
-    period starts, not when its event was stamped: its transaction bills the period from then
-    (at that month's rate, for a converted price), as Paddle renews on time; the truth follows
-    what was billed (never before the state logged before it)."""
-    log = world.subscription_log[sub["id"]]
-    at, state = log[-1]
-    earliest = log[-2][0] if len(log) > 1 else 0
-    log[-1] = (max(earliest, min(at, parse_ns(sub["current_billing_period"]["starts_at"]))), state)
-
-
 def _plan_period(world: World, queue: list[tuple[int, int, str, str]], order: int, key: str, sub: Entity) -> None:
     """What happens in the subscription's current period: maybe a quantity change within it,
     then its end."""
@@ -180,10 +169,10 @@ def _change_quantity(world: World, sub: Entity, at: int, ts: str) -> None:
     sub["items"] = items
     _record(world, sub, at, ts, "updated")
     if world.rng.random() >= UNBILLED_CHANGE_SHARE:
-        _bill(world, sub, ts, "subscription_update")
+        bill(world, sub, ts, "subscription_update")
 
 
-def _bill(world: World, sub: Entity, ts: str, origin: str) -> None:
+def bill(world: World, sub: Entity, ts: str, origin: str) -> None:
     """The transaction of `origin` for the subscription's current period (a `subscription_update`
     one: for what is left of it from `ts`, its lines prorated)."""
     txn, _ = world.create("transactions", ts, sub["customer_id"], new=functools.partial(

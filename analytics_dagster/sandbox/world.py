@@ -706,7 +706,6 @@ class World:
                 _lifecycles.renew(self, subscription, round_.stamp())
                 round_.note("subscriptions", key)
                 round_.note(EVENTS, self._emit("subscriptions", "updated", subscription))
-                _lifecycles.date_renewal(self, subscription)
                 txn, events = self.create("transactions", subscription["current_billing_period"]["starts_at"],
                                           subscription["customer_id"], new=functools.partial(
                     new_subscription_transaction, subscription=subscription, origin="subscription_recurring"))
@@ -753,7 +752,7 @@ class World:
 
     def mutate(
         self, resource: str, key: str, values: dict[str, Any], updated_at: str | None = None,
-        hold_event: bool = False,
+        hold_event: bool = False, bill: str | None = None,
     ) -> dict[str, str | None]:
         """Set fields of one entity (a new field, a changed type, a huge value) and touch it.
 
@@ -762,6 +761,9 @@ class World:
             hold_event: the change is made (listings show it) and its event's id taken now, but
                 `/v1/events` lists the event only once released (`release_events`): a write
                 that commits after events with later ids were listed.
+            bill: a subscription's change billed at once (Paddle's `prorated_immediately`), by a
+                transaction of this origin (`subscription_update`: what is left of the current
+                period, its lines prorated; `lifecycles.bill`); without it a change bills nothing.
         """
         entity = self.entities[resource][key]
         entity.update(values)
@@ -772,6 +774,10 @@ class World:
         event_id = self._emit(resource, "updated", entity)
         if hold_event and event_id:
             self.held.add(event_id)
+        if bill is not None:
+            if resource != "subscriptions" or bill != "subscription_update":
+                raise ValueError(f"bill: only a subscription's change bills (subscription_update), not {resource}/{bill}")
+            _lifecycles.bill(self, entity, entity["updated_at"], bill)
         return {"updated_at": entity["updated_at"], "event_id": event_id}
 
     def _change(self, resource: str, entity: dict[str, Any]) -> None:
