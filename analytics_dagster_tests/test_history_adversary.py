@@ -104,3 +104,13 @@ def test_two_quantity_changes_in_one_period_one_billed_before_the_window(warehou
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)
+
+
+def test_a_first_sync_of_an_account_with_no_event_in_90_days_builds(warehouse: Any, admin: Admin) -> None:
+    """An account where nothing happened for 90 days (`/v1/events` lists nothing): its first sync
+    makes no `analytics.events` table. The models (subscription_history reads the events) must
+    still build, each subscription one state from its listing back to its creation."""
+    admin.post("advance", seconds=100 * _DAY)
+    assert admin.truth("events") == [], "every event is past the retention"
+    result = sync_all()
+    assert_models_built_and_tested(result, warehouse)
