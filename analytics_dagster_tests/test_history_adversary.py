@@ -6,6 +6,7 @@ day's `mrr_daily` with the sandbox's own MRR of that day (`test_history.compare_
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import pytest
@@ -106,11 +107,24 @@ def test_two_quantity_changes_in_one_period_one_billed_before_the_window(warehou
     compare_every_day(warehouse, admin)
 
 
-def test_a_first_sync_of_an_account_with_no_event_in_90_days_builds(warehouse: Any, admin: Admin) -> None:
+@pytest.mark.parametrize("destination", ["duckdb", "postgres"])
+def test_a_first_sync_of_an_account_with_no_event_in_90_days_builds(
+        warehouse: Any, admin: Admin, destination: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """An account where nothing happened for 90 days (`/v1/events` lists nothing): its first sync
     makes no `analytics.events` table. The models (subscription_history reads the events) must
-    still build, each subscription one state from its listing back to its creation."""
-    admin.post("advance", seconds=100 * _DAY)
-    assert admin.truth("events") == [], "every event is past the retention"
-    result = sync_all()
-    assert_models_built_and_tested(result, warehouse)
+    still build, on DuckDB and on PostgreSQL (test_postgres.py's server: skipped without one)."""
+    db: Any = warehouse
+    if destination == "postgres":
+        if not os.environ.get("ANALYTICS_TEST_POSTGRES"):
+            pytest.skip("no PostgreSQL server: set ANALYTICS_TEST_POSTGRES (see .ci/postgres)")
+        from analytics_dagster_tests import test_postgres
+        db = next(database := test_postgres.database.__wrapped__())  # type: ignore[attr-defined]
+        monkeypatch.setenv("DESTINATION_TYPE", "postgres")
+        monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", db)
+    try:
+        admin.post("advance", seconds=100 * _DAY)
+        assert admin.truth("events") == [], "every event is past the retention"
+        assert_models_built_and_tested(sync_all(), db)
+    finally:
+        if destination == "postgres":
+            next(database, None)  # (the fixture drops its database)
