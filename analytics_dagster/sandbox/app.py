@@ -466,7 +466,8 @@ class SandboxApp:
         """Set fields of one entity (a new field, a changed type, a huge value), as the API might;
         with `after_requests`: N, once N more API requests came in."""
         args = {"resource": body.pop("resource"), "key": body.pop("key"), "values": body.pop("set", {}),
-                "updated_at": body.pop("updated_at", None), "hold_event": bool(body.pop("hold_event", False))}
+                "updated_at": body.pop("updated_at", None), "hold_event": bool(body.pop("hold_event", False)),
+                "bill": body.pop("bill", None)}
         return self._now_or_later(self.world.mutate, {**body, **args})
 
     def _now_or_later(self, change: Callable[..., Any], body: dict[str, Any]) -> Any:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import random
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
@@ -75,7 +76,7 @@ def live(world: World) -> None:
             heapq.heappush(queue, (parse_ns(sub["next_billed_at"]), order, key, "activate"))
         else:
             if key not in checked_out:  # (the initial world made those billed at an amount no price says)
-                _bill(world, sub, sub["created_at"], "web")
+                bill(world, sub, sub["created_at"], "web")
             _plan_period(world, queue, order, key, sub)
     while queue and queue[0][0] < now:
         at, order, key, what = heapq.heappop(queue)
@@ -85,7 +86,7 @@ def live(world: World) -> None:
         if what == "activate" or what == "resume":
             _start_period(world, sub, ts, status="active")
             _record(world, sub, at, ts, "updated")
-            _bill(world, sub, ts, "subscription_recurring")
+            bill(world, sub, ts, "subscription_recurring")
             _plan_period(world, queue, order, key, sub)
         elif what == "quantity":
             _change_quantity(world, sub, at, ts)
@@ -102,7 +103,7 @@ def live(world: World) -> None:
             else:  # renewed: the next period starts where this one ended
                 _start_period(world, sub, sub["current_billing_period"]["ends_at"], status="active")
                 _record(world, sub, at, ts, "updated")
-                _bill(world, sub, sub["current_billing_period"]["starts_at"], "subscription_recurring")
+                bill(world, sub, sub["current_billing_period"]["starts_at"], "subscription_recurring")
                 _plan_period(world, queue, order, key, sub)
     world.clock_ns = now
     world._write_history_events()
@@ -169,10 +170,10 @@ def _change_quantity(world: World, sub: Entity, at: int, ts: str) -> None:
     sub["items"] = items
     _record(world, sub, at, ts, "updated")
     if world.rng.random() >= UNBILLED_CHANGE_SHARE:
-        _bill(world, sub, ts, "subscription_update")
+        bill(world, sub, ts, "subscription_update")
 
 
-def _bill(world: World, sub: Entity, ts: str, origin: str) -> None:
+def bill(world: World, sub: Entity, ts: str, origin: str) -> None:
     """The transaction of `origin` for the subscription's current period (a `subscription_update`
     one: for what is left of it from `ts`, its lines prorated)."""
     txn, _ = world.create("transactions", ts, sub["customer_id"], new=functools.partial(
@@ -208,8 +209,15 @@ def mrr_history(world: World, until: date | None = None) -> dict[str, dict[str, 
     if not world.lifecycles:
         raise ValueError("mrr_history: only a world made with lifecycles=True knows every past state")
     countries = {k: a["country_code"] for k, a in world.entities["customer_addresses"].items()}
+    # by instant and subscription only: two states of one subscription at one instant (periods
+    # an `advance` renewed late, stamped alike) keep their log order (a state is no sort key)
+    # a subscription's states hold in the order it had them: one logged after another, at an
+    # instant that reads earlier (a late renewal's stamp, cut to fewer digits), holds from the
+    # one before's (as the stream's order says; never put before it)
     changes: list[tuple[int, str, Entity]] = sorted(
-        (at, key, state) for key, states in world.subscription_states.items() for at, state in states)
+        ((at, key, state) for key, states in world.subscription_states.items()
+         for at, state in zip(itertools.accumulate((at for at, _ in states), max), (state for _, state in states))),
+        key=lambda change: change[:2])
     if not changes:
         return {}
     first = datetime.fromtimestamp(changes[0][0] // 10**9, tz=timezone.utc).date()

@@ -776,7 +776,7 @@ class World:
 
     def mutate(
         self, resource: str, key: str, values: dict[str, Any], updated_at: str | None = None,
-        hold_event: bool = False,
+        hold_event: bool = False, bill: str | None = None,
     ) -> dict[str, str | None]:
         """Set fields of one entity (a new field, a changed type, a huge value) and touch it.
 
@@ -785,6 +785,9 @@ class World:
             hold_event: the change is made (listings show it) and its event's id taken now, but
                 `/v1/events` lists the event only once released (`release_events`): a write
                 that commits after events with later ids were listed.
+            bill: a subscription's change billed at once (Paddle's `prorated_immediately`), by a
+                transaction of this origin (`subscription_update`: what is left of the current
+                period, its lines prorated; `lifecycles.bill`); without it a change bills nothing.
         """
         entity = self.entities[resource][key]
         entity.update(values)
@@ -795,6 +798,10 @@ class World:
         event_id = self._emit(resource, "updated", entity)
         if hold_event and event_id:
             self.held.add(event_id)
+        if bill is not None:
+            if resource != "subscriptions" or bill != "subscription_update":
+                raise ValueError(f"bill: only a subscription's change bills (subscription_update), not {resource}/{bill}")
+            _lifecycles.bill(self, entity, entity["updated_at"], bill)
         return {"updated_at": entity["updated_at"], "event_id": event_id}
 
     def _change(self, resource: str, entity: dict[str, Any]) -> None:
