@@ -314,6 +314,13 @@ def test_a_new_account_builds_empty_models_then_real_ones_on_postgres(postgres_w
     assert_a_new_account_builds_empty_models_then_real_ones(postgres_warehouse, admin)
 
 
+def test_a_first_sync_of_an_account_with_no_event_in_90_days_builds_on_postgres(postgres_warehouse: str,
+                                                                                admin: Admin) -> None:
+    from analytics_dagster_tests.test_history_adversary import assert_a_first_sync_with_no_event_builds
+
+    assert_a_first_sync_with_no_event_builds(postgres_warehouse, admin)
+
+
 # ---------------------------------------------------------------- the second adversary's (test_models_adversary_2.py)
 def test_a_lower_case_rfc3339_stamp_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
     from analytics_dagster_tests.test_models import assert_close, query, sync_all, truth_mrr
