@@ -93,3 +93,4 @@ def test_a_key_that_loses_then_regains_metrics_read_keeps_the_whole_history(ware
         again = served(admin, table, today - dt.timedelta(days=REREAD), later + dt.timedelta(days=1))
         expected = {d: r for d, r in first[table].items() if d < (today - dt.timedelta(days=REREAD)).isoformat()} | again
         assert_table_equals_truth(warehouse, table, list(expected.values()))
+
