@@ -77,6 +77,10 @@ class SandboxConfig:
     # `/metrics/*` of these days (`YYYY-MM-DD`) with every amount and count times the factor: a
     # day Paddle revised (set after a sync read it), or one the warehouse disagrees with
     metrics_skew: dict[str, float] = field(default_factory=dict)
+    # `/metrics/*` of these days served otherwise (`metrics.edited`): null, no datapoint that day;
+    # an object, its fields replace the point's (`amount`, `timestamp`, ...); a list of objects,
+    # the day's point served once per object, each edited so (a day served twice)
+    metrics_points: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -407,7 +411,8 @@ class SandboxApp:
         if bounds[1] < bounds[0]:
             raise _BadRequest("to", f"to ({bounds[1]}) must not be before from ({bounds[0]})")
         operation = self.world.resources[resource].path.rsplit("/", 1)[-1]
-        return metrics.response_data(self.world, operation, bounds[0], bounds[1], self.config.metrics_skew)
+        return metrics.response_data(self.world, operation, bounds[0], bounds[1], self.config.metrics_skew,
+                                     self.config.metrics_points)
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"Path {request.url.path} not found.")

@@ -202,12 +202,28 @@ def skewed(points: list[dict[str, Any]], factors: dict[str, float]) -> list[dict
     return out
 
 
+def edited(points: list[dict[str, Any]], edits: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points with the days `edits` names served otherwise (the sandbox's switch
+    `metrics_points`, to serve what the contract does not promise against): None drops the day's
+    point, a dict replaces the fields of it it has, a list serves it once per dict (a day twice)."""
+    out: list[dict[str, Any]] = []
+    for point in points:
+        day = point["timestamp"][:10]
+        if day not in edits:
+            out.append(point)
+            continue
+        edit = edits[day]
+        for change in [] if edit is None else edit if isinstance(edit, list) else [edit]:
+            out.append({**point, **{k: v for k, v in change.items() if k in point}})  # (a count-only metric keeps no amount)
+    return out
+
+
 def response_data(world: World, operation: str, start: dt.date, end: dt.date,
-                  skew: dict[str, float] | None = None) -> dict[str, Any]:
-    """The whole `data` of a response: the series (`skew`ed), its bounds and `updated_at` (the
-    world's clock: when the figures were computed)."""
+                  skew: dict[str, float] | None = None, edits: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole `data` of a response: the series (`skew`ed, `edits` applied), its bounds and
+    `updated_at` (the world's clock: when the figures were computed)."""
     data = series(world, operation, start, end)
-    data["timeseries"] = skewed(data["timeseries"], skew or {})
+    data["timeseries"] = edited(skewed(data["timeseries"], skew or {}), edits or {})
     return {**data, "starts_at": f"{start}T00:00:00Z", "ends_at": f"{end}T00:00:00Z", "interval": "day",
             "updated_at": format_ns(world.clock_ns, 3)}
 
