@@ -94,7 +94,8 @@ class Comparison:
         if not self.rows:
             description = f"{self.label}: nothing to compare (Paddle's metrics not synced, or no day both cover)"
         elif passed:
-            description = f"{self.label}: within {tolerance:.2%} of Paddle's on each of the last {len(self.rows)} days"
+            description = (f"{self.label}: within {tolerance:.2%} of Paddle's on each of the last {len(self.rows)} days "
+                           f"both cover (the newest {max(r[0] for r in self.rows)})")
         else:
             description = f"{self.label} differs from Paddle's by more than {tolerance:.2%} on " + (
                 ", ".join(str(d) for d in beyond) or "no day") + (
@@ -143,12 +144,14 @@ def _exists(query: Query, schema: str, table: str) -> bool:
 
 
 def _paddle(query: Query, table: str, column: str) -> tuple[dict[dt.date, float], str]:
-    """Paddle's figure by day, and the series' currency ('' for a count)."""
+    """Paddle's figure by day, and the series' currency ('' for a count): its newest day's (the
+    balance currency now; days in another, before a change of it, are left out)."""
     if not _exists(query, DATASET_NAME, table):
         return {}, ""
     currency = "currency_code" if column == "amount" else "''"
-    rows = query(f"SELECT day, {column}, {currency} FROM {DATASET_NAME}.{table}")
-    return {_date(d): float(v or 0) for d, v, _ in rows}, next((c for _, _, c in rows if c), "")
+    rows = query(f"SELECT day, {column}, {currency} FROM {DATASET_NAME}.{table} ORDER BY day DESC")
+    balance = next((c for _, _, c in rows if c), "")
+    return {_date(d): float(v or 0) for d, v, c in rows if (c or "") == balance or not c}, balance
 
 
 def _date(value: Any) -> dt.date:

@@ -56,7 +56,8 @@ PADDLE = "https://api.paddle.com"
 PREFIX = DEFAULT_PATH_PREFIX
 _SCHEMA_REF = "#/components/schemas/"
 # The registry's paths the spec does not have (an operation Paddle added after it), each with its
-# reason: their tests are skipped, saying it, and the sync's requests to them are not checked.
+# reason: the spec's tests leave them out (test_metrics.py holds them to what docs/api.md says
+# of them), and the sync's requests to them are not checked.
 NOT_IN_THE_SPEC: dict[str, str] = {
     api.path: "Paddle added the seven /metrics/* operations on 2026-03-12, after the spec the project checks "
               "against (docs/api.md, \"Metrics\": what the sync relies on of them)"
@@ -509,14 +510,18 @@ def check_pages(checker: Checker, url: str, ask: Ask, key: str, declared: dict[s
     return len(seen)
 
 
-LISTS = [api for api in RESOURCES if api.paginated]
+SPECCED = [api for api in RESOURCES if api.path not in NOT_IN_THE_SPEC]
+LISTS = [api for api in SPECCED if api.paginated]
 
 
 def _in_the_spec(spec: dict[str, Any], path: str) -> None:
-    if path in NOT_IN_THE_SPEC:
-        pytest.skip(f"GET {path} is not in the spec: {NOT_IN_THE_SPEC[path]}")
     assert "get" in spec["paths"].get(path, {}), \
         f"the spec has no GET {path}: if Paddle added it since, say so in NOT_IN_THE_SPEC"
+
+
+def test_what_is_not_in_the_spec_is_not(spec: dict[str, Any]) -> None:
+    """NOT_IN_THE_SPEC names only operations the spec lacks: once it has one, its tests run."""
+    assert NOT_IN_THE_SPEC and not [p for p in NOT_IN_THE_SPEC if "get" in spec["paths"].get(p, {})]
 
 
 @pytest.mark.parametrize("api", LISTS, ids=lambda api: api.name)
@@ -548,7 +553,7 @@ def test_each_list_answers_as_the_spec_says(api: ApiResource, openapi: OpenAPI, 
     assert not problems, summary(problems)
 
 
-@pytest.mark.parametrize("api", [api for api in RESOURCES if not api.paginated], ids=lambda api: api.name)
+@pytest.mark.parametrize("api", [api for api in SPECCED if not api.paginated], ids=lambda api: api.name)
 def test_each_whole_document_answers_as_the_spec_says(api: ApiResource, openapi: OpenAPI, spec: dict[str, Any],
                                                       server: SandboxServer) -> None:
     """An unpaginated resource's document is valid, headers included (`/ips`' `Etag`)."""

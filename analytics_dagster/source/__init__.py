@@ -290,7 +290,7 @@ def _table_resource(api: ApiResource, resources: dict[str, DltResource], plan: S
         return _table(step, api, feed)
     resource = _table(_pass_pages, api, listing) if api.name == "customers" else resources[api.name]
     if api.listing == "days":  # a response is one series: a row per day, merged on it
-        return resource.add_yield_map(day_rows(api.name))
+        return resource.add_yield_map(day_rows(api.name, plan.days.get(api.name)))
     step = change_filter(api, full_refresh=full_refresh, lookback_seconds=settings.lookback_seconds,
                          since=plan.since_ns(api.name), began=lambda: plan.api_now_ns)
     # (a backfill of events mode writes every row, but for a table filtered on content: it is

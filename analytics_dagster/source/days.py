@@ -18,7 +18,7 @@ import dlt
 from requests import Session
 
 from analytics_dagster.source.events import api_now_ns
-from analytics_dagster.rfc3339 import NS_PER_SECOND
+from analytics_dagster.rfc3339 import NS_PER_SECOND, parse_ns
 from analytics_dagster.source.plan import SyncPlan
 from analytics_dagster.source.resources import RESOURCES_BY_NAME
 
@@ -53,30 +53,62 @@ def plan_days(plan: SyncPlan, settings: Any, session: Session, run_state: dict[s
         plan.reasons[table] = f"days {start} to {today}: {why}"
 
 
-def day_rows(table: str) -> Callable[[Any], Iterator[dict[str, Any]]]:
+def day_rows(table: str, asked: dict[str, str] | None = None) -> Callable[[Any], Iterator[dict[str, Any]]]:
     """A step of `table`'s resource: the series of a response's `data` as rows, one per day
     (`day`, the point's values, the series' `currency_code` if it has one and `updated_at`);
-    the newest day kept in the table's state (where the next run's dates start)."""
+    the newest day kept in the table's state (where the next run's dates start).
+
+    A point's day is its timestamp's UTC date (an RFC 3339 stamp with an offset may read
+    another). The API promises one point a day: a day twice, or a day missing between the
+    series' first point and the last day asked (`asked`'s `to`, exclusive, up to the API's today),
+    fails the run naming the metric and the days, rather than keep the first of two figures or a
+    figure the API no longer serves."""
 
     def rows(data: Any) -> Iterator[dict[str, Any]]:
         if not isinstance(data, dict) or not isinstance(data.get("timeseries"), list):
             raise ValueError(f"resource '{table}': the response's data has no timeseries list: {str(data)[:200]}")
         state = dlt.current.resource_state(table)
+        out: dict[dt.date, dict[str, Any]] = {}
+        twice: set[dt.date] = set()
         for point in data["timeseries"]:
             stamp = point.get("timestamp") if isinstance(point, dict) else None
             try:
-                day = dt.date.fromisoformat(str(stamp)[:10])
+                day = api_today(parse_ns(str(stamp)))
             except ValueError:
                 raise ValueError(f"resource '{table}': a point of the series has no RFC 3339 timestamp: {point!r}") from None
+            if day in out:
+                twice.add(day)
             row = {"day": day, **{k: v for k, v in point.items() if k != "timestamp"}}
             if "currency_code" in data:
                 row["currency_code"] = data["currency_code"]
             row["updated_at"] = data.get("updated_at")
+            out[day] = row
+        if twice:
+            raise ValueError(f"resource '{table}': the API served {', '.join(sorted(map(str, twice)))} twice, with one "
+                             "point a day promised: nothing of the series was loaded")
+        if out and asked and asked.get("to"):
+            last = dt.date.fromisoformat(asked["to"]) - dt.timedelta(days=1)
+            expected = {min(out) + dt.timedelta(days=k) for k in range((max(last, max(out)) - min(out)).days + 1)}
+            missing = sorted(d for d in expected - set(out) if d <= max(out) or d < last)
+            if missing:
+                raise ValueError(f"resource '{table}': the API served no point for {', '.join(map(str, missing))} "
+                                 "(one a day promised): nothing of the series was loaded")
+        for day in sorted(out):
             if day.isoformat() > (state.get(LAST_DAY) or ""):
                 state[LAST_DAY] = day.isoformat()
-            yield row
+            yield out[day]
 
     return rows
+
+
+def _number(value: Any, *, whole: bool) -> int | float:
+    """A figure as a number to plot: an amount (a string of minor units, of any length) exactly,
+    as an int; a rate as a float."""
+    text = str(value).strip()
+    if whole and text.lstrip("-").isdigit():
+        return int(text)
+    number = float(text)
+    return int(number) if whole and number.is_integer() else number
 
 
 def newest_points(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -100,7 +132,6 @@ def newest_points(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, A
             point: dict[str, Any] = {"newest_day": str(values["day"])}
             for name in ("amount", "count", "completed_count", "rate"):
                 if values.get(name) is not None:
-                    number = float(values[name])
-                    point[f"newest_{name}"] = int(number) if number.is_integer() and name != "rate" else number
+                    point[f"newest_{name}"] = _number(values[name], whole=name != "rate")
             points[table] = point
     return points
