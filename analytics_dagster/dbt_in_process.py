@@ -90,7 +90,7 @@ class InProcessDbt:
 
         code = 2
         try:
-            with _LOCK, _environment(self.env):
+            with _LOCK, environment(self.env, exact=True):
                 capture_stdout_logs(self._write)
                 try:
                     result = dbtRunner().invoke(self.args[1:])
@@ -161,14 +161,16 @@ def popen_in_process() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _environment(env: Mapping[str, str]) -> Iterator[None]:
-    """This process's environment `env` while the block runs (only what differs changed), then
-    as it was."""
-    changed = {name: os.environ.get(name) for name, value in env.items() if os.environ.get(name) != value}
-    changed.update({name: os.environ[name] for name in os.environ if name not in env})
+def environment(values: Mapping[str, str], *, exact: bool = False) -> Iterator[None]:
+    """`values` set in this process's environment while the block runs, then restored; `exact`:
+    the environment is `values` alone (what a subprocess given them as its environment sees),
+    every other variable unset meanwhile."""
+    changed = {name: os.environ.get(name) for name, value in values.items() if os.environ.get(name) != value}
+    if exact:
+        changed.update({name: os.environ[name] for name in os.environ if name not in values})
     for name in changed:
-        if name in env:
-            os.environ[name] = env[name]
+        if name in values:
+            os.environ[name] = values[name]
         else:
             del os.environ[name]
     try:

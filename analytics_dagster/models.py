@@ -19,7 +19,6 @@ resolved the dlt way), its connection passed to dbt through the environment.
 """
 
 
-import contextlib
 import json
 import os
 import sys
@@ -43,6 +42,7 @@ from dagster import (
 )
 
 from analytics_dagster.assets import DESTINATION_POOL
+from analytics_dagster.dbt_in_process import environment
 from analytics_dagster.source.pipeline import destination_type
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent / "dbt"
@@ -238,7 +238,7 @@ def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResu
     # process has the DuckDB file open: dbt's own open would fail at once (profiles.yml retries
     # it a few times, for a reader that opens the file between this wait and dbt's start).
     # dagster-dbt gives the dbt process this process's environment.
-    with _environ(env), locked_pipeline(report=context.log.warning) as pipeline:
+    with environment(env), locked_pipeline(report=context.log.warning) as pipeline:
         if warehouse == "duckdb":
             with pipeline.sql_client():
                 pass
@@ -289,21 +289,6 @@ def dbt_environment(warehouse: str) -> dict[str, str]:
         if (credentials.query or {}).get(key):
             env[variable] = str(credentials.query[key])
     return env
-
-
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    """`values` set in this process's environment while the block runs, then restored."""
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def dbt_target() -> Path:

@@ -490,14 +490,15 @@ def test_a_failing_dbt_test_fails_the_run_and_skips_the_models_after_it_in_proce
     import signal
     import time
 
-    from analytics_dagster.models import (MANIFEST, _environ, dbt_environment, dbt_target, models_dbt,
+    from analytics_dagster.dbt_in_process import environment
+    from analytics_dagster.models import (MANIFEST, dbt_environment, dbt_target, models_dbt,
                                           models_translator)
 
     victim = admin.truth("transactions")[0]["id"]
     with duckdb.connect(str(warehouse)) as con:  # a transaction whose total is not its lines' sum
         con.execute("UPDATE analytics.transactions SET details = json_merge_patch(details, '{\"totals\": {\"total\": \"1\"}}') "
                     f"WHERE id = '{victim}'")
-    with _environ(dbt_environment("duckdb")):
+    with environment(dbt_environment("duckdb")):
         invocation = models_dbt().cli(["build"], manifest=MANIFEST, target_path=dbt_target(),
                                       dagster_dbt_translator=models_translator(), raise_on_error=False)
         events = invocation.stream_raw_events()
