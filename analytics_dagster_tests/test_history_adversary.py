@@ -1,7 +1,7 @@
 """Adversary of issue #31 (MRR history right from the first sync): an account where nothing
 happened for 90 days. (Its other findings, a pause and resume within one period and two changes
 in one period of which one is billed, both older than the stream, are open: docs/models.md,
-"What cannot be known".)"""
+"Before the first known state: what is inferred".)"""
 
 from __future__ import annotations
 

@@ -16,8 +16,10 @@ from dagster import DagsterInstance
 from analytics_dagster.definitions import defs
 from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.sandbox import SandboxServer
+from analytics_dagster.source import DEFAULT_METRICS_HISTORY_DAYS as METRICS_HISTORY_DAYS
 from analytics_dagster_tests.conftest import (
     EVERY_RUN,
+    METRICS,
     REPLACED,
     TABLES,
     Admin,
@@ -155,7 +157,9 @@ def test_full_refresh_rewrites_everything(
     assert sync().success
     # the job the weekly schedule runs, with its own run config
     result = defs.resolve_job_def("full_refresh").execute_in_process(instance=DagsterInstance.ephemeral())
-    assert {t: w["written"] for t, w in written(result).items()} == {t: len(admin.truth(t)) for t in TABLES}
+    # every row of every table, and of Paddle's metrics their whole history again (365 days)
+    assert {t: w["written"] for t, w in written(result).items()} == {
+        **{t: len(admin.truth(t)) for t in TABLES}, **{m: METRICS_HISTORY_DAYS for m in METRICS}}
     assert_warehouse_equals_api(warehouse, admin)
     admin.post("stats/reset")
     assert unchanged(sync()), "state after a full refresh"

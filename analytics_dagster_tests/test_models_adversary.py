@@ -29,15 +29,23 @@ from typing import Any
 import pytest
 import requests
 
+from analytics_dagster.reconcile import SPECS as RECONCILIATION
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_models import (BILLED, assert_close, monthly, mrr_on, query, sync_all, today,
                                                   truth_mrr, truth_revenue)
 
 # ---------------------------------------------------------------------- helpers
+RECONCILED = {spec.name for spec in RECONCILIATION}  # the checks against Paddle's own figures
+
+
 def run_ok(result: Any) -> None:
-    """The run succeeded and every dbt test passed (the failing ones named)."""
-    failed = [f"{e.check_name}: {e.description}" for e in result.get_asset_check_evaluations() if not e.passed]
+    """The run succeeded and every dbt test passed (the failing ones named). Not the checks
+    against Paddle's own figures (test_metrics.py, test_history.py hold those): these tests
+    rewrite the past of the sandbox's subscriptions with `mutate`, which its metrics record and a
+    sync cannot know (docs/models.md, "Before the first known state: what is inferred")."""
+    failed = [f"{e.check_name}: {e.description}" for e in result.get_asset_check_evaluations()
+              if not e.passed and e.check_name not in RECONCILED]
     assert result.success and not failed, failed or "the run failed"
 
 

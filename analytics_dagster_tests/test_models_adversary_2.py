@@ -37,7 +37,8 @@ import pytest
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_models import assert_close, mrr_on, query, sync_all, today, truth_mrr
-from analytics_dagster_tests.test_models_adversary import active_recurring, run_ok, subscription_events, world_now
+from analytics_dagster_tests.test_models_adversary import (RECONCILED, active_recurring, run_ok, subscription_events,
+                                                           world_now)
 
 
 def listed_only(admin: Admin, events: dict[str, list[dict[str, Any]]]) -> tuple[date, dict[str, Any]]:
@@ -54,7 +55,9 @@ def warned(result: Any) -> list[str]:
     errors = [f"{e.check_name}: {e.description}" for e in result.get_asset_check_evaluations()
               if not e.passed and e.severity.value != "WARN"]
     assert result.success and not errors, failed_checks(result)
-    return sorted({e.check_name for e in result.get_asset_check_evaluations() if not e.passed})
+    # (not the checks against Paddle's own figures: see test_models_adversary.run_ok)
+    return sorted({e.check_name for e in result.get_asset_check_evaluations()
+                   if not e.passed and e.check_name not in RECONCILED})
 
 
 def failed_checks(result: Any) -> list[str]:

@@ -114,7 +114,10 @@ class SyncRun:
         results: list[Any] = []
         try:
             if loaded:
-                results = list(load(source if loaded == self.tables else source.with_resources(*loaded)))
+                # (the source as it is when it selects just those: `self.tables` may be fewer than
+                # the registry's, and a resource not planned for has no dates, say)
+                whole = set(loaded) == set(source.selected_resources)
+                results = list(load(source if whole else source.with_resources(*loaded)))
         except Exception as error:
             # (a chunk of very wide rows: loaded again, from its package, with more memory)
             if load_with_more_memory(self.pipeline, error, self.warn) is None:
