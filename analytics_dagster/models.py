@@ -245,8 +245,8 @@ def analytics_models(context: AssetExecutionContext) -> Iterator[MaterializeResu
         invocation = dbt.cli(["build", "--select", " ".join(select)], manifest=MANIFEST, target_path=dbt_target(),
                              dagster_dbt_translator=models_translator(), raise_on_error=False)
         results = [r for r in (_result(event, names, checks) for event in invocation.stream()) if r is not None]
-        tables = table_metadata(pipeline, [r.asset_key for r in results if isinstance(r, MaterializeResult)])
-        figures = figure_metadata(pipeline, [r.asset_key for r in results if isinstance(r, MaterializeResult)])
+        built = [r.asset_key for r in results if isinstance(r, MaterializeResult)]
+        tables, figures = table_metadata(pipeline, built), figure_metadata(pipeline, built)
         samples = failing_samples(pipeline, invocation, results)
         for result in results:
             if isinstance(result, MaterializeResult):

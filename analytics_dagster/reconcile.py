@@ -131,11 +131,10 @@ def paddle_reconciliation(context: AssetCheckExecutionContext) -> Iterator[Asset
         def query(sql: str, *args: Any) -> list[tuple[Any, ...]]:
             return list(client.execute_sql(sql, *args) or [])
 
-        for check in (MRR_CHECK, ACTIVE_CHECK, REVENUE_CHECK):
-            if check in selected:
-                spec = next(s for s in SPECS if s.name == check)
-                comparison, currency = COMPARE[check](query, days)
-                yield comparison.result(spec.asset_key, check, tolerance, currency)
+        for spec in SPECS:
+            if spec.name in selected:
+                comparison, currency = COMPARE[spec.name](query, days)
+                yield comparison.result(spec.asset_key, spec.name, tolerance, currency)
 
 
 def _exists(query: Query, schema: str, table: str) -> bool:
@@ -218,11 +217,18 @@ def compare_active(query: Query, days: int) -> tuple[Comparison, str]:
         return comparison, ""
     first = query(f"SELECT min(valid_from) FROM {MODELS_SCHEMA}.subscription_history")[0][0]
     covered = {d for d in paddle if first is not None and d >= _date(first)}
-    for day in _last_days(paddle, covered, days):
-        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
-        count = query(f"SELECT count(DISTINCT subscription_id) FROM {MODELS_SCHEMA}.subscription_history "
-                      "WHERE status = 'active' AND valid_from < %s AND (valid_to IS NULL OR valid_to >= %s)", end, end)[0][0]
-        comparison.rows.append((day, float(count), paddle[day], "active subscribers"))
+    chosen = _last_days(paddle, covered, days)
+    if not chosen:
+        return comparison, ""
+    # the subscriptions active at the end of each day (one query for all the days)
+    ends = [dt.datetime.combine(day + dt.timedelta(days=1), dt.time()) for day in chosen]
+    counts = dict(query(
+        "SELECT d.day_end, count(DISTINCT h.subscription_id) FROM (VALUES "
+        + ", ".join(["(CAST(%s AS timestamp))"] * len(ends)) + ") AS d(day_end) "
+        f"LEFT JOIN {MODELS_SCHEMA}.subscription_history AS h ON h.status = 'active' AND h.valid_from < d.day_end "
+        "AND (h.valid_to IS NULL OR h.valid_to >= d.day_end) GROUP BY d.day_end", *ends))
+    for day, end in zip(chosen, ends):
+        comparison.rows.append((day, float(counts[end]), paddle[day], "active subscribers"))
     return comparison, ""
 
 

@@ -214,7 +214,7 @@ def plan_run(settings: SourceSettings, session: Session, run_state: dict[str, An
     )
     if settings.requests_per_minute > 0 and settings.backfill_chunk_seconds > 0:  # paced: the chunk's time in requests
         plan.chunk_requests = max(1, int(settings.requests_per_minute * settings.backfill_chunk_seconds / 60))
-    plan_days(plan, settings, session, run_state, [t for t in tables if RESOURCES_BY_NAME[t].listing == "days"],
+    plan_days(plan, settings, run_state, [t for t in tables if RESOURCES_BY_NAME[t].listing == "days"],
               full_refresh=full_refresh)
     if progress is not None:
         for table, backfill in plan.backfills.items():  # by earlier runs (this run's rows it counts)

@@ -15,7 +15,6 @@ import datetime as dt
 from typing import Any, Callable, Iterator, Sequence
 
 import dlt
-from requests import Session
 
 from analytics_dagster.source.events import api_now_ns
 from analytics_dagster.rfc3339 import NS_PER_SECOND, parse_ns
@@ -25,22 +24,22 @@ from analytics_dagster.source.resources import RESOURCES_BY_NAME
 LAST_DAY = "last_day"  # the newest day a table's series loaded, in its dlt state
 
 
-def api_today(now_ns: int) -> dt.date:
-    return dt.datetime.fromtimestamp(now_ns // NS_PER_SECOND, tz=dt.timezone.utc).date()
+def utc_date(ns: int) -> dt.date:
+    """The UTC date of an instant (ns since the epoch)."""
+    return dt.datetime.fromtimestamp(ns // NS_PER_SECOND, tz=dt.timezone.utc).date()
 
 
-def plan_days(plan: SyncPlan, settings: Any, session: Session, run_state: dict[str, Any], tables: Sequence[str], *,
+def plan_days(plan: SyncPlan, settings: Any, run_state: dict[str, Any], tables: Sequence[str], *,
               full_refresh: bool) -> None:
     """The dates each metric of `tables` is read for in this run (`plan.days`), and why
     (`plan.reasons`)."""
     if not tables:
         return
     if plan.api_now_ns is None:  # no request made yet: the API's today, from an empty series
+        assert plan.client is not None, "the plan keeps the client it was made with"
         today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-        response = session.get(settings.api_root + RESOURCES_BY_NAME[tables[0]].path, params={"from": today, "to": today},
-                               headers={"Authorization": f"Bearer {settings.api_key}"}, timeout=60)
-        plan.api_now_ns = api_now_ns(response)
-    today = api_today(plan.api_now_ns)
+        plan.api_now_ns = api_now_ns(plan.client.get(RESOURCES_BY_NAME[tables[0]].path, params={"from": today, "to": today}))
+    today = utc_date(plan.api_now_ns)
     for table in tables:
         last = (run_state.get(table) or {}).get(LAST_DAY)
         if last and not full_refresh:
@@ -73,7 +72,7 @@ def day_rows(table: str, asked: dict[str, str] | None = None) -> Callable[[Any],
         for point in data["timeseries"]:
             stamp = point.get("timestamp") if isinstance(point, dict) else None
             try:
-                day = api_today(parse_ns(str(stamp)))
+                day = utc_date(parse_ns(str(stamp)))
             except ValueError:
                 raise ValueError(f"resource '{table}': a point of the series has no RFC 3339 timestamp: {point!r}") from None
             if day in out:

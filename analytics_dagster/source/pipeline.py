@@ -74,7 +74,7 @@ def load_with_more_memory(pipeline: dlt.Pipeline, error: BaseException,
     When the user set the limit, `OutOfDuckDBMemory` names it and the memory."""
     if not pipeline.has_pending_data or pipeline.destination is None or destination_type(pipeline) != "duckdb":
         return None
-    memory = out_of_memory(error) or _memory_in_package(pipeline)
+    memory = _ran_out_of_memory(pipeline, error)
     if memory is None:
         return None
     if _own_memory_limit():
@@ -90,7 +90,7 @@ def load_with_more_memory(pipeline: dlt.Pipeline, error: BaseException,
             retry.load()
             return retry
         except Exception as again:  # noqa: BLE001 (re-raised unless it is the memory again)
-            if not limit or (out_of_memory(again) or _memory_in_package(retry)) is None:
+            if not limit or _ran_out_of_memory(retry, again) is None:
                 raise
     return None
 
@@ -109,7 +109,13 @@ class OutOfDuckDBMemory(Exception):
 _MEMORY_SIGN = re.compile(r"Out of Memory|\([\d.]+ [KMGT]?i?B/[\d.]+ [KMGT]?i?B used\)")
 
 
-def out_of_memory(error: BaseException) -> Optional[str]:
+def _ran_out_of_memory(pipeline: dlt.Pipeline, error: BaseException) -> Optional[str]:
+    """DuckDB's line saying a load of `pipeline` ran out of memory, in `error` (or what caused it)
+    or else in its pending package's record of the tries; None when neither says so."""
+    return _out_of_memory(error) or _memory_in_package(pipeline)
+
+
+def _out_of_memory(error: BaseException) -> Optional[str]:
     """DuckDB's line saying memory ran out, in `error` or what caused it; None when none does."""
     seen: Optional[BaseException] = error
     while seen is not None:

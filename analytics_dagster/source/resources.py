@@ -293,7 +293,6 @@ RESOURCES: tuple[ApiResource, ...] = (
 )
 
 
-
 def _metric(operation: str, description: str, values: tuple[tuple[str, str], ...]) -> ApiResource:
     """One of Paddle's seven `GET /metrics/*` operations (since 2026-03): a daily timeseries of
     the dates `from` (inclusive) to `to` (exclusive), a row per day merged on `day`, amounts in
