@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox.factories import (_DAY_NS, _period, billed_monthly, management_urls,
                                                  new_subscription_transaction)
+from analytics_dagster.sandbox.metrics import utc_date
 
 if TYPE_CHECKING:
     from analytics_dagster.sandbox.world import World
@@ -220,8 +221,7 @@ def mrr_history(world: World, until: date | None = None) -> dict[str, dict[str, 
         key=lambda change: change[:2])
     if not changes:
         return {}
-    first = datetime.fromtimestamp(changes[0][0] // 10**9, tz=timezone.utc).date()
-    world_day = datetime.fromtimestamp(world.clock_ns // 10**9, tz=timezone.utc).date()
+    first, world_day = utc_date(changes[0][0]), utc_date(world.clock_ns)
     last = until or max(datetime.now(timezone.utc).date(), world_day)
     current: dict[str, float] = {}  # subscription -> its MRR now, by currency below
     currency_of: dict[str, str] = {}

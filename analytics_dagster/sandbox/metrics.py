@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.sandbox.factories import _PER_USD, billed_monthly
+from analytics_dagster.source import DEFAULT_METRICS_HISTORY_DAYS
 
 if TYPE_CHECKING:
     from analytics_dagster.sandbox.world import World
 
 DAY_NS = 24 * 3600 * 10**9
-HISTORY_DAYS = 365  # the days a first sync reads (the source's `metrics_history_days`)
+HISTORY_DAYS = DEFAULT_METRICS_HISTORY_DAYS  # the days a first sync reads
 BALANCE_CURRENCY = "USD"
 _PAYOUT_FIELDS = ("subtotal", "tax", "discount", "total", "credit", "credit_to_balance", "balance", "grand_total",
                   "fee", "earnings")
@@ -66,10 +67,15 @@ def _day(stamp: str | None) -> str:
     return (stamp or "")[:10]
 
 
+def utc_date(ns: int) -> dt.date:
+    """The UTC date of an instant (ns since the epoch): the world's today, a point's day."""
+    return dt.datetime.fromtimestamp(ns // 10**9, tz=dt.timezone.utc).date()
+
+
 def series(world: World, operation: str, start: dt.date, end: dt.date) -> dict[str, Any]:
     """The `data` of `GET /metrics/<operation>` for the days `start` (inclusive) to `end`
     (exclusive), those after today left out; None for an operation there is none of."""
-    today = dt.datetime.fromtimestamp(world.clock_ns // 10**9, tz=dt.timezone.utc).date()
+    today = utc_date(world.clock_ns)
     days = [start + dt.timedelta(days=k) for k in range(max(0, (min(end, today + dt.timedelta(days=1)) - start).days))]
     compute = _OPERATIONS[operation]
     points = compute(world, days) if days else []
@@ -229,16 +235,16 @@ def response_data(world: World, operation: str, start: dt.date, end: dt.date,
 
 
 def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """A response's `data` as the rows a sync keeps: a day each, its values, the series'
-    `currency_code` if it has one, the response's `updated_at`."""
-    return [{"day": p["timestamp"][:10], **{k: v for k, v in p.items() if k != "timestamp"},
+    """A response's `data` as the rows a sync keeps: a day each (its timestamp's UTC date), its
+    values, the series' `currency_code` if it has one, the response's `updated_at`."""
+    return [{"day": utc_date(parse_ns(p["timestamp"])).isoformat(), **{k: v for k, v in p.items() if k != "timestamp"},
              **({"currency_code": data["currency_code"]} if "currency_code" in data else {}),
              "updated_at": data["updated_at"]} for p in data["timeseries"]]
 
 
 def history(world: World, operation: str) -> list[dict[str, Any]]:
     """The rows a first sync keeps: `HISTORY_DAYS` days to the world's today."""
-    today = dt.datetime.fromtimestamp(world.clock_ns // 10**9, tz=dt.timezone.utc).date()
+    today = utc_date(world.clock_ns)
     return rows(response_data(world, operation, today - dt.timedelta(days=HISTORY_DAYS - 1), today + dt.timedelta(days=1)))
 
 

@@ -57,7 +57,6 @@ from analytics_dagster.sandbox.factories import (FACTORIES, LOCALIZED_SHARE, Doc
                                                  new_active_subscription, new_subscription_transaction,
                                                  redeem_discount, renew_subscription)
 from analytics_dagster.sandbox import metrics
-from analytics_dagster.sandbox.metrics import BALANCE_CURRENCY, payout_totals
 from analytics_dagster.source.resources import RESOURCES, ApiResource
 
 _START_NS = 1_672_531_200 * 10**9  # 2023-01-01T00:00:00Z
@@ -110,7 +109,7 @@ class World:
     def __init__(self, customers: int = 100, seed: int = 0, *, localized: float = LOCALIZED_SHARE,
                  lifecycles: bool = False, resources: tuple[ApiResource, ...] = RESOURCES,
                  factories: dict[str, Factory | Document] = FACTORIES,
-                 balance_currency: str = BALANCE_CURRENCY) -> None:
+                 balance_currency: str = metrics.BALANCE_CURRENCY) -> None:
         check(resources, factories)
         self.balance_currency = balance_currency
         # every state each subscription has been in, (from ns, snapshot), for `/metrics/*`:
@@ -233,7 +232,7 @@ class World:
     def _pay_out(self, resource: str, entity: dict[str, Any]) -> None:
         """A completed transaction's `details.payout_totals`: its totals in the balance currency."""
         if resource == "transactions" and isinstance(entity.get("details"), dict):
-            payout = payout_totals(entity, self.balance_currency)
+            payout = metrics.payout_totals(entity, self.balance_currency)
             if entity["details"].get("payout_totals") != payout:  # a new dict: events keep the old one
                 entity["details"] = {**entity["details"], "payout_totals": payout}
 
@@ -712,12 +711,7 @@ class World:
         ts = round_.stamp()
         renew_subscription(self, subscription, ts)
         self._touch("subscriptions", subscription, ts)
-        round_.note("subscriptions", key)
-        round_.note(EVENTS, self._emit("subscriptions", "updated", subscription))
-        txn, events = self.create("transactions", ts, subscription["customer_id"], new=functools.partial(
-            new_subscription_transaction, subscription=subscription, origin="subscription_recurring"))
-        round_.note("transactions", txn["id"])
-        round_.note(EVENTS, *events)
+        self._renewed(round_, subscription, ts)
 
     def _renew_due(self, round_: _Round) -> None:
         """A world with lifecycles renews each active subscription whose period ended as the
@@ -728,13 +722,17 @@ class World:
             while (subscription["status"] == "active" and subscription.get("next_billed_at")
                    and parse_ns(subscription["next_billed_at"]) <= self.clock_ns):
                 _lifecycles.renew(self, subscription, round_.stamp())
-                round_.note("subscriptions", key)
-                round_.note(EVENTS, self._emit("subscriptions", "updated", subscription))
-                txn, events = self.create("transactions", subscription["current_billing_period"]["starts_at"],
-                                          subscription["customer_id"], new=functools.partial(
-                    new_subscription_transaction, subscription=subscription, origin="subscription_recurring"))
-                round_.note("transactions", txn["id"])
-                round_.note(EVENTS, *events)
+                self._renewed(round_, subscription, subscription["current_billing_period"]["starts_at"])
+
+    def _renewed(self, round_: _Round, subscription: dict[str, Any], billed_at: str) -> None:
+        """A subscription just renewed: its `subscription.updated`, and the transaction billing
+        its new period (`subscription_recurring`, at `billed_at`) with that one's events."""
+        round_.note("subscriptions", subscription["id"])
+        round_.note(EVENTS, self._emit("subscriptions", "updated", subscription))
+        txn, events = self.create("transactions", billed_at, subscription["customer_id"], new=functools.partial(
+            new_subscription_transaction, subscription=subscription, origin="subscription_recurring"))
+        round_.note("transactions", txn["id"])
+        round_.note(EVENTS, *events)
 
     def _swap_cidr(self, round_: _Round) -> None:
         gone = self.ip_cidrs.pop(self.rng.randrange(len(self.ip_cidrs)))
