@@ -31,6 +31,18 @@ so that the file is not held open by this process between builds. Not done: the 
 directory (the subprocess's is the project's; dbt is given it as DBT_PROJECT_DIR, and every
 path passed here is absolute), and no `dbt --version` (models.py's resource asks none).
 
+The parse, once per process. A build given a parsed manifest does not parse (dbt's documented
+reuse of objects between invocations: `dbtRunner(manifest=...)`); dbt's own partial parse does
+not help a new warehouse, as its state check hashes the profile's connection (a DuckDB file's
+path) and rejects the saved parse of any other: every test's first build parsed the whole
+project, 2 s. So a build here is handed a copy of the manifest a parse in this process made for
+the same project files (their names, sizes and times), the same command but its selection, and
+the same `DBT_*` and `ANALYTICS_*` environment, but for the paths that cannot change a parse:
+the target and log folders, and a DuckDB file but for its name's stem (dbt-duckdb's database
+name, which the manifest's nodes hold). Otherwise it parses first (`dbt parse`, under the same
+command and environment), and keeps that manifest; a parse that fails leaves the build to parse
+and report it as it would.
+
 Cancellation. `send_signal` (dagster-dbt's SIGINT on an interrupted step) raises
 KeyboardInterrupt in dbt's thread, as a Ctrl-C does dbt's main thread, and cancels the queries
 dbt's adapters have open (what dbt's own KeyboardInterrupt handling does), so that dbt's thread,
@@ -43,6 +55,7 @@ Off: `ANALYTICS_DBT_IN_PROCESS=false` runs dbt as dagster-dbt does, a subprocess
 import contextlib
 import ctypes
 import os
+from pathlib import Path
 import signal
 import subprocess
 import threading
@@ -93,7 +106,7 @@ class InProcessDbt:
             with _LOCK, environment(self.env, exact=True):
                 capture_stdout_logs(self._write)
                 try:
-                    result = dbtRunner().invoke(self.args[1:])
+                    result = dbtRunner(manifest=_parsed_manifest(self.args[1:], self.env)).invoke(self.args[1:])
                 finally:
                     stop_capture_stdout_logs()
                     _close_duckdb()
@@ -181,6 +194,51 @@ def environment(values: Mapping[str, str], *, exact: bool = False) -> Iterator[N
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+# the manifests this process parsed, by what a parse depends on (`_parse_inputs`); the last few
+_MANIFESTS: dict[tuple, Any] = {}
+_MANIFESTS_KEPT = 4
+# the environment a parse does not depend on, and the DuckDB file's, of which only the stem does
+_NOT_PARSED = ("DBT_TARGET_PATH", "DBT_LOG_PATH")
+_DUCKDB_FILE_ENV = "ANALYTICS_DUCKDB_FILE"
+
+
+def _parse_inputs(args: Sequence[str], env: Mapping[str, str]) -> tuple:
+    """What a parse of the project depends on (the module's docstring says which and why)."""
+    variables = {name: value for name, value in env.items()
+                 if name.startswith(("DBT_", "ANALYTICS_")) and name not in _NOT_PARSED}
+    if _DUCKDB_FILE_ENV in variables:
+        variables[_DUCKDB_FILE_ENV] = Path(variables[_DUCKDB_FILE_ENV]).stem
+    project = Path(env.get("DBT_PROJECT_DIR") or ".")
+    files = sorted((str(path), path.stat().st_mtime_ns, path.stat().st_size) for path in project.rglob("*")
+                   if path.is_file() and not {"target", "logs"} & set(path.relative_to(project).parts))
+    return tuple(_without_selection(args)), tuple(sorted(variables.items())), tuple(files)
+
+
+def _without_selection(args: Sequence[str]) -> list[str]:
+    """The command's options but its selection (`--select` and its value), its subcommand dropped."""
+    options = list(args[1:])
+    if "--select" in options:
+        at = options.index("--select")
+        del options[at:at + 2]
+    return options
+
+
+def _parsed_manifest(args: Sequence[str], env: Mapping[str, str]) -> Any:
+    """A copy of this process's manifest for `args` under `env` (the environment is `env` now),
+    parsed now if there is none; None when the parse fails (the build then parses, and says why)."""
+    from dbt.cli.main import dbtRunner
+
+    key = _parse_inputs(args, env)
+    if key not in _MANIFESTS:
+        result = dbtRunner().invoke(["parse", "--quiet", *_without_selection(args)])
+        if not result.success or result.result is None:
+            return None
+        while len(_MANIFESTS) >= _MANIFESTS_KEPT:
+            del _MANIFESTS[next(iter(_MANIFESTS))]
+        _MANIFESTS[key] = result.result
+    return _MANIFESTS[key].deepcopy()
 
 
 def _close_duckdb() -> None:
