@@ -5,8 +5,8 @@ day's `mrr_daily` with the sandbox's own MRR of that day (`test_history.compare_
 - two changes in one period, the first billed (`subscription_update`) and the second not: the
   billed change's transaction does not account for what was billed next, so the state from it
   on is uncertain (flagged); the other way round (the unbilled one first) leaves no trace the
-  sandbox's transactions keep (a strict xfail: docs/models.md, "What cannot be known, and is
-  not flagged");
+  sandbox's transactions keep (a strict xfail: docs/models.md, "Before the first known state:
+  what is inferred", what is not flagged);
 - a subscription no transaction names (as one whose transactions are not synced yet) whose
   first known state is a change: its first known state extended back to its creation is flagged;
 - a pause and resume within one period: no transaction says it, nothing flags it, and only
@@ -118,7 +118,7 @@ def test_a_billed_change_then_an_unbilled_one_in_one_period_is_flagged(warehouse
 @pytest.mark.xfail(strict=True, reason=(
     "an unbilled change before a billed one in the same period: the billed change's transaction "
     "lists the items it leaves, not those it found (Paddle's credit lines would say them; the "
-    "sandbox's transactions have none): docs/models.md, 'What cannot be known, and is not flagged'"))
+    "sandbox's transactions have none): docs/models.md, 'Before the first known state: what is inferred'"))
 @pytest.mark.world(lifecycles=True)
 def test_an_unbilled_change_then_a_billed_one_in_one_period(warehouse: Path, admin: Admin) -> None:
     """The other order: a change that bills nothing, then 5 days later one billed at once. The
