@@ -24,7 +24,7 @@ TOLERANCE = 0.005  # the issue's: 0.5% of the day's MRR in a currency
 _DAY = 24 * 3600
 
 
-def compare_every_day(db: Path | str, admin: Admin) -> dict[str, int]:
+def compare_every_day(db: Path | str, admin: Admin) -> dict[str, Any]:
     """Every day and currency of `mrr_daily` against the sandbox's MRR of that day
     (`days_off`): asserts each is within the tolerance but those flagged
     (`uncertain_subscriptions` > 0); returns how many days were compared (no currency flagged),
