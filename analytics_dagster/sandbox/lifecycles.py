@@ -202,10 +202,10 @@ def _record(world: World, sub: Entity, at: int, ts: str, verb: str) -> None:
 
 def mrr_history(world: World, until: date | None = None) -> dict[str, dict[str, float]]:
     """MRR by day (ISO date) and currency, from the first day a subscription existed to `until`
-    (default: today UTC, or the world's day if later): per day, what the sandbox bills a month
-    (`factories.billed_monthly`) for the recurring, billed items of each subscription that is
-    `active` at the end of that day (its state then, from its whole history), in the
-    subscription's currency; the country of its address as listed now. Only a world whose
+    (default: the world's today, the API's; a day past its clock has not happened there): per
+    day, what the sandbox bills a month (`factories.billed_monthly`) for the recurring, billed
+    items of each subscription that is `active` at the end of that day (its state then, from its
+    whole history), in the subscription's currency; the country of its address as listed now. Only a world whose
     subscriptions live their lives (`World(lifecycles=True)`) knows its past."""
     if not world.lifecycles:
         raise ValueError("mrr_history: only a world made with lifecycles=True knows every past state")
@@ -222,7 +222,7 @@ def mrr_history(world: World, until: date | None = None) -> dict[str, dict[str, 
     if not changes:
         return {}
     first, world_day = utc_date(changes[0][0]), utc_date(world.clock_ns)
-    last = until or max(datetime.now(timezone.utc).date(), world_day)
+    last = until or world_day
     current: dict[str, float] = {}  # subscription -> its MRR now, by currency below
     currency_of: dict[str, str] = {}
     result: dict[str, dict[str, float]] = {}

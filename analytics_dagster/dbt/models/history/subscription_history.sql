@@ -235,6 +235,48 @@ periods as (
     left join billed_before as p on p.transaction_id = b.transaction_id and p.n = 1
 ),
 
+-- Does a change's transaction account for the whole change? What it lists (each price it bills
+-- at its new quantity; a price it lists only at a quantity of 0 or less, a credit, is gone), put
+-- over what the period it changed in was billed, must be what was billed next (or the first
+-- known state). If not, another change that billed nothing (do_not_bill) came between them, on
+-- a day nothing says: the state from the billed change on is uncertain
+change_sides as (
+    select s.transaction_id, s.side, item.value->'price'->>'id' as price_id,
+        cast(item.value->>'quantity' as bigint) as quantity
+    from (
+        select p.transaction_id, 'change' as side, b.items
+        from periods as p
+        join billed as b on b.transaction_id = p.transaction_id
+        where p.origin = 'subscription_update'
+        union all
+        select p.transaction_id, 'before', b.items
+        from periods as p
+        join billed as b on b.transaction_id = p.amounts_from
+        where p.origin = 'subscription_update'
+        union all
+        select transaction_id, 'after', items from periods where origin = 'subscription_update'
+    ) as s,
+        {{ json_array_elements('s.items', none, 'item') }}
+    where {{ billed_item("item.value->>'status'") }}
+      and coalesce(cast(item.value->>'recurring' as boolean), item.value->'price'->'billing_cycle'->>'interval' is not null)
+),
+
+unaccounted_changes as (
+    select distinct transaction_id
+    from (
+        select
+            transaction_id,
+            sum(case when side = 'change' and quantity > 0 then quantity end) as changed_to,
+            max(case when side = 'change' then 1 else 0 end) as listed,
+            sum(case when side = 'before' then quantity end) as before_quantity,
+            sum(case when side = 'after' then quantity end) as after_quantity
+        from change_sides
+        group by transaction_id, price_id
+    ) as by_price
+    where coalesce(case when listed = 1 then changed_to else before_quantity end, 0)
+       <> coalesce(after_quantity, 0)
+),
+
 -- What a state's MRR depends on, as text: its status, currency and address (whose country
 -- localizes its prices), and each billed, recurring item's price and quantity; and the same
 -- without the status (what a change of items, currency or address alters)
@@ -291,9 +333,11 @@ keyed_periods as (
 flagged_periods as (
     select
         p.*,
-        coalesce(lead(p.content) over w, p.known_content) <> p.content
-            and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update' as uncertain
+        (coalesce(lead(p.content) over w, p.known_content) <> p.content
+            and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update')
+            or u.transaction_id is not null as uncertain
     from keyed_periods as p
+    left join unaccounted_changes as u on u.transaction_id = p.transaction_id
     window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
 ),
 
@@ -369,12 +413,16 @@ inferred as (
     union all
     -- no transaction billed it before its first known state: if one did since (its first period
     -- starts there: a trial), nothing was billed before; if none ever did, its first known state,
-    -- from its creation
+    -- from its creation, uncertain unless that state is the creation: a change (an update's
+    -- event, or a listed row changed since its creation, this row's start being later) says what
+    -- the subscription became, not what it was before
     select
         'inferred/' || f.subscription_id, f.subscription_id, 'inferred',
         case when a.subscription_id is null then f.status end, f.customer_id, f.currency_code, f.address_id, f.items,
         f.created_at, f.valid_from, case when a.subscription_id is null then 'first_state' else 'no_transaction' end,
-        cast(null as {{ dbt.type_string() }}), false, f.state_id
+        cast(null as {{ dbt.type_string() }}),
+        a.subscription_id is null and f.changed_by not in ('subscription.created', 'subscription.imported'),
+        f.state_id
     from first_known as f
     left join (select distinct subscription_id from billed_all) as a on a.subscription_id = f.subscription_id
     where f.created_at < f.valid_from - interval '1 second'

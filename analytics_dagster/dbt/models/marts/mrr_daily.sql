@@ -21,16 +21,19 @@ days as (
 select
     days.day,
     i.currency_code,
-    coalesce(sum(i.monthly_amount), 0) as mrr,
-    count(distinct i.subscription_id) as active_subscriptions,
-    count(*) filter (where i.amount_source = 'unknown') as unknown_items,
+    coalesce(sum(i.monthly_amount) filter (where i.counts), 0) as mrr,
+    count(distinct i.subscription_id) filter (where i.counts) as active_subscriptions,
+    count(*) filter (where i.counts and i.amount_source = 'unknown') as unknown_items,
     -- subscriptions counted in a state inferred from their transactions (or their first known
-    -- state extended back), and those of them whose state may be off: a flagged day
-    count(distinct i.subscription_id) filter (where i.inferred_from is not null) as inferred_subscriptions,
+    -- state extended back); and those in a state that may be off, counted or not (one whose state
+    -- may be paused or past due may have been active): a flagged day
+    count(distinct i.subscription_id) filter (where i.counts and i.inferred_from is not null) as inferred_subscriptions,
     count(distinct i.subscription_id) filter (where i.uncertain) as uncertain_subscriptions
 from days
-join history_items as i
+join (
+    select *, {{ counts_in_mrr('status', 'recurring', 'item_status') }} as counts from history_items
+) as i
     on i.valid_from < days.day + interval '1 day'
     and (i.valid_to is null or i.valid_to >= days.day + interval '1 day')
-where {{ counts_in_mrr('i.status', 'i.recurring', 'i.item_status') }}
+where i.counts or i.uncertain
 group by days.day, i.currency_code
