@@ -228,17 +228,23 @@ def _without_selection(args: Sequence[str]) -> list[str]:
 def _parsed_manifest(args: Sequence[str], env: Mapping[str, str]) -> Any:
     """A copy of this process's manifest for `args` under `env` (the environment is `env` now),
     parsed now if there is none; None when the parse fails (the build then parses, and says why)."""
-    from dbt.cli.main import dbtRunner
-
     key = _parse_inputs(args, env)
     if key not in _MANIFESTS:
-        result = dbtRunner().invoke(["parse", "--quiet", *_without_selection(args)])
-        if not result.success or result.result is None:
+        manifest = _parse(_without_selection(args))
+        if manifest is None:
             return None
         while len(_MANIFESTS) >= _MANIFESTS_KEPT:
             del _MANIFESTS[next(iter(_MANIFESTS))]
-        _MANIFESTS[key] = result.result
+        _MANIFESTS[key] = manifest
     return _MANIFESTS[key].deepcopy()
+
+
+def _parse(options: Sequence[str]) -> Any:
+    """`dbt parse` with the build's `options`, in this process: its manifest, or None if it failed."""
+    from dbt.cli.main import dbtRunner
+
+    result = dbtRunner().invoke(["parse", "--quiet", *options])
+    return result.result if result.success else None
 
 
 def _close_duckdb() -> None:

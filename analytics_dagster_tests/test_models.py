@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -665,3 +666,67 @@ def assert_a_new_account_builds_empty_models_then_real_ones(db: Path | str, admi
     assert {"customers", "subscriptions", "transactions"} <= raw
     assert {t for t in tables("analytics_models") if t.startswith("empty_raw_")} == \
         {f"empty_raw_{t}" for t in missing - raw}
+
+
+def test_a_build_is_handed_the_manifest_this_process_parsed_for_the_same_project_and_settings(
+    backfilled_with_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dbt in process parses the project once for builds on any DuckDB file of the same name
+    (a file elsewhere: none), again for a file of another name (dbt-duckdb's database is the
+    name's stem, which the manifest's nodes hold), and every build is right: each file gets its
+    own models, under its own database name."""
+    from analytics_dagster import dbt_in_process
+
+    parses = []
+    parse = dbt_in_process._parse
+    monkeypatch.setattr(dbt_in_process, "_parse", lambda options: parses.append(list(options)) or parse(options))
+    monkeypatch.setattr(dbt_in_process, "_MANIFESTS", {})
+    built = {}
+    elsewhere = tmp_path / "elsewhere" / backfilled_with_models.name
+    renamed = tmp_path / "renamed" / "other_name.duckdb"
+    for db in (backfilled_with_models, elsewhere, renamed):
+        if db != backfilled_with_models:
+            db.parent.mkdir()
+            shutil.copy(backfilled_with_models, db)
+            with duckdb.connect(str(db)) as con:  # the models gone: the build must make them
+                con.execute("DROP SCHEMA analytics_models CASCADE")
+        monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(db))
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=DagsterInstance.ephemeral(), asset_selection=sorted(MODELS), raise_on_error=False)
+        assert result.success
+        built[db] = query(db, "SELECT currency_code, mrr FROM analytics_models.mrr_daily ORDER BY day, currency_code")
+        assert built[db] and built[db] == built[backfilled_with_models], db
+    assert len(parses) == 2, parses  # the first file's, then the other name's
+    assert "--select" not in parses[0] and parses[0] == parses[1]
+    assert query(renamed, "SELECT DISTINCT table_catalog FROM information_schema.tables "
+                          "WHERE table_schema = 'analytics_models'") == [{"table_catalog": "other_name"}]
+
+
+def test_what_a_parse_depends_on(tmp_path: Path) -> None:
+    """The key of a parsed manifest: the command but its selection, the DBT_ and ANALYTICS_
+    settings (a DuckDB file by its name's stem; not the target and log folders), the project's
+    files (not its target and logs)."""
+    from analytics_dagster.dbt_in_process import _parse_inputs
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "target").mkdir()
+    (tmp_path / "models" / "a.sql").write_text("select 1")
+    env = {"DBT_PROJECT_DIR": str(tmp_path), "DBT_TARGET_PATH": "/t/1", "ANALYTICS_DUCKDB_FILE": "/a/test.duckdb",
+           "HOME": "/x"}
+    key = _parse_inputs(["build", "--select", "a b", "--target", "duckdb"], env)
+    same = [(["build", "--select", "c", "--target", "duckdb"], {}),
+            (["build", "--select", "a b", "--target", "duckdb"], {"DBT_TARGET_PATH": "/t/2", "DBT_LOG_PATH": "/l"}),
+            (["build", "--select", "a b", "--target", "duckdb"], {"ANALYTICS_DUCKDB_FILE": "/b/test.duckdb"}),
+            (["build", "--select", "a b", "--target", "duckdb"], {"HOME": "/y", "SOURCES__ANALYTICS__API_KEY": "k"})]
+    for args, changes in same:
+        assert _parse_inputs(args, {**env, **changes}) == key, (args, changes)
+    (tmp_path / "target" / "partial_parse.msgpack").write_text("x")
+    assert _parse_inputs(["build", "--target", "duckdb"], env) == key
+    other = [(["build", "--target", "postgres"], {}),
+             (["build", "--target", "duckdb"], {"ANALYTICS_DUCKDB_FILE": "/a/other.duckdb"}),
+             (["build", "--target", "duckdb"], {"DBT_PARTIAL_PARSE": "false"}),
+             (["build", "--target", "duckdb"], {"ANALYTICS_POSTGRES_HOST": "db"})]
+    for args, changes in other:
+        assert _parse_inputs(args, {**env, **changes}) != key, (args, changes)
+    (tmp_path / "models" / "a.sql").write_text("select 22")
+    assert _parse_inputs(["build", "--target", "duckdb"], env) != key
