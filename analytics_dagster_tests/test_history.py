@@ -41,9 +41,10 @@ def days_off(db: Path | str, admin: Admin) -> tuple[dict[str, Any], list[tuple[s
     `mrr_daily` runs on to this machine's today, and the days between, when nothing changes,
     would count as compared), and the day-currencies unflagged and off by more than the
     tolerance: (day, currency, the sandbox's MRR, the model's). The counts say the largest error
-    of a flagged day-currency too, and where (`largest_flagged_error`); those with an uncertain
-    state (`uncertain_rows`: what the flag would be without `uncertain_mrr`), those flagged with
-    no bound (`unbounded_rows`), and those with an uncertain state off by more than their bound
+    of a flagged day-currency and of one not flagged too, and where (`largest_flagged_error`,
+    `largest_unflagged_error`); the day-currencies with an uncertain state (`uncertain_rows`:
+    what the flag would be without `uncertain_mrr`), those flagged with no bound
+    (`unbounded_rows`), and those with an uncertain state off by more than their bound
     (`beyond_bound`: day, currency, the error, the bound)."""
     truth: dict[str, dict[str, float]] = admin.get("mrr_history")
     model: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -54,7 +55,7 @@ def days_off(db: Path | str, admin: Admin) -> tuple[dict[str, Any], list[tuple[s
     assert min(model) == min(truth) == first, "mrr_daily starts when the first subscription did"
     assert today <= max(model), "mrr_daily runs to the API's today at least"
     counts: dict[str, Any] = defaultdict(int)
-    counts["largest_flagged_error"] = (0.0, "", "")
+    counts["largest_flagged_error"] = counts["largest_unflagged_error"] = (0.0, "", "")
     counts["beyond_bound"] = []
     off = []
     unflagged = {"mrr": 0.0, "uncertain_subscriptions": 0, "uncertain_mrr": 0.0, "flagged": False}
@@ -73,12 +74,12 @@ def days_off(db: Path | str, admin: Admin) -> tuple[dict[str, Any], list[tuple[s
             counts["unbounded_rows"] += bound is None
             if uncertain and bound is not None and difference > float(bound) + 1e-6 * max(mrr, 1.0):  # (floating point)
                 counts["beyond_bound"].append((day, currency, difference, float(bound)))
+            largest = "largest_flagged_error" if flagged else "largest_unflagged_error"
+            counts[largest] = max(counts[largest], (error, day, currency))
             if flagged:
                 counts["flagged_off_rows"] += error > TOLERANCE
-                counts["largest_flagged_error"] = max(counts["largest_flagged_error"], (error, day, currency))
             elif error > TOLERANCE:
                 off.append((day, currency, expected.get(currency, 0.0), mrr))
-            counts["largest_error_ppm"] = max(counts["largest_error_ppm"], 0 if flagged else round(error * 1e6))
         counts["flagged_off"] += flagged_day and any(
             abs(float(r["mrr"]) - expected.get(c, 0.0)) / max(expected.get(c, 0.0), 1.0) > TOLERANCE
             for c, r in actual.items())

@@ -4,7 +4,9 @@ what is inferred"), measured: on the sandbox's world whose subscriptions live th
 one first sync (`sync_all`, the raw tables then the models' build), then every day of
 `mrr_daily` from the first subscription's to the API's today against the sandbox's own MRR of
 that day (`test_history.days_off`, the test's comparison): days compared (no currency flagged)
-and flagged, those off by more than 0.5%, the largest errors; the history's states; then
+and flagged (`mrr_daily.flagged`), those off by more than 0.5%, the largest errors, the
+day-currencies with an uncertain state (what the flag was before `uncertain_mrr`), those
+flagged with no bound and those off by more than theirs; the history's states; then
 `--builds` more builds of the models alone (default 3): wall time, and dbt's own
 (run_results.json: models and tests, without dbt's start). Prints one JSON object.
 

@@ -5,10 +5,11 @@
 -- today. An item whose amount is unknown adds nothing, and is counted in unknown_items. What a
 -- state's transactions billed is what its own period was billed (the line standing at its start).
 -- And how far each day-currency may be off (uncertain_mrr), flagged when that may be more than
--- the tolerance (var mrr_tolerance): docs/models.md, "Before the first known state".
+-- the tolerance (var mrr_tolerance): docs/models.md, "Before the first known state: what is
+-- inferred".
 with history_items as (
     {{ subscription_items(ref('subscription_history'), 'subscription_id',
-                         ['state_id', 'status', 'valid_from', 'valid_to', 'inferred_from', 'uncertain'], as_of='valid_from') }}
+                         ['state_id', 'status', 'valid_from', 'valid_to', 'inferred_from'], as_of='valid_from') }}
 ),
 
 items as (
