@@ -8,6 +8,7 @@ which are counted; after the first sync and after rounds of changes."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -166,6 +167,11 @@ def assert_history_right_from_the_first_sync(db: Path | str, admin: Admin) -> li
         assert_models_built_and_tested(result, db)  # type: ignore[arg-type]  (a DSN on PostgreSQL)
         (reconciled,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "mrr_matches_paddle"]
         assert reconciled.passed and reconciled.metadata["days_compared"].value >= 365, reconciled.description
+        # the days it shows as flagged are mrr_daily's flagged ones (not every day with an uncertain state)
+        newest = dt.date.fromisoformat(reconciled.metadata["newest_day"].value)
+        since = newest - dt.timedelta(days=reconciled.metadata["days_compared"].value)
+        flagged = {r["day"] for r in query(db, "SELECT DISTINCT day FROM analytics_models.mrr_daily WHERE flagged")}
+        assert getattr(reconciled.metadata.get("days_flagged"), "value", 0) == len({d for d in flagged if since < d <= newest})
         counts = compare_every_day(db, admin)
         # (a day is flagged if one currency is: day-currencies say how much is flagged)
         assert counts["compared"] > 180 and counts["compared_rows"] > 4 * counts["flagged_rows"], counts
