@@ -8,9 +8,10 @@ both cover (a setting, 7), in the account's balance currency (Paddle's `currency
   in the balance currency: directly. Others: each converted at the rate its own recent
   completed transactions were paid out at (`details.payout_totals` against `details.totals`,
   the newest `RATE_TRANSACTIONS` of it), the rates listed in the metadata. A day `mrr_daily`
-  flags (a change older than the event stream that no transaction dates) is compared and
-  shown, but a difference there is the flag's, not a warning: set `reconcile_days` to the
-  history's length to hold the whole history to Paddle's.
+  flags in a currency (changes older than the event stream that no transaction dates may move
+  it by more than the dbt var `mrr_tolerance`) is compared and shown, but a difference there
+  is the flag's, not a warning: set `reconcile_days` to the history's length to hold the whole
+  history to Paddle's.
 - `active_subscribers_match_paddle` (on `mrr_daily`): the subscriptions active at the end of each
   day (`subscription_history`) against Paddle's active subscribers.
 - `revenue_matches_paddle` (on `revenue_monthly`): revenue and refunds by day from the mart's
@@ -63,8 +64,9 @@ class Comparison:
     rows: list[tuple[dt.date, float, float, str]] = field(default_factory=list)  # (day, ours, Paddle's, what)
     rates: dict[str, tuple[float, int]] = field(default_factory=dict)  # currency: (rate, transactions)
     unconverted: set[str] = field(default_factory=set)
-    # days whose MRR the history may have wrong (mrr_daily.uncertain_subscriptions: a change older
-    # than the event stream that no transaction dates, docs/models.md): shown, not warned of
+    # days whose MRR the history may have wrong by more than its tolerance (mrr_daily.flagged: a
+    # change older than the event stream that no transaction dates, docs/models.md): shown, not
+    # warned of
     flagged: set[dt.date] = field(default_factory=set)
 
     def result(self, key: Any, check: str, tolerance: float, currency: str) -> AssetCheckResult:
@@ -196,11 +198,10 @@ def compare_mrr(query: Query, days: int) -> tuple[Comparison, str]:
     if not paddle or not _exists(query, MODELS_SCHEMA, "mrr_daily"):
         return comparison, balance
     ours: dict[dt.date, dict[str, float]] = {}
-    for day, currency, mrr, uncertain in query(
-            f"SELECT day, currency_code, mrr, uncertain_subscriptions FROM {MODELS_SCHEMA}.mrr_daily WHERE day >= %s",
-            min(paddle)):
+    for day, currency, mrr, flagged in query(
+            f"SELECT day, currency_code, mrr, flagged FROM {MODELS_SCHEMA}.mrr_daily WHERE day >= %s", min(paddle)):
         ours.setdefault(_date(day), {})[currency] = float(mrr or 0)
-        if uncertain:
+        if flagged:
             comparison.flagged.add(_date(day))
     # (a day with no active subscription has no row in mrr_daily: its MRR is 0)
     first = min(ours) if ours else None

@@ -4,7 +4,10 @@ what is inferred"), measured: on the sandbox's world whose subscriptions live th
 one first sync (`sync_all`, the raw tables then the models' build), then every day of
 `mrr_daily` from the first subscription's to the API's today against the sandbox's own MRR of
 that day (`test_history.days_off`, the test's comparison): days compared (no currency flagged)
-and flagged, those off by more than 0.5%, the largest errors; the history's states; then
+and flagged (`mrr_daily.flagged`), those off by more than 0.5%, the largest errors, the
+day-currencies with an uncertain state (what the flag was before `uncertain_mrr`), those
+flagged with no bound and those off by more than theirs, the model's row of the largest
+errors; the history's states; then
 `--builds` more builds of the models alone (default 3): wall time, and dbt's own
 (run_results.json: models and tests, without dbt's start). Prints one JSON object.
 
@@ -54,6 +57,10 @@ def main() -> None:
         truth = server.world.mrr_history()
         report.update(first_day=min(d for d, by in truth.items() if by), today=max(truth), **counts,
                       unflagged_off=len(off), unflagged_off_first=off[:5])
+        for largest in ("largest_flagged_error", "largest_unflagged_error"):  # the model's row there
+            _, day, currency = counts[largest]
+            report[largest + "_row"] = query(db, "SELECT mrr, uncertain_subscriptions, uncertain_mrr FROM "
+                                                 f"analytics_models.mrr_daily WHERE day = '{day}' AND currency_code = '{currency}'")
         report["history"] = query(db, """
             SELECT count(*) AS states, count(*) FILTER (WHERE inferred_from = 'transaction') AS from_transactions,
                 count(*) FILTER (WHERE inferred_from = 'no_transaction') AS unbilled,

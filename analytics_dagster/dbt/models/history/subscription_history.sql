@@ -319,7 +319,8 @@ keyed_periods as (
         p.*,
         coalesce(p.currency_code, '') || '|' || coalesce(p.address_id, '') || '|' || coalesce(k.item_key, '') as content,
         p.status || '|' || coalesce(l.line_key, '') as billed_key,
-        coalesce(f.currency_code, '') || '|' || coalesce(f.address_id, '') || '|' || coalesce(fk.item_key, '') as known_content
+        coalesce(f.currency_code, '') || '|' || coalesce(f.address_id, '') || '|' || coalesce(fk.item_key, '') as known_content,
+        f.state_id as known_state_id
     from periods as p
     join first_known as f on f.subscription_id = p.subscription_id
     left join item_keys as k on k.key_id = p.transaction_id
@@ -329,13 +330,19 @@ keyed_periods as (
 
 -- a period is uncertain when what it billed is not what was billed next (or the first known
 -- state) and no change's transaction says when that changed: the change was within it (or
--- between it and the next), its day unknown
+-- between it and the next), its day unknown. changed_to_state_id: the state that says what it
+-- changed to (the next period's, which starts a state of its own, its content differing; else
+-- the first known state), which it may have been on any of its days; null for a change's
+-- transaction that does not account for the whole change (what it made of the items, before
+-- the unbilled change, is no state)
 flagged_periods as (
     select
         p.*,
         (coalesce(lead(p.content) over w, p.known_content) <> p.content
             and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update')
-            or u.transaction_id is not null as uncertain
+            or u.transaction_id is not null as uncertain,
+        case when u.transaction_id is null
+             then coalesce('inferred/' || lead(p.transaction_id) over w, p.known_state_id) end as changed_to_state_id
     from keyed_periods as p
     left join unaccounted_changes as u on u.transaction_id = p.transaction_id
     window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
@@ -365,7 +372,8 @@ runs as (
 merged as (
     select
         r.transaction_id, r.subscription_id, r.origin, r.status, r.customer_id, r.currency_code, r.address_id,
-        r.items, r.uncertain, r.period_start, e.period_end, r.known_from
+        r.items, r.uncertain, case when r.uncertain then r.changed_to_state_id end as changed_to_state_id,
+        r.period_start, e.period_end, r.known_from
     from runs as r
     join (select subscription_id, run, max(period_end) as period_end from runs group by subscription_id, run) as e
         on e.subscription_id = r.subscription_id and e.run = r.run
@@ -389,7 +397,7 @@ inferred as (
         currency_code, address_id, items, period_start as valid_from,
         case when period_end < next_from - interval '1 second' then period_end else next_from end as valid_to,
         'transaction' as inferred_from, transaction_id,
-        uncertain,
+        uncertain, changed_to_state_id,
         transaction_id as key_id
     from inferred_periods
     union all
@@ -398,7 +406,7 @@ inferred as (
     select
         'inferred/' || transaction_id || '/after', subscription_id, 'inferred', cast(null as {{ dbt.type_string() }}),
         customer_id, currency_code, address_id, items, period_end, next_from, 'no_transaction', transaction_id, false,
-        transaction_id
+        cast(null as {{ dbt.type_string() }}), transaction_id
     from inferred_periods
     where period_end < next_from - interval '1 second'
     union all
@@ -406,7 +414,7 @@ inferred as (
     select
         'inferred/' || i.subscription_id || '/before', i.subscription_id, 'inferred', cast(null as {{ dbt.type_string() }}),
         i.customer_id, i.currency_code, i.address_id, i.items, f.created_at, i.period_start, 'no_transaction',
-        cast(null as {{ dbt.type_string() }}), false, i.transaction_id
+        cast(null as {{ dbt.type_string() }}), false, cast(null as {{ dbt.type_string() }}), i.transaction_id
     from inferred_periods as i
     join first_known as f on f.subscription_id = i.subscription_id
     where i.n = 1 and f.created_at < i.period_start - interval '1 second'
@@ -422,7 +430,7 @@ inferred as (
         f.created_at, f.valid_from, case when a.subscription_id is null then 'first_state' else 'no_transaction' end,
         cast(null as {{ dbt.type_string() }}),
         a.subscription_id is null and f.changed_by not in ('subscription.created', 'subscription.imported'),
-        f.state_id
+        cast(null as {{ dbt.type_string() }}), f.state_id
     from first_known as f
     left join (select distinct subscription_id from billed_all) as a on a.subscription_id = f.subscription_id
     where f.created_at < f.valid_from - interval '1 second'
@@ -433,7 +441,7 @@ history as (
     select
         state_id, subscription_id, changed_by, status, customer_id, currency_code, address_id, items, valid_from,
         valid_to, cast(null as {{ dbt.type_string() }}) as inferred_from, cast(null as {{ dbt.type_string() }}) as transaction_id,
-        false as uncertain, state_id as key_id, position
+        false as uncertain, cast(null as {{ dbt.type_string() }}) as changed_to_state_id, state_id as key_id, position
     from observed
     union all
     select *, 0 from inferred
@@ -453,6 +461,7 @@ select
     h.inferred_from,
     h.transaction_id,
     h.uncertain,
+    h.changed_to_state_id,
     -- whether anything MRR depends on differs from the state before (a renewal: false)
     coalesce(
         lag(coalesce(h.status, '') || '|' || coalesce(h.currency_code, '') || '|' || coalesce(h.address_id, '') || '|'

@@ -4,9 +4,20 @@
 -- amount comes from: subscription_items, docs/models.md), from the first day of the history to
 -- today. An item whose amount is unknown adds nothing, and is counted in unknown_items. What a
 -- state's transactions billed is what its own period was billed (the line standing at its start).
+-- And how far each day-currency may be off (uncertain_mrr), flagged when that may be more than
+-- the tolerance (var mrr_tolerance): docs/models.md, "Before the first known state: what is
+-- inferred".
 with history_items as (
-    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['status', 'valid_from', 'valid_to', 'inferred_from', 'uncertain'],
-                         as_of='valid_from') }}
+    {{ subscription_items(ref('subscription_history'), 'subscription_id',
+                         ['state_id', 'status', 'valid_from', 'valid_to', 'inferred_from'], as_of='valid_from') }}
+),
+
+items as (
+    select
+        *,
+        {{ counts_in_mrr('status', 'recurring', 'item_status') }} as counts,
+        {{ counts_in_mrr("'active'", 'recurring', 'item_status') }} as counts_if_active
+    from history_items
 ),
 
 days as (
@@ -16,24 +27,117 @@ days as (
         current_date,
         interval '1 day'
     ) as g(d)
+),
+
+-- An uncertain state's items may be its own (what its period billed) or those of the state it
+-- changed to (changed_to_state_id: what was billed next, or the first known state) on any of
+-- its days; the latter priced as the uncertain state's own period was billed (as of its start)
+changed_to as (
+    select u.subscription_id, u.state_id, u.valid_from, c.currency_code, c.address_id, c.items
+    from {{ ref('subscription_history') }} as u
+    join {{ ref('subscription_history') }} as c on c.state_id = u.changed_to_state_id
+    where u.uncertain
+),
+
+changed_to_items as (
+    {{ subscription_items('changed_to', 'subscription_id', ['state_id', 'valid_from'], as_of='valid_from') }}
+),
+
+-- what each side adds to MRR were the subscription active, and its items of unknown amount
+changed_to_mrr as (
+    select
+        c.state_id,
+        c.currency_code,
+        coalesce(sum(i.monthly_amount) filter (where i.counts_if_active), 0) as mrr_if_active,
+        count(*) filter (where i.counts_if_active and i.amount_source = 'unknown') as unknown_items
+    from changed_to as c
+    left join (
+        select *, {{ counts_in_mrr("'active'", 'recurring', 'item_status') }} as counts_if_active from changed_to_items
+    ) as i on i.state_id = c.state_id
+    group by c.state_id, c.currency_code
+),
+
+uncertain_states as (
+    select
+        u.state_id, u.subscription_id, u.status, u.currency_code, u.valid_from, u.valid_to,
+        coalesce(sum(i.monthly_amount) filter (where i.counts), 0) as mrr,
+        coalesce(sum(i.monthly_amount) filter (where i.counts_if_active), 0) as mrr_if_active,
+        count(*) filter (where i.counts_if_active and i.amount_source = 'unknown') as unknown_items
+    from {{ ref('subscription_history') }} as u
+    left join items as i on i.state_id = u.state_id
+    where u.uncertain
+    group by u.state_id, u.subscription_id, u.status, u.currency_code, u.valid_from, u.valid_to
+),
+
+-- The most an uncertain state can move its currency's MRR on any of its days: the difference
+-- between what it counts and what it changed to (as active: its status is the period's); one
+-- not active (past due) may have been, with either side. In another currency than its own, what
+-- it changed to may count there. Null: not known (what it changed to is no state, or an amount
+-- on either side is unknown)
+bounds as (
+    select
+        s.subscription_id, s.valid_from, s.valid_to, s.currency_code,
+        case when c.state_id is not null and s.unknown_items = 0 and c.unknown_items = 0 then greatest(
+            abs(s.mrr - case when c.currency_code = s.currency_code then c.mrr_if_active else 0 end),
+            case when coalesce(s.status, '') <> 'active' then s.mrr_if_active else 0 end)
+        end as bound
+    from uncertain_states as s
+    left join changed_to_mrr as c on c.state_id = s.state_id
+    union all
+    select
+        s.subscription_id, s.valid_from, s.valid_to, c.currency_code,
+        case when s.unknown_items = 0 and c.unknown_items = 0 then c.mrr_if_active end
+    from uncertain_states as s
+    join changed_to_mrr as c on c.state_id = s.state_id
+    where c.currency_code <> s.currency_code
+),
+
+counted as (
+    select
+        days.day,
+        i.currency_code,
+        sum(i.monthly_amount) as mrr,
+        count(distinct i.subscription_id) as active_subscriptions,
+        count(*) filter (where i.amount_source = 'unknown') as unknown_items,
+        -- subscriptions counted in a state inferred from their transactions (or their first
+        -- known state extended back)
+        count(distinct i.subscription_id) filter (where i.inferred_from is not null) as inferred_subscriptions
+    from days
+    join items as i
+        on i.valid_from < days.day + interval '1 day'
+        and (i.valid_to is null or i.valid_to >= days.day + interval '1 day')
+    where i.counts
+    group by days.day, i.currency_code
+),
+
+-- the subscriptions in an uncertain state that day, counted or not (one paused or past due may
+-- have been active), and the sum of their bounds (null if one has none)
+uncertain_days as (
+    select
+        days.day,
+        b.currency_code,
+        count(distinct b.subscription_id) as uncertain_subscriptions,
+        case when count(b.bound) = count(*) then sum(b.bound) end as uncertain_mrr
+    from days
+    join bounds as b
+        on b.valid_from < days.day + interval '1 day'
+        and (b.valid_to is null or b.valid_to >= days.day + interval '1 day')
+    group by days.day, b.currency_code
 )
 
 select
-    days.day,
-    i.currency_code,
-    coalesce(sum(i.monthly_amount) filter (where i.counts), 0) as mrr,
-    count(distinct i.subscription_id) filter (where i.counts) as active_subscriptions,
-    count(*) filter (where i.counts and i.amount_source = 'unknown') as unknown_items,
-    -- subscriptions counted in a state inferred from their transactions (or their first known
-    -- state extended back); and those in a state that may be off, counted or not (one whose state
-    -- may be paused or past due may have been active): a flagged day
-    count(distinct i.subscription_id) filter (where i.counts and i.inferred_from is not null) as inferred_subscriptions,
-    count(distinct i.subscription_id) filter (where i.uncertain) as uncertain_subscriptions
-from days
-join (
-    select *, {{ counts_in_mrr('status', 'recurring', 'item_status') }} as counts from history_items
-) as i
-    on i.valid_from < days.day + interval '1 day'
-    and (i.valid_to is null or i.valid_to >= days.day + interval '1 day')
-where i.counts or i.uncertain
-group by days.day, i.currency_code
+    coalesce(c.day, u.day) as day,
+    coalesce(c.currency_code, u.currency_code) as currency_code,
+    coalesce(c.mrr, 0) as mrr,
+    coalesce(c.active_subscriptions, 0) as active_subscriptions,
+    coalesce(c.unknown_items, 0) as unknown_items,
+    coalesce(c.inferred_subscriptions, 0) as inferred_subscriptions,
+    coalesce(u.uncertain_subscriptions, 0) as uncertain_subscriptions,
+    case when u.day is null then 0 else u.uncertain_mrr end as uncertain_mrr,
+    -- off by up to uncertain_mrr, the MRR is within the tolerance of the truth whichever way
+    -- it is off when uncertain_mrr <= tolerance x (mrr - uncertain_mrr)
+    u.day is not null and (
+        u.uncertain_mrr is null
+        or u.uncertain_mrr * (1 + {{ var('mrr_tolerance') }}) > {{ var('mrr_tolerance') }} * coalesce(c.mrr, 0)) as flagged
+from counted as c
+full join uncertain_days as u on u.day = c.day and u.currency_code = c.currency_code
