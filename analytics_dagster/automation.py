@@ -262,6 +262,11 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         notes.append(f"no events after {state.event_id}")
     if state.run_key:
         notes.append(_follow_run(context, state))
+    if state.run_key and state.owed:
+        # one run at a time: the events that came meanwhile wait for it to end, then go in one
+        # next run (that run reads the stream from each table's cursor to its end), not a run a tick
+        notes.append("the new events go in the run after it")
+        return SensorResult(skip_reason=SkipReason("; ".join(notes)), cursor=state.encode())
     wait = state.wait_seconds(_now())
     if not state.owed or wait > 0:
         if state.owed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +14,8 @@ from dagster import (
     AssetKey,
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     RunRequest,
     build_run_status_sensor_context,
     build_sensor_context,
@@ -105,6 +108,40 @@ def test_events_sensor_requests_a_run_only_for_new_events(warehouse: Path, admin
     assert not again.run_requests
     assert "succeeded" in again.skip_message
     assert followed(again.cursor) == EventsSensorCursor(event_id=state.event_id)
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_events_during_a_run_go_in_one_run_after_it(warehouse: Path, admin: Admin) -> None:
+    """A burst of changes while the sensor's run is in flight launches nothing more until it
+    ends; then exactly one run, which brings in every change made meanwhile."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", updates=2)
+    tick = evaluate(instance, cursor)
+    assert len(tick.run_requests) == 1
+    first = tick.run_requests[0]
+    # the run the daemon launched for it, still going (as the daemon tags it)
+    running = DagsterRun(job_name="sync_all", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                         tags={RUN_KEY_TAG: first.run_key, SENSOR_NAME_TAG: SENSOR_NAME})
+    instance.add_run(running)
+    cursor = tick.cursor
+    for burst in range(3):  # new events at every tick: none requests a run
+        admin.post("advance", updates=2, new_transactions=1)
+        meanwhile = evaluate(instance, cursor)
+        assert not meanwhile.run_requests, burst
+        assert "is started" in meanwhile.skip_message and "the run after it" in meanwhile.skip_message
+        state = EventsSensorCursor.decode(meanwhile.cursor)
+        assert state.owed and state.run_key == first.run_key
+        cursor = meanwhile.cursor
+    # the run ends (here: run for real, with the changes it saw at its start)
+    instance.delete_run(running.run_id)
+    assert launch(instance, first).success
+    after = evaluate(instance, cursor)
+    assert len(after.run_requests) == 1, after.skip_message
+    assert after.run_requests[0].run_key != first.run_key
+    assert launch(instance, after.run_requests[0]).success
+    assert_warehouse_equals_api(warehouse, admin, KEPT)
+    assert not evaluate(instance, after.cursor).run_requests
 
 
 @pytest.mark.usefixtures("backfilled")
