@@ -326,8 +326,8 @@ def report(samples: list[dict], args: argparse.Namespace, per_minute: float) -> 
         sync, models = sample["sync"] or {}, sample["models_run"] or {}
         same = models.get("run_id") == sync.get("run_id")
         points = [("the change to the sensor's tick (its run created)", sync.get("created")),
-                  ("the queue (dequeued: every 5 s; a run waits for the pool while another writes)",
-                   sync.get("PIPELINE_STARTING")),
+                  ("the queue: the run queued, dequeued, handed to the launcher (a run waits for the pool "
+                   "while another writes)", sync.get("PIPELINE_STARTING")),
                   ("the launch: a process started, the code location loaded", sync.get("PIPELINE_START")),
                   ("plan, sync and load to subscriptions materialized", sync.get("materialized")),
                   ("its checks, the commit seen by the poll (raw lag)", sample["raw"])]
