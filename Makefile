@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: install demo test test-fast dev sandbox bench screenshot clean
+.PHONY: install demo test test-fast dev sandbox bench bench-lag screenshot clean
 
 $(BIN)/uv:
 	python3 -m venv $(VENV)
@@ -53,6 +53,9 @@ clean:
 
 bench: install  ## the project vs plain dlt vs the bare floor on one sandbox (CUSTOMERS, LATENCY)
 	$(BIN)/python benchmarks/bench.py --customers $${CUSTOMERS:-2000} --latency $${LATENCY:-0} $${BENCH_ARGS:-}
+
+bench-lag: install  ## a change's lag to the raw tables and the models under dagster-daemon, the events sensor on (CUSTOMERS, SAMPLES)
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/lag.py --customers $${CUSTOMERS:-2000} --samples $${SAMPLES:-10}
 
 screenshot: install  ## refresh docs/asset-graph.png with the browser test's own screenshot
 	ANALYTICS_SCREENSHOT_DIR=$(CURDIR)/docs $(BIN)/pytest -m browser -q

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import dlt
 from requests import HTTPError
 from dagster import (
+    AssetKey,
     AssetSelection,
     AutomationConditionSensorDefinition,
     DagsterRunStatus,
@@ -29,7 +30,7 @@ from dagster import (
 )
 
 from analytics_dagster.assets import GROUP, METRICS_GROUP, asset_key
-from analytics_dagster.models import MODELS_GROUP
+from analytics_dagster.models import MODELS_GROUP, analytics_models
 from analytics_dagster.source import configured_api_root
 from analytics_dagster.rfc3339 import NS_PER_SECOND
 from analytics_dagster.source.events import (
@@ -105,6 +106,26 @@ models_automation = AutomationConditionSensorDefinition(
         "blocking checks and none is being synced: never on a failed sync's stale data."
     ),
 )
+
+
+def models_reading(tables: list[str]) -> list[AssetKey]:
+    """The models that read any of `tables`, directly or through another model, in the
+    manifest's order (dbt's own order within a run comes from the graph)."""
+    deps = {spec.key: {dep.asset_key for dep in spec.deps} for spec in analytics_models.specs}
+    reached = {asset_key(t) for t in tables}
+    while True:
+        more = {key for key, read in deps.items() if key not in reached and read & reached}
+        if not more:
+            return [key for key in deps if key in reached]
+        reached |= more
+
+
+# What a run of the events sensor materializes: the stream's tables, then the models that read
+# them, in the same run (docs/design.md, "How fast a change arrives"). The models follow in
+# seconds, not at the automation sensor's next tick and a run of their own; and no update is lost
+# to that sensor's resolution (a table synced in the same tick as its models' last build counts
+# as handled by that build: dagster-io/dagster#24650, #33586).
+EVENTS_RUN = [asset_key(n) for n in STREAM_TABLES] + models_reading(STREAM_TABLES)
 
 
 def assets_for_events(events: list[dict]) -> list[str]:
@@ -206,17 +227,26 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
     )
 
 
+# How often the events sensor asks the stream "anything new?": one request when nothing is (a
+# page of the events after its cursor), 6 a minute, 2.5% of Paddle's 240; a change waits 5 s for
+# a tick on average, where 60 s made that wait most of a change's lag
+# (docs/benchmark.md, "Lag: from a change to the warehouse").
+EVENTS_SENSOR_INTERVAL_SECONDS = 10
+
+
 @sensor(
     name=SENSOR_NAME,
     job=sync_all_job,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=EVENTS_SENSOR_INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.STOPPED,
     description=(
         "Polls the API's event stream (/v1/events; /events on Paddle itself) for events newer than "
         "its cursor and requests a sync of the event stream and every table it keeps ("
         + ", ".join(STREAM_TABLES) + "), not only the tables the events touch: in events mode the run reads the stream once (a request per "
         "200 events) and every table's cursor stays current, so no quiet table ages past the "
-        "retention into a full listing. It follows the run it requested: if that run failed, it "
+        "retention into a full listing; then, in the same run, the models reading them. One run at a time: "
+        f"events that come while its run is in flight go in one run after it. Every {EVENTS_SENSOR_INTERVAL_SECONDS} s (a request when "
+        "nothing is new). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
         "1 h (at most 4 retries without new events). The first tick only sets the cursor."
     ),
@@ -262,6 +292,11 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         notes.append(f"no events after {state.event_id}")
     if state.run_key:
         notes.append(_follow_run(context, state))
+    if state.run_key and state.owed:
+        # one run at a time: the events that came meanwhile wait for it to end, then go in one
+        # next run (that run reads the stream from each table's cursor to its end), not a run a tick
+        notes.append("the new events go in the run after it")
+        return SensorResult(skip_reason=SkipReason("; ".join(notes)), cursor=state.encode())
     wait = state.wait_seconds(_now())
     if not state.owed or wait > 0:
         if state.owed:
@@ -278,10 +313,10 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     if after:
         tags["analytics/after_failed_runs"] = str(after)
     state.run_key, state.owed = run_key, False
-    context.log.info("; ".join(notes) + f"; requesting {run_key} of {STREAM_TABLES}")
+    context.log.info("; ".join(notes) + f"; requesting {run_key} of {STREAM_TABLES} and the models reading them")
     return SensorResult(
         run_requests=[
-            RunRequest(run_key=run_key, asset_selection=[asset_key(n) for n in STREAM_TABLES], tags=tags)
+            RunRequest(run_key=run_key, asset_selection=EVENTS_RUN, tags=tags)
         ],
         cursor=state.encode(),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +14,8 @@ from dagster import (
     AssetKey,
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     RunRequest,
     build_run_status_sensor_context,
     build_sensor_context,
@@ -32,6 +35,7 @@ from analytics_dagster.automation import (
     report_failed_runs,
 )
 from analytics_dagster.definitions import defs
+from analytics_dagster.models import analytics_models
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox import SandboxServer, World
 from analytics_dagster.source.resources import RESOURCES_BY_NAME, table_of_event
@@ -44,6 +48,7 @@ DAY = 24 * 3600
 # change with no event: discounts), with the requests a small world's listing costs (one a part)
 KEPT = [t for t in STREAM_TABLES if t != "events" and not RESOURCES_BY_NAME[t].unnotified]
 LISTED = {t: len(RESOURCES_BY_NAME[t].parts) for t in STREAM_TABLES if RESOURCES_BY_NAME[t].unnotified}
+MODELS = {spec.key.path[-1] for spec in analytics_models.specs}  # every model reads a table of the stream
 
 
 def evaluate(instance: DagsterInstance, cursor: Optional[str]) -> Any:
@@ -90,21 +95,60 @@ def test_events_sensor_requests_a_run_only_for_new_events(warehouse: Path, admin
     tick = evaluate(instance, newest)
     assert len(tick.run_requests) == 1
     request = tick.run_requests[0]
-    # every table the stream keeps, not only those the events touch (customers, transactions)
-    assert selected(request) == set(STREAM_TABLES)
+    # every table the stream keeps, not only those the events touch (customers, transactions),
+    # and the models reading them (every model), built in the same run
+    assert selected(request) == set(STREAM_TABLES) | MODELS
     state = EventsSensorCursor.decode(tick.cursor)
     assert state.event_id == admin.truth("events")[-1]["event_id"] != newest
     assert state.run_key == request.run_key and not state.owed
     # the run it requests is fed by the events: one request (and the discounts' listing), and exact
     admin.post("stats/reset")
-    assert launch(instance, request).success
+    result = launch(instance, request)
+    assert result.success
     assert admin.get("stats")["by_resource"] == {"events": 1, **LISTED}
     assert_warehouse_equals_api(warehouse, admin, STREAM_TABLES)
+    built = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert built == set(STREAM_TABLES) | MODELS
 
     again = evaluate(instance, tick.cursor)
     assert not again.run_requests
     assert "succeeded" in again.skip_message
     assert followed(again.cursor) == EventsSensorCursor(event_id=state.event_id)
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_events_during_a_run_go_in_one_run_after_it(warehouse: Path, admin: Admin) -> None:
+    """A burst of changes while the sensor's run is in flight launches nothing more until it
+    ends; then exactly one run, which brings in every change made meanwhile."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", updates=2)
+    tick = evaluate(instance, cursor)
+    assert len(tick.run_requests) == 1
+    first = tick.run_requests[0]
+    assert launch(instance, first).success  # it syncs the changes it was requested for...
+    # ... and, as the sensor sees it, is still going: a newer run of its key, in flight
+    running = DagsterRun(job_name="sync_all", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                         tags={RUN_KEY_TAG: first.run_key, SENSOR_NAME_TAG: SENSOR_NAME})
+    instance.add_run(running)
+    cursor = tick.cursor
+    for burst in range(3):  # new events at every tick: none requests a run
+        admin.post("advance", updates=2, new_transactions=1)
+        meanwhile = evaluate(instance, cursor)
+        assert not meanwhile.run_requests, burst
+        assert "is started" in meanwhile.skip_message and "the run after it" in meanwhile.skip_message
+        state = EventsSensorCursor.decode(meanwhile.cursor)
+        assert state.owed and state.run_key == first.run_key
+        cursor = meanwhile.cursor
+    instance.delete_run(running.run_id)  # it ended: the sensor finds the run that succeeded
+    after = evaluate(instance, cursor)
+    assert len(after.run_requests) == 1, after.skip_message
+    assert after.run_requests[0].run_key != first.run_key
+    with pytest.raises(AssertionError):  # the burst's changes are not in yet...
+        assert_warehouse_equals_api(warehouse, admin, KEPT)
+    assert launch(instance, after.run_requests[0]).success  # ... the one run after it brings them all
+    assert_warehouse_equals_api(warehouse, admin, KEPT)
+    assert not evaluate(instance, after.cursor).run_requests
 
 
 @pytest.mark.usefixtures("backfilled")
@@ -125,7 +169,7 @@ def test_the_sensor_keeps_quiet_tables_current_and_never_lists_them_again(wareho
         tick = evaluate(instance, cursor)
         assert len(tick.run_requests) == 1, tick.skip_message
         request = tick.run_requests[0]
-        assert selected(request) == set(STREAM_TABLES)
+        assert selected(request) == set(STREAM_TABLES) | MODELS
         admin.post("stats/reset")
         result = launch(instance, request)
         assert result.success
@@ -168,7 +212,7 @@ def test_a_failed_run_is_run_again_without_a_new_event(
     retry = evaluate(instance, tick.cursor)
     assert len(retry.run_requests) == 1, retry.skip_message
     assert retry.run_requests[0].run_key != tick.run_requests[0].run_key
-    assert selected(retry.run_requests[0]) == set(STREAM_TABLES)
+    assert selected(retry.run_requests[0]) == set(STREAM_TABLES) | MODELS
     assert EventsSensorCursor.decode(retry.cursor).failures == 1
 
     # that one fails too: the next waits 5 minutes, however often the sensor ticks
