@@ -44,3 +44,55 @@ def test_a_change_after_a_burst_larger_than_ten_pages_requests_a_run(warehouse: 
     assert len(after.run_requests) == 1, (
         f"a change after a burst of {BURST} events requested no run: {after.skip_message!r}; the sensor's "
         f"newest event is {state.event_id}, the API's {admin.truth('events')[-1]['event_id']}")
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_an_idle_tick_after_a_burst_costs_one_request(warehouse: Path, admin: Admin) -> None:
+    """Claim: a tick with nothing new makes one request (6 a minute, idle cost <= 12 a minute).
+    The API: a burst of 1,000 changes, synced by the sensor's run; then nothing for minutes. Every
+    tick for the next 10 minutes of the API's clock reads the whole window again (5 pages), all
+    events seen: 30 requests a minute with nothing new."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", updates=1000)
+    tick = evaluate(instance, cursor)
+    assert len(tick.run_requests) == 1
+    assert launch(instance, tick.run_requests[0]).success
+    cursor = evaluate(instance, tick.cursor).cursor
+    admin.post("advance", seconds=60)  # a minute later, nothing new
+    admin.post("stats/reset")
+    idle = evaluate(instance, cursor)
+    assert not idle.run_requests
+    requests = admin.get("stats")["by_resource"].get("events", 0)
+    assert requests <= 1, f"an idle tick a minute after a burst made {requests} requests ({6 * requests} a minute)"
+
+
+@pytest.mark.usefixtures("backfilled_with_models")
+def test_a_failing_model_does_not_hold_back_the_raw_tables(warehouse: Path, admin: Admin) -> None:
+    """Claim: p95 lag < 30 s to the raw tables being exact; a failed model fails the sensor's
+    run, retried like any failed run, "the raw tables stay exact". The API: a transaction whose
+    totals disagree with its lines by a cent (a model test of error severity fails: the models
+    step fails, the raw step succeeded). The run fails, its retry fails the same way; then a
+    customer changes: the raw step would sync it in seconds, but the sensor's backoff (5 min, then
+    15 min, then 1 h) is on the whole run, so the raw tables wait minutes to an hour for a change
+    no model is needed for."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    txn = next(t for t in admin.truth("transactions") if t["details"]["line_items"])
+    details = {**txn["details"], "totals": {**txn["details"]["totals"]}}
+    details["totals"]["subtotal"] = str(int(details["totals"]["subtotal"]) + 1)
+    admin.post("mutate", resource="transactions", key=txn["id"], set={"details": details})
+    for attempt in range(2):  # the run of the change, then its retry at the next tick
+        tick = evaluate(instance, cursor)
+        assert len(tick.run_requests) == 1, (attempt, tick.skip_message)
+        result = launch(instance, tick.run_requests[0])
+        assert not result.success, attempt
+        failed = {e.step_key for e in result.get_step_failure_events()}
+        assert failed == {"analytics_models"}, failed  # the raw step succeeded...
+        assert_warehouse_equals_api(warehouse, admin, KEPT)  # ... and the raw tables are exact
+        cursor = tick.cursor
+    customer = admin.truth("customers")[0]["id"]
+    admin.post("mutate", resource="customers", key=customer, set={"name": "Changed meanwhile"})
+    tick = evaluate(instance, cursor)
+    assert len(tick.run_requests) == 1, (
+        f"a customer's change after two runs failed in their models step requests no run: {tick.skip_message!r}")
