@@ -6,12 +6,13 @@ with events", "How fast a change arrives") and the API's behaviour that breaks i
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-from analytics_dagster.automation import EventsSensorCursor
+from analytics_dagster.automation import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG, EventsSensorCursor
 from analytics_dagster_tests.conftest import Admin, assert_warehouse_equals_api
 from analytics_dagster_tests.test_automation import KEPT, evaluate, launch
 
@@ -96,3 +97,47 @@ def test_a_failing_model_does_not_hold_back_the_raw_tables(warehouse: Path, admi
     tick = evaluate(instance, cursor)
     assert len(tick.run_requests) == 1, (
         f"a customer's change after two runs failed in their models step requests no run: {tick.skip_message!r}")
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_an_idle_ticks_cursor_stays_small_after_a_burst(warehouse: Path, admin: Admin) -> None:
+    """Claim: the idle cost is a request a tick. But the daemon writes every tick, with its cursor,
+    to the instance's tick storage (dagster/_daemon/sensor.py `_write`), and keeps skipped ticks
+    7 days, successful ones for good (Dagster's default retention for sensors): 60,480 ticks a
+    week at 10 s. The API: 1,000 changes in a few minutes, then nothing. The cursor of every
+    idle tick for the next 10 minutes holds the ids of the window (about 32 bytes each): ~33 KB a
+    tick; at a steady event a second, 600 ids (~19 KB) on every tick: over 1 GB of tick storage a
+    week."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", updates=1000)
+    cursor = evaluate(instance, cursor).cursor
+    admin.post("advance", seconds=60)  # a minute later, nothing new
+    idle = evaluate(instance, cursor)
+    assert not idle.run_requests
+    size = len(idle.cursor or "")
+    assert size < 4096, f"an idle tick's cursor is {size} bytes ({len(EventsSensorCursor.decode(idle.cursor).recent)} ids)"
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_the_changes_of_a_canceled_run_get_a_run(warehouse: Path, admin: Admin) -> None:
+    """Claim: no change waits for more than one run after the current one. docs/design.md: "A
+    canceled run is not retried (someone chose to stop it)". The API: changes, then nothing. The
+    sensor's run is canceled (by a user, or by the instance: run monitoring's timeout, a
+    deployment's restart of the run worker). The sensor consumed the events into its cursor
+    and owes nothing: the warehouse stays without those changes until some other change or a
+    schedule, however long the API stays quiet."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", updates=5, new_customers=1)
+    tick = evaluate(instance, cursor)
+    assert len(tick.run_requests) == 1
+    instance.add_run(DagsterRun(job_name="sync_all", run_id=str(uuid.uuid4()), status=DagsterRunStatus.CANCELED,
+                                tags={RUN_KEY_TAG: tick.run_requests[0].run_key, SENSOR_NAME_TAG: SENSOR_NAME}))
+    after = evaluate(instance, tick.cursor)
+    assert "canceled" in after.skip_message
+    with pytest.raises(AssertionError):  # the changes are not in the warehouse
+        assert_warehouse_equals_api(warehouse, admin, KEPT)
+    later = evaluate(instance, after.cursor)
+    assert len(after.run_requests) + len(later.run_requests) == 1, (
+        f"the changes of a canceled run get no run: {later.skip_message!r}")
