@@ -10,15 +10,30 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, build_run_status_sensor_context
 
-from analytics_dagster.automation import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG, EventsSensorCursor
+from analytics_dagster.automation import (
+    RUN_KEY_TAG,
+    SENSOR_NAME,
+    SENSOR_NAME_TAG,
+    EventsSensorCursor,
+    failure_report,
+)
 from analytics_dagster_tests.conftest import Admin, assert_warehouse_equals_api
 from analytics_dagster_tests.test_automation import KEPT, evaluate, launch
 
 # a burst of more changes than the sensor reads in a tick (10 pages of 200 events), all within
 # the visibility window (600 s of the API's clock) it reads again at every tick
 BURST = 2100
+
+
+def break_a_transaction(admin: Admin) -> None:
+    """A transaction whose subtotal is a cent more than its lines': the models' test
+    line_items_add_up_to_their_transaction (error severity) fails, so does the models step."""
+    txn = next(t for t in admin.truth("transactions") if t["details"]["line_items"])
+    details = {**txn["details"], "totals": {**txn["details"]["totals"]}}
+    details["totals"]["subtotal"] = str(int(details["totals"]["subtotal"]) + 1)
+    admin.post("mutate", resource="transactions", key=txn["id"], set={"details": details})
 
 
 @pytest.mark.usefixtures("backfilled")
@@ -79,10 +94,7 @@ def test_a_failing_model_does_not_hold_back_the_raw_tables(warehouse: Path, admi
     no model is needed for."""
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
-    txn = next(t for t in admin.truth("transactions") if t["details"]["line_items"])
-    details = {**txn["details"], "totals": {**txn["details"]["totals"]}}
-    details["totals"]["subtotal"] = str(int(details["totals"]["subtotal"]) + 1)
-    admin.post("mutate", resource="transactions", key=txn["id"], set={"details": details})
+    break_a_transaction(admin)
     for attempt in range(2):  # the run of the change, then its retry at the next tick
         tick = evaluate(instance, cursor)
         assert len(tick.run_requests) == 1, (attempt, tick.skip_message)
@@ -141,3 +153,24 @@ def test_the_changes_of_a_canceled_run_get_a_run(warehouse: Path, admin: Admin) 
     later = evaluate(instance, after.cursor)
     assert len(after.run_requests) + len(later.run_requests) == 1, (
         f"the changes of a canceled run get no run: {later.skip_message!r}")
+
+
+@pytest.mark.usefixtures("backfilled_with_models")
+def test_a_run_failed_in_its_models_is_reported_with_the_failing_test(warehouse: Path, admin: Admin) -> None:
+    """Claim: a failed run gets one clear line naming what was wrong (report_failed_runs). The
+    API: a transaction whose totals disagree with its lines (the sensor's run fails in its
+    models step). The line should name the dbt test that failed, not only dbt's exit code."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    break_a_transaction(admin)
+    tick = evaluate(instance, cursor)
+    result = launch(instance, tick.run_requests[0])
+    assert not result.success
+    failure = instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE)[0].dagster_event
+    context = build_run_status_sensor_context(
+        sensor_name="report_failed_runs", dagster_event=failure, dagster_instance=instance,
+        dagster_run=result.dagster_run,
+    ).for_run_failure()
+    report = failure_report(context)
+    assert "analytics_models" in report, report
+    assert "line_items_add_up_to_their_transaction" in report, report
