@@ -114,7 +114,7 @@ def test_a_failing_model_does_not_hold_back_the_raw_tables(warehouse: Path, admi
 @pytest.mark.usefixtures("backfilled")
 def test_an_idle_ticks_cursor_stays_small_after_a_burst(warehouse: Path, admin: Admin) -> None:
     """Claim: the idle cost is a request a tick. But the daemon writes every tick, with its cursor,
-    to the instance's tick storage (dagster/_daemon/sensor.py `_write`), and keeps skipped ticks
+    to the instance's tick storage (the sensor daemon's `SensorLaunchContext._write`), and keeps skipped ticks
     7 days, successful ones for good (Dagster's default retention for sensors): 60,480 ticks a
     week at 10 s. The API: 1,000 changes in a few minutes, then nothing. The cursor of every
     idle tick for the next 10 minutes holds the ids of the window (about 32 bytes each): ~33 KB a
