@@ -174,3 +174,26 @@ def test_a_run_failed_in_its_models_is_reported_with_the_failing_test(warehouse:
     report = failure_report(context)
     assert "analytics_models" in report, report
     assert "line_items_add_up_to_their_transaction" in report, report
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_the_sensors_run_in_listing_mode_costs_what_its_events_cost(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claim: the sensor's run reads the stream once (a request per 200 changes). With
+    `incremental = "listing"` (a setting the project offers, and the sensor's own advice to a key
+    without notification.read), the sensor still requests its run at every change, and that run
+    lists every table: here 40 customers, a rename of one; on a real account, two requests per
+    customer, hours at 240 a minute, one such run after another while changes keep coming. The
+    sensor neither warns nor narrows its run."""
+    monkeypatch.setenv("SOURCES__ANALYTICS__INCREMENTAL", "listing")
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    customer = admin.truth("customers")[0]["id"]
+    admin.post("mutate", resource="customers", key=customer, set={"name": "Renamed"})
+    tick = evaluate(instance, cursor)
+    assert len(tick.run_requests) == 1
+    admin.post("stats/reset")
+    assert launch(instance, tick.run_requests[0]).success
+    by_resource = admin.get("stats")["by_resource"]
+    assert sum(by_resource.values()) <= 10, f"the sensor's run for one rename made {sum(by_resource.values())} requests: {by_resource}"
