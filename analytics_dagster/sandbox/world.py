@@ -783,9 +783,11 @@ class World:
             hold_event: the change is made (listings show it) and its event's id taken now, but
                 `/v1/events` lists the event only once released (`release_events`): a write
                 that commits after events with later ids were listed.
-            bill: a subscription's change billed at once (Paddle's `prorated_immediately`), by a
-                transaction of this origin (`subscription_update`: what is left of the current
-                period, its lines prorated; `lifecycles.bill`); without it a change bills nothing.
+            bill: a subscription's change billed at once, by a transaction of this origin
+                (`lifecycles.bill`): `subscription_update` (Paddle's `prorated_immediately`: what
+                is left of the current period, its lines prorated) or `subscription_recurring`
+                (the whole current period, as a resume that starts a new one bills it); without
+                it a change bills nothing.
         """
         entity = self.entities[resource][key]
         entity.update(values)
@@ -797,8 +799,9 @@ class World:
         if hold_event and event_id:
             self.held.add(event_id)
         if bill is not None:
-            if resource != "subscriptions" or bill != "subscription_update":
-                raise ValueError(f"bill: only a subscription's change bills (subscription_update), not {resource}/{bill}")
+            if resource != "subscriptions" or bill not in ("subscription_update", "subscription_recurring"):
+                raise ValueError("bill: only a subscription's change bills (subscription_update or "
+                                 f"subscription_recurring), not {resource}/{bill}")
             _lifecycles.bill(self, entity, entity["updated_at"], bill)
         return {"updated_at": entity["updated_at"], "event_id": event_id}
 
