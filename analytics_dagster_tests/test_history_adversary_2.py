@@ -169,3 +169,18 @@ def test_a_pause_at_once_mid_period_resumed_in_a_new_period(warehouse: Path, adm
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)
+
+
+@pytest.mark.world(lifecycles=True, trial_checkouts=True)
+def test_a_trial_checked_out_with_a_transaction_of_its_trial(warehouse: Path, admin: Admin) -> None:
+    """A trial checked out as Paddle's checkout makes it: a transaction (origin `web`,
+    completed) of the trial period (`billing_period`: the 14 days) whose items are charged
+    nothing (Paddle: recurring items with trials are a zero charge), then the first period's
+    (`subscription_recurring`) at the trial's end. The subscription is `trialing` for those 14
+    days (no MRR in the sandbox's truth, as in `mrr_daily`); the model reads the trial's
+    transaction as a billed period (active, its items at their prices' amounts), unflagged."""
+    trials = [t for t in admin.truth("transactions") if t["origin"] == "web" and t["details"]["totals"]["subtotal"] == "0"
+              and t.get("subscription_id")]
+    assert trials, "the world's trials were checked out"
+    assert_models_built_and_tested(sync_all(), warehouse)
+    compare_every_day(warehouse, admin)

@@ -100,6 +100,10 @@ class World:
             period with their transactions, paused, resumed, canceled, their quantities changed
             (`sandbox/lifecycles.py`); the world then knows the MRR of every past day
             (`mrr_history`). Off by default, which leaves every other world as it was.
+        trial_checkouts: (with lifecycles) a trial is checked out as Paddle's checkout makes
+            it, by a transaction (origin `web`) of its trial period that charges nothing
+            (`lifecycles.bill_trial`). Off by default: a trial's first transaction is then the
+            one that bills its first period.
         resources: the registry served (default: the project's).
         factories: what makes each resource's data, by name (default: `factories.FACTORIES`).
         balance_currency: the account's primary balance currency: what `/metrics/*` and the
@@ -107,7 +111,7 @@ class World:
     """
 
     def __init__(self, customers: int = 100, seed: int = 0, *, localized: float = LOCALIZED_SHARE,
-                 lifecycles: bool = False, resources: tuple[ApiResource, ...] = RESOURCES,
+                 lifecycles: bool = False, trial_checkouts: bool = False, resources: tuple[ApiResource, ...] = RESOURCES,
                  factories: dict[str, Factory | Document] = FACTORIES,
                  balance_currency: str = metrics.BALANCE_CURRENCY) -> None:
         check(resources, factories)
@@ -120,6 +124,7 @@ class World:
         self.seed = seed
         self.localized = localized
         self.lifecycles = lifecycles
+        self.trial_checkouts = trial_checkouts
         self.rng = random.Random(seed)
         self.clock_ns = _START_NS
         self._last_id_ms = 0
