@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from analytics_dagster.rfc3339 import parse_ns
+from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.sandbox.factories import _period
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_history import compare_every_day
@@ -182,5 +182,23 @@ def test_a_trial_checked_out_with_a_transaction_of_its_trial(warehouse: Path, ad
     trials = [t for t in admin.truth("transactions") if t["origin"] == "web" and t["details"]["totals"]["subtotal"] == "0"
               and t.get("subscription_id")]
     assert trials, "the world's trials were checked out"
+    assert_models_built_and_tested(sync_all(), warehouse)
+    compare_every_day(warehouse, admin)
+
+
+@pytest.mark.world(lifecycles=True)
+def test_a_billing_date_moved_later_unbilled(warehouse: Path, admin: Admin) -> None:
+    """Paddle lets a subscription's next billing date change (`PATCH` with `next_billed_at`
+    and a `proration_billing_mode`): moved 10 days later with `do_not_bill`, the period runs on
+    10 more days with no transaction, the subscription active all along (the sandbox renews at
+    the new date, the next period starting there). Once the change's event is gone, the model
+    reads the 10 days between the period's transaction's end and the next period as billed by
+    nothing (`no_transaction`, as a pause: no MRR), unflagged."""
+    sub = _active_monthly(admin, room_days=5)[0]
+    later = format_ns(parse_ns(sub["next_billed_at"]) + 10 * _DAY_NS, 6)
+    admin.post("mutate", resource="subscriptions", key=sub["id"], set={
+        "next_billed_at": later, "current_billing_period": dict(sub["current_billing_period"], ends_at=later),
+        "items": [dict(item, next_billed_at=later) for item in sub["items"]]})
+    _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)
