@@ -2,7 +2,18 @@
 stream keeps, that make a first sync's `mrr_daily` differ from the sandbox's own MRR of a day
 (`/_admin/mrr_history`) on a day-currency it does not flag. Each test builds its case on a
 `World(lifecycles=True)` sandbox over HTTP, syncs once and compares every day
-(`test_history.compare_every_day`); each fails while the model gets its case wrong."""
+(`test_history.compare_every_day`); each fails while the model gets its case wrong:
+- an imported subscription (`subscription.imported`: no checkout transaction, its first the
+  first renewal Paddle bills) reads as a trial until that renewal: no MRR, unflagged;
+- a renewal past due, paid 7 days later (its payments say when), reads as paid from its start;
+- a pause at once mid-period, resumed in a new period, reads as active to the period's end;
+- a trial checked out by a transaction of its trial period charging nothing
+  (`World(trial_checkouts=True)`) reads as a billed, active period;
+- a next billing date moved later with `do_not_bill` reads as days nothing billed (no MRR);
+- renewals billed 35 s after their periods start (as Paddle's are) price the inferred periods
+  of converted prices at the period before's rate;
+and one that holds: a change prorated on the next renewal (its items listed there) is flagged,
+within its bound."""
 
 from __future__ import annotations
 
