@@ -147,7 +147,7 @@ def test_a_renewal_past_due_then_paid(warehouse: Path, admin: Admin) -> None:
     it), though the transaction's payments say when it was paid."""
     sub = _renewed(admin, room_days=0)
     (renewal,) = [t for t in admin.truth("transactions") if t.get("subscription_id") == sub["id"]
-                  and t["billing_period"] and t["billing_period"]["starts_at"] == sub["current_billing_period"]["starts_at"]]
+                  and (t["billing_period"] or {}).get("starts_at") == sub["current_billing_period"]["starts_at"]]
     (captured,) = [p for p in renewal["payments"] if p["status"] == "captured"]
     failed = dict(captured, status="error", error_code="declined", captured_at=None)
     admin.post("mutate", resource="transactions", key=renewal["id"], set={"status": "past_due", "payments": [failed]})
@@ -178,7 +178,8 @@ def test_a_pause_at_once_mid_period_resumed_in_a_new_period(warehouse: Path, adm
     resumed = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "active", "paused_at": None})
     period = _period(resumed["updated_at"], sub["billing_cycle"])
     admin.post("mutate", resource="subscriptions", key=sub["id"], updated_at=resumed["updated_at"],
-               bill="subscription_recurring", set={"current_billing_period": period, "next_billed_at": period["ends_at"]})
+               bill="subscription_recurring",
+               set={"current_billing_period": period, "next_billed_at": period["ends_at"]})
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)
@@ -192,8 +193,8 @@ def test_a_trial_checked_out_with_a_transaction_of_its_trial(warehouse: Path, ad
     (`subscription_recurring`) at the trial's end. The subscription is `trialing` for those 14
     days (no MRR in the sandbox's truth, as in `mrr_daily`); the model reads the trial's
     transaction as a billed period (active, its items at their prices' amounts), unflagged."""
-    trials = [t for t in admin.truth("transactions") if t["origin"] == "web" and t["details"]["totals"]["subtotal"] == "0"
-              and t.get("subscription_id")]
+    trials = [t for t in admin.truth("transactions") if t["origin"] == "web" and t.get("subscription_id")
+              and t["details"]["totals"]["subtotal"] == "0"]
     assert trials, "the world's trials were checked out"
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)

@@ -111,7 +111,8 @@ class World:
     """
 
     def __init__(self, customers: int = 100, seed: int = 0, *, localized: float = LOCALIZED_SHARE,
-                 lifecycles: bool = False, trial_checkouts: bool = False, resources: tuple[ApiResource, ...] = RESOURCES,
+                 lifecycles: bool = False, trial_checkouts: bool = False,
+                 resources: tuple[ApiResource, ...] = RESOURCES,
                  factories: dict[str, Factory | Document] = FACTORIES,
                  balance_currency: str = metrics.BALANCE_CURRENCY) -> None:
         check(resources, factories)
