@@ -119,6 +119,7 @@ def test_a_trial_checked_out_bills_its_trial_period_nothing() -> None:
         assert abs(parse_ns(txn["billing_period"]["ends_at"]) - parse_ns(sub["created_at"]) - 14 * _DAY_NS) < 10**9
         assert txn["details"]["totals"]["total"] == "0" and txn["items"]
         assert all(line["totals"]["subtotal"] == "0" for line in txn["details"]["line_items"])
+        assert txn["details"]["payout_totals"]["total"] == "0" and all(p["amount"] == "0" for p in txn["payments"])
     plain = World(customers=40, seed=7, lifecycles=True)
     assert not [t for t in plain.entities["transactions"].values() if t.get("subscription_id") in trials
                 and t["origin"] == "web" and t["details"]["totals"]["total"] == "0"]

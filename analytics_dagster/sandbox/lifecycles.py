@@ -196,14 +196,20 @@ def bill(world: World, sub: Entity, ts: str, origin: str) -> None:
 def bill_trial(world: World, sub: Entity) -> None:
     """The checkout's transaction of a subscription that starts with a trial (origin `web`, at
     its creation): its items for the trial period (its `billing_period`), each charged nothing,
-    as Paddle counts "recurring items with trials ... to have a zero charge"."""
-    txn, _ = world.create("transactions", sub["created_at"], sub["customer_id"], new=functools.partial(
-        new_subscription_transaction, subscription=sub, origin="web"))
-    txn["billing_period"] = {"starts_at": sub["created_at"], "ends_at": sub["next_billed_at"]}
-    _bill_lines(world, txn, sub["currency_code"], txn["details"]["line_items"][0]["tax_rate"],
-                [(item["price"], item["quantity"], 0, False) for item in sub["items"]
+    as Paddle counts "recurring items with trials ... to have a zero charge" (its payment, and
+    what is paid out of it, nothing too)."""
+    world.create("transactions", sub["created_at"], sub["customer_id"],
+                 new=functools.partial(_trial_checkout, subscription=sub))
+
+
+def _trial_checkout(world: World, ts: str, customer_id: str | None, *, subscription: Entity) -> Entity:
+    txn = new_subscription_transaction(world, ts, customer_id, subscription=subscription, origin="web")
+    txn["billing_period"] = {"starts_at": ts, "ends_at": subscription["next_billed_at"]}
+    _bill_lines(world, txn, subscription["currency_code"], txn["details"]["line_items"][0]["tax_rate"],
+                [(item["price"], item["quantity"], 0, False) for item in subscription["items"]
                  if item.get("status", "active") == "active"])
-    world._blobs.pop(txn["id"], None)
+    txn["payments"] = [dict(payment, amount="0") for payment in txn["payments"]]
+    return txn
 
 
 def _record(world: World, sub: Entity, at: int, ts: str, verb: str) -> None:
