@@ -100,3 +100,26 @@ def test_the_admin_interface_serves_the_history_of_a_world_with_lifecycles_only(
     with SandboxServer(World(customers=10, seed=3)) as server:
         answer = requests.get(f"{server.url}/_admin/mrr_history", timeout=10)
         assert answer.status_code == 409 and "lifecycles" in answer.json()["error"]["detail"]
+
+
+def test_a_trial_checked_out_bills_its_trial_period_nothing() -> None:
+    """`World(lifecycles=True, trial_checkouts=True)`: each trial has its checkout's transaction
+    (origin web, at its creation) of its trial period, each line charged nothing, then its
+    first period's (`subscription_recurring`) at the trial's end; without the option, none."""
+    world = World(customers=40, seed=7, lifecycles=True, trial_checkouts=True)
+    trials = {key for key, states in world.subscription_states.items() if states[0][1]["status"] == "trialing"}
+    assert trials
+    checkouts = {t["subscription_id"]: t for t in world.entities["transactions"].values()
+                 if t.get("subscription_id") in trials and t["origin"] == "web"}
+    assert set(checkouts) == trials
+    for key, txn in checkouts.items():
+        sub = world.entities["subscriptions"][key]
+        assert txn["billing_period"]["starts_at"] == txn["billed_at"] == sub["created_at"]
+        # (to its next_billed_at, a stamp of fewer digits maybe: a second's slack)
+        assert abs(parse_ns(txn["billing_period"]["ends_at"]) - parse_ns(sub["created_at"]) - 14 * _DAY_NS) < 10**9
+        assert txn["details"]["totals"]["total"] == "0" and txn["items"]
+        assert all(line["totals"]["subtotal"] == "0" for line in txn["details"]["line_items"])
+        assert txn["details"]["payout_totals"]["total"] == "0" and all(p["amount"] == "0" for p in txn["payments"])
+    plain = World(customers=40, seed=7, lifecycles=True)
+    assert not [t for t in plain.entities["transactions"].values() if t.get("subscription_id") in trials
+                and t["origin"] == "web" and t["details"]["totals"]["total"] == "0"]

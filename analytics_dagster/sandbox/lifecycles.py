@@ -36,7 +36,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from analytics_dagster.rfc3339 import parse_ns
-from analytics_dagster.sandbox.factories import (_DAY_NS, _period, billed_monthly, management_urls,
+from analytics_dagster.sandbox.factories import (_DAY_NS, _bill_lines, _period, billed_monthly, management_urls,
                                                  new_subscription_transaction)
 from analytics_dagster.sandbox.metrics import utc_date
 
@@ -74,6 +74,8 @@ def live(world: World) -> None:
             _set(sub, current_billing_period=None, next_billed_at=world.stamp(start + TRIAL_DAYS * _DAY_NS))
         _record(world, sub, start, sub["created_at"], "created")
         if trial:
+            if world.trial_checkouts:
+                bill_trial(world, sub)
             heapq.heappush(queue, (parse_ns(sub["next_billed_at"]), order, key, "activate"))
         else:
             if key not in checked_out:  # (the initial world made those billed at an amount no price says)
@@ -189,6 +191,25 @@ def bill(world: World, sub: Entity, ts: str, origin: str) -> None:
         for line in txn["details"]["line_items"]:
             line["proration"] = {"rate": rate, "billing_period": period}
         world._blobs.pop(txn["id"], None)
+
+
+def bill_trial(world: World, sub: Entity) -> None:
+    """The checkout's transaction of a subscription that starts with a trial (origin `web`, at
+    its creation): its items for the trial period (its `billing_period`), each charged nothing,
+    as Paddle counts "recurring items with trials ... to have a zero charge" (its payment, and
+    what is paid out of it, nothing too)."""
+    world.create("transactions", sub["created_at"], sub["customer_id"],
+                 new=functools.partial(_trial_checkout, subscription=sub))
+
+
+def _trial_checkout(world: World, ts: str, customer_id: str | None, *, subscription: Entity) -> Entity:
+    txn = new_subscription_transaction(world, ts, customer_id, subscription=subscription, origin="web")
+    txn["billing_period"] = {"starts_at": ts, "ends_at": subscription["next_billed_at"]}
+    _bill_lines(world, txn, subscription["currency_code"], txn["details"]["line_items"][0]["tax_rate"],
+                [(item["price"], item["quantity"], 0, False) for item in subscription["items"]
+                 if item.get("status", "active") == "active"])
+    txn["payments"] = [dict(payment, amount="0") for payment in txn["payments"]]
+    return txn
 
 
 def _record(world: World, sub: Entity, at: int, ts: str, verb: str) -> None:

@@ -100,6 +100,10 @@ class World:
             period with their transactions, paused, resumed, canceled, their quantities changed
             (`sandbox/lifecycles.py`); the world then knows the MRR of every past day
             (`mrr_history`). Off by default, which leaves every other world as it was.
+        trial_checkouts: (with lifecycles) a trial is checked out as Paddle's checkout makes
+            it, by a transaction (origin `web`) of its trial period that charges nothing
+            (`lifecycles.bill_trial`). Off by default: a trial's first transaction is then the
+            one that bills its first period.
         resources: the registry served (default: the project's).
         factories: what makes each resource's data, by name (default: `factories.FACTORIES`).
         balance_currency: the account's primary balance currency: what `/metrics/*` and the
@@ -107,7 +111,8 @@ class World:
     """
 
     def __init__(self, customers: int = 100, seed: int = 0, *, localized: float = LOCALIZED_SHARE,
-                 lifecycles: bool = False, resources: tuple[ApiResource, ...] = RESOURCES,
+                 lifecycles: bool = False, trial_checkouts: bool = False,
+                 resources: tuple[ApiResource, ...] = RESOURCES,
                  factories: dict[str, Factory | Document] = FACTORIES,
                  balance_currency: str = metrics.BALANCE_CURRENCY) -> None:
         check(resources, factories)
@@ -120,6 +125,7 @@ class World:
         self.seed = seed
         self.localized = localized
         self.lifecycles = lifecycles
+        self.trial_checkouts = trial_checkouts
         self.rng = random.Random(seed)
         self.clock_ns = _START_NS
         self._last_id_ms = 0
@@ -783,9 +789,11 @@ class World:
             hold_event: the change is made (listings show it) and its event's id taken now, but
                 `/v1/events` lists the event only once released (`release_events`): a write
                 that commits after events with later ids were listed.
-            bill: a subscription's change billed at once (Paddle's `prorated_immediately`), by a
-                transaction of this origin (`subscription_update`: what is left of the current
-                period, its lines prorated; `lifecycles.bill`); without it a change bills nothing.
+            bill: a subscription's change billed at once, by a transaction of this origin
+                (`lifecycles.bill`): `subscription_update` (Paddle's `prorated_immediately`: what
+                is left of the current period, its lines prorated) or `subscription_recurring`
+                (the whole current period, as a resume that starts a new one bills it); without
+                it a change bills nothing.
         """
         entity = self.entities[resource][key]
         entity.update(values)
@@ -797,8 +805,9 @@ class World:
         if hold_event and event_id:
             self.held.add(event_id)
         if bill is not None:
-            if resource != "subscriptions" or bill != "subscription_update":
-                raise ValueError(f"bill: only a subscription's change bills (subscription_update), not {resource}/{bill}")
+            if resource != "subscriptions" or bill not in ("subscription_update", "subscription_recurring"):
+                raise ValueError("bill: only a subscription's change bills (subscription_update or "
+                                 f"subscription_recurring), not {resource}/{bill}")
             _lifecycles.bill(self, entity, entity["updated_at"], bill)
         return {"updated_at": entity["updated_at"], "event_id": event_id}
 
