@@ -37,6 +37,7 @@ def break_a_transaction(admin: Admin) -> None:
 
 
 @pytest.mark.usefixtures("backfilled")
+@pytest.mark.xfail(strict=True, reason='open (#30): a tick re-reads its 600 s window from the start, 10 pages at most, and misses what follows a burst of more than 2,000 events')
 def test_a_change_after_a_burst_larger_than_ten_pages_requests_a_run(warehouse: Path, admin: Admin) -> None:
     """Claim: no change waits for more than one run after the current one (p95 lag < 30 s).
     The API: a burst of 2,100 changes (a bulk import), then, after the sensor's run synced it,
@@ -63,6 +64,7 @@ def test_a_change_after_a_burst_larger_than_ten_pages_requests_a_run(warehouse: 
 
 
 @pytest.mark.usefixtures("backfilled")
+@pytest.mark.xfail(strict=True, reason='open (#30): a tick re-reads its whole 600 s window, a page per 200 events in it')
 def test_an_idle_tick_after_a_burst_costs_one_request(warehouse: Path, admin: Admin) -> None:
     """Claim: a tick with nothing new makes one request (6 a minute, idle cost <= 12 a minute).
     The API: a burst of 1,000 changes, synced by the sensor's run; then nothing for minutes. Every
@@ -84,6 +86,7 @@ def test_an_idle_tick_after_a_burst_costs_one_request(warehouse: Path, admin: Ad
 
 
 @pytest.mark.usefixtures("backfilled_with_models")
+@pytest.mark.xfail(strict=True, reason='open (#30): a run failed in its models step backs the next runs off as a failed sync does')
 def test_a_failing_model_does_not_hold_back_the_raw_tables(warehouse: Path, admin: Admin) -> None:
     """Claim: p95 lag < 30 s to the raw tables being exact; a failed model fails the sensor's
     run, retried like any failed run, "the raw tables stay exact". The API: a transaction whose
@@ -112,6 +115,7 @@ def test_a_failing_model_does_not_hold_back_the_raw_tables(warehouse: Path, admi
 
 
 @pytest.mark.usefixtures("backfilled")
+@pytest.mark.xfail(strict=True, reason='open (#30): the cursor keeps every id of the 600 s window')
 def test_an_idle_ticks_cursor_stays_small_after_a_burst(warehouse: Path, admin: Admin) -> None:
     """Claim: the idle cost is a request a tick. But the daemon writes every tick, with its cursor,
     to the instance's tick storage (the sensor daemon's `SensorLaunchContext._write`), and keeps skipped ticks
@@ -132,6 +136,7 @@ def test_an_idle_ticks_cursor_stays_small_after_a_burst(warehouse: Path, admin: 
 
 
 @pytest.mark.usefixtures("backfilled")
+@pytest.mark.xfail(strict=True, reason='documented limit (#30): a canceled run is not run again; its changes wait for the next change or schedule')
 def test_the_changes_of_a_canceled_run_get_a_run(warehouse: Path, admin: Admin) -> None:
     """Claim: no change waits for more than one run after the current one. docs/design.md: "A
     canceled run is not retried (someone chose to stop it)". The API: changes, then nothing. The
@@ -156,6 +161,7 @@ def test_the_changes_of_a_canceled_run_get_a_run(warehouse: Path, admin: Admin) 
 
 
 @pytest.mark.usefixtures("backfilled_with_models")
+@pytest.mark.xfail(strict=True, reason='open (#30): report_failed_runs keeps the first line of the error, which names no dbt test')
 def test_a_run_failed_in_its_models_is_reported_with_the_failing_test(warehouse: Path, admin: Admin) -> None:
     """Claim: a failed run gets one clear line naming what was wrong (report_failed_runs). The
     API: a transaction whose totals disagree with its lines (the sensor's run fails in its
@@ -177,6 +183,7 @@ def test_a_run_failed_in_its_models_is_reported_with_the_failing_test(warehouse:
 
 
 @pytest.mark.usefixtures("backfilled")
+@pytest.mark.xfail(strict=True, reason="open (#30): in listing mode the sensor's run lists every table it carries")
 def test_the_sensors_run_in_listing_mode_costs_what_its_events_cost(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
