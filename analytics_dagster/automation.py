@@ -173,8 +173,9 @@ class EventsSensorCursor:
     owed: bool = False  # a run is owed: events came after the last run requested, or it failed
     failures: int = 0  # the runs requested that failed in a row (0 after a success)
     failed_at: Optional[float] = None  # when the last of them ended (seconds since the epoch)
-    # the last poll (the API's clock, seconds since the epoch) and the ids it saw within the lag before
-    # it: the next poll reads that window again, so an event that becomes visible late is seen
+    # the last read of the late-event window (the API's clock, seconds since the epoch) and the ids
+    # seen within the lag before it: the window's next read starts there, so an event that becomes
+    # visible late is seen (`_new_events`)
     polled_at: Optional[float] = None
     recent: list[str] = field(default_factory=list)
 
@@ -322,22 +323,47 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     )
 
 
+# What a tick reads (docs/design.md, "How fast a change arrives"): the events after the newest it
+# saw, every page of them up to NEW_PAGES (10,000 events: a burst beyond that is read on by the
+# next ticks), so nothing that follows a burst waits. The late-event window behind it (the
+# visibility lag before the last read of the window) is read again at every tick while it holds
+# fewer ids than a page (the one request then reads the window and what is new), and otherwise
+# every WINDOW_SECONDS of the API's clock, WINDOW_PAGES pages at most: after a burst an idle tick
+# costs one request, and the window's re-read at most 10 pages every 2 minutes, 11 a minute in all.
+NEW_PAGES = 50
+WINDOW_PAGES = 10
+WINDOW_SECONDS = 120
+
+
 def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str]]:
-    """The events this tick has not seen, oldest first, and the newest of their ids. The read
-    starts the visibility lag before the last poll (or at the cursor, when that is older) and
-    drops the ids that poll saw: an event that became visible late is new to it."""
+    """The events this tick has not seen, oldest first, and the newest of their ids. It reads the
+    events after the cursor and, when due, the window of late events behind it: from the
+    visibility lag before the window's last read, dropping the ids seen (`recent`); an event
+    that became visible late is new to it."""
     lag = dlt.config.get("sources.analytics.event_visibility_lag_seconds", int)
     lag_ns = (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
-    after = state.event_id
-    if after and state.polled_at is not None and lag_ns > 0:
-        after = min(after, window_floor(int(state.polled_at * NS_PER_SECOND), lag_ns))
-    read, now_ns = events_after(base_url, api_key, after)
+    cursor, polled_ns = state.event_id, int((state.polled_at or 0) * NS_PER_SECOND)
+    # no window before the first poll (the cursor was the stream's end then), nor without a lag
+    start = window_floor(polled_ns, lag_ns) if cursor and state.polled_at is not None and lag_ns > 0 else None
+    small = start is not None and len(state.recent) < EVENTS_PAGE_SIZE  # one read takes both
+    read, now_ns = events_after(
+        base_url, api_key, min(cursor, start) if small and cursor and start else cursor, max_pages=NEW_PAGES)
+    window_read = start is None or small
+    if not window_read and now_ns - polled_ns >= WINDOW_SECONDS * NS_PER_SECOND:
+        if start and cursor and start < cursor:
+            read += events_after(base_url, api_key, start, max_pages=WINDOW_PAGES, until=cursor)[0]
+        window_read = True
     seen = set(state.recent)
-    new = [e for e in read if e["event_id"] not in seen]
-    floor = window_floor(now_ns, lag_ns)
+    new: dict[str, dict] = {}
+    for event in read:
+        if event["event_id"] not in seen:
+            new.setdefault(event["event_id"], event)
+    if window_read:
+        state.polled_at = now_ns / NS_PER_SECOND  # the API's clock (its Date), not this machine's
+    floor = window_floor(int((state.polled_at or 0) * NS_PER_SECOND), lag_ns)
     state.recent = sorted(i for i in {e["event_id"] for e in read} | seen if i > floor) if lag_ns > 0 else []
-    state.polled_at = now_ns / NS_PER_SECOND  # the API's clock (its Date), not this machine's
-    return new, max((e["event_id"] for e in new), default=None)
+    events = sorted(new.values(), key=lambda e: e["event_id"])
+    return events, max(new, default=None)
 
 
 @run_failure_sensor(
@@ -375,10 +401,11 @@ def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
 
 
 def events_after(
-    base_url: str, api_key: str, after: Optional[str], max_pages: int = 10
+    base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None
 ) -> tuple[list[dict[str, Any]], int]:
-    """Events newer than `after`, oldest first (at most `max_pages` pages of 200), and the API's
-    clock when the read began (its first page's `Date`)."""
+    """Events newer than `after`, oldest first (at most `max_pages` pages of 200; with `until`,
+    up to the page that reaches that id), and the API's clock when the read began (its first
+    page's `Date`)."""
     params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
     if after:
         params["after"] = after
@@ -387,6 +414,6 @@ def events_after(
     for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
         now = now or api_now_ns(page.response)
         events.extend(e for e in page if keyed(e))  # (one without a string id cannot be a cursor)
-        if pages >= max_pages:
+        if pages >= max_pages or (until and events and events[-1]["event_id"] >= until):
             break
     return events, now or time.time_ns()
