@@ -14,6 +14,7 @@ from dagster import (
     AssetKey,
     AssetSelection,
     AutomationConditionSensorDefinition,
+    DagsterEventType,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -173,6 +174,9 @@ class EventsSensorCursor:
     owed: bool = False  # a run is owed: events came after the last run requested, or it failed
     failures: int = 0  # the runs requested that failed in a row (0 after a success)
     failed_at: Optional[float] = None  # when the last of them ended (seconds since the epoch)
+    # the runs requested that failed in their models step alone, in a row (their raw tables were
+    # synced): retried once, and no backoff for the next changes (`_follow_run`)
+    models_failed: int = 0
     # the last read of the late-event window (the API's clock, seconds since the epoch) and the ids
     # seen within the lag before it: the window's next read starts there, so an event that becomes
     # visible late is seen (`_new_events`)
@@ -213,10 +217,27 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
         return f"run {run.run_id} ({key}) is {run.status.value.lower()}"
     state.run_key = None
     if run.status == DagsterRunStatus.SUCCESS:
-        state.failures, state.failed_at = 0, None
+        state.failures, state.failed_at, state.models_failed = 0, None, 0
         return f"run {run.run_id} ({key}) succeeded"
     if run.status == DagsterRunStatus.CANCELED:  # someone stopped it: not retried
         return f"run {run.run_id} ({key}) was canceled; not retried"
+    failed_steps = {
+        record.event_log_entry.dagster_event.step_key
+        for record in context.instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.STEP_FAILURE).records
+        if record.event_log_entry.dagster_event
+    }
+    if failed_steps and failed_steps <= {analytics_models.op.name}:
+        # the raw tables were synced and passed their checks: not a failed sync, no backoff (the
+        # next change gets a run at the next tick); its models' failure is reported by their
+        # checks and report_failed_runs. Run again once (a model can fail for a passing reason,
+        # a lock); one failing on the data fails again until the data or the model changes.
+        state.failures, state.failed_at, state.models_failed = 0, None, state.models_failed + 1
+        state.owed = state.owed or state.models_failed == 1
+        return (f"run {run.run_id} ({key}) failed in its models step alone ({state.models_failed} in a row; "
+                "the raw tables were synced): " + ("it will be run again" if state.models_failed == 1
+                                                   else "the next new event runs it again"))
+    state.models_failed = 0
     state.failures += 1
     state.failed_at = records[0].end_time or _now()
     if state.failures <= MAX_RETRIES:
@@ -249,7 +270,8 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
         f"events that come while its run is in flight go in one run after it. Every {EVENTS_SENSOR_INTERVAL_SECONDS} s (a request when "
         "nothing is new). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
-        "1 h (at most 4 retries without new events). The first tick only sets the cursor."
+        "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
+        "backoff for the next changes). The first tick only sets the cursor."
     ),
 )
 def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
