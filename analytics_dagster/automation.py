@@ -398,8 +398,17 @@ def report_failed_runs(context: RunFailureSensorContext) -> None:
 
 
 def failure_report(context: RunFailureSensorContext) -> str:
-    """One line: which run of which job failed, in which steps, and the first line of each error."""
+    """One line: which run of which job failed, in which steps, the first line of each error, and
+    the checks each step found failing (a dbt test's name: the models step's error is dbt's
+    command and exit code first)."""
     run = context.dagster_run
+    failed_checks: dict[str, list[str]] = defaultdict(list)
+    for record in context.instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records:
+        event = record.event_log_entry.dagster_event
+        evaluation = event.event_specific_data if event else None
+        if evaluation is not None and not evaluation.passed:
+            failed_checks[event.step_key].append(f"{evaluation.asset_key.path[-1]}.{evaluation.check_name}")
     errors = []
     for event in context.get_step_failure_events():
         error = event.step_failure_data.error if event.step_failure_data else None
@@ -407,7 +416,9 @@ def failure_report(context: RunFailureSensorContext) -> str:
         while cause is not None and cause.cause is not None:  # the innermost error says most
             cause = cause.cause
         text = (cause.message if cause else error.message if error else "").strip().splitlines()
-        errors.append(f"{event.step_key}: {text[0] if text else 'no message'}")
+        checks = failed_checks.get(event.step_key)
+        errors.append(f"{event.step_key}: {text[0] if text else 'no message'}"
+                      + (f" (failed checks: {', '.join(sorted(checks))})" if checks else ""))
     detail = "; ".join(errors) or (context.failure_event.message or "no message")
     return f"Run {run.run_id} of job {run.job_name} failed. {detail}"
 

@@ -161,7 +161,6 @@ def test_the_changes_of_a_canceled_run_get_a_run(warehouse: Path, admin: Admin) 
 
 
 @pytest.mark.usefixtures("backfilled_with_models")
-@pytest.mark.xfail(strict=True, reason='open (#30): report_failed_runs keeps the first line of the error, which names no dbt test')
 def test_a_run_failed_in_its_models_is_reported_with_the_failing_test(warehouse: Path, admin: Admin) -> None:
     """Claim: a failed run gets one clear line naming what was wrong (report_failed_runs). The
     API: a transaction whose totals disagree with its lines (the sensor's run fails in its
