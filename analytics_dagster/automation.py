@@ -232,7 +232,9 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
         # next change gets a run at the next tick); its models' failure is reported by their
         # checks and report_failed_runs. Run again once (a model can fail for a passing reason,
         # a lock); one failing on the data fails again until the data or the model changes.
-        state.failures, state.failed_at, state.models_failed = 0, None, state.models_failed + 1
+        # (`failed_at` keys its retry apart from the run it follows: the daemon launches no key twice)
+        state.failures, state.failed_at = 0, records[0].end_time or _now()
+        state.models_failed += 1
         state.owed = state.owed or state.models_failed == 1
         return (f"run {run.run_id} ({key}) failed in its models step alone ({state.models_failed} in a row; "
                 "the raw tables were synced): " + ("it will be run again" if state.models_failed == 1
@@ -331,7 +333,8 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     # of its own, where the cursor's would repeat a run key already used, and launch nothing
     # (a retry's key names the failure it follows, when it ended: no two retries share a key)
     run_key = f"events-up-to-{newest_new or state.event_id}" + (
-        f"-after-{after}-failed-{int((state.failed_at or 0) * 1000)}" if after else "")
+        f"-after-{after}-failed-{int((state.failed_at or 0) * 1000)}" if after else
+        f"-after-models-failed-{int((state.failed_at or 0) * 1000)}" if state.models_failed else "")
     tags = {"analytics/events_up_to": str(state.event_id)}
     if after:
         tags["analytics/after_failed_runs"] = str(after)

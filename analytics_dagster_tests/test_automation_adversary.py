@@ -95,15 +95,18 @@ def test_a_failing_model_does_not_hold_back_the_raw_tables(warehouse: Path, admi
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
     break_a_transaction(admin)
+    keys = set()
     for attempt in range(2):  # the run of the change, then its retry at the next tick
         tick = evaluate(instance, cursor)
         assert len(tick.run_requests) == 1, (attempt, tick.skip_message)
+        keys.add(tick.run_requests[0].run_key)
         result = launch(instance, tick.run_requests[0])
         assert not result.success, attempt
         failed = {e.step_key for e in result.get_step_failure_events()}
         assert failed == {"analytics_models"}, failed  # the raw step succeeded...
         assert_warehouse_equals_api(warehouse, admin, KEPT)  # ... and the raw tables are exact
         cursor = tick.cursor
+    assert len(keys) == 2, f"the retry repeats its run's key (the daemon would launch nothing): {keys}"
     idle = evaluate(instance, cursor)  # retried once: with no new event, no run a tick
     assert not idle.run_requests and "models step alone (2 in a row" in idle.skip_message, idle.skip_message
     cursor = idle.cursor
