@@ -14,6 +14,7 @@ from dagster import (
     AssetKey,
     AssetSelection,
     AutomationConditionSensorDefinition,
+    DagsterEventType,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -173,8 +174,12 @@ class EventsSensorCursor:
     owed: bool = False  # a run is owed: events came after the last run requested, or it failed
     failures: int = 0  # the runs requested that failed in a row (0 after a success)
     failed_at: Optional[float] = None  # when the last of them ended (seconds since the epoch)
-    # the last poll (the API's clock, seconds since the epoch) and the ids it saw within the lag before
-    # it: the next poll reads that window again, so an event that becomes visible late is seen
+    # the runs requested that failed in their models step alone, in a row (their raw tables were
+    # synced): retried once, and no backoff for the next changes (`_follow_run`)
+    models_failed: int = 0
+    # the last read of the late-event window (the API's clock, seconds since the epoch) and the ids
+    # seen within the lag before it: the window's next read starts there, so an event that becomes
+    # visible late is seen (`_new_events`)
     polled_at: Optional[float] = None
     recent: list[str] = field(default_factory=list)
 
@@ -212,10 +217,29 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
         return f"run {run.run_id} ({key}) is {run.status.value.lower()}"
     state.run_key = None
     if run.status == DagsterRunStatus.SUCCESS:
-        state.failures, state.failed_at = 0, None
+        state.failures, state.failed_at, state.models_failed = 0, None, 0
         return f"run {run.run_id} ({key}) succeeded"
     if run.status == DagsterRunStatus.CANCELED:  # someone stopped it: not retried
         return f"run {run.run_id} ({key}) was canceled; not retried"
+    failed_steps = {
+        record.event_log_entry.dagster_event.step_key
+        for record in context.instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.STEP_FAILURE).records
+        if record.event_log_entry.dagster_event
+    }
+    if failed_steps and failed_steps <= {analytics_models.op.name}:
+        # the raw tables were synced and passed their checks: not a failed sync, no backoff (the
+        # next change gets a run at the next tick); its models' failure is reported by their
+        # checks and report_failed_runs. Run again once (a model can fail for a passing reason,
+        # a lock); one failing on the data fails again until the data or the model changes.
+        # (`failed_at` keys its retry apart from the run it follows: the daemon launches no key twice)
+        state.failures, state.failed_at = 0, records[0].end_time or _now()
+        state.models_failed += 1
+        state.owed = state.owed or state.models_failed == 1
+        return (f"run {run.run_id} ({key}) failed in its models step alone ({state.models_failed} in a row; "
+                "the raw tables were synced): " + ("it will be run again" if state.models_failed == 1
+                                                   else "the next new event runs it again"))
+    state.models_failed = 0
     state.failures += 1
     state.failed_at = records[0].end_time or _now()
     if state.failures <= MAX_RETRIES:
@@ -248,7 +272,8 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
         f"events that come while its run is in flight go in one run after it. Every {EVENTS_SENSOR_INTERVAL_SECONDS} s (a request when "
         "nothing is new). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
-        "1 h (at most 4 retries without new events). The first tick only sets the cursor."
+        "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
+        "backoff for the next changes). The first tick only sets the cursor."
     ),
 )
 def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
@@ -308,7 +333,8 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     # of its own, where the cursor's would repeat a run key already used, and launch nothing
     # (a retry's key names the failure it follows, when it ended: no two retries share a key)
     run_key = f"events-up-to-{newest_new or state.event_id}" + (
-        f"-after-{after}-failed-{int((state.failed_at or 0) * 1000)}" if after else "")
+        f"-after-{after}-failed-{int((state.failed_at or 0) * 1000)}" if after else
+        f"-after-models-failed-{int((state.failed_at or 0) * 1000)}" if state.models_failed else "")
     tags = {"analytics/events_up_to": str(state.event_id)}
     if after:
         tags["analytics/after_failed_runs"] = str(after)
@@ -322,22 +348,47 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     )
 
 
+# What a tick reads (docs/design.md, "How fast a change arrives"): the events after the newest it
+# saw, every page of them up to NEW_PAGES (10,000 events: a burst beyond that is read on by the
+# next ticks), so nothing that follows a burst waits. The late-event window behind it (the
+# visibility lag before the last read of the window) is read again at every tick while it holds
+# fewer ids than a page (the one request then reads the window and what is new), and otherwise
+# every WINDOW_SECONDS of the API's clock, WINDOW_PAGES pages at most: after a burst an idle tick
+# costs one request, and the window's re-read at most 10 pages every 2 minutes, 11 a minute in all.
+NEW_PAGES = 50
+WINDOW_PAGES = 10
+WINDOW_SECONDS = 120
+
+
 def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str]]:
-    """The events this tick has not seen, oldest first, and the newest of their ids. The read
-    starts the visibility lag before the last poll (or at the cursor, when that is older) and
-    drops the ids that poll saw: an event that became visible late is new to it."""
+    """The events this tick has not seen, oldest first, and the newest of their ids. It reads the
+    events after the cursor and, when due, the window of late events behind it: from the
+    visibility lag before the window's last read, dropping the ids seen (`recent`); an event
+    that became visible late is new to it."""
     lag = dlt.config.get("sources.analytics.event_visibility_lag_seconds", int)
     lag_ns = (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
-    after = state.event_id
-    if after and state.polled_at is not None and lag_ns > 0:
-        after = min(after, window_floor(int(state.polled_at * NS_PER_SECOND), lag_ns))
-    read, now_ns = events_after(base_url, api_key, after)
+    cursor, polled_ns = state.event_id, int((state.polled_at or 0) * NS_PER_SECOND)
+    # no window before the first poll (the cursor was the stream's end then), nor without a lag
+    start = window_floor(polled_ns, lag_ns) if cursor and state.polled_at is not None and lag_ns > 0 else None
+    small = start is not None and len(state.recent) < EVENTS_PAGE_SIZE  # one read takes both
+    read, now_ns = events_after(
+        base_url, api_key, min(cursor, start) if small and cursor and start else cursor, max_pages=NEW_PAGES)
+    window_read = start is None or small
+    if not window_read and now_ns - polled_ns >= WINDOW_SECONDS * NS_PER_SECOND:
+        if start and cursor and start < cursor:
+            read += events_after(base_url, api_key, start, max_pages=WINDOW_PAGES, until=cursor)[0]
+        window_read = True
     seen = set(state.recent)
-    new = [e for e in read if e["event_id"] not in seen]
-    floor = window_floor(now_ns, lag_ns)
+    new: dict[str, dict] = {}
+    for event in read:
+        if event["event_id"] not in seen:
+            new.setdefault(event["event_id"], event)
+    if window_read:
+        state.polled_at = now_ns / NS_PER_SECOND  # the API's clock (its Date), not this machine's
+    floor = window_floor(int((state.polled_at or 0) * NS_PER_SECOND), lag_ns)
     state.recent = sorted(i for i in {e["event_id"] for e in read} | seen if i > floor) if lag_ns > 0 else []
-    state.polled_at = now_ns / NS_PER_SECOND  # the API's clock (its Date), not this machine's
-    return new, max((e["event_id"] for e in new), default=None)
+    events = sorted(new.values(), key=lambda e: e["event_id"])
+    return events, max(new, default=None)
 
 
 @run_failure_sensor(
@@ -350,8 +401,17 @@ def report_failed_runs(context: RunFailureSensorContext) -> None:
 
 
 def failure_report(context: RunFailureSensorContext) -> str:
-    """One line: which run of which job failed, in which steps, and the first line of each error."""
+    """One line: which run of which job failed, in which steps, the first line of each error, and
+    the checks each step found failing (a dbt test's name: the models step's error is dbt's
+    command and exit code first)."""
     run = context.dagster_run
+    failed_checks: dict[str, list[str]] = defaultdict(list)
+    for record in context.instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records:
+        event = record.event_log_entry.dagster_event
+        evaluation = event.event_specific_data if event else None
+        if evaluation is not None and not evaluation.passed:
+            failed_checks[event.step_key].append(f"{evaluation.asset_key.path[-1]}.{evaluation.check_name}")
     errors = []
     for event in context.get_step_failure_events():
         error = event.step_failure_data.error if event.step_failure_data else None
@@ -359,7 +419,9 @@ def failure_report(context: RunFailureSensorContext) -> str:
         while cause is not None and cause.cause is not None:  # the innermost error says most
             cause = cause.cause
         text = (cause.message if cause else error.message if error else "").strip().splitlines()
-        errors.append(f"{event.step_key}: {text[0] if text else 'no message'}")
+        checks = failed_checks.get(event.step_key)
+        errors.append(f"{event.step_key}: {text[0] if text else 'no message'}"
+                      + (f" (failed checks: {', '.join(sorted(checks))})" if checks else ""))
     detail = "; ".join(errors) or (context.failure_event.message or "no message")
     return f"Run {run.run_id} of job {run.job_name} failed. {detail}"
 
@@ -375,10 +437,11 @@ def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
 
 
 def events_after(
-    base_url: str, api_key: str, after: Optional[str], max_pages: int = 10
+    base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None
 ) -> tuple[list[dict[str, Any]], int]:
-    """Events newer than `after`, oldest first (at most `max_pages` pages of 200), and the API's
-    clock when the read began (its first page's `Date`)."""
+    """Events newer than `after`, oldest first (at most `max_pages` pages of 200; with `until`,
+    up to the page that reaches that id), and the API's clock when the read began (its first
+    page's `Date`)."""
     params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
     if after:
         params["after"] = after
@@ -387,6 +450,6 @@ def events_after(
     for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
         now = now or api_now_ns(page.response)
         events.extend(e for e in page if keyed(e))  # (one without a string id cannot be a cursor)
-        if pages >= max_pages:
+        if pages >= max_pages or (until and events and events[-1]["event_id"] >= until):
             break
     return events, now or time.time_ns()

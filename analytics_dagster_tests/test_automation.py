@@ -375,3 +375,29 @@ def test_no_two_runs_of_the_sensor_share_a_run_key(
     tick_and_launch(fail=False)  # its retry: a key of its own
     assert len(keys) == 4
     assert_warehouse_equals_api(warehouse, admin, KEPT)
+
+
+def test_after_a_burst_a_tick_reads_what_is_new_and_the_window_every_two_minutes(
+    warehouse: Path, admin: Admin
+) -> None:
+    """With more ids in its late-event window than a page holds, a tick reads only the events
+    after its cursor (one request when none is new); the window is read again once the API's
+    clock moved `WINDOW_SECONDS` on, so an event that became visible late is still seen."""
+    instance, cursor, late = watching_a_held_event(admin, 0, "late after a burst")
+    admin.post("advance", seconds=1, updates=300)
+    tick = evaluate(instance, cursor)
+    assert len(tick.run_requests) == 1
+    assert launch(instance, tick.run_requests[0]).success
+    admin.post("release", event_ids=[late["event_id"]])
+    admin.post("stats/reset")
+    soon = evaluate(instance, tick.cursor)  # the window holds 300 ids: not read again yet
+    assert not soon.run_requests and "succeeded" in soon.skip_message
+    assert admin.get("stats")["by_resource"] == {"events": 1}
+    admin.post("advance", seconds=automation.WINDOW_SECONDS, updates=0)
+    admin.post("stats/reset")
+    later = evaluate(instance, soon.cursor)  # what is new (a page), then the window (2 pages)
+    assert len(later.run_requests) == 1 and late["event_id"] in later.run_requests[0].run_key, later.skip_message
+    assert admin.get("stats")["by_resource"] == {"events": 3}
+    assert launch(instance, later.run_requests[0]).success
+    assert_warehouse_equals_api(warehouse, admin, KEPT)
+    assert not evaluate(instance, later.cursor).run_requests, "seen once, requested once"
