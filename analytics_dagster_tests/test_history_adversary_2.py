@@ -61,7 +61,6 @@ def _checked_out_long_ago(admin: Admin) -> list[tuple[dict[str, Any], dict[str, 
 
 
 @pytest.mark.world(lifecycles=True)
-@pytest.mark.xfail(strict=True, reason="open (#31): an imported subscription's time before its first transaction is read as a trial")
 def test_an_imported_subscription_counts_from_its_import(warehouse: Path, admin: Admin) -> None:
     """Paddle imports subscriptions (`subscription.imported`, `import_meta` set: migrated from
     Paddle Classic or another biller): an imported subscription is active from its creation with
@@ -189,7 +188,6 @@ def test_a_pause_at_once_mid_period_resumed_in_a_new_period(warehouse: Path, adm
 
 
 @pytest.mark.world(lifecycles=True, trial_checkouts=True)
-@pytest.mark.xfail(strict=True, reason='open (#31): a checkout of a trial (a zero charge for the trial period) counts as active')
 def test_a_trial_checked_out_with_a_transaction_of_its_trial(warehouse: Path, admin: Admin) -> None:
     """A trial checked out as Paddle's checkout makes it: a transaction (origin `web`,
     completed) of the trial period (`billing_period`: the 14 days) whose items are charged
@@ -224,7 +222,6 @@ def test_a_billing_date_moved_later_unbilled(warehouse: Path, admin: Admin) -> N
 
 
 @pytest.mark.world(lifecycles=True)
-@pytest.mark.xfail(strict=True, reason="open (#31): a period is priced by the line billed within 1 s of its start, not by its own transaction's")
 def test_renewals_billed_a_little_after_their_periods_start(warehouse: Path, admin: Admin) -> None:
     """Paddle bills a renewal a little after its period starts (the API's own example: a
     `subscription_recurring` transaction billed 35 s after its `billing_period.starts_at`,
@@ -248,7 +245,6 @@ def test_renewals_billed_a_little_after_their_periods_start(warehouse: Path, adm
 
 
 @pytest.mark.world(lifecycles=True)
-@pytest.mark.xfail(strict=True, reason='open (#31): the bound prices the new address at the old override')
 def test_an_address_moved_to_a_country_its_price_has_no_override_for(warehouse: Path, admin: Admin) -> None:
     """A subscription billed in EUR at its price's Dutch override (its base in AUD) moves to
     its customer's Australian address, billing nothing (a change of address is billed by no

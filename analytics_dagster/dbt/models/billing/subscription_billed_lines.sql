@@ -2,7 +2,8 @@
 -- billing period, in a currency (docs/models.md, "Where an amount comes from"), and for when it
 -- stands: from its transaction's billed_at (the first one: from always) to the next such line's
 -- (the newest: null, and subscription_billed_prices). A state of the subscription is billed
--- what the line standing at its start billed: a converted price's past days take the exchange
+-- what the line standing at its start (its priced_at: an inferred period's, when its own
+-- transaction billed) billed: a converted price's past days take the exchange
 -- rate of their own period, not the newest renewal's.
 -- The transactions read: those of a subscription (subscription_id), made by its checkout (origin
 -- web) or a renewal (subscription_recurring), billed (billed, paid, completed or past_due); a

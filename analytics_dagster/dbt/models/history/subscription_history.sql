@@ -149,28 +149,55 @@ observed as (
 ),
 
 -- The first known state of each subscription, and when the subscription began: its created_at
--- as listed (else the first state's start)
+-- as listed (else the first state's start); and whether it was imported (Paddle's
+-- `subscription.imported`, `import_meta` set: migrated from another biller, active from its
+-- creation with no checkout's transaction, its first the first renewal Paddle bills)
 first_known as (
-    select o.*, coalesce(least(s.created_at, o.valid_from), o.valid_from) as created_at
+    select
+        o.*,
+        coalesce(least(s.created_at, o.valid_from), o.valid_from) as created_at,
+        coalesce(o.changed_by = 'subscription.imported' or s.import_meta->>'imported_from' is not null, false)
+            as imported
     from observed as o
     left join {{ raw('subscriptions') }} as s on s.id = o.subscription_id
     where o.position = 1
 ),
 
+-- A checkout's transaction of a trial: Paddle's checkout bills "recurring items with trials ...
+-- a zero charge", for the trial period (its billing_period): every line of a recurring item of
+-- it charges nothing
+trial_checkouts as (
+    select l.transaction_id
+    from {{ ref('stg_transaction_line_items') }} as l
+    join (
+        select t.id as transaction_id, item.value->'price'->>'id' as price_id
+        from {{ raw('transactions') }} as t,
+            {{ json_array_elements('t.items', none, 'item') }}
+        where t.origin = 'web'
+          and coalesce(cast(item.value->>'recurring' as boolean), item.value->'price'->'billing_cycle'->>'interval' is not null)
+    ) as r on r.transaction_id = l.transaction_id and r.price_id = l.price_id
+    group by l.transaction_id
+    having min(case when l.unit_subtotal = 0 then 1 else 0 end) = 1
+),
+
 -- What the subscription's own transactions billed (transactions, unlike events, stay in the
 -- API): each of its checkout's (web), renewals' (subscription_recurring) and changes'
--- (subscription_update), billed, paid, completed or past due, with a billing period; `billed`:
--- those of the periods before its first known state
+-- (subscription_update), billed, paid, completed or past due, with a billing period (a trial's
+-- checkout: trialing, its period the trial); `billed`: those of the periods before its first
+-- known state
 billed_all as (
     select
         t.id as transaction_id,
         t.subscription_id,
         t.origin,
-        case when t.status = 'past_due' then 'past_due' else 'active' end as status,
+        case when t.status = 'past_due' then 'past_due'
+             when t.id in (select transaction_id from trial_checkouts) then 'trialing'
+             else 'active' end as status,
         t.customer_id,
         coalesce(t.details->'totals'->>'currency_code', t.currency_code) as currency_code,
         coalesce(t.address_id, f.address_id) as address_id,
         t.items,
+        coalesce(t.billed_at, t.created_at) as billed_at,
         {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }} as period_start,
         {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }} as period_end
     from {{ raw('transactions') }} as t
@@ -320,9 +347,14 @@ keyed_periods as (
         coalesce(p.currency_code, '') || '|' || coalesce(p.address_id, '') || '|' || coalesce(k.item_key, '') as content,
         p.status || '|' || coalesce(l.line_key, '') as billed_key,
         coalesce(f.currency_code, '') || '|' || coalesce(f.address_id, '') || '|' || coalesce(fk.item_key, '') as known_content,
-        f.state_id as known_state_id
+        f.state_id as known_state_id,
+        -- when the transaction its amounts come from billed (a renewal is billed a little after
+        -- its period starts: Paddle's own example, 35 s): what prices the period is the line it
+        -- billed, not the one standing at the period's start (the period before's)
+        a.billed_at as priced_at
     from periods as p
     join first_known as f on f.subscription_id = p.subscription_id
+    left join billed as a on a.transaction_id = p.amounts_from
     left join item_keys as k on k.key_id = p.transaction_id
     left join item_keys as fk on fk.key_id = f.state_id
     left join line_keys as l on l.transaction_id = p.amounts_from
@@ -373,7 +405,7 @@ merged as (
     select
         r.transaction_id, r.subscription_id, r.origin, r.status, r.customer_id, r.currency_code, r.address_id,
         r.items, r.uncertain, case when r.uncertain then r.changed_to_state_id end as changed_to_state_id,
-        r.period_start, e.period_end, r.known_from
+        r.period_start, e.period_end, r.known_from, r.priced_at
     from runs as r
     join (select subscription_id, run, max(period_end) as period_end from runs group by subscription_id, run) as e
         on e.subscription_id = r.subscription_id and e.run = r.run
@@ -392,45 +424,52 @@ inferred_periods as (
 inferred as (
     -- a billed period, to the next one (or the first known state), or to its end if nothing
     -- was billed in between
+    -- (an imported subscription's first, from its creation: it was active before Paddle billed it)
     select
-        'inferred/' || transaction_id as state_id, subscription_id, 'inferred' as changed_by, status, customer_id,
-        currency_code, address_id, items, period_start as valid_from,
-        case when period_end < next_from - interval '1 second' then period_end else next_from end as valid_to,
-        'transaction' as inferred_from, transaction_id,
-        uncertain, changed_to_state_id,
-        transaction_id as key_id
-    from inferred_periods
+        'inferred/' || i.transaction_id as state_id, i.subscription_id, 'inferred' as changed_by, i.status,
+        i.customer_id, i.currency_code, i.address_id, i.items,
+        case when i.n = 1 and f.imported then least(f.created_at, i.period_start) else i.period_start end as valid_from,
+        case when i.period_end < i.next_from - interval '1 second' then i.period_end else i.next_from end as valid_to,
+        'transaction' as inferred_from, i.transaction_id,
+        i.uncertain, i.changed_to_state_id, i.priced_at,
+        i.transaction_id as key_id
+    from inferred_periods as i
+    join first_known as f on f.subscription_id = i.subscription_id
     union all
     -- nothing billed between a period's end and the next state: not billed (paused, canceled
     -- and since resumed, or past due and not paid)
     select
         'inferred/' || transaction_id || '/after', subscription_id, 'inferred', cast(null as {{ dbt.type_string() }}),
         customer_id, currency_code, address_id, items, period_end, next_from, 'no_transaction', transaction_id, false,
-        cast(null as {{ dbt.type_string() }}), transaction_id
+        cast(null as {{ dbt.type_string() }}), cast(null as timestamptz), transaction_id
     from inferred_periods
     where period_end < next_from - interval '1 second'
     union all
-    -- from its creation to the first billed period: not billed (a trial)
+    -- from its creation to the first billed period: not billed (a trial; an imported subscription
+    -- was active: its first period's state, above)
     select
         'inferred/' || i.subscription_id || '/before', i.subscription_id, 'inferred', cast(null as {{ dbt.type_string() }}),
         i.customer_id, i.currency_code, i.address_id, i.items, f.created_at, i.period_start, 'no_transaction',
-        cast(null as {{ dbt.type_string() }}), false, cast(null as {{ dbt.type_string() }}), i.transaction_id
+        cast(null as {{ dbt.type_string() }}), false, cast(null as {{ dbt.type_string() }}),
+        cast(null as timestamptz), i.transaction_id
     from inferred_periods as i
     join first_known as f on f.subscription_id = i.subscription_id
-    where i.n = 1 and f.created_at < i.period_start - interval '1 second'
+    where i.n = 1 and f.created_at < i.period_start - interval '1 second' and not f.imported
     union all
     -- no transaction billed it before its first known state: if one did since (its first period
-    -- starts there: a trial), nothing was billed before; if none ever did, its first known state,
-    -- from its creation, uncertain unless that state is the creation: a change (an update's
-    -- event, or a listed row changed since its creation, this row's start being later) says what
-    -- the subscription became, not what it was before
+    -- starts there: a trial), nothing was billed before, unless it was imported (active from its
+    -- creation, unbilled); if none ever did, or it was imported, its first known state, from its
+    -- creation, uncertain unless that state is the creation: a change (an update's event, or a
+    -- listed row changed since its creation, this row's start being later) says what the
+    -- subscription became, not what it was before
     select
         'inferred/' || f.subscription_id, f.subscription_id, 'inferred',
-        case when a.subscription_id is null then f.status end, f.customer_id, f.currency_code, f.address_id, f.items,
-        f.created_at, f.valid_from, case when a.subscription_id is null then 'first_state' else 'no_transaction' end,
+        case when a.subscription_id is null or f.imported then f.status end, f.customer_id, f.currency_code,
+        f.address_id, f.items, f.created_at, f.valid_from,
+        case when a.subscription_id is null or f.imported then 'first_state' else 'no_transaction' end,
         cast(null as {{ dbt.type_string() }}),
-        a.subscription_id is null and f.changed_by not in ('subscription.created', 'subscription.imported'),
-        cast(null as {{ dbt.type_string() }}), f.state_id
+        (a.subscription_id is null or f.imported) and f.changed_by not in ('subscription.created', 'subscription.imported'),
+        cast(null as {{ dbt.type_string() }}), cast(null as timestamptz), f.state_id
     from first_known as f
     left join (select distinct subscription_id from billed_all) as a on a.subscription_id = f.subscription_id
     where f.created_at < f.valid_from - interval '1 second'
@@ -441,7 +480,8 @@ history as (
     select
         state_id, subscription_id, changed_by, status, customer_id, currency_code, address_id, items, valid_from,
         valid_to, cast(null as {{ dbt.type_string() }}) as inferred_from, cast(null as {{ dbt.type_string() }}) as transaction_id,
-        false as uncertain, cast(null as {{ dbt.type_string() }}) as changed_to_state_id, state_id as key_id, position
+        false as uncertain, cast(null as {{ dbt.type_string() }}) as changed_to_state_id,
+        cast(null as timestamptz) as priced_at, state_id as key_id, position
     from observed
     union all
     select *, 0 from inferred
@@ -462,6 +502,9 @@ select
     h.transaction_id,
     h.uncertain,
     h.changed_to_state_id,
+    -- the instant whose billed lines price it (subscription_items' as_of): a period inferred from
+    -- a transaction, when that transaction billed; any other state, its start
+    coalesce(h.priced_at, h.valid_from) as priced_at,
     -- whether anything MRR depends on differs from the state before (a renewal: false)
     coalesce(
         lag(coalesce(h.status, '') || '|' || coalesce(h.currency_code, '') || '|' || coalesce(h.address_id, '') || '|'

@@ -3,13 +3,15 @@
 -- the day (UTC), in the subscription's currency, tax excluded, before discounts (where each
 -- amount comes from: subscription_items, docs/models.md), from the first day of the history to
 -- today. An item whose amount is unknown adds nothing, and is counted in unknown_items. What a
--- state's transactions billed is what its own period was billed (the line standing at its start).
+-- state's transactions billed is what its own period was billed (the line standing at its
+-- priced_at: a period inferred from a transaction, that transaction's).
 -- And how far each day-currency may be off (uncertain_mrr), flagged when that may be more than
 -- the tolerance (var mrr_tolerance): docs/models.md, "Before the first known state: what is
 -- inferred".
 with history_items as (
     {{ subscription_items(ref('subscription_history'), 'subscription_id',
-                         ['state_id', 'status', 'valid_from', 'valid_to', 'inferred_from'], as_of='valid_from') }}
+                         ['state_id', 'status', 'valid_from', 'valid_to', 'inferred_from', 'priced_at'],
+                         as_of='priced_at') }}
 ),
 
 items as (
@@ -31,16 +33,24 @@ days as (
 
 -- An uncertain state's items may be its own (what its period billed) or those of the state it
 -- changed to (changed_to_state_id: what was billed next, or the first known state) on any of
--- its days; the latter priced as the uncertain state's own period was billed (as of its start)
+-- its days; the latter priced as the uncertain state's own period was billed (as of its
+-- priced_at: its transaction's billing). Moved to another country (address), what the old
+-- country's line billed does not price it: an amount only such a line gives (`billed`, no
+-- override or base for the new country) is not known there
 changed_to as (
-    select u.subscription_id, u.state_id, u.valid_from, c.currency_code, c.address_id, c.items
+    select
+        u.subscription_id, u.state_id, u.valid_from, u.priced_at, c.currency_code, c.address_id, c.items,
+        coalesce(ua.country_code, '') <> coalesce(ca.country_code, '') as moved_country
     from {{ ref('subscription_history') }} as u
     join {{ ref('subscription_history') }} as c on c.state_id = u.changed_to_state_id
+    left join {{ ref('stg_customer_addresses') }} as ua on ua.address_id = u.address_id
+    left join {{ ref('stg_customer_addresses') }} as ca on ca.address_id = c.address_id
     where u.uncertain
 ),
 
 changed_to_items as (
-    {{ subscription_items('changed_to', 'subscription_id', ['state_id', 'valid_from'], as_of='valid_from') }}
+    {{ subscription_items('changed_to', 'subscription_id', ['state_id', 'valid_from', 'priced_at', 'moved_country'],
+                         as_of='priced_at') }}
 ),
 
 -- what each side adds to MRR were the subscription active, and its items of unknown amount
@@ -49,7 +59,9 @@ changed_to_mrr as (
         c.state_id,
         c.currency_code,
         coalesce(sum(i.monthly_amount) filter (where i.counts_if_active), 0) as mrr_if_active,
-        count(*) filter (where i.counts_if_active and i.amount_source = 'unknown') as unknown_items
+        count(*) filter (where i.counts_if_active and (i.amount_source = 'unknown'
+                                                       or (i.amount_source = 'billed' and i.moved_country)))
+            as unknown_items
     from changed_to as c
     left join (
         select *, {{ counts_in_mrr("'active'", 'recurring', 'item_status') }} as counts_if_active from changed_to_items

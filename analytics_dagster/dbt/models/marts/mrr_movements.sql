@@ -16,8 +16,8 @@
 -- before it is summed: a subscription's MRR is then the same number whatever the order of its
 -- items, so a state with the same items moves nothing (a float sum would move by 1e-12).
 with history_items as (
-    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['state_id', 'status', 'valid_from'],
-                         as_of='valid_from') }}
+    {{ subscription_items(ref('subscription_history'), 'subscription_id', ['state_id', 'status', 'valid_from', 'priced_at'],
+                         as_of='priced_at') }}
 ),
 
 state_mrr as (
