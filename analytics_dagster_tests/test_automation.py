@@ -300,6 +300,15 @@ def test_event_types_map_to_assets() -> None:
     assert assets_for_events(events) == ["adjustments", "businesses", "customer_addresses", "events"]
 
 
+def run_failure_context(instance: DagsterInstance, result: Any) -> Any:
+    """What report_failed_runs is given for the failed run of `result`."""
+    failure = instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE)[0].dagster_event
+    return build_run_status_sensor_context(
+        sensor_name="report_failed_runs", dagster_event=failure, dagster_instance=instance,
+        dagster_run=result.dagster_run,
+    ).for_run_failure()
+
+
 def test_failed_run_is_reported_with_its_error(warehouse: Path, monkeypatch) -> None:
     monkeypatch.setenv("SOURCES__ANALYTICS__API_KEY", "a-wrong-key-0123456789")
     instance = DagsterInstance.ephemeral()
@@ -307,11 +316,7 @@ def test_failed_run_is_reported_with_its_error(warehouse: Path, monkeypatch) -> 
         instance=instance, raise_on_error=False, asset_selection=[AssetKey(["analytics", "products"])]
     )
     assert not result.success
-    failure = instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE)[0].dagster_event
-    context = build_run_status_sensor_context(
-        sensor_name="report_failed_runs", dagster_event=failure, dagster_instance=instance,
-        dagster_run=result.dagster_run,
-    ).for_run_failure()
+    context = run_failure_context(instance, result)
     report_failed_runs(context)  # logs the report; it must not raise
     report = failure_report(context)
     assert result.run_id in report and "sync_all" in report and "analytics_api" in report

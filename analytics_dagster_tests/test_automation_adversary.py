@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, build_run_status_sensor_context
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from analytics_dagster.automation import (
     RUN_KEY_TAG,
@@ -20,7 +20,7 @@ from analytics_dagster.automation import (
     failure_report,
 )
 from analytics_dagster_tests.conftest import Admin, assert_warehouse_equals_api
-from analytics_dagster_tests.test_automation import KEPT, evaluate, launch
+from analytics_dagster_tests.test_automation import KEPT, evaluate, launch, run_failure_context
 
 # a burst of more changes than the sensor reads in a tick (10 pages of 200 events), all within
 # the visibility window (600 s of the API's clock) it reads again at every tick
@@ -174,12 +174,7 @@ def test_a_run_failed_in_its_models_is_reported_with_the_failing_test(warehouse:
     tick = evaluate(instance, cursor)
     result = launch(instance, tick.run_requests[0])
     assert not result.success
-    failure = instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE)[0].dagster_event
-    context = build_run_status_sensor_context(
-        sensor_name="report_failed_runs", dagster_event=failure, dagster_instance=instance,
-        dagster_run=result.dagster_run,
-    ).for_run_failure()
-    report = failure_report(context)
+    report = failure_report(run_failure_context(instance, result))
     assert "analytics_models" in report, report
     assert "line_items_add_up_to_their_transaction" in report, report
 
