@@ -372,10 +372,10 @@ def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple
     start = window_floor(polled_ns, lag_ns) if cursor and state.polled_at is not None and lag_ns > 0 else None
     small = start is not None and len(state.recent) < EVENTS_PAGE_SIZE  # one read takes both
     read, now_ns = events_after(
-        base_url, api_key, min(cursor, start) if small and cursor and start else cursor, max_pages=NEW_PAGES)
+        base_url, api_key, min(cursor, start) if small else cursor, max_pages=NEW_PAGES)
     window_read = start is None or small
     if not window_read and now_ns - polled_ns >= WINDOW_SECONDS * NS_PER_SECOND:
-        if start and cursor and start < cursor:
+        if start < cursor:  # (a window at all: there is a cursor)
             read += events_after(base_url, api_key, start, max_pages=WINDOW_PAGES, until=cursor)[0]
         window_read = True
     seen = set(state.recent)
