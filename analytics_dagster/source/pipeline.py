@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import tempfile
@@ -63,7 +64,39 @@ def make_pipeline(report: Optional[Callable[[str], None]] = None, memory_limit: 
         dest = dlt.destinations.duckdb(credentials=credentials)
     else:
         dest = dlt.config.get("destination_type", str)
-    return dlt.pipeline(pipeline_name=PIPELINE_NAME, destination=dest, dataset_name=DATASET_NAME)
+    pipeline = dlt.pipeline(pipeline_name=PIPELINE_NAME, destination=dest, dataset_name=DATASET_NAME)
+    if target is not None:
+        for step in _STEPS_ON_ONE_CONNECTION:
+            _on_one_connection(pipeline, step)
+    return pipeline
+
+
+# The steps of a run that each open the DuckDB file once (`_on_one_connection`): restoring the
+# state and schemas from the destination (at a run's start, and wherever a run plans from what
+# the destination committed), and a load.
+_STEPS_ON_ONE_CONNECTION = ("_sync_destination", "load")
+
+
+def _on_one_connection(pipeline: dlt.Pipeline, step: str) -> None:
+    """Each call of `pipeline`'s `step` (DuckDB) opens the file once and checkpoints it once.
+
+    dlt's DuckDB pool opens the file at a borrow when no connection is out and closes it when
+    the last one is returned. Within a step, each of dlt's clients borrows and returns its own:
+    restoring from the destination opened the file twice (state, then schemas), a load once or
+    more (its schema, its jobs, its state), and each close is a full checkpoint
+    (`enable_checkpoint_on_shutdown`). Now the step holds one connection of the pool, borrowed
+    as dlt's own SQL client borrows it, from its start to its end, and its clients get clones
+    of it. Between steps the file is closed as before: while a run extracts (hours of paced
+    requests on a large account), readers may open it.
+    """
+    run_step = getattr(pipeline, step)
+
+    @functools.wraps(run_step)
+    def on_one_connection(*args: Any, **kwargs: Any) -> Any:
+        with pipeline.sql_client():
+            return run_step(*args, **kwargs)
+
+    setattr(pipeline, step, on_one_connection)
 
 
 def load_with_more_memory(pipeline: dlt.Pipeline, error: BaseException,
