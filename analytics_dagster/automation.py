@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import dlt
 from requests import HTTPError
@@ -178,10 +179,11 @@ class EventsSensorCursor:
     # synced): retried once, and no backoff for the next changes (`_follow_run`)
     models_failed: int = 0
     # the last read of the late-event window (the API's clock, seconds since the epoch) and the ids
-    # seen within the lag before it: the window's next read starts there, so an event that becomes
-    # visible late is seen (`_new_events`)
+    # seen within the lag before it, folded per stretch of their instant into a count and a digest
+    # ({stretch: [count, digest]}, `_fold`): the window's next read starts there, so an event that
+    # becomes visible late is seen (`_new_events`)
     polled_at: Optional[float] = None
-    recent: list[str] = field(default_factory=list)
+    window: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -190,6 +192,8 @@ class EventsSensorCursor:
         if not text.lstrip().startswith("{"):
             return cls(event_id=text)  # the cursor of before: an event id
         data = json.loads(text)
+        if "recent" in data:  # the cursor of before: the window's ids themselves
+            data.setdefault("window", _encode_window(_fold(data["recent"])))
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def encode(self) -> str:
@@ -302,8 +306,9 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
             cursor=EventsSensorCursor(event_id=newest).encode(),
         )
     state = EventsSensorCursor.decode(context.cursor)
-    notes = []
-    events, newest_new = _new_events(base_url, api_key, state)
+    events, newest_new, unplaced = _new_events(base_url, api_key, state)
+    notes = list(unplaced)
+    state.owed = state.owed or bool(unplaced)
     if events:
         state.event_id, state.owed = max(state.event_id or "", events[-1]["event_id"]), True
         by_type: dict[str, int] = defaultdict(int)
@@ -313,7 +318,7 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
             f"{len(events)} new events up to {state.event_id}: {dict(by_type)}, touching "
             f"{assets_for_events(events)}"
         )
-    else:
+    elif not unplaced:
         notes.append(f"no events after {state.event_id}")
     if state.run_key:
         notes.append(_follow_run(context, state))
@@ -358,37 +363,101 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
 NEW_PAGES = 50
 WINDOW_PAGES = 10
 WINDOW_SECONDS = 120
+# The cursor keeps the window's ids folded per stretch of their instant: the first STRETCH_CHARS
+# characters of an id's ULID (2**15 ms, 32.8 s), a count and a digest each. About 20 stretches
+# in a 600 s window, under 1 KB whatever the number of events (the daemon writes the cursor with
+# every tick); a stretch read again whose count or digest differs holds an event seen late.
+STRETCH_CHARS = 7
 
 
-def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str]]:
-    """The events this tick has not seen, oldest first, and the newest of their ids. It reads the
-    events after the cursor and, when due, the window of late events behind it: from the
-    visibility lag before the window's last read, dropping the ids seen (`recent`); an event
+def _stretch(event_id: str) -> str:
+    """The stretch of instants an id was taken in: its prefix and the start of its ULID."""
+    head, _, ulid = event_id.rpartition("_")
+    return f"{head}_{ulid[:STRETCH_CHARS]}"
+
+
+def _id_digest(event_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+
+
+def _fold(ids: Iterable[str], into: Optional[dict[str, tuple[int, int]]] = None) -> dict[str, tuple[int, int]]:
+    """`ids` folded per stretch into (count, XOR of their digests), onto `into` (a copy)."""
+    folded = dict(into or {})
+    for event_id in ids:
+        count, xor = folded.get(_stretch(event_id), (0, 0))
+        folded[_stretch(event_id)] = (count + 1, xor ^ _id_digest(event_id))
+    return folded
+
+
+def _encode_window(folded: dict[str, tuple[int, int]]) -> dict[str, list]:
+    return {stretch: [count, f"{xor:016x}"] for stretch, (count, xor) in sorted(folded.items())}
+
+
+def _window_start(polled_ns: int, lag_ns: int) -> str:
+    """Where the window's read starts: the smallest id of the stretch of the instant `lag_ns`
+    before `polled_ns` (the window spans whole stretches, up to 33 s more than the lag)."""
+    floor = window_floor(polled_ns, lag_ns)
+    stretch = _stretch(floor)
+    return stretch + "0" * (len(floor) - len(stretch))
+
+
+def _reached(events: list[dict], complete: bool, cursor: str) -> str:
+    """How far a read from the window's start saw every id up to `cursor`: all of them when it
+    read to the stream's end or past the cursor, else up to its last id."""
+    return cursor if complete or not events or events[-1]["event_id"] >= cursor else events[-1]["event_id"]
+
+
+def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str], list[str]]:
+    """The events this tick has not seen, oldest first; what names them in a run key (the newest
+    of their ids); and a line per stretch of the window that holds events seen late that its
+    digest cannot tell apart (more than one). It reads the events after the cursor and, when due,
+    the window of late events behind it: from the visibility lag before the window's last read,
+    comparing each stretch read whole with the count and digest of the ids it saw there; an event
     that became visible late is new to it."""
     lag = dlt.config.get("sources.analytics.event_visibility_lag_seconds", int)
     lag_ns = (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
-    cursor, polled_ns = state.event_id, int((state.polled_at or 0) * NS_PER_SECOND)
+    cursor, polled_ns = state.event_id or "", int((state.polled_at or 0) * NS_PER_SECOND)
+    seen = {stretch: (count, int(xor, 16)) for stretch, (count, xor) in state.window.items()}
     # no window before the first poll (the cursor was the stream's end then), nor without a lag
-    start = window_floor(polled_ns, lag_ns) if cursor and state.polled_at is not None and lag_ns > 0 else None
-    small = start is not None and len(state.recent) < EVENTS_PAGE_SIZE  # one read takes both
-    read, now_ns = events_after(
-        base_url, api_key, min(cursor, start) if small else cursor, max_pages=NEW_PAGES)
+    start = _window_start(polled_ns, lag_ns) if cursor and state.polled_at is not None and lag_ns > 0 else None
+    small = start is not None and sum(count for count, _ in seen.values()) < EVENTS_PAGE_SIZE  # one read takes both
+    read, now_ns, complete = events_after(
+        base_url, api_key, min(cursor, start) if small else cursor or None, max_pages=NEW_PAGES)
+    reached = _reached(read, complete, cursor) if small else None  # (None: no stretch read whole)
     window_read = start is None or small
     if not window_read and now_ns - polled_ns >= WINDOW_SECONDS * NS_PER_SECOND:
         if start < cursor:  # (a window at all: there is a cursor)
-            read += events_after(base_url, api_key, start, max_pages=WINDOW_PAGES, until=cursor)[0]
+            behind, _, complete = events_after(base_url, api_key, start, max_pages=WINDOW_PAGES, until=cursor)
+            read, reached = read + behind, _reached(behind, complete, cursor)
         window_read = True
-    seen = set(state.recent)
-    new: dict[str, dict] = {}
+    by_stretch: dict[str, dict[str, dict]] = defaultdict(dict)
     for event in read:
-        if event["event_id"] not in seen:
-            new.setdefault(event["event_id"], event)
+        by_stretch[_stretch(event["event_id"])].setdefault(event["event_id"], event)
+    new = {event_id: got[event_id] for got in by_stretch.values() for event_id in got if event_id > cursor}
+    unplaced, late_mark = [], 0
+    window: dict[str, tuple[int, int]] = {}
+    for stretch in sorted(set(seen) | set(by_stretch)):
+        ids = by_stretch.get(stretch, {})
+        if reached is None or not (reached >= cursor or stretch < _stretch(reached)):
+            window.update(_fold([i for i in ids if i > cursor], {stretch: seen.get(stretch, (0, 0))}))
+            continue  # (not read whole: what it saw there, and what is new)
+        was, now = seen.get(stretch, (0, 0)), _fold(i for i in ids if i <= cursor).get(stretch, (0, 0))
+        if now != was:  # an id it had not seen: one is told by the digest, more are not
+            late = [i for i in ids if i <= cursor and _id_digest(i) == now[1] ^ was[1]] if now[0] == was[0] + 1 else []
+            if late:
+                new[late[0]] = ids[late[0]]
+            else:
+                late_mark ^= now[1] ^ was[1]
+                unplaced.append(f"the window's events of {stretch}… are {now[0]}, were {was[0]} (late events "
+                                f"among {min(ids, default='-')}..{max(ids, default='-')}, not told apart)")
+        window.update(_fold(ids, {stretch: (0, 0)}))
     if window_read:
         state.polled_at = now_ns / NS_PER_SECOND  # the API's clock (its Date), not this machine's
-    floor = window_floor(int((state.polled_at or 0) * NS_PER_SECOND), lag_ns)
-    state.recent = sorted(i for i in {e["event_id"] for e in read} | seen if i > floor) if lag_ns > 0 else []
+    floor = _stretch(window_floor(int((state.polled_at or 0) * NS_PER_SECOND), lag_ns))
+    state.window = _encode_window({s: v for s, v in window.items() if s >= floor and v[0]}) if lag_ns > 0 else {}
     events = sorted(new.values(), key=lambda e: e["event_id"])
-    return events, max(new, default=None)
+    # (events told apart by no id are named by what they add to the window's digest)
+    return events, max(new, default=None) or (f"{cursor}-late-{late_mark:016x}" if unplaced else None), unplaced
 
 
 @run_failure_sensor(
@@ -438,10 +507,10 @@ def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
 
 def events_after(
     base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[dict[str, Any]], int, bool]:
     """Events newer than `after`, oldest first (at most `max_pages` pages of 200; with `until`,
-    up to the page that reaches that id), and the API's clock when the read began (its first
-    page's `Date`)."""
+    up to the page that reaches that id), the API's clock when the read began (its first
+    page's `Date`), and whether it read to the stream's end or `until` (False: `max_pages` cut it)."""
     params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
     if after:
         params["after"] = after
@@ -450,6 +519,8 @@ def events_after(
     for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
         now = now or api_now_ns(page.response)
         events.extend(e for e in page if keyed(e))  # (one without a string id cannot be a cursor)
-        if pages >= max_pages or (until and events and events[-1]["event_id"] >= until):
+        if until and events and events[-1]["event_id"] >= until:
             break
-    return events, now or time.time_ns()
+        if pages >= max_pages:
+            return events, now or time.time_ns(), False
+    return events, now or time.time_ns(), True

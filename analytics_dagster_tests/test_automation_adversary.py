@@ -118,7 +118,6 @@ def test_a_failing_model_does_not_hold_back_the_raw_tables(warehouse: Path, admi
 
 
 @pytest.mark.usefixtures("backfilled")
-@pytest.mark.xfail(strict=True, reason='open (#30): the cursor keeps every id of the 600 s window')
 def test_an_idle_ticks_cursor_stays_small_after_a_burst(warehouse: Path, admin: Admin) -> None:
     """Claim: the idle cost is a request a tick. But the daemon writes every tick, with its cursor,
     to the instance's tick storage (the sensor daemon's `SensorLaunchContext._write`), and keeps skipped ticks
@@ -135,7 +134,7 @@ def test_an_idle_ticks_cursor_stays_small_after_a_burst(warehouse: Path, admin: 
     idle = evaluate(instance, cursor)
     assert not idle.run_requests
     size = len(idle.cursor or "")
-    assert size < 4096, f"an idle tick's cursor is {size} bytes ({len(EventsSensorCursor.decode(idle.cursor).recent)} ids)"
+    assert size < 4096, f"an idle tick's cursor is {size} bytes ({len(EventsSensorCursor.decode(idle.cursor).window)} stretches)"
 
 
 @pytest.mark.usefixtures("backfilled")
