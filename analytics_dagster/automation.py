@@ -174,10 +174,15 @@ class EventsSensorCursor:
     run_key: Optional[str] = None  # the run requested last, until it is seen finished
     owed: bool = False  # a run is owed: events came after the last run requested, or it failed
     failures: int = 0  # the runs requested that failed in a row (0 after a success)
-    failed_at: Optional[float] = None  # when the last of them ended (seconds since the epoch)
+    # when the last of them ended, or the last run that failed in its models or was canceled
+    # (seconds since the epoch)
+    failed_at: Optional[float] = None
     # the runs requested that failed in their models step alone, in a row (their raw tables were
     # synced): retried once, and no backoff for the next changes (`_follow_run`)
     models_failed: int = 0
+    # the runs requested that were canceled, in a row: the first is run again once, a canceled
+    # retry is not (`_follow_run`)
+    canceled: int = 0
     # the last read of the late-event window (the API's clock, seconds since the epoch) and the ids
     # seen within the lag before it, folded per stretch of their instant into a count and a digest
     # ({stretch: [count, digest]}, `_fold`): the window's next read starts there, so an event that
@@ -221,10 +226,20 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
         return f"run {run.run_id} ({key}) is {run.status.value.lower()}"
     state.run_key = None
     if run.status == DagsterRunStatus.SUCCESS:
-        state.failures, state.failed_at, state.models_failed = 0, None, 0
+        state.failures, state.failed_at, state.models_failed, state.canceled = 0, None, 0, 0
         return f"run {run.run_id} ({key}) succeeded"
-    if run.status == DagsterRunStatus.CANCELED:  # someone stopped it: not retried
-        return f"run {run.run_id} ({key}) was canceled; not retried"
+    if run.status == DagsterRunStatus.CANCELED:
+        # by a user, a script, a deployment terminating the runs in flight: all look alike. The
+        # events it was requested for are in the cursor already, so they get one more run, at once
+        # (no backoff: a cancel says nothing of the API); a canceled retry is not run again, so a
+        # user who keeps canceling is not fought. (`failed_at` keys the retry apart, as below)
+        state.canceled += 1
+        state.failed_at = records[0].end_time or _now()
+        state.owed = state.owed or state.canceled == 1
+        return (f"run {run.run_id} ({key}) was canceled ({state.canceled} in a row): "
+                + ("it will be run again once" if state.canceled == 1
+                   else "not run again; the next new event or schedule runs it"))
+    state.canceled = 0
     failed_steps = {
         record.event_log_entry.dagster_event.step_key
         for record in context.instance.get_records_for_run(
@@ -277,7 +292,7 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
         "nothing is new). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
         "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
-        "backoff for the next changes). The first tick only sets the cursor."
+        "backoff for the next changes; a canceled run: once, at the next tick). The first tick only sets the cursor."
     ),
 )
 def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
@@ -339,6 +354,7 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     # (a retry's key names the failure it follows, when it ended: no two retries share a key)
     run_key = f"events-up-to-{newest_new or state.event_id}" + (
         f"-after-{after}-failed-{int((state.failed_at or 0) * 1000)}" if after else
+        f"-after-canceled-{int((state.failed_at or 0) * 1000)}" if state.canceled else
         f"-after-models-failed-{int((state.failed_at or 0) * 1000)}" if state.models_failed else "")
     tags = {"analytics/events_up_to": str(state.event_id)}
     if after:

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRequest
 
 from analytics_dagster.automation import (
     RUN_KEY_TAG,
@@ -138,28 +138,46 @@ def test_an_idle_ticks_cursor_stays_small_after_a_burst(warehouse: Path, admin: 
 
 
 @pytest.mark.usefixtures("backfilled")
-@pytest.mark.xfail(strict=True, reason='documented limit (#30): a canceled run is not run again; its changes wait for the next change or schedule')
 def test_the_changes_of_a_canceled_run_get_a_run(warehouse: Path, admin: Admin) -> None:
-    """Claim: no change waits for more than one run after the current one. docs/design.md: "A
-    canceled run is not retried (someone chose to stop it)". The API: changes, then nothing. The
-    sensor's run is canceled (by a user, or by the instance: run monitoring's timeout, a
-    deployment's restart of the run worker). The sensor consumed the events into its cursor
-    and owes nothing: the warehouse stays without those changes until some other change or a
-    schedule, however long the API stays quiet."""
+    """Claim: no change waits for more than one run after the current one. The API: changes, then
+    nothing. The sensor's run is canceled (by a user, a script, a deployment that terminates the runs in
+    flight: the run's status tells them apart by nothing). The sensor
+    consumed the events into its cursor: unless it owes a run for them, the warehouse stays
+    without those changes until some other change or a schedule, however long the API stays
+    quiet. It owes exactly one: a canceled retry is not run again (a user who cancels twice is
+    not fought)."""
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
     admin.post("advance", updates=5, new_customers=1)
     tick = evaluate(instance, cursor)
     assert len(tick.run_requests) == 1
-    instance.add_run(DagsterRun(job_name="sync_all", run_id=str(uuid.uuid4()), status=DagsterRunStatus.CANCELED,
-                                tags={RUN_KEY_TAG: tick.run_requests[0].run_key, SENSOR_NAME_TAG: SENSOR_NAME}))
-    after = evaluate(instance, tick.cursor)
-    assert "canceled" in after.skip_message
+
+    def cancel(request: RunRequest) -> None:
+        instance.add_run(DagsterRun(job_name="sync_all", run_id=str(uuid.uuid4()), status=DagsterRunStatus.CANCELED,
+                                    tags={RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: SENSOR_NAME}))
+
+    cancel(tick.run_requests[0])
     with pytest.raises(AssertionError):  # the changes are not in the warehouse
         assert_warehouse_equals_api(warehouse, admin, KEPT)
-    later = evaluate(instance, after.cursor)
-    assert len(after.run_requests) + len(later.run_requests) == 1, (
-        f"the changes of a canceled run get no run: {later.skip_message!r}")
+    after = evaluate(instance, tick.cursor)
+    assert len(after.run_requests) == 1, f"the changes of a canceled run get no run: {after.skip_message!r}"
+    assert after.run_requests[0].run_key != tick.run_requests[0].run_key  # (the daemon launches no key twice)
+    assert launch(instance, after.run_requests[0]).success  # the retry brings the changes in
+    assert_warehouse_equals_api(warehouse, admin, KEPT)
+    done = evaluate(instance, after.cursor)
+    assert not done.run_requests and "succeeded" in done.skip_message, done.skip_message
+
+    # a change whose run is canceled, then its retry: no third run, however many ticks follow
+    admin.post("advance", updates=1)
+    tick = evaluate(instance, done.cursor)
+    cancel(tick.run_requests[0])
+    retry = evaluate(instance, tick.cursor)
+    assert len(retry.run_requests) == 1, retry.skip_message
+    cancel(retry.run_requests[0])
+    again = evaluate(instance, retry.cursor)
+    assert not again.run_requests and "canceled (2 in a row)" in again.skip_message, again.skip_message
+    assert not evaluate(instance, again.cursor).run_requests
+    assert not EventsSensorCursor.decode(again.cursor).owed
 
 
 @pytest.mark.usefixtures("backfilled_with_models")
