@@ -122,17 +122,10 @@ def models_reading(tables: list[str]) -> list[AssetKey]:
         reached |= more
 
 
-# What a run of the events sensor materializes: the stream's tables, then the models that read
-# them, in the same run (docs/design.md, "How fast a change arrives"). The models follow in
-# seconds, not at the automation sensor's next tick and a run of their own; and no update is lost
-# to that sensor's resolution (a table synced in the same tick as its models' last build counts
-# as handled by that build: dagster-io/dagster#24650, #33586).
-EVENTS_RUN = [asset_key(n) for n in STREAM_TABLES] + models_reading(STREAM_TABLES)
-
-
 def assets_for_events(events: list[dict]) -> list[str]:
     """The tables a batch of events touches, `events` included, in a stable order (the sensor
-    logs them; the run it requests syncs every table of `STREAM_TABLES`)."""
+    logs them; the run it requests syncs every table of `STREAM_TABLES`, in listing mode these:
+    `_selection`)."""
     touched = {"events"}
     for event in events:
         table = table_of_event(event.get("event_type"))
@@ -173,6 +166,9 @@ class EventsSensorCursor:
     event_id: Optional[str] = None  # the newest event seen (None: the stream was empty)
     run_key: Optional[str] = None  # the run requested last, until it is seen finished
     owed: bool = False  # a run is owed: events came after the last run requested, or it failed
+    # the tables of the stream its events touched since the last run requested, and those of a run
+    # that failed or was canceled: what a run takes in listing mode (`_selection`)
+    tables: list[str] = field(default_factory=list)
     failures: int = 0  # the runs requested that failed in a row (0 after a success)
     # when the last of them ended, or the last run that failed in its models or was canceled
     # (seconds since the epoch)
@@ -225,6 +221,9 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
     if run.status in _IN_FLIGHT:
         return f"run {run.run_id} ({key}) is {run.status.value.lower()}"
     state.run_key = None
+    if run.status != DagsterRunStatus.SUCCESS:  # what it was to sync, a run again will
+        state.tables = sorted(set(state.tables) | {k.path[-1] for k in run.asset_selection or ()
+                                                   if k.path[-1] in STREAM_TABLES})
     if run.status == DagsterRunStatus.SUCCESS:
         state.failures, state.failed_at, state.models_failed, state.canceled = 0, None, 0, 0
         return f"run {run.run_id} ({key}) succeeded"
@@ -285,7 +284,8 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
     description=(
         "Polls the API's event stream (/v1/events; /events on Paddle itself) for events newer than "
         "its cursor and requests a sync of the event stream and every table it keeps ("
-        + ", ".join(STREAM_TABLES) + "), not only the tables the events touch: in events mode the run reads the stream once (a request per "
+        + ", ".join(STREAM_TABLES) + "), not only the tables the events touch (in listing mode only those: every run "
+        "lists the tables it takes): in events mode the run reads the stream once (a request per "
         "200 events) and every table's cursor stays current, so no quiet table ages past the "
         "retention into a full listing; then, in the same run, the models reading them. One run at a time: "
         f"events that come while its run is in flight go in one run after it. Every {EVENTS_SENSOR_INTERVAL_SECONDS} s (a request when "
@@ -324,6 +324,9 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     events, newest_new, unplaced = _new_events(base_url, api_key, state)
     notes = list(unplaced)
     state.owed = state.owed or bool(unplaced)
+    # (events told apart by no id may touch any table)
+    state.tables = sorted(set(state.tables) | set(assets_for_events(events) if events else ())
+                          | set(STREAM_TABLES if unplaced else ()))
     if events:
         state.event_id, state.owed = max(state.event_id or "", events[-1]["event_id"]), True
         by_type: dict[str, int] = defaultdict(int)
@@ -359,14 +362,33 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     tags = {"analytics/events_up_to": str(state.event_id)}
     if after:
         tags["analytics/after_failed_runs"] = str(after)
-    state.run_key, state.owed = run_key, False
-    context.log.info("; ".join(notes) + f"; requesting {run_key} of {STREAM_TABLES} and the models reading them")
+    tables, why = _selection(state.tables)
+    state.run_key, state.owed, state.tables = run_key, False, []
+    context.log.info("; ".join(notes) + f"; requesting {run_key} of {tables} and the models reading them{why}")
     return SensorResult(
-        run_requests=[
-            RunRequest(run_key=run_key, asset_selection=EVENTS_RUN, tags=tags)
-        ],
+        run_requests=[RunRequest(
+            run_key=run_key, asset_selection=[asset_key(t) for t in tables] + models_reading(tables), tags=tags)],
         cursor=state.encode(),
     )
+
+
+def _selection(touched: list[str]) -> tuple[list[str], str]:
+    """The tables the sensor's run syncs (then, in the same run, the models that read them:
+    docs/design.md, "How fast a change arrives"; they follow in seconds, not at the automation
+    sensor's next tick and a run of their own, and no update is lost to that sensor's resolution:
+    a table synced in the same tick as its models' last build counts as handled by that build,
+    dagster-io/dagster#24650, #33586), and why when they are not every table of the stream.
+    In events mode every table of `STREAM_TABLES`: one read of the stream serves them all, and
+    none ages into a listing. In listing mode (`incremental = listing`) every run lists every
+    table it takes, whatever changed: a run of them all would cost a listing of the account per
+    change (two requests per customer), so the run takes the tables the events touched (docs/design.md,
+    "The events sensor, and why its runs take every table with events")."""
+    mode = dlt.config.get("sources.analytics.incremental", str)
+    if mode != "listing":
+        return list(STREAM_TABLES), ""
+    tables = [t for t in STREAM_TABLES if t in set(touched) | {"events"}] if touched else list(STREAM_TABLES)
+    return tables, (f" (incremental = listing: every run lists the tables it takes, so it takes those the "
+                    f"events touched, not the {len(STREAM_TABLES)} of the stream; the schedules list the rest)")
 
 
 # What a tick reads (docs/design.md, "How fast a change arrives"): the events after the newest it

@@ -441,3 +441,26 @@ def test_the_cursor_of_before_keeps_its_window() -> None:
     before = EventsSensorCursor.decode('{"event_id": "%s", "polled_at": 1.0, "recent": %s}' % (ids[-1], str(ids).replace("'", '"')))
     assert before.window == automation._encode_window(automation._fold(ids))
     assert [count for count, _ in before.window.values()] == [2, 1]  # two stretches of the instant
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_in_listing_mode_the_run_takes_the_tables_touched_and_its_retry_too(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`incremental = listing`: the sensor's run lists the tables the events touched (and
+    `events`), not every table of the stream; a retry of a failed run takes its tables, with
+    those of the events seen since."""
+    monkeypatch.setenv("SOURCES__ANALYTICS__INCREMENTAL", "listing")
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("mutate", resource="customers", key=admin.truth("customers")[0]["id"], set={"name": "Renamed"})
+    tick = evaluate(instance, cursor)
+    assert selected(tick.run_requests[0]) & set(STREAM_TABLES) == {"events", "customers"}
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "1")
+    admin.post("inject", resource="events", kind="status", status=500, count=1)
+    assert not launch(instance, tick.run_requests[0]).success
+    admin.post("advance", new_transactions=1)
+    retry = evaluate(instance, tick.cursor)
+    assert len(retry.run_requests) == 1, retry.skip_message
+    assert {"events", "customers", "transactions"} <= selected(retry.run_requests[0]) & set(STREAM_TABLES)
+    assert not EventsSensorCursor.decode(retry.cursor).tables  # requested: none owed
