@@ -403,8 +403,8 @@ WINDOW_PAGES = 10
 WINDOW_SECONDS = 120
 # The cursor keeps the window's ids folded per stretch of their instant: the first STRETCH_CHARS
 # characters of an id's ULID (2**15 ms, 32.8 s), a count and a digest each. About 20 stretches
-# in a 600 s window, under 1 KB whatever the number of events (the daemon writes the cursor with
-# every tick); a stretch read again whose count or digest differs holds an event seen late.
+# in a 600 s window, 40 bytes each whatever the number of events (the daemon writes the cursor
+# with every tick); a stretch read again whose count or digest differs holds an event seen late.
 STRETCH_CHARS = 7
 
 
