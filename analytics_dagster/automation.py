@@ -445,10 +445,22 @@ def _reached(events: list[dict], complete: bool, cursor: str) -> str:
     return cursor if complete or not events or events[-1]["event_id"] >= cursor else events[-1]["event_id"]
 
 
+def _told_apart(ids: list[str], more: int, xor: int) -> list[str]:
+    """The ids among `ids` that a stretch's count and digest say are new: `more` of them, whose
+    digests XOR to `xor`; one or two can be found (two: the one whose digest, XORed with
+    `xor`, is another's), more cannot ([] then)."""
+    by_digest = {_id_digest(i): i for i in ids}
+    if more == 1:
+        return [by_digest[xor]] if xor in by_digest else []
+    if more == 2:
+        return next(([i, by_digest[d ^ xor]] for d, i in by_digest.items() if d ^ xor in by_digest), [])
+    return []
+
+
 def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str], list[str]]:
     """The events this tick has not seen, oldest first; what names them in a run key (the newest
     of their ids); and a line per stretch of the window that holds events seen late that its
-    digest cannot tell apart (more than one). It reads the events after the cursor and, when due,
+    digest cannot tell apart (more than two). It reads the events after the cursor and, when due,
     the window of late events behind it: from the visibility lag before the window's last read,
     comparing each stretch read whole with the count and digest of the ids it saw there; an event
     that became visible late is new to it."""
@@ -480,10 +492,10 @@ def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple
             window.update(_fold([i for i in ids if i > cursor], {stretch: seen.get(stretch, (0, 0))}))
             continue  # (not read whole: what it saw there, and what is new)
         was, now = seen.get(stretch, (0, 0)), _fold(i for i in ids if i <= cursor).get(stretch, (0, 0))
-        if now != was:  # an id it had not seen: one is told by the digest, more are not
-            late = [i for i in ids if i <= cursor and _id_digest(i) == now[1] ^ was[1]] if now[0] == was[0] + 1 else []
+        if now != was:  # ids it had not seen: one or two are told by the digest, more are not
+            late = _told_apart([i for i in ids if i <= cursor], now[0] - was[0], now[1] ^ was[1])
             if late:
-                new[late[0]] = ids[late[0]]
+                new.update((i, ids[i]) for i in late)
             else:
                 late_mark ^= now[1] ^ was[1]
                 unplaced.append(f"the window's events of {stretch}… are {now[0]}, were {was[0]} (late events "
