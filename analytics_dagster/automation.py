@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import dlt
 from requests import HTTPError
@@ -121,17 +122,10 @@ def models_reading(tables: list[str]) -> list[AssetKey]:
         reached |= more
 
 
-# What a run of the events sensor materializes: the stream's tables, then the models that read
-# them, in the same run (docs/design.md, "How fast a change arrives"). The models follow in
-# seconds, not at the automation sensor's next tick and a run of their own; and no update is lost
-# to that sensor's resolution (a table synced in the same tick as its models' last build counts
-# as handled by that build: dagster-io/dagster#24650, #33586).
-EVENTS_RUN = [asset_key(n) for n in STREAM_TABLES] + models_reading(STREAM_TABLES)
-
-
 def assets_for_events(events: list[dict]) -> list[str]:
     """The tables a batch of events touches, `events` included, in a stable order (the sensor
-    logs them; the run it requests syncs every table of `STREAM_TABLES`)."""
+    logs them; the run it requests syncs every table of `STREAM_TABLES`, in listing mode these:
+    `_selection`)."""
     touched = {"events"}
     for event in events:
         table = table_of_event(event.get("event_type"))
@@ -172,16 +166,25 @@ class EventsSensorCursor:
     event_id: Optional[str] = None  # the newest event seen (None: the stream was empty)
     run_key: Optional[str] = None  # the run requested last, until it is seen finished
     owed: bool = False  # a run is owed: events came after the last run requested, or it failed
+    # the tables of the stream its events touched since the last run requested, and those of a run
+    # that failed or was canceled: what a run takes in listing mode (`_selection`)
+    tables: list[str] = field(default_factory=list)
     failures: int = 0  # the runs requested that failed in a row (0 after a success)
-    failed_at: Optional[float] = None  # when the last of them ended (seconds since the epoch)
+    # when the last of them ended, or the last run that failed in its models or was canceled
+    # (seconds since the epoch)
+    failed_at: Optional[float] = None
     # the runs requested that failed in their models step alone, in a row (their raw tables were
     # synced): retried once, and no backoff for the next changes (`_follow_run`)
     models_failed: int = 0
+    # the runs requested that were canceled, in a row: the first is run again once, a canceled
+    # retry is not (`_follow_run`)
+    canceled: int = 0
     # the last read of the late-event window (the API's clock, seconds since the epoch) and the ids
-    # seen within the lag before it: the window's next read starts there, so an event that becomes
-    # visible late is seen (`_new_events`)
+    # seen within the lag before it, folded per stretch of their instant into a count and a digest
+    # ({stretch: [count, digest]}, `_fold`): the window's next read starts there, so an event that
+    # becomes visible late is seen (`_new_events`)
     polled_at: Optional[float] = None
-    recent: list[str] = field(default_factory=list)
+    window: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -190,6 +193,8 @@ class EventsSensorCursor:
         if not text.lstrip().startswith("{"):
             return cls(event_id=text)  # the cursor of before: an event id
         data = json.loads(text)
+        if "recent" in data:  # the cursor of before: the window's ids themselves
+            data.setdefault("window", _encode_window(_fold(data["recent"])))
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def encode(self) -> str:
@@ -216,11 +221,24 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
     if run.status in _IN_FLIGHT:
         return f"run {run.run_id} ({key}) is {run.status.value.lower()}"
     state.run_key = None
+    if run.status != DagsterRunStatus.SUCCESS:  # what it was to sync, a run again will
+        state.tables = sorted(set(state.tables) | {k.path[-1] for k in run.asset_selection or ()
+                                                   if k.path[-1] in STREAM_TABLES})
     if run.status == DagsterRunStatus.SUCCESS:
-        state.failures, state.failed_at, state.models_failed = 0, None, 0
+        state.failures, state.failed_at, state.models_failed, state.canceled = 0, None, 0, 0
         return f"run {run.run_id} ({key}) succeeded"
-    if run.status == DagsterRunStatus.CANCELED:  # someone stopped it: not retried
-        return f"run {run.run_id} ({key}) was canceled; not retried"
+    if run.status == DagsterRunStatus.CANCELED:
+        # by a user, a script, a deployment terminating the runs in flight: all look alike. The
+        # events it was requested for are in the cursor already, so they get one more run, at once
+        # (no backoff: a cancel says nothing of the API); a canceled retry is not run again, so a
+        # user who keeps canceling is not fought. (`failed_at` keys the retry apart, as below)
+        state.canceled += 1
+        state.failed_at = records[0].end_time or _now()
+        state.owed = state.owed or state.canceled == 1
+        return (f"run {run.run_id} ({key}) was canceled ({state.canceled} in a row): "
+                + ("it will be run again once" if state.canceled == 1
+                   else "not run again; the next new event or schedule runs it"))
+    state.canceled = 0
     failed_steps = {
         record.event_log_entry.dagster_event.step_key
         for record in context.instance.get_records_for_run(
@@ -266,14 +284,15 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
     description=(
         "Polls the API's event stream (/v1/events; /events on Paddle itself) for events newer than "
         "its cursor and requests a sync of the event stream and every table it keeps ("
-        + ", ".join(STREAM_TABLES) + "), not only the tables the events touch: in events mode the run reads the stream once (a request per "
+        + ", ".join(STREAM_TABLES) + "), not only the tables the events touch (in listing mode only those: every run "
+        "lists the tables it takes): in events mode the run reads the stream once (a request per "
         "200 events) and every table's cursor stays current, so no quiet table ages past the "
         "retention into a full listing; then, in the same run, the models reading them. One run at a time: "
         f"events that come while its run is in flight go in one run after it. Every {EVENTS_SENSOR_INTERVAL_SECONDS} s (a request when "
         "nothing is new). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
         "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
-        "backoff for the next changes). The first tick only sets the cursor."
+        "backoff for the next changes; a canceled run: once, at the next tick). The first tick only sets the cursor."
     ),
 )
 def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
@@ -302,8 +321,12 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
             cursor=EventsSensorCursor(event_id=newest).encode(),
         )
     state = EventsSensorCursor.decode(context.cursor)
-    notes = []
-    events, newest_new = _new_events(base_url, api_key, state)
+    events, newest_new, unplaced = _new_events(base_url, api_key, state)
+    notes = list(unplaced)
+    state.owed = state.owed or bool(unplaced)
+    # (events told apart by no id may touch any table)
+    state.tables = sorted(set(state.tables) | set(assets_for_events(events) if events else ())
+                          | set(STREAM_TABLES if unplaced else ()))
     if events:
         state.event_id, state.owed = max(state.event_id or "", events[-1]["event_id"]), True
         by_type: dict[str, int] = defaultdict(int)
@@ -313,7 +336,7 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
             f"{len(events)} new events up to {state.event_id}: {dict(by_type)}, touching "
             f"{assets_for_events(events)}"
         )
-    else:
+    elif not unplaced:
         notes.append(f"no events after {state.event_id}")
     if state.run_key:
         notes.append(_follow_run(context, state))
@@ -334,18 +357,38 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     # (a retry's key names the failure it follows, when it ended: no two retries share a key)
     run_key = f"events-up-to-{newest_new or state.event_id}" + (
         f"-after-{after}-failed-{int((state.failed_at or 0) * 1000)}" if after else
+        f"-after-canceled-{int((state.failed_at or 0) * 1000)}" if state.canceled else
         f"-after-models-failed-{int((state.failed_at or 0) * 1000)}" if state.models_failed else "")
     tags = {"analytics/events_up_to": str(state.event_id)}
     if after:
         tags["analytics/after_failed_runs"] = str(after)
-    state.run_key, state.owed = run_key, False
-    context.log.info("; ".join(notes) + f"; requesting {run_key} of {STREAM_TABLES} and the models reading them")
+    tables, why = _selection(state.tables)
+    state.run_key, state.owed, state.tables = run_key, False, []
+    context.log.info("; ".join(notes) + f"; requesting {run_key} of {tables} and the models reading them{why}")
     return SensorResult(
-        run_requests=[
-            RunRequest(run_key=run_key, asset_selection=EVENTS_RUN, tags=tags)
-        ],
+        run_requests=[RunRequest(
+            run_key=run_key, asset_selection=[asset_key(t) for t in tables] + models_reading(tables), tags=tags)],
         cursor=state.encode(),
     )
+
+
+def _selection(touched: list[str]) -> tuple[list[str], str]:
+    """The tables the sensor's run syncs (then, in the same run, the models that read them:
+    docs/design.md, "How fast a change arrives"; they follow in seconds, not at the automation
+    sensor's next tick and a run of their own, and no update is lost to that sensor's resolution:
+    a table synced in the same tick as its models' last build counts as handled by that build,
+    dagster-io/dagster#24650, #33586), and why when they are not every table of the stream.
+    In events mode every table of `STREAM_TABLES`: one read of the stream serves them all, and
+    none ages into a listing. In listing mode (`incremental = listing`) every run lists every
+    table it takes, whatever changed: a run of them all would cost a listing of the account per
+    change (two requests per customer), so the run takes the tables the events touched (docs/design.md,
+    "The events sensor, and why its runs take every table with events")."""
+    mode = dlt.config.get("sources.analytics.incremental", str)
+    if mode != "listing":
+        return list(STREAM_TABLES), ""
+    tables = [t for t in STREAM_TABLES if t in set(touched) | {"events"}] if touched else list(STREAM_TABLES)
+    return tables, (f" (incremental = listing: every run lists the tables it takes, so it takes those the "
+                    f"events touched, not the {len(STREAM_TABLES)} of the stream; the schedules list the rest)")
 
 
 # What a tick reads (docs/design.md, "How fast a change arrives"): the events after the newest it
@@ -358,37 +401,113 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
 NEW_PAGES = 50
 WINDOW_PAGES = 10
 WINDOW_SECONDS = 120
+# The cursor keeps the window's ids folded per stretch of their instant: the first STRETCH_CHARS
+# characters of an id's ULID (2**15 ms, 32.8 s), a count and a digest each. About 20 stretches
+# in a 600 s window, 40 bytes each whatever the number of events (the daemon writes the cursor
+# with every tick); a stretch read again whose count or digest differs holds an event seen late.
+STRETCH_CHARS = 7
 
 
-def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str]]:
-    """The events this tick has not seen, oldest first, and the newest of their ids. It reads the
-    events after the cursor and, when due, the window of late events behind it: from the
-    visibility lag before the window's last read, dropping the ids seen (`recent`); an event
+def _stretch(event_id: str) -> str:
+    """The stretch of instants an id was taken in: its prefix and the start of its ULID."""
+    head, _, ulid = event_id.rpartition("_")
+    return f"{head}_{ulid[:STRETCH_CHARS]}"
+
+
+def _id_digest(event_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+
+
+def _fold(ids: Iterable[str], into: Optional[dict[str, tuple[int, int]]] = None) -> dict[str, tuple[int, int]]:
+    """`ids` folded per stretch into (count, XOR of their digests), onto `into` (a copy)."""
+    folded = dict(into or {})
+    for event_id in ids:
+        count, xor = folded.get(_stretch(event_id), (0, 0))
+        folded[_stretch(event_id)] = (count + 1, xor ^ _id_digest(event_id))
+    return folded
+
+
+def _encode_window(folded: dict[str, tuple[int, int]]) -> dict[str, list]:
+    return {stretch: [count, f"{xor:016x}"] for stretch, (count, xor) in sorted(folded.items())}
+
+
+def _window_start(polled_ns: int, lag_ns: int) -> str:
+    """Where the window's read starts: the smallest id of the stretch of the instant `lag_ns`
+    before `polled_ns` (the window spans whole stretches, up to 33 s more than the lag)."""
+    floor = window_floor(polled_ns, lag_ns)
+    stretch = _stretch(floor)
+    return stretch + "0" * (len(floor) - len(stretch))
+
+
+def _reached(events: list[dict], complete: bool, cursor: str) -> str:
+    """How far a read from the window's start saw every id up to `cursor`: all of them when it
+    read to the stream's end or past the cursor, else up to its last id."""
+    return cursor if complete or not events or events[-1]["event_id"] >= cursor else events[-1]["event_id"]
+
+
+def _told_apart(ids: list[str], more: int, xor: int) -> list[str]:
+    """The ids among `ids` that a stretch's count and digest say are new: `more` of them, whose
+    digests XOR to `xor`; one or two can be found (two: the one whose digest, XORed with
+    `xor`, is another's), more cannot ([] then)."""
+    by_digest = {_id_digest(i): i for i in ids}
+    if more == 1:
+        return [by_digest[xor]] if xor in by_digest else []
+    if more == 2:
+        return next(([i, by_digest[d ^ xor]] for d, i in by_digest.items() if d ^ xor in by_digest), [])
+    return []
+
+
+def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str], list[str]]:
+    """The events this tick has not seen, oldest first; what names them in a run key (the newest
+    of their ids); and a line per stretch of the window that holds events seen late that its
+    digest cannot tell apart (more than two). It reads the events after the cursor and, when due,
+    the window of late events behind it: from the visibility lag before the window's last read,
+    comparing each stretch read whole with the count and digest of the ids it saw there; an event
     that became visible late is new to it."""
     lag = dlt.config.get("sources.analytics.event_visibility_lag_seconds", int)
     lag_ns = (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
-    cursor, polled_ns = state.event_id, int((state.polled_at or 0) * NS_PER_SECOND)
+    cursor, polled_ns = state.event_id or "", int((state.polled_at or 0) * NS_PER_SECOND)
+    seen = {stretch: (count, int(xor, 16)) for stretch, (count, xor) in state.window.items()}
     # no window before the first poll (the cursor was the stream's end then), nor without a lag
-    start = window_floor(polled_ns, lag_ns) if cursor and state.polled_at is not None and lag_ns > 0 else None
-    small = start is not None and len(state.recent) < EVENTS_PAGE_SIZE  # one read takes both
-    read, now_ns = events_after(
-        base_url, api_key, min(cursor, start) if small else cursor, max_pages=NEW_PAGES)
+    start = _window_start(polled_ns, lag_ns) if cursor and state.polled_at is not None and lag_ns > 0 else None
+    small = start is not None and sum(count for count, _ in seen.values()) < EVENTS_PAGE_SIZE  # one read takes both
+    read, now_ns, complete = events_after(
+        base_url, api_key, min(cursor, start) if small else cursor or None, max_pages=NEW_PAGES)
+    reached = _reached(read, complete, cursor) if small else None  # (None: no stretch read whole)
     window_read = start is None or small
     if not window_read and now_ns - polled_ns >= WINDOW_SECONDS * NS_PER_SECOND:
         if start < cursor:  # (a window at all: there is a cursor)
-            read += events_after(base_url, api_key, start, max_pages=WINDOW_PAGES, until=cursor)[0]
+            behind, _, complete = events_after(base_url, api_key, start, max_pages=WINDOW_PAGES, until=cursor)
+            read, reached = read + behind, _reached(behind, complete, cursor)
         window_read = True
-    seen = set(state.recent)
-    new: dict[str, dict] = {}
+    by_stretch: dict[str, dict[str, dict]] = defaultdict(dict)
     for event in read:
-        if event["event_id"] not in seen:
-            new.setdefault(event["event_id"], event)
+        by_stretch[_stretch(event["event_id"])].setdefault(event["event_id"], event)
+    new = {event_id: got[event_id] for got in by_stretch.values() for event_id in got if event_id > cursor}
+    unplaced, late_mark = [], 0
+    window: dict[str, tuple[int, int]] = {}
+    for stretch in sorted(set(seen) | set(by_stretch)):
+        ids = by_stretch.get(stretch, {})
+        if reached is None or not (reached >= cursor or stretch < _stretch(reached)):
+            window.update(_fold([i for i in ids if i > cursor], {stretch: seen.get(stretch, (0, 0))}))
+            continue  # (not read whole: what it saw there, and what is new)
+        was, now = seen.get(stretch, (0, 0)), _fold(i for i in ids if i <= cursor).get(stretch, (0, 0))
+        if now != was:  # ids it had not seen: one or two are told by the digest, more are not
+            late = _told_apart([i for i in ids if i <= cursor], now[0] - was[0], now[1] ^ was[1])
+            if late:
+                new.update((i, ids[i]) for i in late)
+            else:
+                late_mark ^= now[1] ^ was[1]
+                unplaced.append(f"the window's events of {stretch}… are {now[0]}, were {was[0]} (late events "
+                                f"among {min(ids, default='-')}..{max(ids, default='-')}, not told apart)")
+        window.update(_fold(ids, {stretch: (0, 0)}))
     if window_read:
         state.polled_at = now_ns / NS_PER_SECOND  # the API's clock (its Date), not this machine's
-    floor = window_floor(int((state.polled_at or 0) * NS_PER_SECOND), lag_ns)
-    state.recent = sorted(i for i in {e["event_id"] for e in read} | seen if i > floor) if lag_ns > 0 else []
+    floor = _stretch(window_floor(int((state.polled_at or 0) * NS_PER_SECOND), lag_ns))
+    state.window = _encode_window({s: v for s, v in window.items() if s >= floor and v[0]}) if lag_ns > 0 else {}
     events = sorted(new.values(), key=lambda e: e["event_id"])
-    return events, max(new, default=None)
+    # (events told apart by no id are named by what they add to the window's digest)
+    return events, max(new, default=None) or (f"{cursor}-late-{late_mark:016x}" if unplaced else None), unplaced
 
 
 @run_failure_sensor(
@@ -438,10 +557,10 @@ def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
 
 def events_after(
     base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[dict[str, Any]], int, bool]:
     """Events newer than `after`, oldest first (at most `max_pages` pages of 200; with `until`,
-    up to the page that reaches that id), and the API's clock when the read began (its first
-    page's `Date`)."""
+    up to the page that reaches that id), the API's clock when the read began (its first
+    page's `Date`), and whether it read to the stream's end or `until` (False: `max_pages` cut it)."""
     params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
     if after:
         params["after"] = after
@@ -450,6 +569,8 @@ def events_after(
     for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
         now = now or api_now_ns(page.response)
         events.extend(e for e in page if keyed(e))  # (one without a string id cannot be a cursor)
-        if pages >= max_pages or (until and events and events[-1]["event_id"] >= until):
+        if until and events and events[-1]["event_id"] >= until:
             break
-    return events, now or time.time_ns()
+        if pages >= max_pages:
+            return events, now or time.time_ns(), False
+    return events, now or time.time_ns(), True

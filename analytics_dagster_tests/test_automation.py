@@ -70,8 +70,8 @@ def launch(instance: DagsterInstance, request: RunRequest) -> Any:
 
 
 def followed(cursor: Optional[str]) -> EventsSensorCursor:
-    """The sensor's cursor but for its last poll's clock and window (`polled_at`, `recent`)."""
-    return dataclasses.replace(EventsSensorCursor.decode(cursor), polled_at=None, recent=[])
+    """The sensor's cursor but for its last poll's clock and window (`polled_at`, `window`)."""
+    return dataclasses.replace(EventsSensorCursor.decode(cursor), polled_at=None, window={})
 
 
 def selected(request: RunRequest) -> set[str]:
@@ -406,3 +406,65 @@ def test_after_a_burst_a_tick_reads_what_is_new_and_the_window_every_two_minutes
     assert launch(instance, later.run_requests[0]).success
     assert_warehouse_equals_api(warehouse, admin, KEPT)
     assert not evaluate(instance, later.cursor).run_requests, "seen once, requested once"
+
+
+@pytest.mark.parametrize("held", [2, 3])
+def test_late_events_of_one_stretch_request_one_run(warehouse: Path, admin: Admin, held: int) -> None:
+    """Events of one stretch of the window become visible late together (a write that commits
+    late, with them): the stretch's count and digest tell two apart (the run is keyed by the
+    newest), not three (keyed by what they add to the digest). Either way the tick requests a
+    run, keyed apart from every other, and the next tick, seeing the same window, requests
+    nothing."""
+    assert sync().success
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    late = [admin.post("mutate", resource="customers", key=admin.truth("customers")[n]["id"],
+                       set={"name": f"late {n}"}, hold_event=True)["event_id"] for n in range(held)]
+    admin.post("advance", seconds=1, updates=3)
+    assert len({automation._stretch(i) for i in late}) == 1
+    tick = evaluate(instance, cursor)
+    assert len(tick.run_requests) == 1
+    assert launch(instance, tick.run_requests[0]).success
+    quiet = evaluate(instance, tick.cursor)
+    assert not quiet.run_requests
+    admin.post("release", event_ids=late)
+    again = evaluate(instance, quiet.cursor)
+    assert len(again.run_requests) == 1, again.skip_message
+    key = again.run_requests[0].run_key
+    assert key != tick.run_requests[0].run_key
+    assert (max(late) in key) if held == 2 else ("-late-" in key), key
+    assert launch(instance, again.run_requests[0]).success
+    assert_warehouse_equals_api(warehouse, admin, KEPT)
+    assert not evaluate(instance, again.cursor).run_requests, "seen once, requested once"
+
+
+def test_the_cursor_of_before_keeps_its_window() -> None:
+    """A cursor written with the window's ids themselves (`recent`) is read folded: the same ids
+    make the same window, so a tick after an upgrade sees no old event as late."""
+    ids = ["evt_01jd0000000000000000000001", "evt_01jd0000000000000000000002", "evt_01jd9z00000000000000000003"]
+    before = EventsSensorCursor.decode('{"event_id": "%s", "polled_at": 1.0, "recent": %s}' % (ids[-1], str(ids).replace("'", '"')))
+    assert before.window == automation._encode_window(automation._fold(ids))
+    assert [count for count, _ in before.window.values()] == [2, 1]  # two stretches of the instant
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_in_listing_mode_the_run_takes_the_tables_touched_and_its_retry_too(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`incremental = listing`: the sensor's run lists the tables the events touched (and
+    `events`), not every table of the stream; a retry of a failed run takes its tables, with
+    those of the events seen since."""
+    monkeypatch.setenv("SOURCES__ANALYTICS__INCREMENTAL", "listing")
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("mutate", resource="customers", key=admin.truth("customers")[0]["id"], set={"name": "Renamed"})
+    tick = evaluate(instance, cursor)
+    assert selected(tick.run_requests[0]) & set(STREAM_TABLES) == {"events", "customers"}
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "1")
+    admin.post("inject", resource="events", kind="status", status=500, count=1)
+    assert not launch(instance, tick.run_requests[0]).success
+    admin.post("advance", new_transactions=1)
+    retry = evaluate(instance, tick.cursor)
+    assert len(retry.run_requests) == 1, retry.skip_message
+    assert {"events", "customers", "transactions"} <= selected(retry.run_requests[0]) & set(STREAM_TABLES)
+    assert not EventsSensorCursor.decode(retry.cursor).tables  # requested: none owed
