@@ -283,6 +283,11 @@ def dbt_environment(warehouse: str) -> dict[str, str]:
     env = {variable: str(getattr(credentials, field)) for field, variable in POSTGRES_ENV.items()}
     env[POSTGRES_PASSWORD_ENV] = credentials.password or ""
     env["PGTZ"] = "UTC"
+    # PostgreSQL's JIT off for the models' sessions (libpq's PGOPTIONS, after the user's own):
+    # the planner's estimates for unnested JSON (100 rows a call) cost each model's query past
+    # jit_above_cost, and compiling it took 1.5 to 5 s on rows a plan runs in milliseconds (9 s
+    # of a 40-customer build); docs/models.md, "PostgreSQL"
+    env["PGOPTIONS"] = " ".join(filter(None, [os.environ.get("PGOPTIONS", "").strip(), "-c jit=off"]))
     # TLS as the connection string asks (dbt-postgres leaves libpq to read it from the environment)
     for key, variable in (("sslmode", "PGSSLMODE"), ("sslrootcert", "PGSSLROOTCERT"),
                           ("sslcert", "PGSSLCERT"), ("sslkey", "PGSSLKEY")):

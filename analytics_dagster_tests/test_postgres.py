@@ -286,6 +286,27 @@ def test_dbt_on_a_session_not_in_utc_fails_before_building(postgres_warehouse: s
                                      "WHERE table_schema = 'analytics_models'") == []
 
 
+def test_the_models_sessions_run_without_jit(postgres_warehouse: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL compiled each model's query with its JIT (the planner's estimates for unnested
+    JSON cost them past jit_above_cost): 1.5 to 5 s a query, 9 s of a 40-customer build, for
+    plans that run in milliseconds. A session opened with the environment the step gives dbt
+    (libpq reads PGOPTIONS) has JIT off, and keeps the user's own PGOPTIONS."""
+    import psycopg2
+
+    from analytics_dagster.models import dbt_environment
+
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=600000")
+    for name, value in dbt_environment("postgres").items():
+        monkeypatch.setenv(name, value)
+    connection = psycopg2.connect(postgres_warehouse)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('jit'), current_setting('statement_timeout'), current_setting('TimeZone')")
+            assert cursor.fetchone() == ("off", "10min", "UTC")
+    finally:
+        connection.close()
+
+
 @pytest.mark.world(**LOCALIZED_WORLD)
 def test_mrr_is_what_a_localized_world_bills_on_postgres(postgres_warehouse: str, admin: Admin) -> None:
     """test_models.py's localized world on PostgreSQL: overrides, converted and tax-inclusive
