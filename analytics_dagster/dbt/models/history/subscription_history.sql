@@ -444,9 +444,14 @@ merged as (
     where r.starts_run = 1
 ),
 
+-- each merged period, from its start (an imported subscription's first, from its creation: it
+-- was active before Paddle billed it) to the next one (or the first known state), or to its end
+-- if nothing was billed in between
 inferred_periods as (
     select
         n.*,
+        case when n.n = 1 and f.imported then least(f.created_at, n.period_start) else n.period_start end
+            as starts_at,
         case when n.period_end < n.next_from - interval '1 second' then n.period_end else n.next_from end as ends_at
     from (
         select
@@ -456,23 +461,19 @@ inferred_periods as (
         from merged as m
         window w as (partition by m.subscription_id order by m.period_start, m.transaction_id)
     ) as n
+    join first_known as f on f.subscription_id = n.subscription_id
 ),
 
 inferred as (
-    -- a billed period, to the next one (or the first known state), or to its end if nothing
-    -- was billed in between; a renewal paid late, from when it was paid
-    -- (an imported subscription's first, from its creation: it was active before Paddle billed it)
+    -- a billed period (a renewal paid late, from when it was paid)
     select
         'inferred/' || i.transaction_id as state_id, i.subscription_id, 'inferred' as changed_by, i.status,
-        i.customer_id, i.currency_code, i.address_id, i.items,
-        case when i.n = 1 and f.imported then least(f.created_at, i.period_start)
-             else coalesce(i.paid_at, i.period_start) end as valid_from,
+        i.customer_id, i.currency_code, i.address_id, i.items, coalesce(i.paid_at, i.starts_at) as valid_from,
         i.ends_at as valid_to,
         'transaction' as inferred_from, i.transaction_id,
         i.uncertain, i.changed_to_state_id, i.priced_at,
         i.transaction_id as key_id
     from inferred_periods as i
-    join first_known as f on f.subscription_id = i.subscription_id
     where i.paid_at is null or i.paid_at < i.ends_at
     union all
     -- a renewal paid late (its payments say): active until its payment failed, then past due
@@ -484,7 +485,7 @@ inferred as (
         case when p.part = 'billed' then i.changed_to_state_id end, i.priced_at, i.transaction_id
     from inferred_periods as i
     join (
-        select transaction_id, 'billed' as part, period_start as valid_from, least(failed_at, ends_at) as valid_to
+        select transaction_id, 'billed' as part, starts_at as valid_from, least(failed_at, ends_at) as valid_to
         from inferred_periods
         where paid_at is not null
         union all
