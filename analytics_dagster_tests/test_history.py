@@ -123,7 +123,7 @@ def assert_history_starts_when_subscriptions_did(db: Path | str, admin: Admin) -
     assert not [s["state_id"] for s in states if s["state_id"] in renewals and s["changes_mrr"]]
     inferred = [s for s in states if s["inferred_from"] == "transaction"]
     assert inferred and all(s["transaction_id"] and s["state_id"] == f"inferred/{s['transaction_id']}" for s in inferred)
-    assert {s["inferred_from"] for s in states} <= {None, "transaction", "no_transaction", "first_state"}
+    assert {s["inferred_from"] for s in states} <= {None, "transaction", "no_transaction", "payments", "first_state"}
     # merged: fewer inferred periods than the transactions they come from; two periods in a row
     # that bill the same items at the same amounts are one state (but an uncertain one: apart)
     billed = {r["transaction_id"]: r for r in query(db, """

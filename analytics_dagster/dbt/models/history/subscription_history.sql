@@ -180,11 +180,33 @@ trial_checkouts as (
     having min(case when l.unit_subtotal = 0 then 1 else 0 end) = 1
 ),
 
+-- A renewal collected automatically (Paddle charges the payment method on file) whose payment
+-- failed (its first attempt that did not capture) more than an hour before one captured: the
+-- subscription was past due from that failure until the capture (its captured_at), Paddle's
+-- dunning retrying it (the transaction, once paid, is `completed` like any other). An attempt
+-- retried at once (Paddle's own example: captured 3 minutes after a decline) leaves no past-due
+-- day
+paid_late as (
+    select
+        t.id as transaction_id,
+        min(case when p.value->>'status' = 'captured' and {{ is_rfc3339("p.value->>'captured_at'") }}
+                 then {{ rfc3339_timestamp("p.value->>'captured_at'") }} end) as paid_at,
+        min(case when p.value->>'status' <> 'captured' and {{ is_rfc3339("p.value->>'created_at'") }}
+                 then {{ rfc3339_timestamp("p.value->>'created_at'") }} end) as failed_at
+    from {{ raw('transactions') }} as t,
+        {{ json_array_elements('t.payments', none, 'p') }}
+    where t.origin = 'subscription_recurring'
+      and t.status in ('paid', 'completed')
+      and coalesce(t.collection_mode, 'automatic') = 'automatic'
+    group by t.id
+),
+
 -- What the subscription's own transactions billed (transactions, unlike events, stay in the
 -- API): each of its checkout's (web), renewals' (subscription_recurring) and changes'
 -- (subscription_update), billed, paid, completed or past due, with a billing period (a trial's
 -- checkout: trialing, its period the trial); `billed`: those of the periods before its first
--- known state
+-- known state; `failed_at`, `paid_at`: a renewal paid late (paid_late) within its period, when
+-- its payment failed and when it was paid
 billed_all as (
     select
         t.id as transaction_id,
@@ -199,9 +221,16 @@ billed_all as (
         t.items,
         coalesce(t.billed_at, t.created_at) as billed_at,
         {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }} as period_start,
-        {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }} as period_end
+        {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }} as period_end,
+        case when l.failed_at < l.paid_at - interval '1 hour'
+                  and l.paid_at < {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }}
+             then greatest(l.failed_at, {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }}) end as failed_at,
+        case when l.failed_at < l.paid_at - interval '1 hour'
+                  and l.paid_at < {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }}
+             then l.paid_at end as paid_at
     from {{ raw('transactions') }} as t
     join first_known as f on f.subscription_id = t.subscription_id
+    left join paid_late as l on l.transaction_id = t.id
     where t.origin in ('web', 'subscription_recurring', 'subscription_update')
       and t.status in ('billed', 'paid', 'completed', 'past_due')
       and {{ is_rfc3339("t.billing_period->>'starts_at'") }}
@@ -255,6 +284,8 @@ periods as (
         case when b.origin = 'subscription_update' then coalesce(n.items, f.items) else b.items end as items,
         b.period_start,
         b.period_end,
+        b.failed_at,
+        b.paid_at,
         f.valid_from as known_from
     from billed as b
     join first_known as f on f.subscription_id = b.subscription_id
@@ -384,10 +415,11 @@ period_states as (
     select
         p.*,
         -- a period right after the previous one, that changes nothing MRR depends on (the same
-        -- status, items, currency, address and amounts billed), continues its state
+        -- status, items, currency, address and amounts billed), and paid when billed, continues
+        -- its state
         case when lag(p.period_end) over w >= p.period_start - interval '1 second'
                   and lag(p.content) over w = p.content and lag(p.billed_key) over w = p.billed_key
-                  and lag(p.uncertain) over w = p.uncertain
+                  and lag(p.uncertain) over w = p.uncertain and p.paid_at is null
              then 0 else 1 end as starts_run
     from flagged_periods as p
     window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
@@ -405,36 +437,62 @@ merged as (
     select
         r.transaction_id, r.subscription_id, r.origin, r.status, r.customer_id, r.currency_code, r.address_id,
         r.items, r.uncertain, case when r.uncertain then r.changed_to_state_id end as changed_to_state_id,
-        r.period_start, e.period_end, r.known_from, r.priced_at
+        r.period_start, e.period_end, r.failed_at, r.paid_at, r.known_from, r.priced_at
     from runs as r
     join (select subscription_id, run, max(period_end) as period_end from runs group by subscription_id, run) as e
         on e.subscription_id = r.subscription_id and e.run = r.run
     where r.starts_run = 1
 ),
 
+-- each merged period, from its start (an imported subscription's first, from its creation: it
+-- was active before Paddle billed it) to the next one (or the first known state), or to its end
+-- if nothing was billed in between
 inferred_periods as (
     select
-        m.*,
-        coalesce(lead(m.period_start) over w, m.known_from) as next_from,
-        row_number() over w as n
-    from merged as m
-    window w as (partition by m.subscription_id order by m.period_start, m.transaction_id)
+        n.*,
+        case when n.n = 1 and f.imported then least(f.created_at, n.period_start) else n.period_start end
+            as starts_at,
+        case when n.period_end < n.next_from - interval '1 second' then n.period_end else n.next_from end as ends_at
+    from (
+        select
+            m.*,
+            coalesce(lead(m.period_start) over w, m.known_from) as next_from,
+            row_number() over w as n
+        from merged as m
+        window w as (partition by m.subscription_id order by m.period_start, m.transaction_id)
+    ) as n
+    join first_known as f on f.subscription_id = n.subscription_id
 ),
 
 inferred as (
-    -- a billed period, to the next one (or the first known state), or to its end if nothing
-    -- was billed in between
-    -- (an imported subscription's first, from its creation: it was active before Paddle billed it)
+    -- a billed period (a renewal paid late, from when it was paid)
     select
         'inferred/' || i.transaction_id as state_id, i.subscription_id, 'inferred' as changed_by, i.status,
-        i.customer_id, i.currency_code, i.address_id, i.items,
-        case when i.n = 1 and f.imported then least(f.created_at, i.period_start) else i.period_start end as valid_from,
-        case when i.period_end < i.next_from - interval '1 second' then i.period_end else i.next_from end as valid_to,
+        i.customer_id, i.currency_code, i.address_id, i.items, coalesce(i.paid_at, i.starts_at) as valid_from,
+        i.ends_at as valid_to,
         'transaction' as inferred_from, i.transaction_id,
         i.uncertain, i.changed_to_state_id, i.priced_at,
         i.transaction_id as key_id
     from inferred_periods as i
-    join first_known as f on f.subscription_id = i.subscription_id
+    where i.paid_at is null or i.paid_at < i.ends_at
+    union all
+    -- a renewal paid late (its payments say): active until its payment failed, then past due
+    -- until it was paid
+    select
+        'inferred/' || i.transaction_id || '/' || p.part, i.subscription_id, 'inferred',
+        case when p.part = 'billed' then i.status else 'past_due' end, i.customer_id, i.currency_code, i.address_id,
+        i.items, p.valid_from, p.valid_to, 'payments', i.transaction_id, p.part = 'billed' and i.uncertain,
+        case when p.part = 'billed' then i.changed_to_state_id end, i.priced_at, i.transaction_id
+    from inferred_periods as i
+    join (
+        select transaction_id, 'billed' as part, starts_at as valid_from, least(failed_at, ends_at) as valid_to
+        from inferred_periods
+        where paid_at is not null
+        union all
+        select transaction_id, 'unpaid', least(failed_at, ends_at), least(paid_at, ends_at)
+        from inferred_periods
+        where paid_at is not null
+    ) as p on p.transaction_id = i.transaction_id and p.valid_from < p.valid_to
     union all
     -- nothing billed between a period's end and the next state: not billed (paused, canceled
     -- and since resumed, or past due and not paid)
