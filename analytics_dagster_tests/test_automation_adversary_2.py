@@ -56,9 +56,9 @@ def add_run(instance: DagsterInstance, request: RunRequest, status: DagsterRunSt
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the events a tick read before the window's first read (the cursor set at the "
-    "stream's end, or a cursor of before: an event id) are not in the window; the next read of "
-    "it takes them for late events and requests a run of every table"))
+    "open (#30): the events before a cursor set at the stream's end (the first tick, or a cursor "
+    "of before: an event id) are in no stretch of the window; its first read takes them for late "
+    "events and requests a run (in listing mode of every table)"))
 @pytest.mark.usefixtures("backfilled")
 def test_the_sensors_first_ticks_request_no_run_without_a_change(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
