@@ -166,6 +166,10 @@ class EventsSensorCursor:
     event_id: Optional[str] = None  # the newest event seen (None: the stream was empty)
     run_key: Optional[str] = None  # the run requested last, until it is seen finished
     owed: bool = False  # a run is owed: events came after the last run requested, or it failed
+    # the newest id new to a tick since the last run requested (a late event's is older than
+    # `event_id`): it names the next run's key, which a late event seen while a run is in flight
+    # would otherwise share with that run (the daemon launches no key twice)
+    newest_new: Optional[str] = None
     # the tables of the stream its events touched since the last run requested, and those of a run
     # that failed or was canceled: what a run takes in listing mode (`_selection`)
     tables: list[str] = field(default_factory=list)
@@ -179,12 +183,23 @@ class EventsSensorCursor:
     # the runs requested that were canceled, in a row: the first is run again once, a canceled
     # retry is not (`_follow_run`)
     canceled: int = 0
-    # the last read of the late-event window (the API's clock, seconds since the epoch) and the ids
-    # seen within the lag before it, folded per stretch of their instant into a count and a digest
-    # ({stretch: [count, digest]}, `_fold`): the window's next read starts there, so an event that
-    # becomes visible late is seen (`_new_events`)
+    # the last read of the late-event window (the API's clock, seconds since the epoch; a read in
+    # chunks: its first) and the ids seen within the lag before it, folded per stretch of their
+    # instant into a count and a digest ({stretch: [count, digest]}, `_fold`): the window's next
+    # read starts there, so an event that becomes visible late is seen (`_new_events`)
     polled_at: Optional[float] = None
     window: dict[str, list] = field(default_factory=dict)
+    # the ids up to this one were never read by the sensor (the cursor when its window began, the
+    # stream's end then; for a cursor of before, where its window began): the window's stretches
+    # up to this id's count the ids after it, until a read takes them all whole (their baseline,
+    # none of its ids late); then None
+    baseline: Optional[str] = None
+    # a read of the window cut by its pages: the id it reached, and the count and digest of the
+    # ids of that id's stretch it read ([id, count, digest]); the next read goes on from there, so
+    # a stretch longer than the read's pages is read whole across reads. `read_at`: the API's
+    # clock of that read (the next is due WINDOW_SECONDS after it)
+    resume: Optional[list] = None
+    read_at: Optional[float] = None
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -193,8 +208,10 @@ class EventsSensorCursor:
         if not text.lstrip().startswith("{"):
             return cls(event_id=text)  # the cursor of before: an event id
         data = json.loads(text)
-        if "recent" in data:  # the cursor of before: the window's ids themselves
+        if "recent" in data:  # the cursor of before: the window's ids themselves, from the lag before its poll
             data.setdefault("window", _encode_window(_fold(data["recent"])))
+            if data.get("polled_at") is not None and _lag_ns() > 0:
+                data.setdefault("baseline", window_floor(int(data["polled_at"] * NS_PER_SECOND), _lag_ns()))
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def encode(self) -> str:
@@ -322,6 +339,8 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         )
     state = EventsSensorCursor.decode(context.cursor)
     events, newest_new, unplaced = _new_events(base_url, api_key, state)
+    if newest_new:
+        state.newest_new = max(state.newest_new or "", newest_new)
     notes = list(unplaced)
     state.owed = state.owed or bool(unplaced)
     # (events told apart by no id may touch any table)
@@ -352,10 +371,11 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         return SensorResult(skip_reason=SkipReason("; ".join(notes)), cursor=state.encode())
 
     after = state.failures
-    # keyed by the newest event new to this tick: a late one (older than the cursor) makes a key
-    # of its own, where the cursor's would repeat a run key already used, and launch nothing
-    # (a retry's key names the failure it follows, when it ended: no two retries share a key)
-    run_key = f"events-up-to-{newest_new or state.event_id}" + (
+    # keyed by the newest event new to a tick since the last run requested: a late one (older
+    # than the cursor) makes a key of its own, where the cursor's would repeat a run key already
+    # used, and launch nothing (a retry's key names the failure it follows, when it ended: no two
+    # retries share a key)
+    run_key = f"events-up-to-{state.newest_new or state.event_id}" + (
         f"-after-{after}-failed-{int((state.failed_at or 0) * 1000)}" if after else
         f"-after-canceled-{int((state.failed_at or 0) * 1000)}" if state.canceled else
         f"-after-models-failed-{int((state.failed_at or 0) * 1000)}" if state.models_failed else "")
@@ -363,7 +383,7 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     if after:
         tags["analytics/after_failed_runs"] = str(after)
     tables, why = _selection(state.tables)
-    state.run_key, state.owed, state.tables = run_key, False, []
+    state.run_key, state.owed, state.tables, state.newest_new = run_key, False, [], None
     context.log.info("; ".join(notes) + f"; requesting {run_key} of {tables} and the models reading them{why}")
     return SensorResult(
         run_requests=[RunRequest(
@@ -396,8 +416,9 @@ def _selection(touched: list[str]) -> tuple[list[str], str]:
 # next ticks), so nothing that follows a burst waits. The late-event window behind it (the
 # visibility lag before the last read of the window) is read again at every tick while it holds
 # fewer ids than a page (the one request then reads the window and what is new), and otherwise
-# every WINDOW_SECONDS of the API's clock, WINDOW_PAGES pages at most: after a burst an idle tick
-# costs one request, and the window's re-read at most 10 pages every 2 minutes, 11 a minute in all.
+# every WINDOW_SECONDS of the API's clock, WINDOW_PAGES pages at most (a read those pages cut is
+# gone on with by the next, `resume`): after a burst an idle tick costs one request, and the
+# window's re-read at most 10 pages every 2 minutes, 11 a minute in all.
 NEW_PAGES = 50
 WINDOW_PAGES = 10
 WINDOW_SECONDS = 120
@@ -457,53 +478,93 @@ def _told_apart(ids: list[str], more: int, xor: int) -> list[str]:
     return []
 
 
+def _lag_ns() -> int:
+    """The visibility lag the late-event window spans (`event_visibility_lag_seconds`), in ns."""
+    lag = dlt.config.get("sources.analytics.event_visibility_lag_seconds", int)
+    return (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
+
+
 def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str], list[str]]:
     """The events this tick has not seen, oldest first; what names them in a run key (the newest
     of their ids); and a line per stretch of the window that holds events seen late that its
     digest cannot tell apart (more than two). It reads the events after the cursor and, when due,
-    the window of late events behind it: from the visibility lag before the window's last read,
-    comparing each stretch read whole with the count and digest of the ids it saw there; an event
-    that became visible late is new to it."""
-    lag = dlt.config.get("sources.analytics.event_visibility_lag_seconds", int)
-    lag_ns = (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
+    the window of late events behind it: from the visibility lag before the window's last read
+    (or on from where a read cut by its pages stopped, `resume`), comparing each stretch read
+    whole with the count and digest of the ids it saw there; an event that became visible late
+    is new to it. Ids up to `baseline` (never read before) are counted only once read whole."""
+    lag_ns = _lag_ns()
     cursor, polled_ns = state.event_id or "", int((state.polled_at or 0) * NS_PER_SECOND)
     seen = {stretch: (count, int(xor, 16)) for stretch, (count, xor) in state.window.items()}
     # no window before the first poll (the cursor was the stream's end then), nor without a lag
     start = _window_start(polled_ns, lag_ns) if cursor and state.polled_at is not None and lag_ns > 0 else None
-    small = start is not None and sum(count for count, _ in seen.values()) < EVENTS_PAGE_SIZE  # one read takes both
-    read, now_ns, complete = events_after(
+    if start is None and cursor and lag_ns > 0:  # the window begins: what is before the cursor was never read
+        state.baseline = cursor
+    resume = state.resume if start is not None and state.resume and state.resume[0] >= start else None
+    small = start is not None and not resume and sum(count for count, _ in seen.values()) < EVENTS_PAGE_SIZE
+    read, now_ns, complete = events_after(  # (small: one read takes the window and what is new)
         base_url, api_key, min(cursor, start) if small else cursor or None, max_pages=NEW_PAGES)
-    reached = _reached(read, complete, cursor) if small else None  # (None: no stretch read whole)
+    # where the window's read began (None: no stretch read whole) and how far it saw every id
+    begin, reached = (start, _reached(read, complete, cursor)) if small else (None, None)
     window_read = start is None or small
-    if not window_read and now_ns - polled_ns >= WINDOW_SECONDS * NS_PER_SECOND:
+    due_ns = int((state.read_at or state.polled_at or 0) * NS_PER_SECOND) + WINDOW_SECONDS * NS_PER_SECOND
+    if not window_read and now_ns >= due_ns:
         if start < cursor:  # (a window at all: there is a cursor)
-            behind, _, complete = events_after(base_url, api_key, start, max_pages=WINDOW_PAGES, until=cursor)
+            begin = resume[0] if resume else start
+            behind, _, complete = events_after(base_url, api_key, begin, max_pages=WINDOW_PAGES, until=cursor)
             read, reached = read + behind, _reached(behind, complete, cursor)
         window_read = True
+    going_on = resume is not None and begin == resume[0]  # (a read of the window cut before, going on)
+    baseline = state.baseline
+    # the stretches whose count is of the ids after the baseline: until a read from the window's
+    # start takes every one of them whole (then their count is of every id)
+    until_baseline = _stretch(baseline) if baseline else ""
+    ends_baseline = bool(baseline) and begin is not None and not going_on and reached is not None and (
+        reached >= cursor or _stretch(reached) > until_baseline)
+
+    def counted(stretch: str, ids: Iterable[str]) -> list[str]:
+        return [i for i in ids if i > baseline] if baseline and stretch <= until_baseline else list(ids)
+
     by_stretch: dict[str, dict[str, dict]] = defaultdict(dict)
     for event in read:
         by_stretch[_stretch(event["event_id"])].setdefault(event["event_id"], event)
     new = {event_id: got[event_id] for got in by_stretch.values() for event_id in got if event_id > cursor}
     unplaced, late_mark = [], 0
     window: dict[str, tuple[int, int]] = {}
+    # what a read cut before in the window's stretch it goes on in had read of it
+    carried = {_stretch(resume[0]): (resume[1], int(resume[2], 16))} if going_on else {}
+    cut = begin is not None and reached < cursor
     for stretch in sorted(set(seen) | set(by_stretch)):
         ids = by_stretch.get(stretch, {})
-        if reached is None or not (reached >= cursor or stretch < _stretch(reached)):
-            window.update(_fold([i for i in ids if i > cursor], {stretch: seen.get(stretch, (0, 0))}))
+        if begin is None or stretch < _stretch(begin) or (cut and stretch >= _stretch(reached)):
+            window.update(_fold(counted(stretch, [i for i in ids if i > cursor]), {stretch: seen.get(stretch, (0, 0))}))
             continue  # (not read whole: what it saw there, and what is new)
-        was, now = seen.get(stretch, (0, 0)), _fold(i for i in ids if i <= cursor).get(stretch, (0, 0))
+        before = carried.get(stretch, (0, 0))
+        compared = counted(stretch, [i for i in ids if i <= cursor])
+        was, now = seen.get(stretch, (0, 0)), _fold(compared, {stretch: before})[stretch]
         if now != was:  # ids it had not seen: one or two are told by the digest, more are not
-            late = _told_apart([i for i in ids if i <= cursor], now[0] - was[0], now[1] ^ was[1])
+            late = _told_apart(compared, now[0] - was[0], now[1] ^ was[1])
             if late:
                 new.update((i, ids[i]) for i in late)
             else:
                 late_mark ^= now[1] ^ was[1]
                 unplaced.append(f"the window's events of {stretch}… are {now[0]}, were {was[0]} (late events "
                                 f"among {min(ids, default='-')}..{max(ids, default='-')}, not told apart)")
-        window.update(_fold(ids, {stretch: (0, 0)}))
+        window.update(_fold(ids if ends_baseline else counted(stretch, ids), {stretch: before}))
     if window_read:
-        state.polled_at = now_ns / NS_PER_SECOND  # the API's clock (its Date), not this machine's
+        if going_on:  # the window still starts where the read's first chunk started it
+            state.read_at = now_ns / NS_PER_SECOND
+        else:
+            state.polled_at, state.read_at = now_ns / NS_PER_SECOND, None  # the API's clock (its Date)
+        if cut:  # the next read goes on from the id this one reached, with what it read of its stretch
+            stretch = _stretch(reached)
+            got = _fold(counted(stretch, [i for i in by_stretch.get(stretch, {}) if i <= reached]),
+                        {stretch: carried.get(stretch, (0, 0))})[stretch]
+            state.resume = [reached, got[0], f"{got[1]:016x}"]
+        else:
+            state.resume = None
     floor = _stretch(window_floor(int((state.polled_at or 0) * NS_PER_SECOND), lag_ns))
+    if ends_baseline or (baseline and until_baseline < floor) or lag_ns <= 0:
+        state.baseline = None
     state.window = _encode_window({s: v for s, v in window.items() if s >= floor and v[0]}) if lag_ns > 0 else {}
     events = sorted(new.values(), key=lambda e: e["event_id"])
     # (events told apart by no id are named by what they add to the window's digest)

@@ -70,8 +70,10 @@ def launch(instance: DagsterInstance, request: RunRequest) -> Any:
 
 
 def followed(cursor: Optional[str]) -> EventsSensorCursor:
-    """The sensor's cursor but for its last poll's clock and window (`polled_at`, `window`)."""
-    return dataclasses.replace(EventsSensorCursor.decode(cursor), polled_at=None, window={})
+    """The sensor's cursor but for its late-event window (`polled_at`, `window`, `baseline`,
+    `resume`, `read_at`)."""
+    return dataclasses.replace(EventsSensorCursor.decode(cursor), polled_at=None, window={}, baseline=None,
+                               resume=None, read_at=None)
 
 
 def selected(request: RunRequest) -> set[str]:
@@ -436,6 +438,29 @@ def test_late_events_of_one_stretch_request_one_run(warehouse: Path, admin: Admi
     assert launch(instance, again.run_requests[0]).success
     assert_warehouse_equals_api(warehouse, admin, KEPT)
     assert not evaluate(instance, again.cursor).run_requests, "seen once, requested once"
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_an_event_late_since_before_the_sensor_started_is_seen_after_its_first_read(
+    warehouse: Path, admin: Admin
+) -> None:
+    """The window's first read takes the stretches before the sensor started as they are, none
+    of their events late (its baseline); an event of those stretches that becomes visible after
+    that read is late like any: a change whose write commits late, made before the sensor was
+    turned on, gets a run keyed by its event."""
+    late = admin.post("mutate", resource="customers", key=admin.truth("customers")[0]["id"],
+                      set={"name": "late since before"}, hold_event=True)["event_id"]
+    admin.post("advance", seconds=2, updates=3)
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor  # the stream's end: after the held event
+    for _ in range(2):  # the window begins, then its first read: the events before, as they are
+        tick = evaluate(instance, cursor)
+        assert not tick.run_requests, tick.run_requests[0].run_key
+        cursor = tick.cursor
+    assert EventsSensorCursor.decode(cursor).baseline is None  # read whole
+    admin.post("release", event_ids=[late])
+    again = evaluate(instance, cursor)
+    assert [r.run_key for r in again.run_requests] == [f"events-up-to-{late}"], again.skip_message
 
 
 def test_the_cursor_of_before_keeps_its_window() -> None:

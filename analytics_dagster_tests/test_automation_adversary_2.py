@@ -55,10 +55,6 @@ def add_run(instance: DagsterInstance, request: RunRequest, status: DagsterRunSt
     return run
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the events before a cursor set at the stream's end (the first tick, or a cursor "
-    "of before: an event id) are in no stretch of the window; its first read takes them for late "
-    "events and requests a run (in listing mode of every table)"))
 @pytest.mark.usefixtures("backfilled")
 def test_the_sensors_first_ticks_request_no_run_without_a_change(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
@@ -82,10 +78,6 @@ def test_the_sensors_first_ticks_request_no_run_without_a_change(
         cursor = result.cursor
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): a cursor of before kept the window's ids from the instant lag before its poll; "
-    "the window now starts at that instant's stretch, up to 33 s earlier, so the events of those "
-    "seconds read as late after the upgrade"))
 @pytest.mark.usefixtures("backfilled")
 def test_a_cursor_of_before_requests_no_run_after_the_upgrade(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "The events sensor, and why its runs take every table with events"):
@@ -103,10 +95,6 @@ def test_a_cursor_of_before_requests_no_run_after_the_upgrade(warehouse: Path, a
     assert not tick.run_requests, f"the first tick after the upgrade requests {tick.run_requests[0].run_key}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): a stretch holding more ids than the window's read takes (10 pages, 2,000) is "
-    "never read whole, so its count and digest are never compared: a late event in it, even on "
-    "the read's first page, requests no run (the window's ids, before, found it there)"))
 @pytest.mark.usefixtures("backfilled")
 def test_a_late_event_before_a_burst_larger_than_ten_pages_requests_a_run(warehouse: Path, admin: Admin) -> None:
     """Claim: no late event (visible after a tick read past its id, within the visibility lag) is
@@ -136,9 +124,6 @@ def test_a_late_event_before_a_burst_larger_than_ten_pages_requests_a_run(wareho
     assert requested, f"the late event {late}, visible for 10 minutes, requested no run"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the run owed for a late event seen while the sensor's run is in flight is keyed "
-    "by the cursor's event, as that run was: the daemon launches no key twice, so it never runs"))
 @pytest.mark.usefixtures("backfilled")
 def test_a_late_event_seen_while_the_run_is_in_flight_gets_a_run(warehouse: Path, admin: Admin) -> None:
     """Claim: events that come while the sensor's run is in flight go in one run after it, and no
