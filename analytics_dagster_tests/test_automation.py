@@ -472,6 +472,18 @@ def test_the_cursor_of_before_keeps_its_window() -> None:
     assert [count for count, _ in before.window.values()] == [2, 1]  # two stretches of the instant
 
 
+def renamed_in_listing_mode(admin: Admin, monkeypatch: pytest.MonkeyPatch) -> tuple[DagsterInstance, Any]:
+    """`incremental = listing`, the sensor's cursor set, then a customer renamed: the instance and
+    the tick, whose run takes `events` and `customers` alone of the stream's tables."""
+    monkeypatch.setenv("SOURCES__ANALYTICS__INCREMENTAL", "listing")
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("mutate", resource="customers", key=admin.truth("customers")[0]["id"], set={"name": "Renamed"})
+    tick = evaluate(instance, cursor)
+    assert selected(tick.run_requests[0]) & set(STREAM_TABLES) == {"events", "customers"}
+    return instance, tick
+
+
 @pytest.mark.usefixtures("backfilled")
 def test_in_listing_mode_the_run_takes_the_tables_touched_and_its_retry_too(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
@@ -479,12 +491,7 @@ def test_in_listing_mode_the_run_takes_the_tables_touched_and_its_retry_too(
     """`incremental = listing`: the sensor's run lists the tables the events touched (and
     `events`), not every table of the stream; a retry of a failed run takes its tables, with
     those of the events seen since."""
-    monkeypatch.setenv("SOURCES__ANALYTICS__INCREMENTAL", "listing")
-    instance = DagsterInstance.ephemeral()
-    cursor = evaluate(instance, None).cursor
-    admin.post("mutate", resource="customers", key=admin.truth("customers")[0]["id"], set={"name": "Renamed"})
-    tick = evaluate(instance, cursor)
-    assert selected(tick.run_requests[0]) & set(STREAM_TABLES) == {"events", "customers"}
+    instance, tick = renamed_in_listing_mode(admin, monkeypatch)
     monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "1")
     admin.post("inject", resource="events", kind="status", status=500, count=1)
     assert not launch(instance, tick.run_requests[0]).success

@@ -20,7 +20,7 @@ from analytics_dagster import automation
 from analytics_dagster.automation import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG, STREAM_TABLES, EventsSensorCursor
 from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
 from analytics_dagster_tests.conftest import Admin
-from analytics_dagster_tests.test_automation import evaluate, selected
+from analytics_dagster_tests.test_automation import evaluate, renamed_in_listing_mode, selected
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # a ULID's alphabet, lower-cased as the API's ids
 STRETCH_MS = 1 << 15  # what the first 7 characters of a ULID say: 2^15 ms
@@ -185,12 +185,7 @@ def test_in_listing_mode_a_canceled_runs_tables_go_to_the_run_again(
     canceled; meanwhile a transaction is created. The run again takes customers and
     transactions (with the tables a new transaction makes), and events; after it succeeded
     nothing is owed."""
-    monkeypatch.setenv("SOURCES__ANALYTICS__INCREMENTAL", "listing")
-    instance = DagsterInstance.ephemeral()
-    cursor = evaluate(instance, None).cursor
-    admin.post("mutate", resource="customers", key=admin.truth("customers")[0]["id"], set={"name": "Renamed"})
-    tick = evaluate(instance, cursor)
-    assert selected(tick.run_requests[0]) & set(STREAM_TABLES) == {"events", "customers"}
+    instance, tick = renamed_in_listing_mode(admin, monkeypatch)
     add_run(instance, tick.run_requests[0], DagsterRunStatus.CANCELED)
     admin.post("advance", new_transactions=1)
     again = evaluate(instance, tick.cursor)
