@@ -1,0 +1,148 @@
+"""The events sensor's window state machine (issue #30): its baseline and its reads cut by their
+pages (`resume`) against what the API allows.
+
+Each test states a claim of docs/design.md ("The events sensor, and why its runs take every table
+with events", "How fast a change arrives", "Late events") and the API's behaviour that breaks it
+(a strict xfail naming it). Ticks are evaluated every 10 s of the API's clock, as the daemon
+would (`EVENTS_SENSOR_INTERVAL_SECONDS`); no run is launched: the sensor's requests are the claim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance
+
+from analytics_dagster import automation
+from analytics_dagster.automation import EventsSensorCursor
+from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
+from analytics_dagster_tests.conftest import Admin
+from analytics_dagster_tests.test_automation import evaluate
+from analytics_dagster_tests.test_automation_adversary_2 import hold_a_change, into_the_next_stretch, ms_of
+
+# more ids in one stretch than a read of the window takes (10 pages of 200)
+BURST = 2100
+
+
+def tick(admin: Admin, instance: DagsterInstance, cursor: str) -> tuple[Any, int]:
+    """The next tick, 10 s of the API's clock after the last: its result and its requests."""
+    admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+    admin.post("stats/reset")
+    result = evaluate(instance, cursor)
+    return result, admin.get("stats")["by_resource"].get("events", 0)
+
+
+def a_cut_read_from_the_windows_start(state: EventsSensorCursor, requests: int) -> bool:
+    """The tick read the window from its start, and its 10 pages cut that read (`resume` set)."""
+    return requests > 1 and state.resume is not None and state.read_at is None
+
+
+def runs_until_the_window_passed(admin: Admin, instance: DagsterInstance, cursor: str) -> list[str]:
+    """The run keys the ticks of the next lag and 5 minutes request."""
+    keys = []
+    for _ in range((DEFAULT_VISIBILITY_LAG_SECONDS + 300) // automation.EVENTS_SENSOR_INTERVAL_SECONDS):
+        result, _ = tick(admin, instance, cursor)
+        keys += [r.run_key for r in result.run_requests]
+        cursor = result.cursor
+    return keys
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (#30): a late event in a stretch of more than 10 pages, visible after the second read from "
+    "the window's start passed it, is never seen: the next such read (240 s later) drops the stretch "
+    "from the window while it cuts it, and the read that would go on finds its resume behind the window"))
+@pytest.mark.usefixtures("backfilled")
+def test_a_late_event_in_a_long_stretch_seen_late_in_the_lag_gets_a_run(warehouse: Path, admin: Admin) -> None:
+    """Claim: no late event (visible after a tick read past its id, within the visibility lag) is
+    lost; "a stretch of more ids than 10 pages (a bulk import of 2,100 in 2 s) is read whole across
+    reads and compared like any". The API: a customer's change whose write commits late, at the
+    start of a stretch; 25 s later, in the same stretch, a bulk import of 2,100 changes. The
+    sensor (running for a while: no baseline) requests the import's run; its window is read from
+    its start every 4 minutes (cut at 10 pages inside the stretch, gone on with 2 minutes later).
+    The late event becomes visible right after the second read from the window's start, about
+    395 s after its id (within the 600 s lag). The read that goes on starts past it; the next
+    read from the start (polled 240 s later) cuts the stretch again and prunes it from the
+    window (its floor is the lag before that read); the read after finds its `resume` behind the
+    window and drops it. No run is ever requested for the change (measured: none in 900 s; the
+    window is empty 240 s after the release)."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    for _ in range(2):  # the window begins, and its first read ends the baseline
+        result, _ = tick(admin, instance, cursor)
+        cursor = result.cursor
+    assert EventsSensorCursor.decode(cursor).baseline is None
+    into_the_next_stretch(admin)
+    late = hold_a_change(admin, 0)
+    admin.post("advance", seconds=25)
+    admin.post("advance", seconds=0, updates=BURST, same_instant=True)
+    assert automation._stretch(admin.truth("events")[-1]["event_id"]) == automation._stretch(late)
+    cut_reads = 0
+    while cut_reads < 2:
+        result, requests = tick(admin, instance, cursor)
+        cursor, state = result.cursor, EventsSensorCursor.decode(result.cursor)
+        cut_reads += a_cut_read_from_the_windows_start(state, requests)
+    # within the lag: the API's clock of that read is less than 600 s after the late event's id
+    assert state.polled_at * 1000 < ms_of(late) + DEFAULT_VISIBILITY_LAG_SECONDS * 1000
+    admin.post("release", event_ids=[late])
+    keys = runs_until_the_window_passed(admin, instance, cursor)
+    assert keys, f"the late event {late}, visible {state.polled_at - ms_of(late) / 1000:.0f} s after its id, requested no run"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (#30): the baseline ends only by a read from the window's start that passes its stretch; "
+    "with more than 10 pages of ids before it none does, and an event held since before the sensor "
+    "started, visible after its first read of the window, is counted by no read"))
+@pytest.mark.usefixtures("backfilled")
+def test_a_late_event_from_before_a_busy_start_gets_a_run(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events"): "an event held since before the sensor started that
+    becomes visible after that read gets its run". The API: a customer's change whose write commits
+    late, then a bulk import of 2,100 changes in the same stretch, all before the sensor is turned
+    on; 300 more changes before its second tick (a busy account: the window holds 200 ids after
+    the baseline, so it is no longer read in the tick's one request). Every read from the
+    window's start is cut at 10 pages inside the baseline's stretch, and a read that goes on
+    never ends a baseline: the stretch counts only ids after the baseline until it leaves the
+    window. The late event, visible right after the first read of the window (120 s after its
+    id), requests no run in the 900 s that follow (measured)."""
+    into_the_next_stretch(admin)
+    late = hold_a_change(admin, 0)
+    admin.post("advance", seconds=0, updates=BURST, same_instant=True)
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", seconds=1, updates=300)
+    result, _ = tick(admin, instance, cursor)  # the window begins: the baseline
+    cursor, state = result.cursor, EventsSensorCursor.decode(result.cursor)
+    assert state.baseline and automation._stretch(late) <= automation._stretch(state.baseline) and late < state.baseline
+    requests = 0
+    while not a_cut_read_from_the_windows_start(state, requests):
+        result, requests = tick(admin, instance, cursor)
+        cursor, state = result.cursor, EventsSensorCursor.decode(result.cursor)
+    assert state.polled_at * 1000 < ms_of(late) + DEFAULT_VISIBILITY_LAG_SECONDS * 1000
+    admin.post("release", event_ids=[late])
+    keys = runs_until_the_window_passed(admin, instance, cursor)
+    assert keys, f"the late event {late}, visible {state.polled_at - ms_of(late) / 1000:.0f} s after its id, requested no run"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (#30): the window's baseline counts no id before it, so a window of thousands of ids "
+    "before the sensor started reads as under a page: the third tick reads it all, up to 50 pages"))
+@pytest.mark.usefixtures("backfilled")
+def test_the_third_tick_after_a_start_behind_a_burst_costs_one_request(warehouse: Path, admin: Admin) -> None:
+    """Claim: an idle tick costs one request; after a burst the window is read every 2 minutes,
+    10 pages at most. The API: a bulk import of 2,500 changes, then the sensor is turned on, and
+    nothing changes. Its second tick starts the window (a baseline); the third finds the window
+    "small" (it holds no id after the baseline: fewer than a page), so it reads it, from 600 s
+    before, in the tick's read of what is new, whose limit is 50 pages: 13 requests for an idle
+    tick (measured; 50 after an import of 10,000)."""
+    into_the_next_stretch(admin)
+    admin.post("advance", seconds=0, updates=2500, same_instant=True)
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    costs = []
+    for _ in range(3):
+        result, requests = tick(admin, instance, cursor)
+        assert not result.run_requests, result.run_requests[0].run_key
+        cursor = result.cursor
+        costs.append(requests)
+    assert max(costs) <= 1, f"idle ticks 2 to 4 after the sensor was turned on cost {costs} requests"
