@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -44,29 +43,15 @@ EVERY_RUN = {r.name: len(r.parts) for r in RESOURCES
              if (not r.event_entity or r.unnotified) and r.listing not in ("event_stream", "days")}
 
 
-# Each test's seconds (setup and call) in a whole run, by node id: the order the next runs start
-# them in (`pytest_collection_modifyitems`). Rewritten by `pytest -n 3 --store-durations`; a test
-# it does not list yet counts as a typical test of its kind.
-DURATIONS = Path(__file__).parent / "durations.json"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--store-durations", action="store_true",
-                     help=f"write each test's seconds to {DURATIONS.name}: the order later runs start them in")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that syncs into a warehouse (the `warehouse` fixture: Dagster or dlt runs against
     the sandbox) is `e2e`, unless it is one of the few `smoke` ones the fast subset keeps
     (`make test-fast`: `-m "not e2e and not slow and not browser"`).
 
-    The longest tests start first, each worker's share dealt in turn from the longest down
-    (`durations.json`; a test it does not list counts as the median of its kind: one that syncs,
-    or runs a browser, or neither). `--dist worksteal` hands each worker a contiguous block of
-    this order and a worker that runs out takes the second half of another's queue: dealt this
-    way, every worker starts with its share of the long tests, and what is taken from a queue's
-    end is short. Sorted by kind alone, the longest tests of the last modules started in the
-    suite's last minutes, and the run ended on one of them while the other workers idled.
+    The tests that sync, and the browser's, run first: the long ones start early and the last
+    to start are the short ones, which a worker that runs out takes from another's queue
+    (`--dist worksteal`): a long test started last would hold the whole suite up while other
+    workers idle.
     """
     for item in items:
         if "warehouse" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("smoke"):
@@ -75,24 +60,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def runs_long(item: pytest.Item) -> bool:
         return "warehouse" in getattr(item, "fixturenames", ()) or item.get_closest_marker("browser") is not None
 
-    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-    typical = {kind: statistics.median([known[i.nodeid] for i in items if i.nodeid in known and runs_long(i) == kind]
-                                       or [0.0]) for kind in (True, False)}
-    ordered = sorted(items, key=lambda item: known.get(item.nodeid, typical[runs_long(item)]), reverse=True)
-    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    items[:] = [item for worker in range(workers) for item in ordered[worker::workers]]
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """With `--store-durations`: each test's seconds, setup and call, into `durations.json`."""
-    if not config.getoption("--store-durations"):
-        return
-    seconds: dict[str, float] = {}
-    for reports in terminalreporter.stats.values():
-        for report in reports:
-            if isinstance(report, pytest.TestReport) and report.when in ("setup", "call"):
-                seconds[report.nodeid] = seconds.get(report.nodeid, 0.0) + report.duration
-    DURATIONS.write_text(json.dumps({k: round(v, 1) for k, v in sorted(seconds.items())}, indent=0) + "\n")
+    items.sort(key=lambda item: not runs_long(item))  # stable: the modules' order kept within each
 
 
 # The sandbox counts a rate limit over a short window (2 s) so that a test crosses it quickly;
