@@ -276,7 +276,12 @@ def test_sync_all_twice_without_change_gives_the_same_models(warehouse: Path, ad
     before = {t: query(warehouse, f"SELECT * FROM analytics_models.{t} ORDER BY ALL") for t in tables}
     run_ok(sync_all())
     after = {t: query(warehouse, f"SELECT * FROM analytics_models.{t} ORDER BY ALL") for t in tables}
-    assert before == after
+    for table in tables:  # an amount, a sum of doubles, to a hundredth of a minor unit: its last bits vary
+        assert len(after[table]) == len(before[table]), table
+        for old, new in zip(before[table], after[table]):
+            assert old.keys() == new.keys() and all(
+                abs(new[c] - v) < 0.01 if isinstance(v, float) and isinstance(new[c], float) else new[c] == v
+                for c, v in old.items()), (table, old, new)
 
 
 # ---------------------------------------------------------------------- probes that held
