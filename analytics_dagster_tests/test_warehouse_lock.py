@@ -119,19 +119,29 @@ def test_the_load_and_the_checks_query_wait_for_a_held_file_too(
 
 
 
-def test_a_sync_opens_the_file_once_a_step(warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sync_opens_the_file_once_a_step_and_configures_its_capabilities_once(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each close of the file is a full checkpoint: a load's jobs, schema and state share one
     connection, as do the state's and the schemas' restores from the destination
     (`pipeline._on_one_connection`). A whole first sync outside Dagster (`source.sync.sync`: two
     loads here, the backfill and the events made while it listed) opens the file at most twice
-    a load (seen: 4 times); before, dlt's clients opened it at each of their borrows (seen: 8)."""
+    a load (seen: 4 times); before, dlt's clients opened it at each of their borrows (seen: 8).
+    And the destination's settings are resolved for its capabilities once for the pipeline
+    (`pipeline._capabilities_configured_once`; before: at each lookup, 26 times here)."""
     import duckdb
+    from dlt.common.destination.reference import Destination
 
     from analytics_dagster.source.sync import sync as engine_sync
 
     opened: list[str] = []
     connect = duckdb.connect
     monkeypatch.setattr(duckdb, "connect", lambda *args, **kwargs: opened.append(str(args or kwargs)) or connect(*args, **kwargs))
+    partial: list[str] = []
+    configuration = Destination.configuration
+    monkeypatch.setattr(Destination, "configuration", lambda self, initial, accept_partial=False: (
+        partial.append(self.destination_name) if accept_partial else None) or configuration(self, initial, accept_partial))
     run = engine_sync(report=lambda line: None)
     assert len(opened) <= 2 * len(run.plans), (len(run.plans), opened)
+    assert partial == ["duckdb"], partial
     assert_warehouse_equals_api(warehouse, admin)
