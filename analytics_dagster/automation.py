@@ -336,6 +336,10 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
             cursor=EventsSensorCursor(event_id=newest).encode(),
         )
     state = EventsSensorCursor.decode(context.cursor)
+    # what became of the run it follows, first: the window's ids are written last, once nothing
+    # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it
+    # are not compared: the window begins again)
+    followed = _follow_run(context, state) if state.run_key else None
     window = _load_window(context.instance, state) if state.floor else None
     notes = [] if window is not None or not state.floor else [
         "the late-event window's ids kept are not this cursor's: its window begins again"]
@@ -355,8 +359,8 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         )
     else:
         notes.append(f"no events after {state.event_id}")
-    if state.run_key:
-        notes.append(_follow_run(context, state))
+    if followed:
+        notes.append(followed)
     if state.run_key and state.owed:
         # one run at a time: the events that came meanwhile wait for it to end, then go in one
         # next run (that run reads the stream from each table's cursor to its end), not a run a tick
