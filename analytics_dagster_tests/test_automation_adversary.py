@@ -77,7 +77,7 @@ def test_idle_ticks_after_a_burst_cost_what_is_claimed(warehouse: Path, admin: A
     assert len(tick.run_requests) == 1
     assert launch(instance, tick.run_requests[0]).success
     cursor = evaluate(instance, tick.cursor).cursor
-    costs = []
+    kept, costs = EventsSensorCursor.decode(cursor).kept, []
     for _ in range(60 // EVENTS_SENSOR_INTERVAL_SECONDS):  # the minute after, nothing new
         admin.post("advance", seconds=EVENTS_SENSOR_INTERVAL_SECONDS)
         admin.post("stats/reset")
@@ -86,6 +86,8 @@ def test_idle_ticks_after_a_burst_cost_what_is_claimed(warehouse: Path, admin: A
         cursor = idle.cursor
         costs.append(admin.get("stats")["by_resource"].get("events", 0))
     assert sum(costs) <= 12, f"the idle minute after a burst made {sum(costs)} requests: {costs}"
+    # the window's ids (the burst's, still in it) are written only when they change
+    assert EventsSensorCursor.decode(cursor).kept == kept
 
 
 @pytest.mark.usefixtures("backfilled_with_models")

@@ -17,10 +17,16 @@ import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRequest
 
 from analytics_dagster import automation
-from analytics_dagster.automation import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG, STREAM_TABLES, EventsSensorCursor
+from analytics_dagster.automation import (
+    RUN_KEY_TAG,
+    SENSOR_NAME,
+    SENSOR_NAME_TAG,
+    STREAM_TABLES,
+    EventsSensorCursor,
+)
 from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
 from analytics_dagster_tests.conftest import Admin
-from analytics_dagster_tests.test_automation import evaluate, renamed_in_listing_mode, selected
+from analytics_dagster_tests.test_automation import evaluate, kept_ids, renamed_in_listing_mode, selected
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # a ULID's alphabet, lower-cased as the API's ids
 STRETCH_MS = 1 << 15  # what the first 7 characters of a ULID say: 2^15 ms
@@ -105,6 +111,40 @@ def test_a_cursor_of_before_requests_no_run_after_the_upgrade(warehouse: Path, a
         cursor = tick.cursor
         admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
     assert EventsSensorCursor.decode(cursor).baseline is None  # its first read ended
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_a_cursor_without_its_windows_ids_requests_no_run(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events"): ids the cursor does not go with are never compared.
+    The window's ids are in the instance's key-value storage, the cursor in its tick storage: a
+    cursor whose ids are not there (the sensor's cursor set on another instance, or a tick whose
+    cursor was not kept after it wrote the ids) would take every id of its window as late, a run
+    for events long seen. The window begins again instead, a baseline: no run."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", seconds=1, updates=300)
+    for _ in range(3):  # the burst's run (not launched: not followed), the window's first reads
+        cursor = evaluate(instance, cursor).cursor
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+    assert EventsSensorCursor.decode(cursor).kept
+    elsewhere, other = DagsterInstance.ephemeral(), cursor  # another instance: none of its ids
+    for _ in range(4):
+        tick = evaluate(elsewhere, other)
+        assert not tick.run_requests, f"a cursor without its window's ids requests {tick.run_requests[0].run_key}"
+        other = tick.cursor
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+    # a tick whose cursor was not kept after it wrote the ids: the tick that prunes the burst's ids
+    # (their instant left the window), then the same tick again, which must not take them as late
+    admin.post("advance", seconds=DEFAULT_VISIBILITY_LAG_SECONDS - 60)
+    for _ in range(30):
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+        first = evaluate(instance, cursor)
+        if len(kept_ids(instance)) < 300:
+            break
+        cursor = first.cursor
+    assert not first.run_requests and len(kept_ids(instance)) < 300, "the burst's ids were not pruned in 30 ticks"
+    again = evaluate(instance, cursor)
+    assert not again.run_requests, f"the tick again requests {again.run_requests[0].run_key}"
 
 
 @pytest.mark.usefixtures("backfilled")

@@ -11,7 +11,6 @@ launched: the sensor's requests are the claim.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from analytics_dagster import automation
-from analytics_dagster.automation import WINDOW_KEY, EventsSensorCursor
+from analytics_dagster.automation import EventsSensorCursor
 from analytics_dagster.source import configured_api_root
 from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS, EVENTS_PATH, api_now_ns, event_client
 from analytics_dagster_tests.conftest import Admin
-from analytics_dagster_tests.test_automation import evaluate
+from analytics_dagster_tests.test_automation import evaluate, kept_ids
 from analytics_dagster_tests.test_automation_adversary_2 import (
     STRETCH_MS,
     add_run,
@@ -50,11 +49,6 @@ def api_clock(admin: Admin) -> float:
     response = event_client(configured_api_root(), dlt.secrets["sources.analytics.api_key"]).get(
         EVENTS_PATH, params={"per_page": 1})
     return api_now_ns(response) / 1e9
-
-
-def window_ids(instance: DagsterInstance) -> list[str]:
-    """The window's ids as the sensor keeps them in the instance's key-value storage."""
-    return json.loads(instance.run_storage.get_cursor_values({WINDOW_KEY})[WINDOW_KEY])["ids"]
 
 
 def assert_a_late_event_released_now_gets_a_run(
@@ -180,7 +174,7 @@ def test_the_window_at_a_steady_rate_stays_the_lag_before_its_last_read(warehous
             add_run(instance, request, DagsterRunStatus.SUCCESS)
         cursor = result.cursor
         first = first if n else EventsSensorCursor.decode(cursor).event_id  # (the rate: from the first tick's newest)
-    state, ids = EventsSensorCursor.decode(cursor), window_ids(instance)
+    state, ids = EventsSensorCursor.decode(cursor), kept_ids(instance)
     seconds = (ms_of(state.event_id) - ms_of(first)) / 1000
     span = api_clock(admin) - ms_of(ids[0]) / 1000
     assert span <= most, (
