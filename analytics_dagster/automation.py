@@ -284,8 +284,9 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
 
 
 # How often the events sensor asks the stream "anything new?": one request when nothing is (a
-# page of the events after its cursor), 6 a minute, 2.5% of Paddle's 240; a change waits 5 s for
-# a tick on average, where 60 s made that wait most of a change's lag
+# page of the events after its cursor), 6 a minute, 2.5% of Paddle's 240 (12, 5%, while its
+# late-event window holds more than a page: `WINDOW_PAGES`); a change waits 5 s for a tick on
+# average, where 60 s made that wait most of a change's lag
 # (docs/benchmark.md, "Lag: from a change to the warehouse").
 EVENTS_SENSOR_INTERVAL_SECONDS = 10
 
