@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import dlt
 from requests import HTTPError
@@ -160,7 +159,9 @@ class EventsSensorCursor:
     """What `api_events_sensor` keeps between ticks, as JSON in its cursor.
 
     Before runs were followed the cursor was the newest event id alone (or "" for an empty
-    stream); `decode` reads that too.
+    stream); `decode` reads that too, and a cursor that kept the late-event window itself (its ids,
+    `recent`, or their counts and digests per stretch, `window`): its window begins again at the
+    next tick, a baseline.
     """
 
     event_id: Optional[str] = None  # the newest event seen (None: the stream was empty)
@@ -183,23 +184,21 @@ class EventsSensorCursor:
     # the runs requested that were canceled, in a row: the first is run again once, a canceled
     # retry is not (`_follow_run`)
     canceled: int = 0
-    # the last read of the late-event window (the API's clock, seconds since the epoch; a read in
-    # chunks: its first) and the ids seen within the lag before it, folded per stretch of their
-    # instant into a count and a digest ({stretch: [count, digest]}, `_fold`): the window's next
-    # read starts there, so an event that becomes visible late is seen (`_new_events`)
-    polled_at: Optional[float] = None
-    window: dict[str, list] = field(default_factory=dict)
-    # the ids up to this one were never read by the sensor (the cursor when its window began, the
-    # stream's end then; for a cursor of before, where its window began): the window's stretches
-    # up to this id's count the ids after it, until a read takes them all whole (their baseline,
-    # none of its ids late); then None
-    baseline: Optional[str] = None
-    # a read of the window cut by its pages: the id it reached, and the count and digest of the
-    # ids of that id's stretch it read ([id, count, digest]); the next read goes on from there, so
-    # a stretch longer than the read's pages is read whole across reads. `read_at`: the API's
-    # clock of that read (the next is due WINDOW_SECONDS after it)
-    resume: Optional[list] = None
+    # the late-event window (`_new_events`): its ids are kept in the instance's key-value storage
+    # (`WINDOW_KEY`); the cursor keeps where its rolling read stands. That read goes from `floor`
+    # (an id: the lag before the read before it began) to the newest event seen, a few pages a
+    # tick, on from `reached` (None: from `floor`); `read_at` is the API's clock when it began
+    # (seconds since the epoch). None of them: no window yet (the next tick begins one)
+    floor: Optional[str] = None
     read_at: Optional[float] = None
+    reached: Optional[str] = None
+    # the ids up to this one were never read by the sensor (the newest event when its window
+    # began): the window's first read takes those it finds as they are, none of them late; then None
+    baseline: Optional[str] = None
+    # how many times the window's ids were written: the key-value storage holds the count with
+    # them, so ids the cursor does not go with (a tick whose cursor was not kept, another
+    # instance) are never compared
+    kept: int = 0
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -208,10 +207,8 @@ class EventsSensorCursor:
         if not text.lstrip().startswith("{"):
             return cls(event_id=text)  # the cursor of before: an event id
         data = json.loads(text)
-        if "recent" in data:  # the cursor of before: the window's ids themselves, from the lag before its poll
-            data.setdefault("window", _encode_window(_fold(data["recent"])))
-            if data.get("polled_at") is not None and _lag_ns() > 0:
-                data.setdefault("baseline", window_floor(int(data["polled_at"] * NS_PER_SECOND), _lag_ns()))
+        if "floor" not in data:  # a cursor of before (the window's ids or digests in it): no window yet
+            data = {k: v for k, v in data.items() if k not in ("read_at", "baseline")}
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def encode(self) -> str:
@@ -287,8 +284,9 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
 
 
 # How often the events sensor asks the stream "anything new?": one request when nothing is (a
-# page of the events after its cursor), 6 a minute, 2.5% of Paddle's 240; a change waits 5 s for
-# a tick on average, where 60 s made that wait most of a change's lag
+# page of the events after its cursor), 6 a minute, 2.5% of Paddle's 240 (12, 5%, while its
+# late-event window holds more than a page: `WINDOW_PAGES`); a change waits 5 s for a tick on
+# average, where 60 s made that wait most of a change's lag
 # (docs/benchmark.md, "Lag: from a change to the warehouse").
 EVENTS_SENSOR_INTERVAL_SECONDS = 10
 
@@ -306,7 +304,8 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
         "200 events) and every table's cursor stays current, so no quiet table ages past the "
         "retention into a full listing; then, in the same run, the models reading them. One run at a time: "
         f"events that come while its run is in flight go in one run after it. Every {EVENTS_SENSOR_INTERVAL_SECONDS} s (a request when "
-        "nothing is new). It follows the run it requested: if that run failed, it "
+        "nothing is new; two while the late-event window behind its cursor holds over 200 events, whose ids it keeps in "
+        "the instance's key-value storage). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
         "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
         "backoff for the next changes; a canceled run: once, at the next tick). The first tick only sets the cursor."
@@ -338,15 +337,19 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
             cursor=EventsSensorCursor(event_id=newest).encode(),
         )
     state = EventsSensorCursor.decode(context.cursor)
-    events, newest_new, unplaced = _new_events(base_url, api_key, state)
-    if newest_new:
-        state.newest_new = max(state.newest_new or "", newest_new)
-    notes = list(unplaced)
-    state.owed = state.owed or bool(unplaced)
-    # (events told apart by no id may touch any table)
-    state.tables = sorted(set(state.tables) | set(assets_for_events(events) if events else ())
-                          | set(STREAM_TABLES if unplaced else ()))
+    # what became of the run it follows, first: the window's ids are written last, once nothing
+    # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it
+    # are not compared: the window begins again)
+    followed = _follow_run(context, state) if state.run_key else None
+    window = _load_window(context.instance, state) if state.floor else None
+    notes = [] if window is not None or not state.floor else [
+        "the late-event window's ids kept are not this cursor's: its window begins again"]
+    events, ids = _new_events(base_url, api_key, state, window)
+    if state.floor and ids != window:  # (written when the ids change, and when a window begins)
+        _store_window(context.instance, state, ids)
     if events:
+        state.newest_new = max(state.newest_new or "", events[-1]["event_id"])
+        state.tables = sorted(set(state.tables) | set(assets_for_events(events)))
         state.event_id, state.owed = max(state.event_id or "", events[-1]["event_id"]), True
         by_type: dict[str, int] = defaultdict(int)
         for event in events:
@@ -355,10 +358,10 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
             f"{len(events)} new events up to {state.event_id}: {dict(by_type)}, touching "
             f"{assets_for_events(events)}"
         )
-    elif not unplaced:
+    else:
         notes.append(f"no events after {state.event_id}")
-    if state.run_key:
-        notes.append(_follow_run(context, state))
+    if followed:
+        notes.append(followed)
     if state.run_key and state.owed:
         # one run at a time: the events that came meanwhile wait for it to end, then go in one
         # next run (that run reads the stream from each table's cursor to its end), not a run a tick
@@ -413,69 +416,18 @@ def _selection(touched: list[str]) -> tuple[list[str], str]:
 
 # What a tick reads (docs/design.md, "How fast a change arrives"): the events after the newest it
 # saw, every page of them up to NEW_PAGES (10,000 events: a burst beyond that is read on by the
-# next ticks), so nothing that follows a burst waits. The late-event window behind it (the
-# visibility lag before the last read of the window) is read again at every tick while it holds
-# fewer ids than a page (the one request then reads the window and what is new), and otherwise
-# every WINDOW_SECONDS of the API's clock, WINDOW_PAGES pages at most (a read those pages cut is
-# gone on with by the next, `resume`): after a burst an idle tick costs one request, and the
-# window's re-read at most 10 pages every 2 minutes, 11 a minute in all.
+# next ticks), so nothing that follows a burst waits. Then the late-event window behind it, read
+# again on from where the last tick stopped: WINDOW_PAGES pages, and WINDOW_PAGES_PER_NEW more per
+# 200 new events (the window grows by what is new: its read keeps well ahead of that, so a read
+# of the window at a steady rate takes a few minutes, not ever longer). An idle tick costs two
+# requests while the window holds more than a page of ids (12 a minute, 5% of Paddle's 240), one
+# when the rest of the window's read fits the page of what is new (the usual case: one request
+# takes both).
 NEW_PAGES = 50
-WINDOW_PAGES = 10
-WINDOW_SECONDS = 120
-# The cursor keeps the window's ids folded per stretch of their instant: the first STRETCH_CHARS
-# characters of an id's ULID (2**15 ms, 32.8 s), a count and a digest each. About 20 stretches
-# in a 600 s window, 40 bytes each whatever the number of events (the daemon writes the cursor
-# with every tick); a stretch read again whose count or digest differs holds an event seen late.
-STRETCH_CHARS = 7
-
-
-def _stretch(event_id: str) -> str:
-    """The stretch of instants an id was taken in: its prefix and the start of its ULID."""
-    head, _, ulid = event_id.rpartition("_")
-    return f"{head}_{ulid[:STRETCH_CHARS]}"
-
-
-def _id_digest(event_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
-
-
-def _fold(ids: Iterable[str], into: Optional[dict[str, tuple[int, int]]] = None) -> dict[str, tuple[int, int]]:
-    """`ids` folded per stretch into (count, XOR of their digests), onto `into` (a copy)."""
-    folded = dict(into or {})
-    for event_id in ids:
-        count, xor = folded.get(_stretch(event_id), (0, 0))
-        folded[_stretch(event_id)] = (count + 1, xor ^ _id_digest(event_id))
-    return folded
-
-
-def _encode_window(folded: dict[str, tuple[int, int]]) -> dict[str, list]:
-    return {stretch: [count, f"{xor:016x}"] for stretch, (count, xor) in sorted(folded.items())}
-
-
-def _window_start(polled_ns: int, lag_ns: int) -> str:
-    """Where the window's read starts: the smallest id of the stretch of the instant `lag_ns`
-    before `polled_ns` (the window spans whole stretches, up to 33 s more than the lag)."""
-    floor = window_floor(polled_ns, lag_ns)
-    stretch = _stretch(floor)
-    return stretch + "0" * (len(floor) - len(stretch))
-
-
-def _reached(events: list[dict], complete: bool, cursor: str) -> str:
-    """How far a read from the window's start saw every id up to `cursor`: all of them when it
-    read to the stream's end or past the cursor, else up to its last id."""
-    return cursor if complete or not events or events[-1]["event_id"] >= cursor else events[-1]["event_id"]
-
-
-def _told_apart(ids: list[str], more: int, xor: int) -> list[str]:
-    """The ids among `ids` that a stretch's count and digest say are new: `more` of them, whose
-    digests XOR to `xor`; one or two can be found (two: the one whose digest, XORed with
-    `xor`, is another's), more cannot ([] then)."""
-    by_digest = {_id_digest(i): i for i in ids}
-    if more == 1:
-        return [by_digest[xor]] if xor in by_digest else []
-    if more == 2:
-        return next(([i, by_digest[d ^ xor]] for d, i in by_digest.items() if d ^ xor in by_digest), [])
-    return []
+WINDOW_PAGES = 1
+WINDOW_PAGES_PER_NEW = 5
+# the key of the window's ids in the instance's key-value storage
+WINDOW_KEY = f"{SENSOR_NAME}/late_event_window"
 
 
 def _lag_ns() -> int:
@@ -484,91 +436,62 @@ def _lag_ns() -> int:
     return (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
 
 
-def _new_events(base_url: str, api_key: str, state: EventsSensorCursor) -> tuple[list[dict], Optional[str], list[str]]:
-    """The events this tick has not seen, oldest first; what names them in a run key (the newest
-    of their ids); and a line per stretch of the window that holds events seen late that its
-    digest cannot tell apart (more than two). It reads the events after the cursor and, when due,
-    the window of late events behind it: from the visibility lag before the window's last read
-    (or on from where a read cut by its pages stopped, `resume`), comparing each stretch read
-    whole with the count and digest of the ids it saw there; an event that became visible late
-    is new to it. Ids up to `baseline` (never read before) are counted only once read whole."""
+def _load_window(instance: Any, state: EventsSensorCursor) -> Optional[set[str]]:
+    """The window's ids as the tick before kept them, or None when the key-value storage holds
+    none that go with `state` (none yet, or written by a tick whose cursor was not kept)."""
+    value = instance.run_storage.get_cursor_values({WINDOW_KEY}).get(WINDOW_KEY)
+    kept = json.loads(value) if value else {}
+    return set(kept["ids"]) if kept.get("kept") == state.kept and state.floor else None
+
+
+def _store_window(instance: Any, state: EventsSensorCursor, ids: set[str]) -> None:
+    state.kept += 1
+    instance.run_storage.set_cursor_values(
+        {WINDOW_KEY: json.dumps({"kept": state.kept, "ids": sorted(ids)}, separators=(",", ":"))})
+
+
+def _new_events(
+    base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[set[str]]
+) -> tuple[list[dict], set[str]]:
+    """The events this tick has not seen, oldest first, and the window's ids after it (`window`:
+    before it; None: no window yet, one begins). It reads the events after the cursor, and the
+    late-event window behind it on from where the last tick's read stopped (`reached`), up to the
+    cursor: an id read there that `window` does not hold became visible late, and is new to it,
+    but for the ids up to `baseline` in the window's first read (never read before: taken as they
+    are). A read that reaches the cursor ends; the next starts at the lag before it began, so an
+    event visible late, within the lag of its id, is read by the read in progress or the next."""
     lag_ns = _lag_ns()
-    cursor, polled_ns = state.event_id or "", int((state.polled_at or 0) * NS_PER_SECOND)
-    seen = {stretch: (count, int(xor, 16)) for stretch, (count, xor) in state.window.items()}
-    # no window before the first poll (the cursor was the stream's end then), nor without a lag
-    start = _window_start(polled_ns, lag_ns) if cursor and state.polled_at is not None and lag_ns > 0 else None
-    if start is None and cursor and lag_ns > 0:  # the window begins: what is before the cursor was never read
-        state.baseline = cursor
-    resume = state.resume if start is not None and state.resume and state.resume[0] >= start else None
-    small = start is not None and not resume and sum(count for count, _ in seen.values()) < EVENTS_PAGE_SIZE
-    read, now_ns, complete = events_after(  # (small: one read takes the window and what is new)
-        base_url, api_key, min(cursor, start) if small else cursor or None, max_pages=NEW_PAGES)
-    # where the window's read began (None: no stretch read whole) and how far it saw every id
-    begin, reached = (start, _reached(read, complete, cursor)) if small else (None, None)
-    window_read = start is None or small
-    due_ns = int((state.read_at or state.polled_at or 0) * NS_PER_SECOND) + WINDOW_SECONDS * NS_PER_SECOND
-    if not window_read and now_ns >= due_ns:
-        if start < cursor:  # (a window at all: there is a cursor)
-            begin = resume[0] if resume else start
-            behind, _, complete = events_after(base_url, api_key, begin, max_pages=WINDOW_PAGES, until=cursor)
-            read, reached = read + behind, _reached(behind, complete, cursor)
-        window_read = True
-    going_on = resume is not None and begin == resume[0]  # (a read of the window cut before, going on)
-    baseline = state.baseline
-    # the stretches whose count is of the ids after the baseline: until a read from the window's
-    # start takes every one of them whole (then their count is of every id)
-    until_baseline = _stretch(baseline) if baseline else ""
-    ends_baseline = bool(baseline) and begin is not None and not going_on and reached is not None and (
-        reached >= cursor or _stretch(reached) > until_baseline)
-
-    def counted(stretch: str, ids: Iterable[str]) -> list[str]:
-        return [i for i in ids if i > baseline] if baseline and stretch <= until_baseline else list(ids)
-
-    by_stretch: dict[str, dict[str, dict]] = defaultdict(dict)
-    for event in read:
-        by_stretch[_stretch(event["event_id"])].setdefault(event["event_id"], event)
-    new = {event_id: got[event_id] for got in by_stretch.values() for event_id in got if event_id > cursor}
-    unplaced, late_mark = [], 0
-    window: dict[str, tuple[int, int]] = {}
-    # what a read cut before in the window's stretch it goes on in had read of it
-    carried = {_stretch(resume[0]): (resume[1], int(resume[2], 16))} if going_on else {}
-    cut = begin is not None and reached < cursor
-    for stretch in sorted(set(seen) | set(by_stretch)):
-        ids = by_stretch.get(stretch, {})
-        if begin is None or stretch < _stretch(begin) or (cut and stretch >= _stretch(reached)):
-            window.update(_fold(counted(stretch, [i for i in ids if i > cursor]), {stretch: seen.get(stretch, (0, 0))}))
-            continue  # (not read whole: what it saw there, and what is new)
-        before = carried.get(stretch, (0, 0))
-        compared = counted(stretch, [i for i in ids if i <= cursor])
-        was, now = seen.get(stretch, (0, 0)), _fold(compared, {stretch: before})[stretch]
-        if now != was:  # ids it had not seen: one or two are told by the digest, more are not
-            late = _told_apart(compared, now[0] - was[0], now[1] ^ was[1])
-            if late:
-                new.update((i, ids[i]) for i in late)
-            else:
-                late_mark ^= now[1] ^ was[1]
-                unplaced.append(f"the window's events of {stretch}… are {now[0]}, were {was[0]} (late events "
-                                f"among {min(ids, default='-')}..{max(ids, default='-')}, not told apart)")
-        window.update(_fold(ids if ends_baseline else counted(stretch, ids), {stretch: before}))
-    if window_read:
-        if going_on:  # the window still starts where the read's first chunk started it
-            state.read_at = now_ns / NS_PER_SECOND
-        else:
-            state.polled_at, state.read_at = now_ns / NS_PER_SECOND, None  # the API's clock (its Date)
-        if cut:  # the next read goes on from the id this one reached, with what it read of its stretch
-            stretch = _stretch(reached)
-            got = _fold(counted(stretch, [i for i in by_stretch.get(stretch, {}) if i <= reached]),
-                        {stretch: carried.get(stretch, (0, 0))})[stretch]
-            state.resume = [reached, got[0], f"{got[1]:016x}"]
-        else:
-            state.resume = None
-    floor = _stretch(window_floor(int((state.polled_at or 0) * NS_PER_SECOND), lag_ns))
-    if ends_baseline or (baseline and until_baseline < floor) or lag_ns <= 0:
-        state.baseline = None
-    state.window = _encode_window({s: v for s, v in window.items() if s >= floor and v[0]}) if lag_ns > 0 else {}
-    events = sorted(new.values(), key=lambda e: e["event_id"])
-    # (events told apart by no id are named by what they add to the window's digest)
-    return events, max(new, default=None) or (f"{cursor}-late-{late_mark:016x}" if unplaced else None), unplaced
+    cursor = state.event_id or ""
+    going = lag_ns > 0 and window is not None and state.floor is not None and state.read_at is not None
+    ids = set(window or ()) if going else set()
+    start = (state.reached or state.floor) if going else ""
+    # the rest of the window's read fits a page: one read takes it and what is new (not while ids
+    # up to the baseline lie ahead: they were never read, their number is not known)
+    merged = going and sum(1 for i in ids if start < i <= cursor) < EVENTS_PAGE_SIZE and not (
+        state.baseline and start < state.baseline)
+    read, now_ns, complete = events_after(
+        base_url, api_key, (min(start, cursor) if merged else cursor) or None, max_pages=NEW_PAGES)
+    new = [e for e in read if e["event_id"] > cursor]
+    again, done = (read, complete or bool(new)) if merged else ([], False)
+    if going and not merged:
+        pages = WINDOW_PAGES + WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE
+        again, _, done = events_after(base_url, api_key, start, max_pages=pages, until=cursor)
+    late = [e for e in again if e["event_id"] <= cursor and e["event_id"] not in ids
+            and not (state.baseline and e["event_id"] <= state.baseline)]
+    ids.update(e["event_id"] for e in again if e["event_id"] <= cursor)
+    ids.update(e["event_id"] for e in new)
+    now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
+    if lag_ns <= 0:
+        state.floor = state.read_at = state.reached = state.baseline = None
+    elif not going:  # the window begins, the lag before now; what is up to the cursor was never read
+        state.floor, state.read_at, state.reached = window_floor(now_ns, lag_ns), now, None
+        state.baseline = cursor or None
+    elif done:  # the read reached the cursor: the next starts at the lag before it began
+        state.floor = window_floor(int(state.read_at * NS_PER_SECOND), lag_ns)
+        state.read_at, state.reached, state.baseline = now, None, None
+    elif again:
+        state.reached = max(start, again[-1]["event_id"])
+    return sorted(late + new, key=lambda e: e["event_id"]), {i for i in ids if state.floor and i >= state.floor}
 
 
 @run_failure_sensor(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import uuid
@@ -28,6 +29,7 @@ from analytics_dagster.automation import (
     SENSOR_NAME,
     SENSOR_NAME_TAG,
     STREAM_TABLES,
+    WINDOW_KEY,
     EventsSensorCursor,
     api_events_sensor,
     assets_for_events,
@@ -70,10 +72,15 @@ def launch(instance: DagsterInstance, request: RunRequest) -> Any:
 
 
 def followed(cursor: Optional[str]) -> EventsSensorCursor:
-    """The sensor's cursor but for its late-event window (`polled_at`, `window`, `baseline`,
-    `resume`, `read_at`)."""
-    return dataclasses.replace(EventsSensorCursor.decode(cursor), polled_at=None, window={}, baseline=None,
-                               resume=None, read_at=None)
+    """The sensor's cursor but for its late-event window (`floor`, `read_at`, `reached`, `baseline`,
+    `kept`)."""
+    return dataclasses.replace(EventsSensorCursor.decode(cursor), floor=None, read_at=None, reached=None,
+                               baseline=None, kept=0)
+
+
+def kept_ids(instance: DagsterInstance) -> list[str]:
+    """The late-event window's ids the sensor keeps in `instance`'s key-value storage."""
+    return json.loads(instance.run_storage.get_cursor_values({WINDOW_KEY})[WINDOW_KEY])["ids"]
 
 
 def selected(request: RunRequest) -> set[str]:
@@ -384,46 +391,77 @@ def test_no_two_runs_of_the_sensor_share_a_run_key(
     assert_warehouse_equals_api(warehouse, admin, KEPT)
 
 
-def test_after_a_burst_a_tick_reads_what_is_new_and_the_window_every_two_minutes(
+def test_after_a_burst_a_tick_reads_what_is_new_and_a_page_of_the_window(
     warehouse: Path, admin: Admin
 ) -> None:
-    """With more ids in its late-event window than a page holds, a tick reads only the events
-    after its cursor (one request when none is new); the window is read again once the API's
-    clock moved `WINDOW_SECONDS` on, so an event that became visible late is still seen."""
+    """With more ids in its late-event window than a page holds, a tick reads the events after its
+    cursor and a page of the window on from where the tick before stopped (two requests when none
+    is new); an event that became visible late is seen when the read gets to it, within a read
+    of the window (a page per 200 ids of it)."""
     instance, cursor, late = watching_a_held_event(admin, 0, "late after a burst")
     admin.post("advance", seconds=1, updates=300)
     tick = evaluate(instance, cursor)
     assert len(tick.run_requests) == 1
     assert launch(instance, tick.run_requests[0]).success
+    cursor = evaluate(instance, tick.cursor).cursor  # its first read: what was there before, as it is
     admin.post("release", event_ids=[late["event_id"]])
-    admin.post("stats/reset")
-    soon = evaluate(instance, tick.cursor)  # the window holds 300 ids: not read again yet
-    assert not soon.run_requests and "succeeded" in soon.skip_message
-    assert admin.get("stats")["by_resource"] == {"events": 1}
-    admin.post("advance", seconds=automation.WINDOW_SECONDS, updates=0)
-    admin.post("stats/reset")
-    later = evaluate(instance, soon.cursor)  # what is new (a page), then the window (2 pages)
-    assert len(later.run_requests) == 1 and late["event_id"] in later.run_requests[0].run_key, later.skip_message
-    assert admin.get("stats")["by_resource"] == {"events": 3}
-    assert launch(instance, later.run_requests[0]).success
+    requests, keys = [], []
+    for _ in range(4):  # the window holds about 300 ids: two pages
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+        admin.post("stats/reset")
+        later = evaluate(instance, cursor)
+        requests.append(admin.get("stats")["by_resource"].get("events", 0))
+        keys += [r.run_key for r in later.run_requests]
+        for request in later.run_requests:
+            assert launch(instance, request).success
+        cursor = later.cursor
+    assert keys == [f"events-up-to-{late['event_id']}"], (keys, requests)
+    assert max(requests) <= 1 + automation.WINDOW_PAGES, requests
     assert_warehouse_equals_api(warehouse, admin, KEPT)
-    assert not evaluate(instance, later.cursor).run_requests, "seen once, requested once"
+    assert not evaluate(instance, cursor).run_requests, "seen once, requested once"
+
+
+def assert_the_window_holds_in(instance: DagsterInstance, admin: Admin) -> None:
+    """The late-event window kept in `instance`'s key-value storage: behind a burst of 300 changes
+    (more ids than a page), an event that becomes visible late gets its run, once; the storage
+    holds its id then."""
+    cursor = evaluate(instance, None).cursor
+    late = admin.post("mutate", resource="customers", key=admin.truth("customers")[0]["id"],
+                      set={"name": "late, kept"}, hold_event=True)["event_id"]
+    admin.post("advance", seconds=1, updates=300)
+    tick = evaluate(instance, cursor)  # the window begins
+    assert len(tick.run_requests) == 1
+    cursor = evaluate(instance, tick.cursor).cursor  # (its run is not in the instance: not followed)
+    admin.post("release", event_ids=[late])
+    keys = []
+    for _ in range(4):
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+        result = evaluate(instance, cursor)
+        keys += [r.run_key for r in result.run_requests]
+        cursor = result.cursor
+    assert keys == [f"events-up-to-{late}"], keys
+    kept = json.loads(instance.run_storage.get_cursor_values({WINDOW_KEY})[WINDOW_KEY])
+    assert kept["ids"] == kept_ids(instance) and kept["kept"] == EventsSensorCursor.decode(cursor).kept
+    assert late in kept["ids"] and len(kept["ids"]) > 300
+
+
+def test_the_window_is_kept_in_a_sqlite_instance(warehouse: Path, admin: Admin, tmp_path: Path) -> None:
+    with DagsterInstance.local_temp(tempdir=str(tmp_path)) as instance:
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        assert_the_window_holds_in(instance, admin)
 
 
 @pytest.mark.parametrize("held", [2, 3])
-def test_late_events_of_one_stretch_request_one_run(warehouse: Path, admin: Admin, held: int) -> None:
-    """Events of one stretch of the window become visible late together (a write that commits
-    late, with them): the stretch's count and digest tell two apart (the run is keyed by the
-    newest), not three (keyed by what they add to the digest). Either way the tick requests a
-    run, keyed apart from every other, and the next tick, seeing the same window, requests
-    nothing."""
+def test_late_events_of_one_write_request_one_run(warehouse: Path, admin: Admin, held: int) -> None:
+    """Events of the window become visible late together (a write that commits late, with them):
+    the tick that reads them again requests one run for them all, keyed by the newest (apart
+    from every other), and the next tick, seeing the same window, requests nothing."""
     assert sync().success
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
     late = [admin.post("mutate", resource="customers", key=admin.truth("customers")[n]["id"],
                        set={"name": f"late {n}"}, hold_event=True)["event_id"] for n in range(held)]
     admin.post("advance", seconds=1, updates=3)
-    assert len({automation._stretch(i) for i in late}) == 1
     tick = evaluate(instance, cursor)
     assert len(tick.run_requests) == 1
     assert launch(instance, tick.run_requests[0]).success
@@ -431,10 +469,7 @@ def test_late_events_of_one_stretch_request_one_run(warehouse: Path, admin: Admi
     assert not quiet.run_requests
     admin.post("release", event_ids=late)
     again = evaluate(instance, quiet.cursor)
-    assert len(again.run_requests) == 1, again.skip_message
-    key = again.run_requests[0].run_key
-    assert key != tick.run_requests[0].run_key
-    assert (max(late) in key) if held == 2 else ("-late-" in key), key
+    assert [r.run_key for r in again.run_requests] == [f"events-up-to-{max(late)}"], again.skip_message
     assert launch(instance, again.run_requests[0]).success
     assert_warehouse_equals_api(warehouse, admin, KEPT)
     assert not evaluate(instance, again.cursor).run_requests, "seen once, requested once"
@@ -463,13 +498,19 @@ def test_an_event_late_since_before_the_sensor_started_is_seen_after_its_first_r
     assert [r.run_key for r in again.run_requests] == [f"events-up-to-{late}"], again.skip_message
 
 
-def test_the_cursor_of_before_keeps_its_window() -> None:
-    """A cursor written with the window's ids themselves (`recent`) is read folded: the same ids
-    make the same window, so a tick after an upgrade sees no old event as late."""
-    ids = ["evt_01jd0000000000000000000001", "evt_01jd0000000000000000000002", "evt_01jd9z00000000000000000003"]
-    before = EventsSensorCursor.decode('{"event_id": "%s", "polled_at": 1.0, "recent": %s}' % (ids[-1], str(ids).replace("'", '"')))
-    assert before.window == automation._encode_window(automation._fold(ids))
-    assert [count for count, _ in before.window.values()] == [2, 1]  # two stretches of the instant
+@pytest.mark.parametrize("before", [
+    "evt_01jd9z00000000000000000003",  # the newest event id alone
+    '{"event_id": "evt_01jd9z00000000000000000003", "polled_at": 1.0, "recent": ["evt_01jd0000000000000000000001"]}',
+    '{"event_id": "evt_01jd9z00000000000000000003", "polled_at": 1.0, "window": {"evt_01jd000": [1, "00ff"]}, '
+    '"baseline": "evt_01jd0000000000000000000001", "resume": null, "read_at": 2.0}',
+])
+def test_a_cursor_of_before_begins_its_window_again(before: str) -> None:
+    """A cursor written before the window's ids went to the key-value storage (the event id
+    alone, the window's ids in it as `recent`, or their counts and digests per stretch as
+    `window`) is read with no window: the next tick begins one, a baseline."""
+    state = EventsSensorCursor.decode(before)
+    assert state.event_id == "evt_01jd9z00000000000000000003"
+    assert (state.floor, state.read_at, state.reached, state.baseline, state.kept) == (None, None, None, None, 0)
 
 
 def renamed_in_listing_mode(admin: Admin, monkeypatch: pytest.MonkeyPatch) -> tuple[DagsterInstance, Any]:

@@ -16,6 +16,7 @@ from analytics_dagster.automation import (
     RUN_KEY_TAG,
     SENSOR_NAME,
     SENSOR_NAME_TAG,
+    EVENTS_SENSOR_INTERVAL_SECONDS,
     EventsSensorCursor,
     failure_report,
 )
@@ -63,11 +64,12 @@ def test_a_change_after_a_burst_larger_than_ten_pages_requests_a_run(warehouse: 
 
 
 @pytest.mark.usefixtures("backfilled")
-def test_an_idle_tick_after_a_burst_costs_one_request(warehouse: Path, admin: Admin) -> None:
-    """Claim: a tick with nothing new makes one request (6 a minute, idle cost <= 12 a minute).
-    The API: a burst of 1,000 changes, synced by the sensor's run; then nothing for minutes. Every
-    tick for the next 10 minutes of the API's clock reads the whole window again (5 pages), all
-    events seen: 30 requests a minute with nothing new."""
+def test_idle_ticks_after_a_burst_cost_what_is_claimed(warehouse: Path, admin: Admin) -> None:
+    """Claim: a tick with nothing new makes one request, and a page of the late-event window when
+    that holds more than a page of ids: idle cost <= 12 a minute (5% of 240). The API: a burst of
+    1,000 changes, synced by the sensor's run; then nothing for minutes. Before, every tick for the
+    next 10 minutes of the API's clock read the whole window again (5 pages), all events seen: 30
+    requests a minute with nothing new."""
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
     admin.post("advance", updates=1000)
@@ -75,12 +77,17 @@ def test_an_idle_tick_after_a_burst_costs_one_request(warehouse: Path, admin: Ad
     assert len(tick.run_requests) == 1
     assert launch(instance, tick.run_requests[0]).success
     cursor = evaluate(instance, tick.cursor).cursor
-    admin.post("advance", seconds=60)  # a minute later, nothing new
-    admin.post("stats/reset")
-    idle = evaluate(instance, cursor)
-    assert not idle.run_requests
-    requests = admin.get("stats")["by_resource"].get("events", 0)
-    assert requests <= 1, f"an idle tick a minute after a burst made {requests} requests ({6 * requests} a minute)"
+    kept, costs = EventsSensorCursor.decode(cursor).kept, []
+    for _ in range(60 // EVENTS_SENSOR_INTERVAL_SECONDS):  # the minute after, nothing new
+        admin.post("advance", seconds=EVENTS_SENSOR_INTERVAL_SECONDS)
+        admin.post("stats/reset")
+        idle = evaluate(instance, cursor)
+        assert not idle.run_requests
+        cursor = idle.cursor
+        costs.append(admin.get("stats")["by_resource"].get("events", 0))
+    assert sum(costs) <= 12, f"the idle minute after a burst made {sum(costs)} requests: {costs}"
+    # the window's ids (the burst's, still in it) are written only when they change
+    assert EventsSensorCursor.decode(cursor).kept == kept
 
 
 @pytest.mark.usefixtures("backfilled_with_models")
@@ -134,7 +141,7 @@ def test_an_idle_ticks_cursor_stays_small_after_a_burst(warehouse: Path, admin: 
     idle = evaluate(instance, cursor)
     assert not idle.run_requests
     size = len(idle.cursor or "")
-    assert size < 4096, f"an idle tick's cursor is {size} bytes ({len(EventsSensorCursor.decode(idle.cursor).window)} stretches)"
+    assert size < 4096, f"an idle tick's cursor is {size} bytes: {idle.cursor}"
 
 
 @pytest.mark.usefixtures("backfilled")

@@ -1,4 +1,4 @@
-"""The events sensor's cursor folded per stretch (issue #30) against what the API allows.
+"""The events sensor's late-event window (issue #30) against what the API allows.
 
 Each test states a claim of docs/design.md ("The events sensor, and why its runs take every table
 with events", "How fast a change arrives", "Late events") and the API's behaviour that breaks it
@@ -17,10 +17,16 @@ import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRequest
 
 from analytics_dagster import automation
-from analytics_dagster.automation import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG, STREAM_TABLES, EventsSensorCursor
+from analytics_dagster.automation import (
+    RUN_KEY_TAG,
+    SENSOR_NAME,
+    SENSOR_NAME_TAG,
+    STREAM_TABLES,
+    EventsSensorCursor,
+)
 from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
 from analytics_dagster_tests.conftest import Admin
-from analytics_dagster_tests.test_automation import evaluate, renamed_in_listing_mode, selected
+from analytics_dagster_tests.test_automation import evaluate, kept_ids, renamed_in_listing_mode, selected
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # a ULID's alphabet, lower-cased as the API's ids
 STRETCH_MS = 1 << 15  # what the first 7 characters of a ULID say: 2^15 ms
@@ -78,21 +84,67 @@ def test_the_sensors_first_ticks_request_no_run_without_a_change(
         cursor = result.cursor
 
 
+@pytest.mark.parametrize("kept", ["id", "recent", "window"])
 @pytest.mark.usefixtures("backfilled")
-def test_a_cursor_of_before_requests_no_run_after_the_upgrade(warehouse: Path, admin: Admin) -> None:
+def test_a_cursor_of_before_requests_no_run_after_the_upgrade(warehouse: Path, admin: Admin, kept: str) -> None:
     """Claim (docs/design.md, "The events sensor, and why its runs take every table with events"):
-    a cursor that kept the window's ids (`recent`) is read folded, and a tick after the upgrade sees
-    no old event as late. The API: changes within a stretch, the old sensor's window starting a
-    second after them (its last poll 601 s later; `recent` holds only the ids after that instant:
-    none). The first tick after the upgrade reads from the start of their stretch, finds 5 ids its
-    window does not hold, and requests a run for them, though every one was seen long ago."""
+    a cursor of before (the event id alone; or one that kept the window's ids, `recent`, or their
+    counts and digests per stretch, `window`) begins its window again, a baseline, and a tick
+    after the upgrade sees no old event as late. The API: changes within a stretch, the old
+    sensor's window starting a second after them (its last poll 601 s later: `recent` holds
+    none of them). Before, the first tick after the upgrade from `recent` read from the start of
+    their stretch, found 5 ids its window did not hold, and requested a run for them, though
+    every one was seen long ago."""
     into_the_next_stretch(admin)
     admin.post("advance", seconds=0, updates=5)
     ids = [e["event_id"] for e in admin.truth("events")[-5:]]
-    assert len({automation._stretch(i) for i in ids}) == 1
-    old = json.dumps({"event_id": ids[-1], "polled_at": (ms_of(ids[-1]) + 1000) / 1000 + 600, "recent": []})
-    tick = evaluate(DagsterInstance.ephemeral(), old)
-    assert not tick.run_requests, f"the first tick after the upgrade requests {tick.run_requests[0].run_key}"
+    assert len({ms_of(i) // STRETCH_MS for i in ids}) == 1
+    polled_at = (ms_of(ids[-1]) + 1000) / 1000 + 600
+    old = {"id": ids[-1],
+           "recent": json.dumps({"event_id": ids[-1], "polled_at": polled_at, "recent": []}),
+           "window": json.dumps({"event_id": ids[-1], "polled_at": polled_at, "window": {}, "baseline": ids[-1],
+                                 "resume": None, "read_at": None})}[kept]
+    instance, cursor = DagsterInstance.ephemeral(), old
+    for n in range(3):  # the window begins, then its first read, then a read of it again
+        tick = evaluate(instance, cursor)
+        assert not tick.run_requests, f"tick {n + 1} after the upgrade requests {tick.run_requests[0].run_key}"
+        cursor = tick.cursor
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+    assert EventsSensorCursor.decode(cursor).baseline is None  # its first read ended
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_a_cursor_without_its_windows_ids_requests_no_run(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events"): ids the cursor does not go with are never compared.
+    The window's ids are in the instance's key-value storage, the cursor in its tick storage: a
+    cursor whose ids are not there (the sensor's cursor set on another instance, or a tick whose
+    cursor was not kept after it wrote the ids) would take every id of its window as late, a run
+    for events long seen. The window begins again instead, a baseline: no run."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", seconds=1, updates=300)
+    for _ in range(3):  # the burst's run (not launched: not followed), the window's first reads
+        cursor = evaluate(instance, cursor).cursor
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+    assert EventsSensorCursor.decode(cursor).kept
+    elsewhere, other = DagsterInstance.ephemeral(), cursor  # another instance: none of its ids
+    for _ in range(4):
+        tick = evaluate(elsewhere, other)
+        assert not tick.run_requests, f"a cursor without its window's ids requests {tick.run_requests[0].run_key}"
+        other = tick.cursor
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+    # a tick whose cursor was not kept after it wrote the ids: the tick that prunes the burst's ids
+    # (their instant left the window), then the same tick again, which must not take them as late
+    admin.post("advance", seconds=DEFAULT_VISIBILITY_LAG_SECONDS - 60)
+    for _ in range(30):
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+        first = evaluate(instance, cursor)
+        if len(kept_ids(instance)) < 300:
+            break
+        cursor = first.cursor
+    assert not first.run_requests and len(kept_ids(instance)) < 300, "the burst's ids were not pruned in 30 ticks"
+    again = evaluate(instance, cursor)
+    assert not again.run_requests, f"the tick again requests {again.run_requests[0].run_key}"
 
 
 @pytest.mark.usefixtures("backfilled")
@@ -110,14 +162,14 @@ def test_a_late_event_before_a_burst_larger_than_ten_pages_requests_a_run(wareho
     late = hold_a_change(admin, 0)
     admin.post("advance", seconds=0, updates=2100, same_instant=True)
     newest = admin.truth("events")[-1]["event_id"]
-    assert automation._stretch(newest) == automation._stretch(late)  # one stretch: the change and the burst
+    assert ms_of(newest) // STRETCH_MS == ms_of(late) // STRETCH_MS  # one stretch: the change and the burst
     tick = evaluate(instance, cursor)
     assert len(tick.run_requests) == 1  # the burst's run (it ran before the late event was visible)
     cursor = tick.cursor
     admin.post("release", event_ids=[late])
     requested = []
-    for _ in range(DEFAULT_VISIBILITY_LAG_SECONDS // automation.WINDOW_SECONDS):  # within the lag
-        admin.post("advance", seconds=automation.WINDOW_SECONDS)
+    for _ in range(DEFAULT_VISIBILITY_LAG_SECONDS // 120):  # within the lag, a tick every 2 minutes
+        admin.post("advance", seconds=120)
         result = evaluate(instance, cursor)
         requested += [r.run_key for r in result.run_requests]
         cursor = result.cursor
@@ -154,11 +206,11 @@ def test_a_late_event_seen_while_the_run_is_in_flight_gets_a_run(warehouse: Path
 
 @pytest.mark.usefixtures("backfilled")
 def test_late_events_either_side_of_a_stretchs_end_are_each_told_apart(warehouse: Path, admin: Admin) -> None:
-    """Claim: a stretch read again whose count and digest changed holds late events, one or two
-    told apart by the digest. The API: two changes whose writes commit late, a second apart, the
-    first in the last 50 ms of a stretch, the second in the next; changes listed at once after
-    them. Each stretch gains one id: both are told apart (the run keyed by the newer), and the
-    tick after requests nothing (seen once, requested once)."""
+    """Claim: every late event read again in the window is seen, by its id (before, the window kept
+    a count and a digest per stretch of 33 s, which told one or two new ids apart). The API: two
+    changes whose writes commit late, a second apart, the first in the last 50 ms of a stretch,
+    the second in the next; changes listed at once after them. Both are seen (the run keyed by
+    the newer), and the tick after requests nothing (seen once, requested once)."""
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
     into_the_next_stretch(admin, offset_ms=STRETCH_MS - 1050)

@@ -149,6 +149,24 @@ def test_runs_launched_through_a_postgres_backed_instance(
             os.environ.pop(key, None)
 
 
+def test_the_events_sensors_window_is_kept_in_a_postgres_instance(
+    warehouse: Path, database: str, admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events sensor's late-event window, in the key-value storage of an instance as
+    deploy/dagster.yaml makes it (PostgreSQL)."""
+    from dagster import DagsterInstance
+
+    from analytics_dagster_tests.test_automation import assert_the_window_holds_in
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_PG_URL", database.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert_the_window_holds_in(instance, admin)
+
+
 def test_a_load_that_fails_leaves_the_replaced_tables_as_they_were_in_postgres(
     postgres_warehouse: str, admin: Admin, sandbox: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
