@@ -1,0 +1,99 @@
+"""The events sensor's late-event window kept in the instance's key-value storage (issue #30,
+`WINDOW_KEY`): its baseline, its write count `kept`, and the API's clock, against what the API
+and the daemon allow.
+
+Each test states a claim of docs/design.md ("Late events", "The events sensor, and why its runs
+take every table with events", "How fast a change arrives") and what breaks it (a strict xfail
+naming it). Ticks are evaluated every 10 s of the API's clock, as the daemon would
+(`EVENTS_SENSOR_INTERVAL_SECONDS`); no run is launched: the sensor's requests are the claim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus
+
+from analytics_dagster import automation
+from analytics_dagster.automation import EventsSensorCursor
+from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
+from analytics_dagster_tests.conftest import Admin
+from analytics_dagster_tests.test_automation import evaluate, kept_ids
+from analytics_dagster_tests.test_automation_adversary_2 import add_run, hold_a_change
+from analytics_dagster_tests.test_automation_adversary_3 import (
+    api_clock,
+    assert_a_late_event_released_now_gets_a_run,
+    tick,
+)
+
+
+def ticks_for(admin: Admin, instance: DagsterInstance, cursor: str, seconds: int) -> tuple[list[str], str]:
+    """Ticks for `seconds` of the API's clock, every run they request succeeding at once: the
+    runs' keys and the cursor after."""
+    keys = []
+    for _ in range(seconds // automation.EVENTS_SENSOR_INTERVAL_SECONDS):
+        result, _ = tick(admin, instance, cursor)
+        for request in result.run_requests:
+            add_run(instance, request, DagsterRunStatus.SUCCESS)
+            keys.append(request.run_key)
+        cursor = result.cursor
+    return keys, cursor
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (#30): the window's first read takes every id up to `baseline` as seen, so an event "
+    "held since before the sensor started and visible before that read reaches it gets no run"))
+@pytest.mark.usefixtures("backfilled")
+def test_a_late_event_visible_during_the_first_read_gets_a_run(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events"): no late event (visible within the lag of its id) is
+    lost. The API: a customer's change whose write commits late (held 11 s), taken a few
+    seconds before the sensor is turned on, with 3 changes listed at once after it. The first
+    tick sets the cursor after those, the second begins the window (`baseline`: that cursor);
+    then the change's event becomes visible, 11 s after its id, before the window's first read
+    reads it. That read finds its id up to `baseline` and takes it as seen, not late: no run is
+    requested for it in the 900 s that follow (measured: none), and the customer's change
+    waits for some other change or a schedule (the backfill before the sensor started read
+    the stream while the event was not listed)."""
+    late = hold_a_change(admin, 0)
+    admin.post("advance", seconds=2, updates=3)
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    result, _ = tick(admin, instance, cursor)  # the window begins
+    cursor, state = result.cursor, EventsSensorCursor.decode(result.cursor)
+    assert state.baseline and late < state.baseline and state.reached is None
+    assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (#30): a tick whose cursor is not kept after it wrote the window's ids (the daemon's "
+    "evaluation timeout) restarts the window at a baseline, and the late event it found is lost"))
+@pytest.mark.usefixtures("backfilled")
+def test_a_late_event_found_by_a_tick_whose_cursor_was_not_kept_gets_a_run(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events"): no late event is lost, and ids the cursor does not go
+    with are never compared (the window begins again). The daemon: a tick's evaluation that
+    outlasts its timeout (Dagster's 60 s for a sensor; the API blocks an address for 60 s after
+    a 429, docs/api.md, and another client on the same address can cause it) is recorded as
+    failed and its cursor is not kept, while the evaluation goes on in the code server and
+    writes the window's ids to the key-value storage. The API: a customer's change whose
+    write commits late, changes listed after it, their run; then the event becomes visible
+    and the next tick finds it (a run keyed by it), but is not kept. The tick again from the
+    cursor before finds the kept ids written by that tick (`kept` one more), begins the window
+    again at a baseline past the late event, and takes it as seen: no run is requested for it
+    in the 900 s that follow (measured: none)."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    _, cursor = ticks_for(admin, instance, cursor, 20)  # the window begins, its first read ends
+    assert EventsSensorCursor.decode(cursor).baseline is None
+    late = hold_a_change(admin, 0)
+    admin.post("advance", seconds=2, updates=3)
+    keys, cursor = ticks_for(admin, instance, cursor, 10)
+    assert len(keys) == 1 and late < EventsSensorCursor.decode(cursor).event_id
+    admin.post("release", event_ids=[late])
+    lost, _ = tick(admin, instance, cursor)
+    assert [r.run_key for r in lost.run_requests] == [f"events-up-to-{late}"], lost.skip_message
+    assert late in kept_ids(instance)  # written; the cursor that goes with it is not kept
+    keys, cursor = ticks_for(admin, instance, cursor, DEFAULT_VISIBILITY_LAG_SECONDS + 300)
+    assert f"events-up-to-{late}" in keys, (
+        f"the late event {late}, found by a tick whose cursor was not kept, requested no run in "
+        f"{DEFAULT_VISIBILITY_LAG_SECONDS + 300} s: {keys}")
