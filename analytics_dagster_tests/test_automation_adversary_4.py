@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from analytics_dagster import automation
-from analytics_dagster.automation import EventsSensorCursor
+from analytics_dagster.automation import RUN_KEY_TAG, EventsSensorCursor
 from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_automation import evaluate, kept_ids
@@ -29,16 +29,36 @@ from analytics_dagster_tests.test_automation_adversary_3 import (
 
 
 def ticks_for(admin: Admin, instance: DagsterInstance, cursor: str, seconds: int) -> tuple[list[str], str]:
-    """Ticks for `seconds` of the API's clock, every run they request succeeding at once: the
-    runs' keys and the cursor after."""
+    """Ticks for `seconds` of the API's clock, every run they request succeeding at once (a run
+    key already launched launches nothing, as with the daemon): the keys requested and the
+    cursor after."""
     keys = []
     for _ in range(seconds // automation.EVENTS_SENSOR_INTERVAL_SECONDS):
         result, _ = tick(admin, instance, cursor)
         for request in result.run_requests:
-            add_run(instance, request, DagsterRunStatus.SUCCESS)
+            if not instance.get_run_records(RunsFilter(tags={RUN_KEY_TAG: request.run_key}), limit=1):
+                add_run(instance, request, DagsterRunStatus.SUCCESS)
             keys.append(request.run_key)
         cursor = result.cursor
     return keys, cursor
+
+
+def a_burst_left_the_window(admin: Admin, instance: DagsterInstance) -> tuple[str, list[str]]:
+    """The sensor turned on, a burst of 150 changes over 30 s, its run; then idle ticks until
+    the window's read moved past about a third of the burst's ids (pruned from the kept
+    ids): the cursor, and the keys requested."""
+    cursor = evaluate(instance, None).cursor
+    _, cursor = ticks_for(admin, instance, cursor, 20)  # the window begins, its first read ends
+    for _ in range(30):
+        admin.post("advance", seconds=1, updates=5)
+    keys, cursor = ticks_for(admin, instance, cursor, 10)
+    assert len(keys) == 1 and len(kept_ids(instance)) == 150
+    for _ in range(100):
+        more, cursor = ticks_for(admin, instance, cursor, 10)
+        keys += more
+        if len(kept_ids(instance)) < 100:
+            return cursor, keys
+    raise AssertionError("the burst's ids were not pruned in 100 ticks")
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -134,3 +154,26 @@ def test_a_late_event_seen_by_an_overlapping_evaluation_gets_a_run(warehouse: Pa
     assert f"events-up-to-{late}" in keys, (
         f"the late event {late}, seen by an evaluation whose cursor was not kept, requested no run "
         f"in {DEFAULT_VISIBILITY_LAG_SECONDS + 300} s: {keys}")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (#30): the next read starts at the lag before the API's clock (`Date`) when the read "
+    "before began; a clock that steps back re-reads ids already pruned, taken as late"))
+@pytest.mark.usefixtures("backfilled")
+def test_the_apis_clock_stepping_back_requests_no_run(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events"): no run is requested when nothing changed; an id
+    the read finds and the kept ids do not hold became visible late. The API: its clock (the
+    `Date` header: docs/api.md, "What the project relies on beyond that") steps back 15 s, as
+    a server's clock corrected by NTP or another server behind the balancer answers, ids
+    still in order; a burst of 150 changes over 30 s left the window in part (the ids before
+    its start pruned). The next read starts 5 s before the last one did, reads ids the kept
+    ids no longer hold, takes them as late, and requests a run keyed by one of them (measured:
+    events-up-to- an id of the burst, a run for changes synced 10 minutes before; 90 ids taken
+    as late at a step of 30 s)."""
+    instance = DagsterInstance.ephemeral()
+    cursor, before = a_burst_left_the_window(admin, instance)
+    clock = api_clock(admin)
+    admin.post("advance", seconds=-15)
+    assert api_clock(admin) == clock - 15
+    keys, _ = ticks_for(admin, instance, cursor, 60)
+    assert not keys, f"the API's clock stepped back 15 s, with no change: {keys} requested (before: {before})"
