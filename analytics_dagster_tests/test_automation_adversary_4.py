@@ -215,3 +215,30 @@ def test_a_late_event_read_with_ids_taken_as_late_again_gets_a_run_launched(ware
     assert keys and [k for k in keys if k not in before], (
         f"the late event {late}, visible {visible:.0f} s after its id, launched no run: {keys} requested, "
         f"each launched before")
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_a_late_event_visible_at_the_end_of_the_lag_gets_a_run(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events"): a late event visible within the lag of its id is
+    read by the read in progress or the next (which starts at the lag before the one in
+    progress began), whatever the `Date` header's whole seconds. The API: a customer's change
+    whose write commits late, 3 changes listed after it and their run; the event becomes
+    visible 599 s after its id (the API's clock), the window long read past it, a tick
+    having come 0 to 10 s before, the next 10 s after. It gets its run (held: that tick's read
+    starts 600 s before the tick before began, 1 to 11 s before the late event's id; a read
+    starting at the lag before itself would miss it)."""
+    instance = DagsterInstance.ephemeral()
+    cursor = the_windows_first_read_ended(admin, instance)
+    late = hold_a_change(admin, 0)
+    admin.post("advance", seconds=2, updates=3)
+    keys, cursor = ticks_for(admin, instance, cursor, 10)
+    assert len(keys) == 1
+    def age() -> float:  # of the late event's id, by the API's clock
+        return api_clock(admin) - ms_of(late) / 1000
+
+    while age() < DEFAULT_VISIBILITY_LAG_SECONDS - 11:
+        keys, cursor = ticks_for(admin, instance, cursor, automation.EVENTS_SENSOR_INTERVAL_SECONDS)
+        assert not keys
+    # released 599 s after its id (the API's clock): the next tick, 10 s on, reads it
+    admin.post("advance", seconds=DEFAULT_VISIBILITY_LAG_SECONDS - 1 - age())
+    assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
