@@ -264,11 +264,11 @@ def test_two_code_locations_on_one_instance_each_find_a_late_event(warehouse: Pa
     instance's key-value storage; here both watch the same API, the mildest case. The API:
     changes for 50 s, a customer's change whose write commits late among them, then none;
     the late event becomes visible 90 s after its id. No run is launched for it in the 900 s
-    that follow (with one sensor: its run at the next tick). Measured: the second sensor
-    begins its window again at every tick (a baseline that takes the late event as seen);
-    the first takes every id of its window as late at every tick and requests a run keyed by
-    the newest, the key of a run launched before; the ids written 66 times by each in 101
-    ticks, all but 5 of them idle."""
+    that follow (with one sensor: its run at the next tick). Measured, in 101 ticks (all but 5
+    idle): the second sensor's window is a baseline after 66 of them (begun again: it takes
+    the late event as seen); the first takes ids of its window as late and requests a run at
+    66, keyed by the newest, the key of a run launched before; the ids written 66 times by
+    each."""
     instance = DagsterInstance.ephemeral()
     cursors = [evaluate(instance, None).cursor, evaluate(instance, None).cursor]
     launched: list[str] = []
