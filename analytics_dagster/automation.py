@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
+from uuid import uuid4
 
 import dlt
 from requests import HTTPError
@@ -160,8 +161,8 @@ class EventsSensorCursor:
 
     Before runs were followed the cursor was the newest event id alone (or "" for an empty
     stream); `decode` reads that too, and a cursor that kept the late-event window itself (its ids,
-    `recent`, or their counts and digests per stretch, `window`): its window begins again at the
-    next tick, a baseline.
+    `recent`, or their counts and digests per stretch, `window`) or its ids under one key with a
+    count of writes (`kept` a number): its window begins again at the next tick.
     """
 
     event_id: Optional[str] = None  # the newest event seen (None: the stream was empty)
@@ -195,10 +196,12 @@ class EventsSensorCursor:
     # the ids up to this one were never read by the sensor (the newest event when its window
     # began): the window's first read takes those it finds as they are, none of them late; then None
     baseline: Optional[str] = None
-    # how many times the window's ids were written: the key-value storage holds the count with
-    # them, so ids the cursor does not go with (a tick whose cursor was not kept, another
-    # instance) are never compared
-    kept: int = 0
+    # the token the window's ids are kept under (`WINDOW_KEY`/<token>), a new one at every write:
+    # a tick loads the ids of its own cursor, never those of a tick whose cursor was not kept, of
+    # an evaluation from the same cursor, or of another sensor on the instance; and the token
+    # this one replaced (`parent`), blanked by the first tick that loads this cursor
+    kept: Optional[str] = None
+    parent: Optional[str] = None
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -207,8 +210,10 @@ class EventsSensorCursor:
         if not text.lstrip().startswith("{"):
             return cls(event_id=text)  # the cursor of before: an event id
         data = json.loads(text)
-        if "floor" not in data:  # a cursor of before (the window's ids or digests in it): no window yet
-            data = {k: v for k, v in data.items() if k not in ("read_at", "baseline")}
+        if "floor" not in data or not isinstance(data.get("kept"), (str, type(None))):
+            # a cursor of before (the window's ids or digests in it, or its ids kept under one key
+            # for the instance, `kept` a count of writes): no window yet
+            data = {k: v for k, v in data.items() if k not in ("floor", "read_at", "reached", "baseline", "kept")}
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def encode(self) -> str:
@@ -338,10 +343,10 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         )
     state = EventsSensorCursor.decode(context.cursor)
     # what became of the run it follows, first: the window's ids are written last, once nothing
-    # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it
-    # are not compared: the window begins again)
+    # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it,
+    # under a token of their own, are never loaded)
     followed = _follow_run(context, state) if state.run_key else None
-    window = _load_window(context.instance, state) if state.floor else None
+    window = _load_window(context.instance, state)
     notes = [] if window is not None or not state.floor else [
         "the late-event window's ids kept are not this cursor's: its window begins again"]
     events, ids = _new_events(base_url, api_key, state, window)
@@ -426,7 +431,8 @@ def _selection(touched: list[str]) -> tuple[list[str], str]:
 NEW_PAGES = 50
 WINDOW_PAGES = 1
 WINDOW_PAGES_PER_NEW = 5
-# the key of the window's ids in the instance's key-value storage
+# the prefix of the keys of the window's ids in the instance's key-value storage (one per write:
+# `_store_window`)
 WINDOW_KEY = f"{SENSOR_NAME}/late_event_window"
 
 
@@ -436,18 +442,29 @@ def _lag_ns() -> int:
     return (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
 
 
+def window_key(token: str) -> str:
+    """The key-value storage's key of the window's ids written under `token` (`kept`)."""
+    return f"{WINDOW_KEY}/{token}"
+
+
 def _load_window(instance: Any, state: EventsSensorCursor) -> Optional[set[str]]:
-    """The window's ids as the tick before kept them, or None when the key-value storage holds
-    none that go with `state` (none yet, or written by a tick whose cursor was not kept)."""
-    value = instance.run_storage.get_cursor_values({WINDOW_KEY}).get(WINDOW_KEY)
-    kept = json.loads(value) if value else {}
-    return set(kept["ids"]) if kept.get("kept") == state.kept and state.floor else None
+    """The window's ids that go with `state` (written under its token), or None when the key-value
+    storage holds none (none yet, or blanked). The ids of the token `state` replaced (`parent`)
+    are blanked: `state` was kept, so no tick loads them again."""
+    storage = instance.run_storage
+    if state.parent:
+        storage.set_cursor_values({window_key(state.parent): ""})
+        state.parent = None
+    value = storage.get_cursor_values({window_key(state.kept)}).get(window_key(state.kept)) if state.kept else None
+    return set(json.loads(value)["ids"]) if value and state.floor else None
 
 
 def _store_window(instance: Any, state: EventsSensorCursor, ids: set[str]) -> None:
-    state.kept += 1
+    """Write `ids` under a new token, the cursor's from now on (its old one: `parent`)."""
+    token = uuid4().hex
     instance.run_storage.set_cursor_values(
-        {WINDOW_KEY: json.dumps({"kept": state.kept, "ids": sorted(ids)}, separators=(",", ":"))})
+        {window_key(token): json.dumps({"ids": sorted(ids)}, separators=(",", ":"))})
+    state.kept, state.parent = token, state.kept
 
 
 def _new_events(

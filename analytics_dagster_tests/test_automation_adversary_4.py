@@ -1,11 +1,13 @@
 """The events sensor's late-event window kept in the instance's key-value storage (issue #30,
-`WINDOW_KEY`): its baseline, its write count `kept`, and the API's clock, against what the API
-and the daemon allow.
+`WINDOW_KEY`): its baseline, the token `kept` its ids are written under, and the API's clock,
+against what the API and the daemon allow.
 
 Each test states a claim of docs/design.md ("Late events", "The events sensor, and why its runs
-take every table with events", "How fast a change arrives") and what breaks it (a strict xfail
-naming it). Ticks are evaluated every 10 s of the API's clock, as the daemon would
-(`EVENTS_SENSOR_INTERVAL_SECONDS`); no run is launched: the sensor's requests are the claim.
+take every table with events", "How fast a change arrives") and what broke it when the window's
+ids were kept under one key with a count of writes (the numbers measured then are in each
+docstring; each was a strict xfail until fixed). Ticks are evaluated every 10 s of the API's
+clock, as the daemon would (`EVENTS_SENSOR_INTERVAL_SECONDS`); no run is launched: the sensor's
+requests are the claim.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from analytics_dagster import automation
-from analytics_dagster.automation import RUN_KEY_TAG, EventsSensorCursor
+from analytics_dagster.automation import RUN_KEY_TAG, EventsSensorCursor, window_key
 from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_automation import evaluate, kept_ids
@@ -70,11 +72,11 @@ def a_burst_left_the_window(
     else:
         admin.post("advance", seconds=1, updates=150, same_instant=True)
     keys, cursor = ticks_for(admin, instance, cursor, 10)
-    assert keys == [f"events-up-to-{admin.truth('events')[-1]['event_id']}"] and len(kept_ids(instance)) == 150
+    assert keys == [f"events-up-to-{admin.truth('events')[-1]['event_id']}"] and len(kept_ids(instance, cursor)) == 150
     for _ in range(100):
         more, cursor = ticks_for(admin, instance, cursor, 10)
         keys += more
-        if len(kept_ids(instance)) < below:
+        if len(kept_ids(instance, cursor)) < below:
             return cursor, keys
     raise AssertionError("the burst's ids were not pruned in 100 ticks")
 
@@ -103,9 +105,6 @@ def test_a_late_event_visible_during_the_first_read_gets_a_run(warehouse: Path, 
     assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): a tick whose cursor is not kept after it wrote the window's ids (the daemon's "
-    "evaluation timeout) restarts the window at a baseline, and the late event it found is lost"))
 @pytest.mark.usefixtures("backfilled")
 def test_a_late_event_found_by_a_tick_whose_cursor_was_not_kept_gets_a_run(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "Late events"): no late event is lost, and ids the cursor does not go
@@ -116,9 +115,10 @@ def test_a_late_event_found_by_a_tick_whose_cursor_was_not_kept_gets_a_run(wareh
     writes the window's ids to the key-value storage. The API: a customer's change whose
     write commits late, changes listed after it, their run; then the event becomes visible
     and the next tick finds it (a run keyed by it), but is not kept. The tick again from the
-    cursor before finds the kept ids written by that tick (`kept` one more), begins the window
-    again at a baseline past the late event, and takes it as seen: no run is requested for it
-    in the 900 s that follow (measured: none)."""
+    cursor before found the kept ids written by that tick (`kept` one more), began the window
+    again at a baseline past the late event, and took it as seen: no run was requested for it
+    in the 900 s that followed (measured: none). Now that tick's ids are under a token of its
+    own: the tick again loads its cursor's ids, and reads the late event as late again."""
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     late = hold_a_change(admin, 0)
@@ -128,43 +128,41 @@ def test_a_late_event_found_by_a_tick_whose_cursor_was_not_kept_gets_a_run(wareh
     admin.post("release", event_ids=[late])
     lost, _ = tick(admin, instance, cursor)
     assert [r.run_key for r in lost.run_requests] == [f"events-up-to-{late}"], lost.skip_message
-    assert late in kept_ids(instance)  # written; the cursor that goes with it is not kept
+    assert late in kept_ids(instance, lost.cursor)  # written; the cursor that goes with it is not kept
     keys, cursor = ticks_for(admin, instance, cursor, DEFAULT_VISIBILITY_LAG_SECONDS + 300)
     assert f"events-up-to-{late}" in keys, (
         f"the late event {late}, found by a tick whose cursor was not kept, requested no run in "
         f"{DEFAULT_VISIBILITY_LAG_SECONDS + 300} s: {keys}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): `kept` counts writes, it does not name the writer: two evaluations from one "
-    "cursor both write count+1, and the kept cursor compares the ids of the one not kept"))
 @pytest.mark.usefixtures("backfilled")
 def test_a_late_event_seen_by_an_overlapping_evaluation_gets_a_run(warehouse: Path, admin: Admin) -> None:
-    """Claim (docs/design.md, "Late events"): the count of writes held with the ids (`kept`) means
-    ids the cursor does not go with are never compared; no late event is lost. The daemon: an
+    """Claim (docs/design.md, "Late events"): ids the cursor does not go with are never compared;
+    no late event is lost. Before, the ids were held with a count of writes (`kept`). The daemon: an
     evaluation that outlasts its timeout (the API's 429 blocks the address for 60 s,
     docs/api.md) is recorded as failed, and the next tick is evaluated from the same cursor
     while the first still runs in the code server. Both load the ids of count k; the second
     (3 new changes) writes count k+1 and its cursor is kept; a customer's change held until
     then becomes visible; the first reads it as late and writes count k+1 too, with its id,
     its cursor not kept. The kept cursor's count matches those ids: the late event's id is
-    among them, so no tick after takes it as late, and no run is requested for it in the
-    900 s that follow (measured: none). The overlap is reproduced by putting back the ids the
-    first evaluation loaded before it reads."""
+    among them, so no tick after took it as late, and no run was requested for it in the
+    900 s that followed (measured: none). The overlap is reproduced by putting back the ids the
+    first evaluation loaded before it reads (now each writes under a token of its own)."""
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     late = hold_a_change(admin, 0)
     admin.post("advance", seconds=2, updates=3)
-    loaded = instance.run_storage.get_cursor_values({automation.WINDOW_KEY})  # what both evaluations load
+    key = window_key(EventsSensorCursor.decode(cursor).kept)
+    loaded = instance.run_storage.get_cursor_values({key})  # what both evaluations load
     kept, _ = tick(admin, instance, cursor)  # the second evaluation: its cursor is kept
-    assert len(kept.run_requests) == 1 and EventsSensorCursor.decode(kept.cursor).kept == (
-        EventsSensorCursor.decode(cursor).kept + 1)
+    assert len(kept.run_requests) == 1 and EventsSensorCursor.decode(kept.cursor).kept != (
+        EventsSensorCursor.decode(cursor).kept)
     add_run(instance, kept.run_requests[0], DagsterRunStatus.SUCCESS)
     admin.post("release", event_ids=[late])
     instance.run_storage.set_cursor_values(loaded)
     timed_out = evaluate(instance, cursor)  # the first goes on, reads the late event; not kept
-    assert len(timed_out.run_requests) == 1 and late in kept_ids(instance)
-    assert EventsSensorCursor.decode(timed_out.cursor).kept == EventsSensorCursor.decode(kept.cursor).kept
+    assert len(timed_out.run_requests) == 1 and late in kept_ids(instance, timed_out.cursor)
+    assert EventsSensorCursor.decode(timed_out.cursor).kept != EventsSensorCursor.decode(kept.cursor).kept
     keys, _ = ticks_for(admin, instance, kept.cursor, DEFAULT_VISIBILITY_LAG_SECONDS + 300)
     assert f"events-up-to-{late}" in keys, (
         f"the late event {late}, seen by an evaluation whose cursor was not kept, requested no run "
@@ -251,10 +249,6 @@ def test_a_late_event_visible_at_the_end_of_the_lag_gets_a_run(warehouse: Path, 
     assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): WINDOW_KEY is one key per instance: two events sensors on one instance (two "
-    "code locations) overwrite each other's ids, one begins its window again every tick, the "
-    "other takes every id as late under a run key launched before"))
 @pytest.mark.usefixtures("backfilled")
 def test_two_code_locations_on_one_instance_each_find_a_late_event(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "Late events"): no late event is lost; the ids are written only
@@ -263,12 +257,12 @@ def test_two_code_locations_on_one_instance_each_find_a_late_event(warehouse: Pa
     each with its `api_events_sensor` and its own cursor, but one `WINDOW_KEY` in the
     instance's key-value storage; here both watch the same API, the mildest case. The API:
     changes for 50 s, a customer's change whose write commits late among them, then none;
-    the late event becomes visible 90 s after its id. No run is launched for it in the 900 s
-    that follow (with one sensor: its run at the next tick). Measured, in 101 ticks (all but 5
-    idle): the second sensor's window is a baseline after 66 of them (begun again: it takes
-    the late event as seen); the first takes ids of its window as late and requests a run at
-    66, keyed by the newest, the key of a run launched before; the ids written 66 times by
-    each."""
+    the late event becomes visible 90 s after its id. Before (one key for the ids), no run was
+    launched for it in the 900 s that followed (with one sensor: its run at the next tick); now
+    each cursor's ids are under its own token. Measured then, in 101 ticks (all but 5 idle):
+    the second sensor's window was a baseline after 66 of them (begun again: it took the late
+    event as seen); the first took ids of its window as late and requested a run at 66, keyed
+    by the newest, the key of a run launched before; the ids written 66 times by each."""
     instance = DagsterInstance.ephemeral()
     cursors = [evaluate(instance, None).cursor, evaluate(instance, None).cursor]
     launched: list[str] = []
@@ -295,5 +289,5 @@ def test_two_code_locations_on_one_instance_each_find_a_late_event(warehouse: Pa
     after = [k for _ in range((DEFAULT_VISIBILITY_LAG_SECONDS + 300) // automation.EVENTS_SENSOR_INTERVAL_SECONDS)
              for k in both_tick()]
     assert after, (f"the late event {late}, visible {visible:.0f} s after its id, launched no run with two "
-                   f"events sensors on one instance (kept ids: {len(kept_ids(instance))}, cursors' `kept`: "
+                   f"events sensors on one instance (kept ids: {[len(kept_ids(instance, c)) for c in cursors]}, cursors' `kept`: "
                    f"{[EventsSensorCursor.decode(c).kept for c in cursors]})")
