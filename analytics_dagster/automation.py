@@ -194,7 +194,8 @@ class EventsSensorCursor:
     read_at: Optional[float] = None
     reached: Optional[str] = None
     # the ids up to this one were never read by the sensor (the newest event when its window
-    # began): the window's first read takes those it finds as they are, none of them late; then None
+    # began) and the tick that began it did not read them all: the window's first read takes
+    # those it finds as they are, none of them late; then None
     baseline: Optional[str] = None
     # the token the window's ids are kept under (`WINDOW_KEY`/<token>), a new one at every write:
     # a tick loads the ids of its own cursor, never those of a tick whose cursor was not kept, of
@@ -474,16 +475,17 @@ def _new_events(
     before it; None: no window yet, one begins). It reads the events after the cursor, and the
     late-event window behind it on from where the last tick's read stopped (`reached`), up to the
     cursor: an id read there that `window` does not hold became visible late, and is new to it,
-    but for the ids up to `baseline` in the window's first read (never read before: taken as they
-    are). A read that reaches the cursor ends; the next starts at the lag before it began (never
-    before the read that ended: ids below its start were pruned, a clock stepping back reads none
-    of them again), so an event visible late, within the lag of its id, is read by the read in
-    progress or the next."""
+    but for the ids up to `baseline` (never read before: taken as they are). A window begins with
+    its first read, a page (`WINDOW_PAGES`) in the tick that begins it: a window within that page
+    has no baseline. A read that reaches the cursor ends; the next starts at the lag before it
+    began (never before the read that ended: ids below its start were pruned, a clock stepping
+    back reads none of them again), so an event visible late, within the lag of its id, is read
+    by the read in progress or the next."""
     lag_ns = _lag_ns()
     cursor = state.event_id or ""
     going = lag_ns > 0 and window is not None and state.floor is not None and state.read_at is not None
     ids = set(window or ()) if going else set()
-    start = (state.reached or state.floor) if going else ""
+    start = (state.reached or state.floor or "") if going else ""
     # the rest of the window's read fits a page: one read takes it and what is new (not while ids
     # up to the baseline lie ahead: they were never read, their number is not known)
     merged = going and sum(1 for i in ids if start < i <= cursor) < EVENTS_PAGE_SIZE and not (
@@ -492,19 +494,20 @@ def _new_events(
         base_url, api_key, (min(start, cursor) if merged else cursor) or None, max_pages=NEW_PAGES)
     new = [e for e in read if e["event_id"] > cursor]
     again, done = (read, complete or bool(new)) if merged else ([], False)
-    if going and not merged:
-        pages = WINDOW_PAGES + WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE
-        again, _, done = events_after(base_url, api_key, start, max_pages=pages, until=cursor)
+    now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
+    if lag_ns > 0 and not going:  # the window begins, the lag before now; what is up to the cursor was never read
+        state.floor, state.read_at, state.reached = window_floor(now_ns, lag_ns), now, None
+        state.baseline, start = cursor or None, window_floor(now_ns, lag_ns)
+    if lag_ns > 0 and not merged:
+        pages = WINDOW_PAGES + (WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE if going else 0)
+        again, _, done = (events_after(base_url, api_key, start, max_pages=pages, until=cursor)
+                          if start < cursor else ([], 0, True))
     late = [e for e in again if e["event_id"] <= cursor and e["event_id"] not in ids
             and not (state.baseline and e["event_id"] <= state.baseline)]
     ids.update(e["event_id"] for e in again if e["event_id"] <= cursor)
     ids.update(e["event_id"] for e in new)
-    now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
     if lag_ns <= 0:
         state.floor = state.read_at = state.reached = state.baseline = None
-    elif not going:  # the window begins, the lag before now; what is up to the cursor was never read
-        state.floor, state.read_at, state.reached = window_floor(now_ns, lag_ns), now, None
-        state.baseline = cursor or None
     elif done:  # the read reached the cursor: the next starts at the lag before it began
         state.floor = max(state.floor or "", window_floor(int(state.read_at * NS_PER_SECOND), lag_ns))
         state.read_at, state.reached, state.baseline = now, None, None
