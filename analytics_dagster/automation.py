@@ -197,10 +197,11 @@ class EventsSensorCursor:
     # began) and the tick that began it did not read them all: the window's first read takes
     # those it finds as they are, none of them late; then None
     baseline: Optional[str] = None
-    # the token the window's ids are kept under (`WINDOW_KEY`/<token>), a new one at every write:
-    # a tick loads the ids of its own cursor, never those of a tick whose cursor was not kept, of
-    # an evaluation from the same cursor, or of another sensor on the instance; and the token
-    # this one replaced (`parent`), blanked by the first tick that loads this cursor
+    # the token the window's ids are kept under (held with them, in the key `window_key` names), a
+    # new one at every write: a tick loads the ids of its own cursor, never those of a tick whose
+    # cursor was not kept, of an evaluation from the same cursor, or of another sensor on the
+    # instance; and the token this one replaced (`parent`), blanked by the first tick that loads
+    # this cursor
     kept: Optional[str] = None
     parent: Optional[str] = None
 
@@ -432,8 +433,7 @@ def _selection(touched: list[str]) -> tuple[list[str], str]:
 NEW_PAGES = 50
 WINDOW_PAGES = 1
 WINDOW_PAGES_PER_NEW = 5
-# the prefix of the keys of the window's ids in the instance's key-value storage (one per write:
-# `_store_window`)
+# the prefix of the keys of the window's ids in the instance's key-value storage (`window_key`)
 WINDOW_KEY = f"{SENSOR_NAME}/late_event_window"
 
 
@@ -444,27 +444,35 @@ def _lag_ns() -> int:
 
 
 def window_key(token: str) -> str:
-    """The key-value storage's key of the window's ids written under `token` (`kept`)."""
-    return f"{WINDOW_KEY}/{token}"
+    """The key-value storage's key of the window's ids written under `token` (`kept`, 32 hex
+    digits): its first 8 name the sensor's keys (drawn when its first window began: two sensors
+    on one instance keep apart), the next 3 one of its 4,096 slots, so a sensor keeps at most
+    that many keys, whatever it writes (the key-value storage has no delete)."""
+    return f"{WINDOW_KEY}/{token[:8]}/{token[8:11]}"
 
 
 def _load_window(instance: Any, state: EventsSensorCursor) -> Optional[set[str]]:
     """The window's ids that go with `state` (written under its token), or None when the key-value
-    storage holds none (none yet, or blanked). The ids of the token `state` replaced (`parent`)
-    are blanked: `state` was kept, so no tick loads them again."""
+    storage holds none (none yet, blanked, or its slot written since under another token). The
+    key of the token `state` replaced (`parent`) is blanked: `state` was kept, so no tick loads
+    those ids again."""
     storage = instance.run_storage
-    if state.parent:
+    if state.parent and not (state.kept and window_key(state.parent) == window_key(state.kept)):
         storage.set_cursor_values({window_key(state.parent): ""})
-        state.parent = None
+    state.parent = None
     value = storage.get_cursor_values({window_key(state.kept)}).get(window_key(state.kept)) if state.kept else None
-    return set(json.loads(value)["ids"]) if value and state.floor else None
+    kept = json.loads(value) if value else {}
+    return set(kept["ids"]) if kept.get("token") == state.kept and state.floor else None
 
 
 def _store_window(instance: Any, state: EventsSensorCursor, ids: set[str]) -> None:
-    """Write `ids` under a new token, the cursor's from now on (its old one: `parent`)."""
-    token = uuid4().hex
+    """Write `ids` under a new token, in another slot than the cursor's; the cursor's from now on
+    (its old one: `parent`)."""
+    token = (state.kept or uuid4().hex)[:8] + uuid4().hex[:24]
+    while state.kept and window_key(token) == window_key(state.kept):
+        token = token[:8] + uuid4().hex[:24]
     instance.run_storage.set_cursor_values(
-        {window_key(token): json.dumps({"ids": sorted(ids)}, separators=(",", ":"))})
+        {window_key(token): json.dumps({"token": token, "ids": sorted(ids)}, separators=(",", ":"))})
     state.kept, state.parent = token, state.kept
 
 
