@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
+from uuid import uuid4
 
 import dlt
 from requests import HTTPError
@@ -160,8 +161,8 @@ class EventsSensorCursor:
 
     Before runs were followed the cursor was the newest event id alone (or "" for an empty
     stream); `decode` reads that too, and a cursor that kept the late-event window itself (its ids,
-    `recent`, or their counts and digests per stretch, `window`): its window begins again at the
-    next tick, a baseline.
+    `recent`, or their counts and digests per stretch, `window`) or its ids under one key with a
+    count of writes (`kept` a number): its window begins again at the next tick.
     """
 
     event_id: Optional[str] = None  # the newest event seen (None: the stream was empty)
@@ -186,19 +187,23 @@ class EventsSensorCursor:
     canceled: int = 0
     # the late-event window (`_new_events`): its ids are kept in the instance's key-value storage
     # (`WINDOW_KEY`); the cursor keeps where its rolling read stands. That read goes from `floor`
-    # (an id: the lag before the read before it began) to the newest event seen, a few pages a
-    # tick, on from `reached` (None: from `floor`); `read_at` is the API's clock when it began
-    # (seconds since the epoch). None of them: no window yet (the next tick begins one)
+    # (an id: the lag before the read before it began, never moved back) to the newest event seen,
+    # a few pages a tick, on from `reached` (None: from `floor`); `read_at` is the API's clock when
+    # it began (seconds since the epoch). None of them: no window yet (the next tick begins one)
     floor: Optional[str] = None
     read_at: Optional[float] = None
     reached: Optional[str] = None
     # the ids up to this one were never read by the sensor (the newest event when its window
-    # began): the window's first read takes those it finds as they are, none of them late; then None
+    # began) and the tick that began it did not read them all: the window's first read takes
+    # those it finds as they are, none of them late; then None
     baseline: Optional[str] = None
-    # how many times the window's ids were written: the key-value storage holds the count with
-    # them, so ids the cursor does not go with (a tick whose cursor was not kept, another
-    # instance) are never compared
-    kept: int = 0
+    # the token the window's ids are kept under (held with them, in the key `window_key` names), a
+    # new one at every write: a tick loads the ids of its own cursor, never those of a tick whose
+    # cursor was not kept, of an evaluation from the same cursor, or of another sensor on the
+    # instance; and the token this one replaced (`parent`), blanked by the first tick that loads
+    # this cursor
+    kept: Optional[str] = None
+    parent: Optional[str] = None
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -207,8 +212,10 @@ class EventsSensorCursor:
         if not text.lstrip().startswith("{"):
             return cls(event_id=text)  # the cursor of before: an event id
         data = json.loads(text)
-        if "floor" not in data:  # a cursor of before (the window's ids or digests in it): no window yet
-            data = {k: v for k, v in data.items() if k not in ("read_at", "baseline")}
+        if "floor" not in data or not isinstance(data.get("kept"), (str, type(None))):
+            # a cursor of before (the window's ids or digests in it, or its ids kept under one key
+            # for the instance, `kept` a count of writes): no window yet
+            data = {k: v for k, v in data.items() if k not in ("floor", "read_at", "reached", "baseline", "kept")}
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def encode(self) -> str:
@@ -338,10 +345,10 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         )
     state = EventsSensorCursor.decode(context.cursor)
     # what became of the run it follows, first: the window's ids are written last, once nothing
-    # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it
-    # are not compared: the window begins again)
+    # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it,
+    # under a token of their own, are never loaded)
     followed = _follow_run(context, state) if state.run_key else None
-    window = _load_window(context.instance, state) if state.floor else None
+    window = _load_window(context.instance, state)
     notes = [] if window is not None or not state.floor else [
         "the late-event window's ids kept are not this cursor's: its window begins again"]
     events, ids = _new_events(base_url, api_key, state, window)
@@ -426,7 +433,7 @@ def _selection(touched: list[str]) -> tuple[list[str], str]:
 NEW_PAGES = 50
 WINDOW_PAGES = 1
 WINDOW_PAGES_PER_NEW = 5
-# the key of the window's ids in the instance's key-value storage
+# the prefix of the keys of the window's ids in the instance's key-value storage (`window_key`)
 WINDOW_KEY = f"{SENSOR_NAME}/late_event_window"
 
 
@@ -436,18 +443,37 @@ def _lag_ns() -> int:
     return (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
 
 
+def window_key(token: str) -> str:
+    """The key-value storage's key of the window's ids written under `token` (`kept`, 32 hex
+    digits): its first 8 name the sensor's keys (drawn when its first window began: two sensors
+    on one instance keep apart), the next 3 one of its 4,096 slots, so a sensor keeps at most
+    that many keys, whatever it writes (the key-value storage has no delete)."""
+    return f"{WINDOW_KEY}/{token[:8]}/{token[8:11]}"
+
+
 def _load_window(instance: Any, state: EventsSensorCursor) -> Optional[set[str]]:
-    """The window's ids as the tick before kept them, or None when the key-value storage holds
-    none that go with `state` (none yet, or written by a tick whose cursor was not kept)."""
-    value = instance.run_storage.get_cursor_values({WINDOW_KEY}).get(WINDOW_KEY)
+    """The window's ids that go with `state` (written under its token), or None when the key-value
+    storage holds none (none yet, blanked, or its slot written since under another token). The
+    key of the token `state` replaced (`parent`) is blanked: `state` was kept, so no tick loads
+    those ids again."""
+    storage = instance.run_storage
+    if state.parent and not (state.kept and window_key(state.parent) == window_key(state.kept)):
+        storage.set_cursor_values({window_key(state.parent): ""})
+    state.parent = None
+    value = storage.get_cursor_values({window_key(state.kept)}).get(window_key(state.kept)) if state.kept else None
     kept = json.loads(value) if value else {}
-    return set(kept["ids"]) if kept.get("kept") == state.kept and state.floor else None
+    return set(kept["ids"]) if kept.get("token") == state.kept and state.floor else None
 
 
 def _store_window(instance: Any, state: EventsSensorCursor, ids: set[str]) -> None:
-    state.kept += 1
+    """Write `ids` under a new token, in another slot than the cursor's; the cursor's from now on
+    (its old one: `parent`)."""
+    token = (state.kept or uuid4().hex)[:8] + uuid4().hex[:24]
+    while state.kept and window_key(token) == window_key(state.kept):
+        token = token[:8] + uuid4().hex[:24]
     instance.run_storage.set_cursor_values(
-        {WINDOW_KEY: json.dumps({"kept": state.kept, "ids": sorted(ids)}, separators=(",", ":"))})
+        {window_key(token): json.dumps({"token": token, "ids": sorted(ids)}, separators=(",", ":"))})
+    state.kept, state.parent = token, state.kept
 
 
 def _new_events(
@@ -457,14 +483,17 @@ def _new_events(
     before it; None: no window yet, one begins). It reads the events after the cursor, and the
     late-event window behind it on from where the last tick's read stopped (`reached`), up to the
     cursor: an id read there that `window` does not hold became visible late, and is new to it,
-    but for the ids up to `baseline` in the window's first read (never read before: taken as they
-    are). A read that reaches the cursor ends; the next starts at the lag before it began, so an
-    event visible late, within the lag of its id, is read by the read in progress or the next."""
+    but for the ids up to `baseline` (never read before: taken as they are). A window begins with
+    its first read, a page (`WINDOW_PAGES`) in the tick that begins it: a window within that page
+    has no baseline. A read that reaches the cursor ends; the next starts at the lag before it
+    began (never before the read that ended: ids below its start were pruned, a clock stepping
+    back reads none of them again), so an event visible late, within the lag of its id, is read
+    by the read in progress or the next."""
     lag_ns = _lag_ns()
     cursor = state.event_id or ""
     going = lag_ns > 0 and window is not None and state.floor is not None and state.read_at is not None
     ids = set(window or ()) if going else set()
-    start = (state.reached or state.floor) if going else ""
+    start = (state.reached or state.floor or "") if going else ""
     # the rest of the window's read fits a page: one read takes it and what is new (not while ids
     # up to the baseline lie ahead: they were never read, their number is not known)
     merged = going and sum(1 for i in ids if start < i <= cursor) < EVENTS_PAGE_SIZE and not (
@@ -473,21 +502,22 @@ def _new_events(
         base_url, api_key, (min(start, cursor) if merged else cursor) or None, max_pages=NEW_PAGES)
     new = [e for e in read if e["event_id"] > cursor]
     again, done = (read, complete or bool(new)) if merged else ([], False)
-    if going and not merged:
-        pages = WINDOW_PAGES + WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE
-        again, _, done = events_after(base_url, api_key, start, max_pages=pages, until=cursor)
+    now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
+    if lag_ns > 0 and not going:  # the window begins, the lag before now; what is up to the cursor was never read
+        state.floor, state.read_at, state.reached = window_floor(now_ns, lag_ns), now, None
+        state.baseline, start = cursor or None, window_floor(now_ns, lag_ns)
+    if lag_ns > 0 and not merged:
+        pages = WINDOW_PAGES + (WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE if going else 0)
+        again, _, done = (events_after(base_url, api_key, start, max_pages=pages, until=cursor)
+                          if start < cursor else ([], 0, True))
     late = [e for e in again if e["event_id"] <= cursor and e["event_id"] not in ids
             and not (state.baseline and e["event_id"] <= state.baseline)]
     ids.update(e["event_id"] for e in again if e["event_id"] <= cursor)
     ids.update(e["event_id"] for e in new)
-    now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
     if lag_ns <= 0:
         state.floor = state.read_at = state.reached = state.baseline = None
-    elif not going:  # the window begins, the lag before now; what is up to the cursor was never read
-        state.floor, state.read_at, state.reached = window_floor(now_ns, lag_ns), now, None
-        state.baseline = cursor or None
     elif done:  # the read reached the cursor: the next starts at the lag before it began
-        state.floor = window_floor(int(state.read_at * NS_PER_SECOND), lag_ns)
+        state.floor = max(state.floor or "", window_floor(int(state.read_at * NS_PER_SECOND), lag_ns))
         state.read_at, state.reached, state.baseline = now, None, None
     elif again:
         state.reached = max(start, again[-1]["event_id"])

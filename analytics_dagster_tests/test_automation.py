@@ -29,12 +29,12 @@ from analytics_dagster.automation import (
     SENSOR_NAME,
     SENSOR_NAME_TAG,
     STREAM_TABLES,
-    WINDOW_KEY,
     EventsSensorCursor,
     api_events_sensor,
     assets_for_events,
     failure_report,
     report_failed_runs,
+    window_key,
 )
 from analytics_dagster.definitions import defs
 from analytics_dagster.models import analytics_models
@@ -75,12 +75,14 @@ def followed(cursor: Optional[str]) -> EventsSensorCursor:
     """The sensor's cursor but for its late-event window (`floor`, `read_at`, `reached`, `baseline`,
     `kept`)."""
     return dataclasses.replace(EventsSensorCursor.decode(cursor), floor=None, read_at=None, reached=None,
-                               baseline=None, kept=0)
+                               baseline=None, kept=None, parent=None)
 
 
-def kept_ids(instance: DagsterInstance) -> list[str]:
-    """The late-event window's ids the sensor keeps in `instance`'s key-value storage."""
-    return json.loads(instance.run_storage.get_cursor_values({WINDOW_KEY})[WINDOW_KEY])["ids"]
+def kept_ids(instance: DagsterInstance, cursor: str) -> list[str]:
+    """The late-event window's ids the sensor keeps in `instance`'s key-value storage for `cursor`
+    (under its token, `kept`)."""
+    key = window_key(EventsSensorCursor.decode(cursor).kept)
+    return json.loads(instance.run_storage.get_cursor_values({key})[key])["ids"]
 
 
 def selected(request: RunRequest) -> set[str]:
@@ -440,9 +442,8 @@ def assert_the_window_holds_in(instance: DagsterInstance, admin: Admin) -> None:
         keys += [r.run_key for r in result.run_requests]
         cursor = result.cursor
     assert keys == [f"events-up-to-{late}"], keys
-    kept = json.loads(instance.run_storage.get_cursor_values({WINDOW_KEY})[WINDOW_KEY])
-    assert kept["ids"] == kept_ids(instance) and kept["kept"] == EventsSensorCursor.decode(cursor).kept
-    assert late in kept["ids"] and len(kept["ids"]) > 300
+    kept = kept_ids(instance, cursor)
+    assert late in kept and len(kept) > 300
 
 
 def test_the_window_is_kept_in_a_sqlite_instance(warehouse: Path, admin: Admin, tmp_path: Path) -> None:
@@ -503,14 +504,44 @@ def test_an_event_late_since_before_the_sensor_started_is_seen_after_its_first_r
     '{"event_id": "evt_01jd9z00000000000000000003", "polled_at": 1.0, "recent": ["evt_01jd0000000000000000000001"]}',
     '{"event_id": "evt_01jd9z00000000000000000003", "polled_at": 1.0, "window": {"evt_01jd000": [1, "00ff"]}, '
     '"baseline": "evt_01jd0000000000000000000001", "resume": null, "read_at": 2.0}',
+    '{"event_id": "evt_01jd9z00000000000000000003", "floor": "evt_01jd0000000000000000000000", "read_at": 2.0, '
+    '"reached": null, "baseline": null, "kept": 7}',  # the window's ids under one key, `kept` a count of writes
 ])
 def test_a_cursor_of_before_begins_its_window_again(before: str) -> None:
-    """A cursor written before the window's ids went to the key-value storage (the event id
-    alone, the window's ids in it as `recent`, or their counts and digests per stretch as
-    `window`) is read with no window: the next tick begins one, a baseline."""
+    """A cursor written before the window's ids went to the key-value storage under a token of
+    their own (the event id alone, the window's ids in it as `recent`, their counts and digests
+    per stretch as `window`, or its ids under one key with `kept` a count of writes) is read with
+    no window: the next tick begins one."""
     state = EventsSensorCursor.decode(before)
     assert state.event_id == "evt_01jd9z00000000000000000003"
-    assert (state.floor, state.read_at, state.reached, state.baseline, state.kept) == (None, None, None, None, 0)
+    assert (state.floor, state.read_at, state.reached, state.baseline, state.kept) == (None, None, None, None, None)
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_the_ids_a_kept_cursor_replaced_are_blanked(warehouse: Path, admin: Admin) -> None:
+    """The window's ids are written under a new token at each change (`kept`), in another of the
+    sensor's slots; the first tick that loads a cursor blanks the ids of the token it replaced
+    (`parent`): that cursor was kept, no tick loads them again. Only the ids of a tick whose
+    cursor was not kept linger, until their slot is written again."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    tokens = []
+    for _ in range(3):  # the window begins, then two ticks with new events: a write each
+        admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS, updates=3)
+        cursor = evaluate(instance, cursor).cursor
+        tokens.append(EventsSensorCursor.decode(cursor).kept)
+
+    def held() -> list[bool]:  # whether the storage holds each token's ids
+        values = instance.run_storage.get_cursor_values({window_key(t) for t in tokens})
+        return [json.loads(values.get(window_key(t)) or "{}").get("token") == t for t in tokens]
+
+    assert len({t[:8] for t in tokens}) == 1 and len(set(tokens)) == 3  # one sensor's keys
+    assert EventsSensorCursor.decode(cursor).parent == tokens[1]
+    # the third tick loaded the second's cursor: the first's ids blanked; the second's are the
+    # third's parent, blanked by the tick that loads the third's cursor
+    assert held() == [False, True, True]
+    evaluate(instance, cursor)
+    assert held() == [False, False, True]
 
 
 def renamed_in_listing_mode(admin: Admin, monkeypatch: pytest.MonkeyPatch) -> tuple[DagsterInstance, Any]:

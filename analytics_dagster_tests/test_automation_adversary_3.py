@@ -174,7 +174,7 @@ def test_the_window_at_a_steady_rate_stays_the_lag_before_its_last_read(warehous
             add_run(instance, request, DagsterRunStatus.SUCCESS)
         cursor = result.cursor
         first = first if n else EventsSensorCursor.decode(cursor).event_id  # (the rate: from the first tick's newest)
-    state, ids = EventsSensorCursor.decode(cursor), kept_ids(instance)
+    state, ids = EventsSensorCursor.decode(cursor), kept_ids(instance, cursor)
     seconds = (ms_of(state.event_id) - ms_of(first)) / 1000
     span = api_clock(admin) - ms_of(ids[0]) / 1000
     assert span <= most, (
