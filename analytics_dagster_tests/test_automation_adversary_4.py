@@ -134,7 +134,9 @@ def test_a_late_event_found_by_a_tick_whose_cursor_was_not_kept_gets_a_run(wareh
 
 
 @pytest.mark.usefixtures("backfilled")
-def test_a_late_event_seen_by_an_overlapping_evaluation_gets_a_run(warehouse: Path, admin: Admin) -> None:
+def test_a_late_event_seen_by_an_overlapping_evaluation_gets_a_run(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Claim (docs/design.md, "Late events"): ids the cursor does not go with are never compared;
     no late event is lost. Before, the ids were held with a count of writes (`kept`). The daemon: an
     evaluation that outlasts its timeout (the API's 429 blocks the address for 60 s,
@@ -145,7 +147,14 @@ def test_a_late_event_seen_by_an_overlapping_evaluation_gets_a_run(warehouse: Pa
     its cursor not kept. The kept cursor's count matches those ids: the late event's id is
     among them, so no tick after took it as late, and no run was requested for it in the
     900 s that followed (measured: none). The overlap is reproduced by putting back the ids the
-    first evaluation loaded before it reads (now each writes under a token of its own)."""
+    first evaluation loaded before it reads (now each writes under a token of its own). The
+    tokens are drawn in turn here, each in a slot of its own: two evaluations drawing the same
+    one of the 4,095 slots (`window_key`) would start the window again, as design.md says."""
+    import uuid
+    from itertools import count
+
+    drawn = count(1)
+    monkeypatch.setattr(automation, "uuid4", lambda: uuid.UUID(int=next(drawn) << 116 | 0xABC))
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     late = hold_a_change(admin, 0)
