@@ -1,0 +1,96 @@
+"""The events sensor's late-event window as fix30f left it (issue #30): its start (`floor`) that
+never moves back, against the API's clock stepping forward then back and the lag setting
+changed between ticks.
+
+Each test states a claim of docs/design.md ("Late events": no late event, visible within
+`event_visibility_lag_seconds` of its id, is lost; it is found within two reads of the window)
+and what breaks it (measured numbers in each docstring). Ticks are evaluated every 10 s of the
+API's clock, as the daemon would (`EVENTS_SENSOR_INTERVAL_SECONDS`); no run is launched: the
+sensor's requests are the claim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from analytics_dagster import automation
+from analytics_dagster.automation import EventsSensorCursor
+from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
+from analytics_dagster_tests.conftest import Admin
+from analytics_dagster_tests.test_automation_adversary_2 import hold_a_change, ms_of
+from analytics_dagster_tests.test_automation_adversary_3 import (
+    api_clock,
+    assert_a_late_event_released_now_gets_a_run,
+    tick,
+)
+from analytics_dagster_tests.test_automation_adversary_4 import the_windows_first_read_ended, ticks_for
+
+
+def a_late_event_and_its_neighbours_run(admin: Admin, instance: DagsterInstance, cursor: str) -> tuple[str, str]:
+    """A customer's change whose write commits late, 3 changes listed 2 s after it, and ticks
+    for 10 s (their run): the late event's id and the cursor."""
+    late = hold_a_change(admin, 0)
+    admin.post("advance", seconds=2, updates=3)
+    keys, cursor = ticks_for(admin, instance, cursor, 10)
+    assert len(keys) == 1 and late < EventsSensorCursor.decode(cursor).event_id
+    return late, cursor
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (#30): one response whose Date is 900 s ahead sets the window's start (`floor`, never "
+    "moved back) 300 s past the stream's end once the clock is right again: late events are lost"))
+@pytest.mark.usefixtures("backfilled")
+def test_the_apis_clock_stepping_forward_then_back_loses_no_late_event(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events"): no late event visible within the lag of its id is
+    lost. The API: its clock (the `Date` header: docs/api.md) is 900 s ahead for one tick's
+    response (one server behind the balancer with a clock ahead, or a clock corrected by NTP the
+    other way: the mirror of adversary 4's step back, which design.md answers), then right
+    again; no change meanwhile, ids in order. The read that tick ends, `read_at` 900 s ahead;
+    the next read ends and moves the start to the lag before that: 300 s past the stream's end,
+    and it never moves back. Then a customer's change whose write commits late, 3 changes after
+    it and their run, and the change's event visible 11 s after its id: below the start,
+    never read. Measured: no run requested for it in the 900 s that followed (the window's start
+    stayed `floor` 300 s ahead of the clock, its kept ids empty); a step of 3,600 s blinds the
+    window for 50 minutes."""
+    instance = DagsterInstance.ephemeral()
+    cursor = the_windows_first_read_ended(admin, instance)
+    clock = api_clock(admin)
+    admin.post("advance", seconds=900)
+    result, _ = tick(admin, instance, cursor)  # its response's Date 900 s ahead
+    assert not result.run_requests
+    admin.post("advance", seconds=-900)
+    assert abs(api_clock(admin) - (clock + 10)) < 1
+    late, cursor = a_late_event_and_its_neighbours_run(admin, instance, result.cursor)
+    assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (#30): the lag lowered for a while then set back: the window's start (`floor`, never "
+    "moved back) stays at the lowered lag's, and a late event within the lag set back is lost"))
+@pytest.mark.usefixtures("backfilled")
+def test_the_lag_lowered_then_set_back_loses_no_late_event(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claim (docs/design.md, "Late events"): no late event visible within
+    `event_visibility_lag_seconds` of its id is lost. The deployment: an operator lowers the
+    lag to 30 s for a minute (to cut the window's requests behind an import, say) and sets it
+    back to 600; each read that ends meanwhile moves the start to 30 s before it began, and the
+    start never moves back. The API: a customer's change whose write commits late, 3 changes
+    after it and their run, just before the lag is lowered; the change's event visible 120 s
+    after its id, once the lag is back (well within the 600 s in force). Measured: no run requested for it in the 900 s that followed:
+    the window's start stayed where the lag of 30 s left it, past the late event's id, for the
+    10 minutes the lag of 600 s takes to catch up with it."""
+    instance = DagsterInstance.ephemeral()
+    late, cursor = a_late_event_and_its_neighbours_run(admin, instance, the_windows_first_read_ended(admin, instance))
+    variable = "SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS"
+    monkeypatch.setenv(variable, "30")
+    assert automation._lag_ns() == 30 * 10**9
+    keys, cursor = ticks_for(admin, instance, cursor, 60)
+    assert not keys and EventsSensorCursor.decode(cursor).floor > late
+    monkeypatch.setenv(variable, str(DEFAULT_VISIBILITY_LAG_SECONDS))
+    assert automation._lag_ns() == DEFAULT_VISIBILITY_LAG_SECONDS * 10**9
+    admin.post("advance", seconds=120 - (api_clock(admin) - ms_of(late) / 1000))
+    assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
