@@ -11,13 +11,14 @@ sensor's requests are the claim.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from analytics_dagster import automation
-from analytics_dagster.automation import EventsSensorCursor
+from analytics_dagster.automation import EventsSensorCursor, window_key
 from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_automation import evaluate
@@ -27,7 +28,7 @@ from analytics_dagster_tests.test_automation_adversary_3 import (
     assert_a_late_event_released_now_gets_a_run,
     tick,
 )
-from analytics_dagster_tests.test_automation_adversary_4 import the_windows_first_read_ended, ticks_for
+from analytics_dagster_tests.test_automation_adversary_4 import launch, the_windows_first_read_ended, ticks_for
 
 
 def a_late_event_and_its_neighbours_run(admin: Admin, instance: DagsterInstance, cursor: str) -> tuple[str, str]:
@@ -132,3 +133,39 @@ def test_changes_owed_a_run_when_the_cursor_is_cleared_get_one(warehouse: Path, 
     add_run(instance, first, DagsterRunStatus.SUCCESS)  # it ended: it read the stream before the 2 changes
     keys, _ = ticks_for(admin, instance, cleared.cursor, DEFAULT_VISIBILITY_LAG_SECONDS + 300)
     assert keys, f"2 changes owed a run when the sensor's cursor was cleared requested none (cursor then: {state})"
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_a_test_of_the_sensor_before_each_tick_loses_no_late_event(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events"): no late event is lost; a tick loads the ids of its
+    own cursor, never those of an evaluation from the same cursor. The daemon and the UI: before
+    every tick, an evaluation from the sensor's current cursor whose cursor is not kept (Dagster's
+    UI, the sensor's "Test sensor", a dry run: it blanks the cursor's parent key and writes ids
+    under a token of its own, in a slot other than the cursor's); a change every tick, a
+    customer's change whose write commits late among them, visible 2 minutes after its id.
+    Held: no tick began its window again (each cursor's ids load, under its token), and the late
+    event got its run (the dry run, which saw it first, requested nothing that was launched)."""
+    instance = DagsterInstance.ephemeral()
+    cursor = the_windows_first_read_ended(admin, instance)
+    late = hold_a_change(admin, 0)
+    keys: list[str] = []
+
+    def dry_run_then_tick(updates: int) -> None:
+        nonlocal cursor
+        admin.post("advance", seconds=2, updates=updates)
+        evaluate(instance, cursor)  # the UI's test of the sensor: its cursor is not kept
+        result, _ = tick(admin, instance, cursor)
+        keys.extend(launch(instance, result))
+        cursor = result.cursor
+        key = window_key(EventsSensorCursor.decode(cursor).kept)
+        assert json.loads(instance.run_storage.get_cursor_values({key})[key])["token"] == (
+            EventsSensorCursor.decode(cursor).kept), "the window's ids kept are not the cursor's"
+
+    for _ in range(10):
+        dry_run_then_tick(updates=1)
+    assert len(keys) == 10 and late < EventsSensorCursor.decode(cursor).event_id
+    admin.post("release", event_ids=[late])
+    assert api_clock(admin) - ms_of(late) / 1000 < DEFAULT_VISIBILITY_LAG_SECONDS
+    for _ in range((DEFAULT_VISIBILITY_LAG_SECONDS + 300) // automation.EVENTS_SENSOR_INTERVAL_SECONDS):
+        dry_run_then_tick(updates=0)
+    assert keys[10:] == [f"events-up-to-{late}"], keys[10:]
