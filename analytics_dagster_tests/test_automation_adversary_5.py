@@ -1,10 +1,11 @@
 """The events sensor as fix30f left it (issue #30): its late-event window's start (`floor`) that
 never moves back, against the API's clock stepping forward then back and the lag setting
-changed between ticks; its cursor cleared while a run is owed.
+changed between ticks; its cursor cleared while a run is owed; its ids' slots against a test of
+the sensor in Dagster's UI (an evaluation whose cursor is not kept) before every tick (held).
 
 Each test states a claim of docs/design.md ("Late events": no late event, visible within
 `event_visibility_lag_seconds` of its id, is lost; it is found within two reads of the window)
-and what breaks it (measured numbers in each docstring). Ticks are evaluated every 10 s of the
+and what breaks it (measured numbers in each docstring), or that it held. Ticks are evaluated every 10 s of the
 API's clock, as the daemon would (`EVENTS_SENSOR_INTERVAL_SECONDS`); no run is launched: the
 sensor's requests are the claim.
 """
