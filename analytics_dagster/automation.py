@@ -457,7 +457,7 @@ def _load_window(instance: Any, state: EventsSensorCursor) -> Optional[set[str]]
     key of the token `state` replaced (`parent`) is blanked: `state` was kept, so no tick loads
     those ids again."""
     storage = instance.run_storage
-    if state.parent and not (state.kept and window_key(state.parent) == window_key(state.kept)):
+    if state.parent:  # (never the cursor's own key: a write goes to another slot, `_store_window`)
         storage.set_cursor_values({window_key(state.parent): ""})
     state.parent = None
     value = storage.get_cursor_values({window_key(state.kept)}).get(window_key(state.kept)) if state.kept else None
@@ -504,8 +504,8 @@ def _new_events(
     again, done = (read, complete or bool(new)) if merged else ([], False)
     now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
     if lag_ns > 0 and not going:  # the window begins, the lag before now; what is up to the cursor was never read
-        state.floor, state.read_at, state.reached = window_floor(now_ns, lag_ns), now, None
-        state.baseline, start = cursor or None, window_floor(now_ns, lag_ns)
+        start = window_floor(now_ns, lag_ns)
+        state.floor, state.read_at, state.reached, state.baseline = start, now, None, cursor or None
     if lag_ns > 0 and not merged:
         pages = WINDOW_PAGES + (WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE if going else 0)
         again, _, done = (events_after(base_url, api_key, start, max_pages=pages, until=cursor)

@@ -118,7 +118,7 @@ def _capabilities_configured_once(destination: Any) -> None:
     @functools.wraps(configuration)
     def configured_once(initial_config: Any, accept_partial: bool = False) -> Any:
         if not accept_partial:
-            return configuration(initial_config, accept_partial=accept_partial)
+            return configuration(initial_config)
         if not partial:
             partial.append(configuration(initial_config, accept_partial=True))
         return partial[0]
