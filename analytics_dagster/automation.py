@@ -34,7 +34,7 @@ from dagster import (
 from analytics_dagster.assets import GROUP, METRICS_GROUP, asset_key
 from analytics_dagster.models import MODELS_GROUP, analytics_models
 from analytics_dagster.source import configured_api_root
-from analytics_dagster.rfc3339 import NS_PER_SECOND
+from analytics_dagster.rfc3339 import NS_PER_SECOND, id_ns
 from analytics_dagster.source.events import (
     DEFAULT_VISIBILITY_LAG_SECONDS,
     EVENTS_PAGE_SIZE,
@@ -187,9 +187,10 @@ class EventsSensorCursor:
     canceled: int = 0
     # the late-event window (`_new_events`): its ids are kept in the instance's key-value storage
     # (`WINDOW_KEY`); the cursor keeps where its rolling read stands. That read goes from `floor`
-    # (an id: the lag before the read before it began, never moved back) to the newest event seen,
-    # a few pages a tick, on from `reached` (None: from `floor`); `read_at` is the API's clock when
-    # it began (seconds since the epoch). None of them: no window yet (the next tick begins one)
+    # (an id: the lag before the read before it began, or before the API's clock when that is
+    # lower; never below `kept_from`) to the newest event seen, a few pages a tick, on from
+    # `reached` (None: from `floor`); `read_at` is the API's clock when it began (seconds since
+    # the epoch). None of them: no window yet (the next tick begins one)
     floor: Optional[str] = None
     read_at: Optional[float] = None
     reached: Optional[str] = None
@@ -204,6 +205,10 @@ class EventsSensorCursor:
     # this cursor
     kept: Optional[str] = None
     parent: Optional[str] = None
+    # the kept ids are complete from this id (`floor` or below; never moved back): every id from
+    # it that a read found is kept, so `floor` may move back to it and take no id read before as
+    # late (None: from `floor`, a cursor of before)
+    kept_from: Optional[str] = None
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -215,7 +220,7 @@ class EventsSensorCursor:
         if "floor" not in data or not isinstance(data.get("kept"), (str, type(None))):
             # a cursor of before (the window's ids or digests in it, or its ids kept under one key
             # for the instance, `kept` a count of writes): no window yet
-            data = {k: v for k, v in data.items() if k not in ("floor", "read_at", "reached", "baseline", "kept")}
+            data = {k: v for k, v in data.items() if k not in ("floor", "read_at", "reached", "baseline", "kept", "kept_from")}
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def encode(self) -> str:
@@ -515,13 +520,26 @@ def _new_events(
     ids.update(e["event_id"] for e in again if e["event_id"] <= cursor)
     ids.update(e["event_id"] for e in new)
     if lag_ns <= 0:
-        state.floor = state.read_at = state.reached = state.baseline = None
-    elif done:  # the read reached the cursor: the next starts at the lag before it began
-        state.floor = max(state.floor or "", window_floor(int(state.read_at * NS_PER_SECOND), lag_ns))
+        state.floor = state.read_at = state.reached = state.baseline = state.kept_from = None
+        return sorted(late + new, key=lambda e: e["event_id"]), set()
+    kept_from = (state.kept_from if going else None) or state.floor or ""
+    floor = state.floor or ""
+    if done:  # the read reached the cursor: the next starts at the lag before it began
+        floor = window_floor(int(state.read_at * NS_PER_SECOND), lag_ns)
         state.read_at, state.reached, state.baseline = now, None, None
     elif again:
         state.reached = max(start, again[-1]["event_id"])
-    return sorted(late + new, key=lambda e: e["event_id"]), {i for i in ids if state.floor and i >= state.floor}
+    # the start moves back to the lag before the API's clock when that is below it (the clock
+    # stepped back, the lag grew), never below where the kept ids are complete from: every id
+    # between is kept (seen) or unseen (late), none pruned is read again
+    state.floor = max(kept_from, min(floor, window_floor(now_ns, lag_ns)))
+    # the kept ids are pruned at the lag (the default's at least) before the earlier of the API's
+    # clock and the newest id's own instant: a clock ahead for a while, or a lag lowered, prunes
+    # none of the ids a late event would need once they are right again
+    newest = id_ns(new[-1]["event_id"] if new else cursor) if (new or cursor) else None
+    keep_ns = max(lag_ns, DEFAULT_VISIBILITY_LAG_SECONDS * NS_PER_SECOND)
+    state.kept_from = max(kept_from, min(state.floor, window_floor(min(now_ns, newest or now_ns), keep_ns)))
+    return sorted(late + new, key=lambda e: e["event_id"]), {i for i in ids if i >= state.kept_from}
 
 
 @run_failure_sensor(

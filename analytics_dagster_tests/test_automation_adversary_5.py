@@ -1,7 +1,9 @@
 """The events sensor as fix30f left it (issue #30): its late-event window's start (`floor`) that
-never moves back, against the API's clock stepping forward then back and the lag setting
+never moved back, against the API's clock stepping forward then back and the lag setting
 changed between ticks; its cursor cleared while a run is owed; its ids' slots against a test of
 the sensor in Dagster's UI (an evaluation whose cursor is not kept) before every tick (held).
+The first two strict xfails were fixed by fix30h: the start moves back, never below where the
+kept ids are complete from (`kept_from`).
 
 Each test states a claim of docs/design.md ("Late events": no late event, visible within
 `event_visibility_lag_seconds` of its id, is lost; it is found within two reads of the window)
@@ -42,9 +44,6 @@ def a_late_event_and_its_neighbours_run(admin: Admin, instance: DagsterInstance,
     return late, cursor
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): one response whose Date is 900 s ahead sets the window's start (`floor`, never "
-    "moved back) 300 s past the stream's end once the clock is right again: late events are lost"))
 @pytest.mark.usefixtures("backfilled")
 def test_the_apis_clock_stepping_forward_then_back_loses_no_late_event(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "Late events"): no late event visible within the lag of its id is
@@ -57,7 +56,10 @@ def test_the_apis_clock_stepping_forward_then_back_loses_no_late_event(warehouse
     it and their run, and the change's event visible 11 s after its id: below the start,
     never read. Measured: no run requested for it in the 900 s that followed (the window's start
     start stayed 287 s ahead of the clock, past every id); by the code, a step of S s (S over
-    the lag) blinds the window to late events until S - 600 s after the step."""
+    the lag) blinds the window to late events until S - 600 s after the step. Fixed: the start
+    moves back to the lag before the API's clock when that is lower, and the kept ids are pruned
+    at the lag before the earlier of the clock and the newest id's instant (`kept_from`), so
+    nothing read before is taken as late."""
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     clock = api_clock(admin)
@@ -68,13 +70,10 @@ def test_the_apis_clock_stepping_forward_then_back_loses_no_late_event(warehouse
     assert abs(api_clock(admin) - (clock + 10)) < 1
     late, cursor = a_late_event_and_its_neighbours_run(admin, instance, result.cursor)
     ahead = ms_of(EventsSensorCursor.decode(cursor).floor) / 1000 - api_clock(admin)
-    assert ahead > 250, ahead  # the window's start, past the stream's end
+    assert ahead < 0, ahead  # the window's start, behind the clock again (before: 287 s ahead)
     assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the lag lowered for a while then set back: the window's start (`floor`, never "
-    "moved back) stays at the lowered lag's, and a late event within the lag set back is lost"))
 @pytest.mark.usefixtures("backfilled")
 def test_the_lag_lowered_then_set_back_loses_no_late_event(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
@@ -87,7 +86,9 @@ def test_the_lag_lowered_then_set_back_loses_no_late_event(
     after it and their run, just before the lag is lowered; the change's event visible 120 s
     after its id, once the lag is back (well within the 600 s in force). Measured: no run requested for it in the 900 s that followed:
     the window's start stayed where the lag of 30 s left it, past the late event's id, for the
-    10 minutes the lag of 600 s takes to catch up with it."""
+    10 minutes the lag of 600 s takes to catch up with it. Fixed: the kept ids are pruned at the
+    default lag at least (`kept_from`), and the start moves back to the lag before the API's
+    clock, down to them, once the lag is raised."""
     instance = DagsterInstance.ephemeral()
     late, cursor = a_late_event_and_its_neighbours_run(admin, instance, the_windows_first_read_ended(admin, instance))
     variable = "SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS"
