@@ -320,7 +320,8 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
         "the instance's key-value storage). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
         "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
-        "backoff for the next changes; a canceled run: once, at the next tick). The first tick only sets the cursor."
+        "backoff for the next changes; a canceled run: once, at the next tick). The first tick only sets the cursor; "
+        "a cursor cleared (its sensor having runs) also owes a run: at once, or after its run in flight."
     ),
 )
 def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
@@ -343,11 +344,7 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
 
 def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> SensorResult:
     if context.cursor is None:
-        newest = latest_event_id(base_url, api_key)
-        return SensorResult(
-            skip_reason=SkipReason(f"cursor set to the newest event {newest}"),
-            cursor=EventsSensorCursor(event_id=newest).encode(),
-        )
+        return _start(context, latest_event_id(base_url, api_key))
     state = EventsSensorCursor.decode(context.cursor)
     # what became of the run it follows, first: the window's ids are written last, once nothing
     # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it,
@@ -397,14 +394,43 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     tags = {"analytics/events_up_to": str(state.event_id)}
     if after:
         tags["analytics/after_failed_runs"] = str(after)
+    return _request(context, state, run_key, tags, "; ".join(notes))
+
+
+def _request(
+    context: SensorEvaluationContext, state: EventsSensorCursor, run_key: str, tags: dict[str, str], note: str
+) -> SensorResult:
+    """Request the run `run_key` of the tables owed (`_selection`) and the models reading them;
+    the cursor follows it, nothing owed."""
     tables, why = _selection(state.tables)
     state.run_key, state.owed, state.tables, state.newest_new = run_key, False, [], None
-    context.log.info("; ".join(notes) + f"; requesting {run_key} of {tables} and the models reading them{why}")
+    context.log.info(f"{note}; requesting {run_key} of {tables} and the models reading them{why}")
     return SensorResult(
         run_requests=[RunRequest(
             run_key=run_key, asset_selection=[asset_key(t) for t in tables] + models_reading(tables), tags=tags)],
         cursor=state.encode(),
     )
+
+
+def _start(context: SensorEvaluationContext, newest: Optional[str]) -> SensorResult:
+    """The first tick of a cursor of None: the cursor set to the newest event `newest`. The first
+    start ever (no run of the sensor in the instance) requests nothing. A cursor cleared (Dagster's
+    UI; a code location renamed or moved) may have owed a run, and what it owed is unknown: the
+    sensor follows its newest run still in flight and owes the run after it, or requests one run
+    at once, keyed apart by the instant of the reset (`events-cursor-reset-...`)."""
+    state = EventsSensorCursor(event_id=newest)
+    records = context.instance.get_run_records(filters=RunsFilter(tags={SENSOR_NAME_TAG: SENSOR_NAME}), limit=1)
+    note = f"cursor set to the newest event {newest}"
+    if not records:
+        return SensorResult(skip_reason=SkipReason(note), cursor=state.encode())
+    run = records[0].dagster_run
+    if run.status in _IN_FLIGHT and run.tags.get(RUN_KEY_TAG):
+        state.run_key, state.owed = run.tags[RUN_KEY_TAG], True
+        return SensorResult(skip_reason=SkipReason(
+            f"{note} (the cursor was cleared: what it owed is not known); run {run.run_id} "
+            f"({state.run_key}) is {run.status.value.lower()}: a run after it is owed"), cursor=state.encode())
+    return _request(context, state, f"events-cursor-reset-{newest}-{int(_now() * 1000)}",
+                    {"analytics/events_up_to": str(newest)}, f"{note}; the cursor was cleared (what it owed is not known)")
 
 
 def _selection(touched: list[str]) -> tuple[list[str], str]:

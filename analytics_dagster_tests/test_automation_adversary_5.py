@@ -2,8 +2,8 @@
 never moved back, against the API's clock stepping forward then back and the lag setting
 changed between ticks; its cursor cleared while a run is owed; its ids' slots against a test of
 the sensor in Dagster's UI (an evaluation whose cursor is not kept) before every tick (held).
-The first two strict xfails were fixed by fix30h: the start moves back, never below where the
-kept ids are complete from (`kept_from`).
+The three strict xfails were fixed by fix30h: the start moves back, never below where the kept
+ids are complete from (`kept_from`); a cursor cleared owes a run.
 
 Each test states a claim of docs/design.md ("Late events": no late event, visible within
 `event_visibility_lag_seconds` of its id, is lost; it is found within two reads of the window)
@@ -102,9 +102,6 @@ def test_the_lag_lowered_then_set_back_loses_no_late_event(
     assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the sensor's cursor cleared (Dagster's UI) while a run is owed: the first tick "
-    "after only sets the cursor, and the changes the sensor had seen and owed a run get none"))
 @pytest.mark.usefixtures("backfilled")
 def test_changes_owed_a_run_when_the_cursor_is_cleared_get_one(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "How fast a change arrives"; README: "events that come while its
@@ -118,7 +115,8 @@ def test_changes_owed_a_run_when_the_cursor_is_cleared_get_one(warehouse: Path, 
     the cursor to the stream's end and drops what was owed (its `owed`, `newest_new`, `tables`,
     `run_key`); design.md says nothing of a cleared cursor. Measured: no run requested in the
     900 s that followed: the 2 changes stay out of the warehouse until another change or a
-    schedule."""
+    schedule. Fixed: a cursor cleared, the sensor having runs in the instance, follows its newest
+    run still in flight and owes the run after it (what it owed is not known)."""
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     admin.post("advance", seconds=2, updates=3)
@@ -135,6 +133,31 @@ def test_changes_owed_a_run_when_the_cursor_is_cleared_get_one(warehouse: Path, 
     add_run(instance, first, DagsterRunStatus.SUCCESS)  # it ended: it read the stream before the 2 changes
     keys, _ = ticks_for(admin, instance, cleared.cursor, DEFAULT_VISIBILITY_LAG_SECONDS + 300)
     assert keys, f"2 changes owed a run when the sensor's cursor was cleared requested none (cursor then: {state})"
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_a_cursor_cleared_after_its_run_ended_requests_one_run_at_once(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "The events sensor, and why its runs take every table with
+    events"): a cursor cleared owes a run, since what it owed is not known. The daemon: 3
+    changes and their run, which failed (its retry owed), then the cursor cleared. The tick
+    after requests one run at once, keyed apart by the reset (a second reset, another key), and
+    the tick after that, nothing; a first start ever (no run of the sensor) requests none."""
+    instance = DagsterInstance.ephemeral()
+    assert not evaluate(instance, None).run_requests  # a first start
+    cursor = the_windows_first_read_ended(admin, instance)
+    admin.post("advance", seconds=2, updates=3)
+    result, _ = tick(admin, instance, cursor)
+    assert len(result.run_requests) == 1
+    add_run(instance, result.run_requests[0], DagsterRunStatus.FAILURE)
+    keys = []
+    for _ in range(2):
+        cleared = evaluate(instance, None)
+        keys += [r.run_key for r in cleared.run_requests]
+        assert len(cleared.run_requests) == 1 and keys[-1].startswith("events-cursor-reset-"), cleared.skip_message
+        add_run(instance, cleared.run_requests[0], DagsterRunStatus.SUCCESS)
+    assert len(set(keys)) == 2, keys
+    after, _ = tick(admin, instance, cleared.cursor)
+    assert not after.run_requests, after.run_requests
 
 
 @pytest.mark.usefixtures("backfilled")
