@@ -517,9 +517,9 @@ def _new_events(
     but for the ids up to `baseline` (never read before: taken as they are). A window begins with
     its first read, a page (`WINDOW_PAGES`) in the tick that begins it: a window within that page
     has no baseline. A read that reaches the cursor ends; the next starts at the lag before it
-    began (never before the read that ended: ids below its start were pruned, a clock stepping
-    back reads none of them again), so an event visible late, within the lag of its id, is read
-    by the read in progress or the next."""
+    began, or before the API's clock when that is lower, never below `kept_from` (the ids kept
+    are complete from there: a clock stepping back reads none pruned again), so an event visible
+    late, within the lag of its id, is read by the read in progress or the next."""
     lag_ns = _lag_ns()
     cursor = state.event_id or ""
     going = lag_ns > 0 and window is not None and state.floor is not None and state.read_at is not None
