@@ -11,12 +11,22 @@ it held. Ticks are evaluated every 10 s of the API's clock, as the daemon would
 
 from __future__ import annotations
 
+import email.utils
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import dlt
 import pytest
+import requests
 from dagster import DagsterInstance
 
-from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
+from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS, EVENTS_PATH, api_now_ns, event_client
+from analytics_dagster.automation import EventsSensorCursor
+from analytics_dagster.source import configured_api_root
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_automation import evaluate
 from analytics_dagster_tests.test_automation_adversary_2 import hold_a_change, ms_of
@@ -35,7 +45,7 @@ def test_a_change_whose_event_has_no_string_id_gets_a_run(warehouse: Path, admin
     """Claim (README; docs/design.md, "The events sensor, and why its runs take every table with
     events"): the sensor requests a run for the events newer than its cursor; and (design.md,
     "Late events", last case) the sync takes an event without a string id, as after the event
-    before it. The API (docs/api.md, "Bad events": nothing guarantees an event is well formed):
+    before it. The API (docs/api.md, "The event stream": nothing guarantees an event is well formed):
     a customer's `customer.updated` whose `event_id` is missing, listed after the sensor's
     cursor. Measured: no run requested in the 900 s that followed (`events_after` keeps only
     events with a string id, so the tick finds nothing new); the change waits for another
@@ -79,3 +89,90 @@ def test_a_late_event_visible_just_after_the_cursor_is_cleared_gets_a_run(wareho
     assert visible < DEFAULT_VISIBILITY_LAG_SECONDS, visible
     keys, _ = ticks_for(admin, instance, cleared.cursor, WAIT_SECONDS)
     assert keys == [f"events-up-to-{late}"], f"the late event {late}, visible before the window began: {keys}"
+
+
+@contextmanager
+def a_front_whose_clock_is_ahead(monkeypatch: pytest.MonkeyPatch, seconds: int) -> Iterator[None]:
+    """The project's API reached through a front (a proxy, a balancer) on 127.0.0.1 whose clock
+    is `seconds` ahead of the API's servers: every response's `Date` is that much later, the rest
+    as the API answers (its links to the next page point at the front)."""
+    origin = os.environ["SOURCES__ANALYTICS__BASE_URL"].rstrip("/")  # (the API's root without its prefix)
+
+    class Front(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # (the sensor only reads)
+            answer = requests.get(origin + self.path, headers={k: v for k, v in self.headers.items()
+                                                               if k.lower() != "host"}, timeout=30)
+            body = answer.content.replace(origin.encode(), front.encode())
+            self.send_response_only(answer.status_code)  # (send_response would add a Date of its own)
+            for name, value in answer.headers.items():
+                if name.lower() not in ("date", "content-length", "transfer-encoding", "connection", "server"):
+                    self.send_header(name, value)
+            when = email.utils.parsedate_to_datetime(answer.headers["Date"]).timestamp() + seconds
+            self.send_header("Date", email.utils.formatdate(when, usegmt=True))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    front = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("SOURCES__ANALYTICS__BASE_URL", front)
+        assert configured_api_root().startswith(front)
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("ahead", [0, pytest.param(300, marks=pytest.mark.xfail(strict=True, reason=(
+    "open (#30): the window's start is the lag before the `Date` clock, not the ids' clock: a "
+    "Date S s ahead (a front's clock) shortens the window by S s, and a late event within the "
+    "lag of its id but past lag - S gets no run")))])
+@pytest.mark.usefixtures("backfilled")
+def test_a_late_event_gets_a_run_when_the_dates_clock_is_ahead_of_the_ids(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch, ahead: int
+) -> None:
+    """Claim (docs/design.md, "Late events"): no late event visible within the lag of its id is
+    lost; the kept ids are pruned at the lag before the earlier of the API's clock and the
+    newest id's own instant (the ids' clock is taken as the right one when the `Date` runs
+    ahead). The API (docs/api.md, "What the project relies on beyond that": `updated_at`, taken
+    with the ids, and the `Date` header come from clocks within 600 s of each other): its `Date`
+    comes from a front (a proxy, a balancer) whose clock is `ahead` s ahead of the servers that
+    take the ids. A customer's change whose write commits late, 3 changes after it and their
+    run, then ticks until the event becomes visible, 391 s after its id by the servers' clock.
+    Held with the clocks together (0 s): one run, keyed by it. Measured 300 s ahead: no run in
+    the 900 s that followed; the window's start was 81 s past the late event's id when it showed.
+    The start is the lag before the `Date` (`window_floor(read_at, lag)`, `now_ns`), so the window
+    spans lag - S s of ids: a front S s ahead loses every late event visible more than 600 - S s
+    after its id (S of 600, all of them); only `kept_from` reads the ids' clock."""
+    servers = configured_api_root()
+    with a_front_whose_clock_is_ahead(monkeypatch, ahead):
+        instance = DagsterInstance.ephemeral()
+        assert abs(api_clock(admin) - ahead - servers_clock(servers)) < 2
+        cursor = the_windows_first_read_ended(admin, instance)
+        late = hold_a_change(admin, 0)
+        admin.post("advance", seconds=2, updates=3)
+        keys, cursor = ticks_for(admin, instance, cursor, 10)
+        assert len(keys) == 1 and late not in keys[0]
+        more, cursor = ticks_for(admin, instance, cursor, 380)
+        assert not more, more
+        visible = servers_clock(servers) - ms_of(late) / 1000
+        assert 390 <= visible < DEFAULT_VISIBILITY_LAG_SECONDS, visible
+        admin.post("release", event_ids=[late])
+        above = (ms_of(EventsSensorCursor.decode(cursor).floor) - ms_of(late)) / 1000
+        keys, _ = ticks_for(admin, instance, cursor, WAIT_SECONDS)
+        assert keys == [f"events-up-to-{late}"], (
+            f"the late event {late}, visible {visible:.0f} s after its id, the Date {ahead} s ahead "
+            f"(the window's start {above:.0f} s after its id): {keys}")
+
+
+
+def servers_clock(root: str) -> float:
+    """The clock of the API's servers at `root` (their own `Date`, no front), seconds since the epoch."""
+    response = event_client(root, dlt.secrets["sources.analytics.api_key"]).get(EVENTS_PATH, params={"per_page": 1})
+    return api_now_ns(response) / 1e9
