@@ -1,7 +1,8 @@
 """The events sensor as fix30h left it (issue #30): its window's start that may move back (never
 below `kept_from`), and a cleared cursor that owes a run, against events the API can list
-(one without a string id; one whose write commits late just after a cursor is cleared) and a
-`Date` header whose clock runs ahead of the clock that takes the ids.
+(one without a string id; one whose write commits late just after a cursor is cleared), a
+`Date` header whose clock runs ahead of the clock that takes the ids, and a re-execution from
+Dagster's UI (it carries the sensor's tags) before a cursor is cleared.
 
 Each test states a claim of docs/design.md ("Late events", "The events sensor, and why its runs
 take every table with events") and what breaks it (measured numbers in each docstring), or that
@@ -14,6 +15,7 @@ from __future__ import annotations
 import email.utils
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,15 +24,16 @@ from pathlib import Path
 import dlt
 import pytest
 import requests
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG
 
 from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS, EVENTS_PATH, api_now_ns, event_client
-from analytics_dagster.automation import EventsSensorCursor
+from analytics_dagster.automation import RUN_KEY_TAG, EventsSensorCursor
 from analytics_dagster.source import configured_api_root
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_automation import evaluate
-from analytics_dagster_tests.test_automation_adversary_2 import hold_a_change, ms_of
-from analytics_dagster_tests.test_automation_adversary_3 import api_clock
+from analytics_dagster_tests.test_automation_adversary_2 import add_run, hold_a_change, ms_of
+from analytics_dagster_tests.test_automation_adversary_3 import api_clock, tick
 from analytics_dagster_tests.test_automation_adversary_4 import launch, the_windows_first_read_ended, ticks_for
 
 # the lag and 5 minutes more: what each test waits for a run, in ticks of the API's clock
@@ -89,6 +92,45 @@ def test_a_late_event_visible_just_after_the_cursor_is_cleared_gets_a_run(wareho
     assert visible < DEFAULT_VISIBILITY_LAG_SECONDS, visible
     keys, _ = ticks_for(admin, instance, cleared.cursor, WAIT_SECONDS)
     assert keys == [f"events-up-to-{late}"], f"the late event {late}, visible before the window began: {keys}"
+
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (#30): a cleared cursor takes the newest run tagged with the sensor's name for its own; a "
+    "re-execution from Dagster's UI carries its parent's tags, so a reset while the sensor's run is "
+    "in flight requests a second run at once"))
+@pytest.mark.usefixtures("backfilled")
+def test_a_cursor_cleared_while_its_run_is_in_flight_requests_no_second_run(warehouse: Path, admin: Admin) -> None:
+    """Claim (README, the sensor's description: "One run at a time"; docs/design.md, "The events
+    sensor, and why its runs take every table with events": a cursor cleared follows the
+    sensor's newest run in flight and owes the run after it). The daemon and an operator: 3
+    changes and their run, which fails; the sensor's retry, requested at the next tick, is in
+    flight; the operator, told of the failure (report_failed_runs), re-executes the failed run
+    from Dagster's UI, and it ends; then clears the sensor's cursor. A UI re-execution inherits
+    its parent's tags (dagster_graphql's `launch_reexecution_from_parent_run`:
+    `use_parent_run_tags` True unless the client says otherwise; `dagster/run_key` and
+    `dagster/sensor_name` are not among `TAGS_TO_MAYBE_OMIT_ON_RETRY`), so it is the newest run
+    of the sensor by its tag, and finished. Measured: the tick after the clear requests a run at
+    once (`events-cursor-reset-...`) while the sensor's retry is still in flight: two runs of
+    the same tables at once (deploy/dagster.yaml allows 4), the one after it not owed."""
+    instance = DagsterInstance.ephemeral()
+    cursor = the_windows_first_read_ended(admin, instance)
+    admin.post("advance", seconds=2, updates=3)
+    result, _ = tick(admin, instance, cursor)
+    failed = add_run(instance, result.run_requests[0], DagsterRunStatus.FAILURE)
+    result, _ = tick(admin, instance, result.cursor)
+    assert [r.run_key for r in result.run_requests] == [f"{failed.tags[RUN_KEY_TAG]}-after-1-failed-"
+                                                        f"{result.run_requests[0].run_key.rsplit('-', 1)[1]}"]
+    retry = add_run(instance, result.run_requests[0], DagsterRunStatus.STARTED)
+    instance.add_run(DagsterRun(  # the UI's re-execution of the failed run: its tags, and its parent's id
+        job_name=failed.job_name, run_id=str(uuid.uuid4()), status=DagsterRunStatus.SUCCESS,
+        asset_selection=failed.asset_selection,
+        tags={**failed.tags, PARENT_RUN_ID_TAG: failed.run_id, ROOT_RUN_ID_TAG: failed.run_id}))
+    cleared = evaluate(instance, None)
+    state = EventsSensorCursor.decode(cleared.cursor)
+    assert not cleared.run_requests and state.run_key == retry.tags[RUN_KEY_TAG] and state.owed, (
+        f"a reset while the sensor's run {retry.tags[RUN_KEY_TAG]} is in flight requested "
+        f"{[r.run_key for r in cleared.run_requests]}")
 
 
 @contextmanager
