@@ -52,7 +52,8 @@ def test_a_change_whose_event_has_no_string_id_gets_a_run(warehouse: Path, admin
     a customer's `customer.updated` whose `event_id` is missing, listed after the sensor's
     cursor. Measured: no run requested in the 900 s that followed (`events_after` keeps only
     events with a string id, so the tick finds nothing new); the change waits for another
-    change's run or a schedule, though the sync would apply it."""
+    change's run or a schedule, though the sync would apply it (its run keeps such an event once:
+    `analytics_dagster_tests/test_exactness.py`, an event without an id is kept once)."""
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     customer = admin.truth("customers")[0]
