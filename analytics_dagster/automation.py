@@ -40,6 +40,7 @@ from analytics_dagster.source.events import (
     EVENTS_PAGE_SIZE,
     EVENTS_PATH,
     api_now_ns,
+    digest,
     event_client,
     keyed,
     window_floor,
@@ -209,6 +210,10 @@ class EventsSensorCursor:
     # it that a read found is kept, so `floor` may move back to it and take no id read before as
     # late (None: from `floor`, a cursor of before)
     kept_from: Optional[str] = None
+    # the digests of the events without a string id the sensor has read (newest last, at most
+    # `MAX_UNKEYED`): one it reads for the first time is new (no id orders it), and owed a run once.
+    # None: none read yet (a first tick, a cursor of before): those the next read finds are taken as seen
+    unkeyed: Optional[list[str]] = None
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -344,7 +349,14 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
 
 def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> SensorResult:
     if context.cursor is None:
-        return _start(context, latest_event_id(base_url, api_key))
+        state = EventsSensorCursor(event_id=latest_event_id(base_url, api_key))
+        # the late-event window begins in this tick, its first read made: an event that becomes
+        # visible late before the next tick is late to it (the next tick takes an event listed
+        # after the cursor meanwhile as new: the cursor is not moved here)
+        _, ids, _ = _new_events(base_url, api_key, state, None)
+        if state.floor:
+            _store_window(context.instance, state, ids)
+        return _start(context, state)
     state = EventsSensorCursor.decode(context.cursor)
     # what became of the run it follows, first: the window's ids are written last, once nothing
     # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it,
@@ -353,19 +365,21 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     window = _load_window(context.instance, state)
     notes = [] if window is not None or not state.floor else [
         "the late-event window's ids kept are not this cursor's: its window begins again"]
-    events, ids = _new_events(base_url, api_key, state, window)
+    events, ids, loose = _new_events(base_url, api_key, state, window)
     if state.floor and ids != window:  # (written when the ids change, and when a window begins)
         _store_window(context.instance, state, ids)
-    if events:
-        state.newest_new = max(state.newest_new or "", events[-1]["event_id"])
-        state.tables = sorted(set(state.tables) | set(assets_for_events(events)))
-        state.event_id, state.owed = max(state.event_id or "", events[-1]["event_id"]), True
+    if events or loose:
+        # (an event without an id names the run by its digest: the cursor's id would repeat a key used)
+        state.newest_new = max([state.newest_new or ""] + [e["event_id"] for e in events[-1:]]
+                               + [f"~{digest(e)}" for e in loose])
+        state.tables = sorted(set(state.tables) | set(assets_for_events(events + loose)))
+        state.event_id, state.owed = max([state.event_id or ""] + [e["event_id"] for e in events[-1:]]) or None, True
         by_type: dict[str, int] = defaultdict(int)
-        for event in events:
+        for event in events + loose:
             by_type[str(event.get("event_type"))] += 1
         notes.append(
-            f"{len(events)} new events up to {state.event_id}: {dict(by_type)}, touching "
-            f"{assets_for_events(events)}"
+            f"{len(events)} new events up to {state.event_id}" + (f" and {len(loose)} without an id" if loose else "")
+            + f": {dict(by_type)}, touching {assets_for_events(events + loose)}"
         )
     else:
         notes.append(f"no events after {state.event_id}")
@@ -412,19 +426,23 @@ def _request(
     )
 
 
-def _start(context: SensorEvaluationContext, newest: Optional[str]) -> SensorResult:
-    """The first tick of a cursor of None: the cursor set to the newest event `newest`. The first
-    start ever (no run of the sensor in the instance) requests nothing. A cursor cleared (Dagster's
-    UI; a code location renamed or moved) may have owed a run, and what it owed is unknown: the
-    sensor follows its newest run still in flight and owes the run after it, or requests one run
-    at once, keyed apart by the instant of the reset (`events-cursor-reset-...`)."""
-    state = EventsSensorCursor(event_id=newest)
-    records = context.instance.get_run_records(filters=RunsFilter(tags={SENSOR_NAME_TAG: SENSOR_NAME}), limit=1)
+def _start(context: SensorEvaluationContext, state: EventsSensorCursor) -> SensorResult:
+    """The first tick of a cursor of None (`state`: the cursor set to the newest event, its window
+    begun). The first start ever (no run of the sensor in the instance) requests nothing. A cursor
+    cleared (Dagster's UI; a code location renamed or moved) may have owed a run, and what it owed
+    is unknown: the sensor follows a run of its own still in flight and owes the run after it, or
+    requests one run at once, keyed apart by the instant of the reset (`events-cursor-reset-...`).
+    Its runs are known by their tags, which a re-execution from Dagster's UI copies: a run of
+    them in flight is looked for, not only the newest."""
+    newest = state.event_id
     note = f"cursor set to the newest event {newest}"
-    if not records:
+    ours = RunsFilter(tags={SENSOR_NAME_TAG: SENSOR_NAME})
+    if not context.instance.get_run_records(filters=ours, limit=1):
         return SensorResult(skip_reason=SkipReason(note), cursor=state.encode())
-    run = records[0].dagster_run
-    if run.status in _IN_FLIGHT and run.tags.get(RUN_KEY_TAG):
+    in_flight = context.instance.get_run_records(
+        filters=RunsFilter(tags=ours.tags, statuses=list(_IN_FLIGHT)), limit=1)
+    run = in_flight[0].dagster_run if in_flight else None
+    if run is not None and run.tags.get(RUN_KEY_TAG):
         state.run_key, state.owed = run.tags[RUN_KEY_TAG], True
         return SensorResult(skip_reason=SkipReason(
             f"{note} (the cursor was cleared: what it owed is not known); run {run.run_id} "
@@ -509,9 +527,10 @@ def _store_window(instance: Any, state: EventsSensorCursor, ids: set[str]) -> No
 
 def _new_events(
     base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[set[str]]
-) -> tuple[list[dict], set[str]]:
-    """The events this tick has not seen, oldest first, and the window's ids after it (`window`:
-    before it; None: no window yet, one begins). It reads the events after the cursor, and the
+) -> tuple[list[dict], set[str], list[dict]]:
+    """The events this tick has not seen, oldest first, the window's ids after it (`window`:
+    before it; None: no window yet, one begins), and the events without an id read for the first
+    time (`unkeyed`). It reads the events after the cursor, and the
     late-event window behind it on from where the last tick's read stopped (`reached`), up to the
     cursor: an id read there that `window` does not hold became visible late, and is new to it,
     but for the ids up to `baseline` (never read before: taken as they are). A window begins with
@@ -529,7 +548,7 @@ def _new_events(
     # up to the baseline lie ahead: they were never read, their number is not known)
     merged = going and sum(1 for i in ids if start < i <= cursor) < EVENTS_PAGE_SIZE and not (
         state.baseline and start < state.baseline)
-    read, now_ns, complete = events_after(
+    read, now_ns, complete, loose = events_after(
         base_url, api_key, (min(start, cursor) if merged else cursor) or None, max_pages=NEW_PAGES)
     new = [e for e in read if e["event_id"] > cursor]
     again, done = (read, complete or bool(new)) if merged else ([], False)
@@ -539,15 +558,17 @@ def _new_events(
         state.floor, state.read_at, state.reached, state.baseline = start, now, None, cursor or None
     if lag_ns > 0 and not merged:
         pages = WINDOW_PAGES + (WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE if going else 0)
-        again, _, done = (events_after(base_url, api_key, start, max_pages=pages, until=cursor)
-                          if start < cursor else ([], 0, True))
+        again, _, done, loose_again = (events_after(base_url, api_key, start, max_pages=pages, until=cursor)
+                                       if start < cursor else ([], 0, True, []))
+        loose = loose + loose_again
     late = [e for e in again if e["event_id"] <= cursor and e["event_id"] not in ids
             and not (state.baseline and e["event_id"] <= state.baseline)]
     ids.update(e["event_id"] for e in again if e["event_id"] <= cursor)
     ids.update(e["event_id"] for e in new)
+    fresh = _unseen_unkeyed(state, loose)
     if lag_ns <= 0:
         state.floor = state.read_at = state.reached = state.baseline = state.kept_from = None
-        return sorted(late + new, key=lambda e: e["event_id"]), set()
+        return sorted(late + new, key=lambda e: e["event_id"]), set(), fresh
     kept_from = (state.kept_from if going else None) or state.floor or ""
     floor = state.floor or ""
     if done:  # the read reached the cursor: the next starts at the lag before it began
@@ -565,7 +586,31 @@ def _new_events(
     newest = id_ns(new[-1]["event_id"] if new else cursor) if (new or cursor) else None
     keep_ns = max(lag_ns, DEFAULT_VISIBILITY_LAG_SECONDS * NS_PER_SECOND)
     state.kept_from = max(kept_from, min(state.floor, window_floor(min(now_ns, newest or now_ns), keep_ns)))
-    return sorted(late + new, key=lambda e: e["event_id"]), {i for i in ids if i >= state.kept_from}
+    return sorted(late + new, key=lambda e: e["event_id"]), {i for i in ids if i >= state.kept_from}, fresh
+
+
+# the digests of events without an id the cursor keeps (`EventsSensorCursor.unkeyed`)
+MAX_UNKEYED = 100
+
+
+def _unseen_unkeyed(state: EventsSensorCursor, loose: list[dict]) -> list[dict]:
+    """Of the events without a string id a tick read (`loose`), those it never read before, by
+    their digests; all of them are kept as read. Such an event has no place in the stream's order
+    (the cursor cannot pass it, the window cannot hold it), so a read lists it again while it
+    lies after where the read starts: its digest says it was read (the sync keeps them alike:
+    `source.feed`). The first read of a cursor that kept none takes those it finds as read."""
+    first = state.unkeyed is None
+    known = list(state.unkeyed or ())
+    seen = set(known)
+    fresh = []
+    for event in loose:
+        key = digest(event)
+        if key not in seen:
+            seen.add(key)
+            known.append(key)
+            fresh.append(event)
+    state.unkeyed = known[-MAX_UNKEYED:]
+    return [] if first else fresh
 
 
 @run_failure_sensor(
@@ -615,20 +660,23 @@ def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
 
 def events_after(
     base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None
-) -> tuple[list[dict[str, Any]], int, bool]:
+) -> tuple[list[dict[str, Any]], int, bool, list[Any]]:
     """Events newer than `after`, oldest first (at most `max_pages` pages of 200; with `until`,
     up to the page that reaches that id), the API's clock when the read began (its first
-    page's `Date`), and whether it read to the stream's end or `until` (False: `max_pages` cut it)."""
+    page's `Date`), whether it read to the stream's end or `until` (False: `max_pages` cut it),
+    and the events it listed without a string id (apart: one cannot be a cursor)."""
     params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
     if after:
         params["after"] = after
     events: list[dict[str, Any]] = []
+    loose: list[Any] = []
     now: Optional[int] = None
     for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
         now = now or api_now_ns(page.response)
-        events.extend(e for e in page if keyed(e))  # (one without a string id cannot be a cursor)
+        events.extend(e for e in page if keyed(e))
+        loose.extend(e for e in page if isinstance(e, dict) and not keyed(e))
         if until and events and events[-1]["event_id"] >= until:
             break
         if pages >= max_pages:
-            return events, now or time.time_ns(), False
-    return events, now or time.time_ns(), True
+            return events, now or time.time_ns(), False, loose
+    return events, now or time.time_ns(), True, loose

@@ -73,9 +73,9 @@ def launch(instance: DagsterInstance, request: RunRequest) -> Any:
 
 def followed(cursor: Optional[str]) -> EventsSensorCursor:
     """The sensor's cursor but for its late-event window (`floor`, `read_at`, `reached`, `baseline`,
-    `kept`, `kept_from`)."""
+    `kept`, `kept_from`) and the events without an id it read (`unkeyed`)."""
     return dataclasses.replace(EventsSensorCursor.decode(cursor), floor=None, read_at=None, reached=None,
-                               baseline=None, kept=None, parent=None, kept_from=None)
+                               baseline=None, kept=None, parent=None, kept_from=None, unkeyed=None)
 
 
 def kept_ids(instance: DagsterInstance, cursor: str) -> list[str]:
@@ -95,7 +95,9 @@ def test_events_sensor_requests_a_run_only_for_new_events(warehouse: Path, admin
     first = evaluate(instance, None)
     assert not first.run_requests
     newest = admin.truth("events")[-1]["event_id"]
-    assert EventsSensorCursor.decode(first.cursor) == EventsSensorCursor(event_id=newest)
+    # (its late-event window begun: its first read made in the first tick)
+    assert followed(first.cursor) == EventsSensorCursor(event_id=newest)
+    assert EventsSensorCursor.decode(first.cursor).floor
 
     quiet = evaluate(instance, first.cursor)
     assert not quiet.run_requests
@@ -289,7 +291,8 @@ def test_the_sensor_finds_the_stream_where_a_run_does(monkeypatch) -> None:
         assert EventsSensorCursor.decode(first.cursor).event_id == admin.truth("events")[-1]["event_id"]
         admin.post("advance", new_transactions=2)
         assert len(evaluate(instance, first.cursor).run_requests) == 1
-        assert admin.get("stats")["by_resource"] == {"events": 2}
+        # the first tick: the newest event and the window's first read; then the tick's read
+        assert admin.get("stats")["by_resource"] == {"events": 3}
         monkeypatch.delenv("SOURCES__ANALYTICS__ENVIRONMENT")  # the seed API's /v1/events: not served
         with pytest.raises(Exception, match="404"):
             evaluate(instance, first.cursor)

@@ -5,8 +5,11 @@ below `kept_from`), and a cleared cursor that owes a run, against events the API
 Dagster's UI (it carries the sensor's tags) before a cursor is cleared.
 
 Each test states a claim of docs/design.md ("Late events", "The events sensor, and why its runs
-take every table with events") and what breaks it (measured numbers in each docstring), or that
-it held. Ticks are evaluated every 10 s of the API's clock, as the daemon would
+take every table with events") and what broke it (measured numbers in each docstring, before the
+fix), or that it held. Three were strict xfails until fixed: the sensor now keeps the digests of
+the events without an id it read (`unkeyed`), begins its window in a cleared cursor's first tick,
+and follows any run of its own in flight, not the newest by its tag. The fourth, a `Date` ahead
+of the ids' clock, is beyond what the project relies on (docs/api.md), and stays a strict xfail. Ticks are evaluated every 10 s of the API's clock, as the daemon would
 (`EVENTS_SENSOR_INTERVAL_SECONDS`); no run is executed: the sensor's requests are the claim.
 """
 
@@ -40,9 +43,6 @@ from analytics_dagster_tests.test_automation_adversary_4 import launch, the_wind
 WAIT_SECONDS = DEFAULT_VISIBILITY_LAG_SECONDS + 300
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the events sensor drops events without a string id (`keyed`), which the sync "
-    "applies: a change whose event has none gets no run"))
 @pytest.mark.usefixtures("backfilled")
 def test_a_change_whose_event_has_no_string_id_gets_a_run(warehouse: Path, admin: Admin) -> None:
     """Claim (README; docs/design.md, "The events sensor, and why its runs take every table with
@@ -63,9 +63,6 @@ def test_a_change_whose_event_has_no_string_id_gets_a_run(warehouse: Path, admin
     assert len(keys) == 1, f"a customer.updated without an event_id: runs requested {keys}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): a cleared cursor's first tick does not begin the window; the next tick's first "
-    "read takes a late event visible meanwhile as seen (baseline): it gets no run"))
 @pytest.mark.usefixtures("backfilled")
 def test_a_late_event_visible_just_after_the_cursor_is_cleared_gets_a_run(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "Late events"): no late event visible within the lag of its id is
@@ -96,10 +93,6 @@ def test_a_late_event_visible_just_after_the_cursor_is_cleared_gets_a_run(wareho
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): a cleared cursor takes the newest run tagged with the sensor's name for its own; a "
-    "re-execution from Dagster's UI carries its parent's tags, so a reset while the sensor's run is "
-    "in flight requests a second run at once"))
 @pytest.mark.usefixtures("backfilled")
 def test_a_cursor_cleared_while_its_run_is_in_flight_requests_no_second_run(warehouse: Path, admin: Admin) -> None:
     """Claim (README, the sensor's description: "One run at a time"; docs/design.md, "The events
@@ -173,9 +166,10 @@ def a_front_whose_clock_is_ahead(monkeypatch: pytest.MonkeyPatch, seconds: int) 
 
 
 @pytest.mark.parametrize("ahead", [0, pytest.param(300, marks=pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the window's start is the lag before the `Date` clock, not the ids' clock: a "
-    "Date S s ahead (a front's clock) shortens the window by S s, and a late event within the "
-    "lag of its id but past lag - S gets no run")))])
+    "beyond what the project relies on (docs/api.md: event ids and the `Date` header from one "
+    "clock): the window's start is the lag before the `Date`, so a Date S s ahead of the ids' "
+    "clock shortens the window by S s, and a late event within the lag of its id but past lag - S "
+    "gets no run")))])
 @pytest.mark.usefixtures("backfilled")
 def test_a_late_event_gets_a_run_when_the_dates_clock_is_ahead_of_the_ids(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch, ahead: int
