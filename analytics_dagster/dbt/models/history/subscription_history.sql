@@ -397,13 +397,18 @@ keyed_periods as (
 -- changed to (the next period's, which starts a state of its own, its content differing; else
 -- the first known state), which it may have been on any of its days; null for a change's
 -- transaction that does not account for the whole change (what it made of the items, before
--- the unbilled change, is no state)
+-- the unbilled change, is no state). And a period followed by days nothing billed (before the
+-- next period, or the first known state: no event of them is left) is uncertain too: a pause
+-- or cancellation made at once may have stopped it on any of its days (Paddle's default pauses
+-- at the period's end, and once the events are gone nothing tells the two apart), and the days
+-- after it are (below, `no_transaction`)
 flagged_periods as (
     select
         p.*,
         (coalesce(lead(p.content) over w, p.known_content) <> p.content
             and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update')
-            or u.transaction_id is not null as uncertain,
+            or u.transaction_id is not null
+            or p.period_end < coalesce(lead(p.period_start) over w, p.known_from) - interval '1 second' as uncertain,
         case when u.transaction_id is null
              then coalesce('inferred/' || lead(p.transaction_id) over w, p.known_state_id) end as changed_to_state_id
     from keyed_periods as p
@@ -452,11 +457,13 @@ inferred_periods as (
         n.*,
         case when n.n = 1 and f.imported then least(f.created_at, n.period_start) else n.period_start end
             as starts_at,
-        case when n.period_end < n.next_from - interval '1 second' then n.period_end else n.next_from end as ends_at
+        case when n.period_end < n.next_from - interval '1 second' then n.period_end else n.next_from end as ends_at,
+        f.state_id as known_state_id
     from (
         select
             m.*,
             coalesce(lead(m.period_start) over w, m.known_from) as next_from,
+            'inferred/' || lead(m.transaction_id) over w as next_state_id,
             row_number() over w as n
         from merged as m
         window w as (partition by m.subscription_id order by m.period_start, m.transaction_id)
@@ -495,11 +502,13 @@ inferred as (
     ) as p on p.transaction_id = i.transaction_id and p.valid_from < p.valid_to
     union all
     -- nothing billed between a period's end and the next state: not billed (paused, canceled
-    -- and since resumed, or past due and not paid)
+    -- and since resumed, or past due and not paid); uncertain: a next billing date moved later
+    -- with nothing billed (do_not_bill) leaves the same days, the subscription active with the
+    -- period's items (its own), or with the next state's (changed_to_state_id)
     select
         'inferred/' || transaction_id || '/after', subscription_id, 'inferred', cast(null as {{ dbt.type_string() }}),
-        customer_id, currency_code, address_id, items, period_end, next_from, 'no_transaction', transaction_id, false,
-        cast(null as {{ dbt.type_string() }}), cast(null as timestamptz), transaction_id
+        customer_id, currency_code, address_id, items, period_end, next_from, 'no_transaction', transaction_id, true,
+        coalesce(next_state_id, known_state_id), cast(null as timestamptz), transaction_id
     from inferred_periods
     where period_end < next_from - interval '1 second'
     union all

@@ -69,21 +69,27 @@ changed_to_mrr as (
     group by c.state_id, c.currency_code
 ),
 
+-- (followed by days nothing billed: a pause or cancellation made at once may have stopped it on
+-- any of its days)
 uncertain_states as (
     select
         u.state_id, u.subscription_id, u.status, u.currency_code, u.valid_from, u.valid_to,
         coalesce(sum(i.monthly_amount) filter (where i.counts), 0) as mrr,
         coalesce(sum(i.monthly_amount) filter (where i.counts_if_active), 0) as mrr_if_active,
-        count(*) filter (where i.counts_if_active and i.amount_source = 'unknown') as unknown_items
+        count(*) filter (where i.counts_if_active and i.amount_source = 'unknown') as unknown_items,
+        g.state_id is not null as may_have_stopped
     from {{ ref('subscription_history') }} as u
     left join items as i on i.state_id = u.state_id
+    left join {{ ref('subscription_history') }} as g
+        on g.subscription_id = u.subscription_id and g.valid_from = u.valid_to and g.inferred_from = 'no_transaction'
     where u.uncertain
-    group by u.state_id, u.subscription_id, u.status, u.currency_code, u.valid_from, u.valid_to
+    group by u.state_id, u.subscription_id, u.status, u.currency_code, u.valid_from, u.valid_to, g.state_id
 ),
 
 -- The most an uncertain state can move its currency's MRR on any of its days: the difference
 -- between what it counts and what it changed to (as active: its status is the period's); one
--- not active (past due) may have been, with either side. In another currency than its own, what
+-- not active (past due; days nothing billed) may have been, with either side; one followed by
+-- days nothing billed may have stopped, and counted nothing. In another currency than its own, what
 -- it changed to may count there. Null: not known (what it changed to is no state, or an amount
 -- on either side is unknown)
 bounds as (
@@ -91,7 +97,8 @@ bounds as (
         s.subscription_id, s.valid_from, s.valid_to, s.currency_code,
         case when c.state_id is not null and s.unknown_items = 0 and c.unknown_items = 0 then greatest(
             abs(s.mrr - case when c.currency_code = s.currency_code then c.mrr_if_active else 0 end),
-            case when coalesce(s.status, '') <> 'active' then s.mrr_if_active else 0 end)
+            case when coalesce(s.status, '') <> 'active' then s.mrr_if_active else 0 end,
+            case when s.may_have_stopped then s.mrr else 0 end)
         end as bound
     from uncertain_states as s
     left join changed_to_mrr as c on c.state_id = s.state_id
