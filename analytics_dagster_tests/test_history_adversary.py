@@ -5,8 +5,8 @@ day's `mrr_daily` with the sandbox's own MRR of that day (`test_history.compare_
 - two changes in one period, the first billed (`subscription_update`) and the second not: the
   billed change's transaction does not account for what was billed next, so the state from it
   on is uncertain (flagged); the other way round (the unbilled one first) leaves no trace the
-  sandbox's transactions keep (a strict xfail: docs/models.md, "Before the first known state:
-  what is inferred", what is not flagged);
+  sandbox's transactions keep, so the period's days before a billed change are uncertain, with
+  no bound (flagged: docs/models.md, "Before the first known state: what is inferred");
 - a subscription no transaction names (as one whose transactions are not synced yet) whose
   first known state is a change: its first known state extended back to its creation is flagged;
 - a pause and resume within one period: no transaction says it, nothing flags it, and only
@@ -99,8 +99,9 @@ def test_a_billed_change_then_an_unbilled_one_in_one_period_is_flagged(warehouse
     then, 5 days later in the same period, another that bills nothing: the next period's
     transaction bills what neither the period nor the billed change says. The state from the
     billed change to the next period is uncertain (its days flagged: before this, the days
-    between the two changes were off by 8% of their currency, unflagged); the state before the
-    billed change, and the periods after, are not."""
+    between the two changes were off by 8% of their currency, unflagged); the periods after are
+    not. The state before the billed change is uncertain too, from the period's start: nothing
+    checks what the billed change found (`test_an_unbilled_change_then_a_billed_one_in_one_period`)."""
     sub, _ = _two_changes(admin, billed_first=True)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)
@@ -110,23 +111,31 @@ def test_a_billed_change_then_an_unbilled_one_in_one_period_is_flagged(warehouse
     period_start = parse_ns(sub["current_billing_period"]["starts_at"]) / 1e9
     states = [s for s in _states(warehouse, sub["id"]) if s["valid_to"] is None or s["valid_to"].timestamp() > period_start]
     uncertain = [s for s in states if s["uncertain"]]
-    assert [s["transaction_id"] for s in uncertain] == [change["id"]], "of the period and after, the billed change's only"
-    assert uncertain[0]["valid_to"].timestamp() == pytest.approx(parse_ns(sub["next_billed_at"]) / 1e9, abs=1e-3), \
+    assert [s["transaction_id"] for s in uncertain][1:] == [change["id"]], "of the period and after, the billed change's"
+    assert uncertain[0]["valid_to"].timestamp() == pytest.approx(parse_ns(change["billing_period"]["starts_at"]) / 1e9,
+                                                                 abs=1e-3), "and the period's state up to it"
+    assert uncertain[-1]["valid_to"].timestamp() == pytest.approx(parse_ns(sub["next_billed_at"]) / 1e9, abs=1e-3), \
         "to the next period"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an unbilled change before a billed one in the same period: the billed change's transaction "
-    "lists the items it leaves, not those it found (Paddle's credit lines would say them; the "
-    "sandbox's transactions have none): docs/models.md, 'Before the first known state: what is inferred'"))
 @pytest.mark.world(lifecycles=True)
 def test_an_unbilled_change_then_a_billed_one_in_one_period(warehouse: Path, admin: Admin) -> None:
     """The other order: a change that bills nothing, then 5 days later one billed at once. The
     period's transaction and the billed change's both agree with what was billed next; only the
-    days between the two changes are off (49% of their currency), and nothing flags them."""
-    _two_changes(admin, billed_first=False)
+    days between the two changes are off (49% of their currency), and nothing flagged them. The
+    billed change's transaction lists the items it leaves, not those it found (Paddle's credit
+    lines would say them; the sandbox's transactions have none): the period's state up to it is
+    uncertain, with no state to bound it (`changed_to_state_id` null), its days flagged."""
+    sub, _ = _two_changes(admin, billed_first=False)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)
+    change = max((t for t in admin.truth("transactions")
+                  if t.get("subscription_id") == sub["id"] and t["origin"] == "subscription_update"),
+                 key=lambda t: parse_ns(t["billed_at"]))
+    changed_at = parse_ns(change["billing_period"]["starts_at"]) / 1e9
+    (before,) = [s for s in _states(warehouse, sub["id"])
+                 if s["valid_to"] is not None and s["valid_to"].timestamp() == pytest.approx(changed_at, abs=1e-3)]
+    assert before["uncertain"] and before["inferred_from"] == "transaction", before
 
 
 def _base_priced(sub: dict[str, Any]) -> bool:

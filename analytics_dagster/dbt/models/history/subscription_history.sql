@@ -401,15 +401,19 @@ keyed_periods as (
 -- next period, or the first known state: no event of them is left) is uncertain too: a pause
 -- or cancellation made at once may have stopped it on any of its days (Paddle's default pauses
 -- at the period's end, and once the events are gone nothing tells the two apart), and the days
--- after it are (below, `no_transaction`)
+-- after it are (below, `no_transaction`). And so is a period followed by a change's transaction
+-- (from its start to the change): the change's lines say what it left, not what it found, and a
+-- change that billed nothing may have come before it, to items no state says (changed_to_state_id
+-- null)
 flagged_periods as (
     select
         p.*,
         (coalesce(lead(p.content) over w, p.known_content) <> p.content
             and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update')
             or u.transaction_id is not null
-            or p.period_end < coalesce(lead(p.period_start) over w, p.known_from) - interval '1 second' as uncertain,
-        case when u.transaction_id is null
+            or p.period_end < coalesce(lead(p.period_start) over w, p.known_from) - interval '1 second'
+            or lead(p.origin) over w = 'subscription_update' as uncertain,
+        case when u.transaction_id is null and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update'
              then coalesce('inferred/' || lead(p.transaction_id) over w, p.known_state_id) end as changed_to_state_id
     from keyed_periods as p
     left join unaccounted_changes as u on u.transaction_id = p.transaction_id
