@@ -34,7 +34,7 @@ from dagster import (
 from analytics_dagster.assets import GROUP, METRICS_GROUP, asset_key
 from analytics_dagster.models import MODELS_GROUP, analytics_models
 from analytics_dagster.source import configured_api_root
-from analytics_dagster.rfc3339 import NS_PER_SECOND
+from analytics_dagster.rfc3339 import NS_PER_SECOND, id_ns
 from analytics_dagster.source.events import (
     DEFAULT_VISIBILITY_LAG_SECONDS,
     EVENTS_PAGE_SIZE,
@@ -187,9 +187,10 @@ class EventsSensorCursor:
     canceled: int = 0
     # the late-event window (`_new_events`): its ids are kept in the instance's key-value storage
     # (`WINDOW_KEY`); the cursor keeps where its rolling read stands. That read goes from `floor`
-    # (an id: the lag before the read before it began, never moved back) to the newest event seen,
-    # a few pages a tick, on from `reached` (None: from `floor`); `read_at` is the API's clock when
-    # it began (seconds since the epoch). None of them: no window yet (the next tick begins one)
+    # (an id: the lag before the read before it began, or before the API's clock when that is
+    # lower; never below `kept_from`) to the newest event seen, a few pages a tick, on from
+    # `reached` (None: from `floor`); `read_at` is the API's clock when it began (seconds since
+    # the epoch). None of them: no window yet (the next tick begins one)
     floor: Optional[str] = None
     read_at: Optional[float] = None
     reached: Optional[str] = None
@@ -204,6 +205,10 @@ class EventsSensorCursor:
     # this cursor
     kept: Optional[str] = None
     parent: Optional[str] = None
+    # the kept ids are complete from this id (`floor` or below; never moved back): every id from
+    # it that a read found is kept, so `floor` may move back to it and take no id read before as
+    # late (None: from `floor`, a cursor of before)
+    kept_from: Optional[str] = None
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -215,7 +220,7 @@ class EventsSensorCursor:
         if "floor" not in data or not isinstance(data.get("kept"), (str, type(None))):
             # a cursor of before (the window's ids or digests in it, or its ids kept under one key
             # for the instance, `kept` a count of writes): no window yet
-            data = {k: v for k, v in data.items() if k not in ("floor", "read_at", "reached", "baseline", "kept")}
+            data = {k: v for k, v in data.items() if k not in ("floor", "read_at", "reached", "baseline", "kept", "kept_from")}
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def encode(self) -> str:
@@ -315,7 +320,8 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
         "the instance's key-value storage). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
         "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
-        "backoff for the next changes; a canceled run: once, at the next tick). The first tick only sets the cursor."
+        "backoff for the next changes; a canceled run: once, at the next tick). The first tick only sets the cursor; "
+        "a cursor cleared (its sensor having runs) also owes a run: at once, or after its run in flight."
     ),
 )
 def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
@@ -338,11 +344,7 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
 
 def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> SensorResult:
     if context.cursor is None:
-        newest = latest_event_id(base_url, api_key)
-        return SensorResult(
-            skip_reason=SkipReason(f"cursor set to the newest event {newest}"),
-            cursor=EventsSensorCursor(event_id=newest).encode(),
-        )
+        return _start(context, latest_event_id(base_url, api_key))
     state = EventsSensorCursor.decode(context.cursor)
     # what became of the run it follows, first: the window's ids are written last, once nothing
     # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it,
@@ -392,14 +394,43 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     tags = {"analytics/events_up_to": str(state.event_id)}
     if after:
         tags["analytics/after_failed_runs"] = str(after)
+    return _request(context, state, run_key, tags, "; ".join(notes))
+
+
+def _request(
+    context: SensorEvaluationContext, state: EventsSensorCursor, run_key: str, tags: dict[str, str], note: str
+) -> SensorResult:
+    """Request the run `run_key` of the tables owed (`_selection`) and the models reading them;
+    the cursor follows it, nothing owed."""
     tables, why = _selection(state.tables)
     state.run_key, state.owed, state.tables, state.newest_new = run_key, False, [], None
-    context.log.info("; ".join(notes) + f"; requesting {run_key} of {tables} and the models reading them{why}")
+    context.log.info(f"{note}; requesting {run_key} of {tables} and the models reading them{why}")
     return SensorResult(
         run_requests=[RunRequest(
             run_key=run_key, asset_selection=[asset_key(t) for t in tables] + models_reading(tables), tags=tags)],
         cursor=state.encode(),
     )
+
+
+def _start(context: SensorEvaluationContext, newest: Optional[str]) -> SensorResult:
+    """The first tick of a cursor of None: the cursor set to the newest event `newest`. The first
+    start ever (no run of the sensor in the instance) requests nothing. A cursor cleared (Dagster's
+    UI; a code location renamed or moved) may have owed a run, and what it owed is unknown: the
+    sensor follows its newest run still in flight and owes the run after it, or requests one run
+    at once, keyed apart by the instant of the reset (`events-cursor-reset-...`)."""
+    state = EventsSensorCursor(event_id=newest)
+    records = context.instance.get_run_records(filters=RunsFilter(tags={SENSOR_NAME_TAG: SENSOR_NAME}), limit=1)
+    note = f"cursor set to the newest event {newest}"
+    if not records:
+        return SensorResult(skip_reason=SkipReason(note), cursor=state.encode())
+    run = records[0].dagster_run
+    if run.status in _IN_FLIGHT and run.tags.get(RUN_KEY_TAG):
+        state.run_key, state.owed = run.tags[RUN_KEY_TAG], True
+        return SensorResult(skip_reason=SkipReason(
+            f"{note} (the cursor was cleared: what it owed is not known); run {run.run_id} "
+            f"({state.run_key}) is {run.status.value.lower()}: a run after it is owed"), cursor=state.encode())
+    return _request(context, state, f"events-cursor-reset-{newest}-{int(_now() * 1000)}",
+                    {"analytics/events_up_to": str(newest)}, f"{note}; the cursor was cleared (what it owed is not known)")
 
 
 def _selection(touched: list[str]) -> tuple[list[str], str]:
@@ -486,9 +517,9 @@ def _new_events(
     but for the ids up to `baseline` (never read before: taken as they are). A window begins with
     its first read, a page (`WINDOW_PAGES`) in the tick that begins it: a window within that page
     has no baseline. A read that reaches the cursor ends; the next starts at the lag before it
-    began (never before the read that ended: ids below its start were pruned, a clock stepping
-    back reads none of them again), so an event visible late, within the lag of its id, is read
-    by the read in progress or the next."""
+    began, or before the API's clock when that is lower, never below `kept_from` (the ids kept
+    are complete from there: a clock stepping back reads none pruned again), so an event visible
+    late, within the lag of its id, is read by the read in progress or the next."""
     lag_ns = _lag_ns()
     cursor = state.event_id or ""
     going = lag_ns > 0 and window is not None and state.floor is not None and state.read_at is not None
@@ -515,13 +546,26 @@ def _new_events(
     ids.update(e["event_id"] for e in again if e["event_id"] <= cursor)
     ids.update(e["event_id"] for e in new)
     if lag_ns <= 0:
-        state.floor = state.read_at = state.reached = state.baseline = None
-    elif done:  # the read reached the cursor: the next starts at the lag before it began
-        state.floor = max(state.floor or "", window_floor(int(state.read_at * NS_PER_SECOND), lag_ns))
+        state.floor = state.read_at = state.reached = state.baseline = state.kept_from = None
+        return sorted(late + new, key=lambda e: e["event_id"]), set()
+    kept_from = (state.kept_from if going else None) or state.floor or ""
+    floor = state.floor or ""
+    if done:  # the read reached the cursor: the next starts at the lag before it began
+        floor = window_floor(int(state.read_at * NS_PER_SECOND), lag_ns)
         state.read_at, state.reached, state.baseline = now, None, None
     elif again:
         state.reached = max(start, again[-1]["event_id"])
-    return sorted(late + new, key=lambda e: e["event_id"]), {i for i in ids if state.floor and i >= state.floor}
+    # the start moves back to the lag before the API's clock when that is below it (the clock
+    # stepped back, the lag grew), never below where the kept ids are complete from: every id
+    # between is kept (seen) or unseen (late), none pruned is read again
+    state.floor = max(kept_from, min(floor, window_floor(now_ns, lag_ns)))
+    # the kept ids are pruned at the lag (the default's at least) before the earlier of the API's
+    # clock and the newest id's own instant: a clock ahead for a while, or a lag lowered, prunes
+    # none of the ids a late event would need once they are right again
+    newest = id_ns(new[-1]["event_id"] if new else cursor) if (new or cursor) else None
+    keep_ns = max(lag_ns, DEFAULT_VISIBILITY_LAG_SECONDS * NS_PER_SECOND)
+    state.kept_from = max(kept_from, min(state.floor, window_floor(min(now_ns, newest or now_ns), keep_ns)))
+    return sorted(late + new, key=lambda e: e["event_id"]), {i for i in ids if i >= state.kept_from}
 
 
 @run_failure_sensor(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
+from typing import Optional
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
@@ -63,3 +64,12 @@ def id_floor(prefix: str, ns: int) -> str:
     millisecond or later sorts after it (`after=` this id lists them)."""
     ms = max(ns, 0) // 1_000_000
     return f"{prefix}_" + "".join(CROCKFORD[(ms >> s) & 31] for s in range(45, -5, -5)) + "0" * 16
+
+
+def id_ns(event_id: str) -> Optional[int]:
+    """The instant an id was taken (its ULID's first 10 characters: milliseconds), in ns; None
+    when they are not a ULID's (`id_floor` is its inverse, to the millisecond)."""
+    head = event_id.rpartition("_")[2][:10]
+    if len(head) < 10 or any(c not in CROCKFORD for c in head):
+        return None
+    return sum(CROCKFORD.index(c) << 5 * (9 - n) for n, c in enumerate(head)) * 1_000_000

@@ -134,8 +134,11 @@ def test_a_cursor_without_its_windows_ids_requests_no_run(warehouse: Path, admin
         other = tick.cursor
         admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
     # a tick whose cursor was not kept after it wrote the ids: the tick that prunes the burst's ids
-    # (their instant left the window), then the same tick again, which must not take them as late
-    admin.post("advance", seconds=DEFAULT_VISIBILITY_LAG_SECONDS - 60)
+    # (their instant left the window), then the same tick again, which must not take them as late.
+    # The kept ids are pruned at the lag before the newest id's instant at most: a change the lag
+    # after the burst, and its tick, first
+    admin.post("advance", seconds=DEFAULT_VISIBILITY_LAG_SECONDS, updates=1)
+    cursor = evaluate(instance, cursor).cursor
     for _ in range(30):
         admin.post("advance", seconds=automation.EVENTS_SENSOR_INTERVAL_SECONDS)
         first = evaluate(instance, cursor)

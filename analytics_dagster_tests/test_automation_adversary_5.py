@@ -1,7 +1,9 @@
 """The events sensor as fix30f left it (issue #30): its late-event window's start (`floor`) that
-never moves back, against the API's clock stepping forward then back and the lag setting
+never moved back, against the API's clock stepping forward then back and the lag setting
 changed between ticks; its cursor cleared while a run is owed; its ids' slots against a test of
 the sensor in Dagster's UI (an evaluation whose cursor is not kept) before every tick (held).
+The three strict xfails were fixed by fix30h: the start moves back, never below where the kept
+ids are complete from (`kept_from`); a cursor cleared owes a run.
 
 Each test states a claim of docs/design.md ("Late events": no late event, visible within
 `event_visibility_lag_seconds` of its id, is lost; it is found within two reads of the window)
@@ -42,9 +44,6 @@ def a_late_event_and_its_neighbours_run(admin: Admin, instance: DagsterInstance,
     return late, cursor
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): one response whose Date is 900 s ahead sets the window's start (`floor`, never "
-    "moved back) 300 s past the stream's end once the clock is right again: late events are lost"))
 @pytest.mark.usefixtures("backfilled")
 def test_the_apis_clock_stepping_forward_then_back_loses_no_late_event(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "Late events"): no late event visible within the lag of its id is
@@ -57,7 +56,10 @@ def test_the_apis_clock_stepping_forward_then_back_loses_no_late_event(warehouse
     it and their run, and the change's event visible 11 s after its id: below the start,
     never read. Measured: no run requested for it in the 900 s that followed (the window's start
     start stayed 287 s ahead of the clock, past every id); by the code, a step of S s (S over
-    the lag) blinds the window to late events until S - 600 s after the step."""
+    the lag) blinds the window to late events until S - 600 s after the step. Fixed: the start
+    moves back to the lag before the API's clock when that is lower, and the kept ids are pruned
+    at the lag before the earlier of the clock and the newest id's instant (`kept_from`), so
+    nothing read before is taken as late."""
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     clock = api_clock(admin)
@@ -68,13 +70,10 @@ def test_the_apis_clock_stepping_forward_then_back_loses_no_late_event(warehouse
     assert abs(api_clock(admin) - (clock + 10)) < 1
     late, cursor = a_late_event_and_its_neighbours_run(admin, instance, result.cursor)
     ahead = ms_of(EventsSensorCursor.decode(cursor).floor) / 1000 - api_clock(admin)
-    assert ahead > 250, ahead  # the window's start, past the stream's end
+    assert ahead < 0, ahead  # the window's start, behind the clock again (before: 287 s ahead)
     assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the lag lowered for a while then set back: the window's start (`floor`, never "
-    "moved back) stays at the lowered lag's, and a late event within the lag set back is lost"))
 @pytest.mark.usefixtures("backfilled")
 def test_the_lag_lowered_then_set_back_loses_no_late_event(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
@@ -87,7 +86,9 @@ def test_the_lag_lowered_then_set_back_loses_no_late_event(
     after it and their run, just before the lag is lowered; the change's event visible 120 s
     after its id, once the lag is back (well within the 600 s in force). Measured: no run requested for it in the 900 s that followed:
     the window's start stayed where the lag of 30 s left it, past the late event's id, for the
-    10 minutes the lag of 600 s takes to catch up with it."""
+    10 minutes the lag of 600 s takes to catch up with it. Fixed: the kept ids are pruned at the
+    default lag at least (`kept_from`), and the start moves back to the lag before the API's
+    clock, down to them, once the lag is raised."""
     instance = DagsterInstance.ephemeral()
     late, cursor = a_late_event_and_its_neighbours_run(admin, instance, the_windows_first_read_ended(admin, instance))
     variable = "SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS"
@@ -101,9 +102,6 @@ def test_the_lag_lowered_then_set_back_loses_no_late_event(
     assert_a_late_event_released_now_gets_a_run(admin, instance, cursor, late)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): the sensor's cursor cleared (Dagster's UI) while a run is owed: the first tick "
-    "after only sets the cursor, and the changes the sensor had seen and owed a run get none"))
 @pytest.mark.usefixtures("backfilled")
 def test_changes_owed_a_run_when_the_cursor_is_cleared_get_one(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "How fast a change arrives"; README: "events that come while its
@@ -117,7 +115,8 @@ def test_changes_owed_a_run_when_the_cursor_is_cleared_get_one(warehouse: Path, 
     the cursor to the stream's end and drops what was owed (its `owed`, `newest_new`, `tables`,
     `run_key`); design.md says nothing of a cleared cursor. Measured: no run requested in the
     900 s that followed: the 2 changes stay out of the warehouse until another change or a
-    schedule."""
+    schedule. Fixed: a cursor cleared, the sensor having runs in the instance, follows its newest
+    run still in flight and owes the run after it (what it owed is not known)."""
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     admin.post("advance", seconds=2, updates=3)
@@ -134,6 +133,31 @@ def test_changes_owed_a_run_when_the_cursor_is_cleared_get_one(warehouse: Path, 
     add_run(instance, first, DagsterRunStatus.SUCCESS)  # it ended: it read the stream before the 2 changes
     keys, _ = ticks_for(admin, instance, cleared.cursor, DEFAULT_VISIBILITY_LAG_SECONDS + 300)
     assert keys, f"2 changes owed a run when the sensor's cursor was cleared requested none (cursor then: {state})"
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_a_cursor_cleared_after_its_run_ended_requests_one_run_at_once(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "The events sensor, and why its runs take every table with
+    events"): a cursor cleared owes a run, since what it owed is not known. The daemon: 3
+    changes and their run, which failed (its retry owed), then the cursor cleared. The tick
+    after requests one run at once, keyed apart by the reset (a second reset, another key), and
+    the tick after that, nothing; a first start ever (no run of the sensor) requests none."""
+    instance = DagsterInstance.ephemeral()
+    assert not evaluate(instance, None).run_requests  # a first start
+    cursor = the_windows_first_read_ended(admin, instance)
+    admin.post("advance", seconds=2, updates=3)
+    result, _ = tick(admin, instance, cursor)
+    assert len(result.run_requests) == 1
+    add_run(instance, result.run_requests[0], DagsterRunStatus.FAILURE)
+    keys = []
+    for _ in range(2):
+        cleared = evaluate(instance, None)
+        keys += [r.run_key for r in cleared.run_requests]
+        assert len(cleared.run_requests) == 1 and keys[-1].startswith("events-cursor-reset-"), cleared.skip_message
+        add_run(instance, cleared.run_requests[0], DagsterRunStatus.SUCCESS)
+    assert len(set(keys)) == 2, keys
+    after, _ = tick(admin, instance, cleared.cursor)
+    assert not after.run_requests, after.run_requests
 
 
 @pytest.mark.usefixtures("backfilled")

@@ -119,7 +119,7 @@ def test_the_load_and_the_checks_query_wait_for_a_held_file_too(
 
 
 
-def test_a_sync_opens_the_file_once_a_step_and_configures_its_capabilities_once(
+def test_a_sync_opens_the_file_once_a_step_and_configures_its_capabilities_and_clients_once(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each close of the file is a full checkpoint: a load's jobs, schema and state share one
@@ -128,8 +128,11 @@ def test_a_sync_opens_the_file_once_a_step_and_configures_its_capabilities_once(
     loads here, the backfill and the events made while it listed) opens the file at most twice
     a load (seen: 4 times); before, dlt's clients opened it at each of their borrows (seen: 8).
     And the destination's settings are resolved for its capabilities once for the pipeline
-    (`pipeline._capabilities_configured_once`; before: at each lookup, 26 times here)."""
+    (`pipeline._capabilities_configured_once`; before: at each lookup, 26 times here). And the
+    REST clients of a load's listings share one runtime configuration (`source._listings`;
+    before: each of `rest_api`'s clients resolved its own, 19 a load, 33 here)."""
     import duckdb
+    import dlt.sources.helpers.rest_client.client as rest_client
     from dlt.common.destination.reference import Destination
 
     from analytics_dagster.source.sync import sync as engine_sync
@@ -141,7 +144,12 @@ def test_a_sync_opens_the_file_once_a_step_and_configures_its_capabilities_once(
     configuration = Destination.configuration
     monkeypatch.setattr(Destination, "configuration", lambda self, initial, accept_partial=False: (
         partial.append(self.destination_name) if accept_partial else None) or configuration(self, initial, accept_partial))
+    resolved: list[str] = []  # by a REST client itself (given no configuration)
+    resolve = rest_client.resolve_configuration
+    monkeypatch.setattr(rest_client, "resolve_configuration", lambda config, *args, **kwargs: (
+        resolved.append(type(config).__name__) or resolve(config, *args, **kwargs)))
     run = engine_sync(report=lambda line: None)
     assert len(opened) <= 2 * len(run.plans), (len(run.plans), opened)
     assert partial == ["duckdb"], partial
+    assert len(resolved) <= len(run.plans), (len(run.plans), resolved)
     assert_warehouse_equals_api(warehouse, admin)
