@@ -25,19 +25,35 @@ TOLERANCE = 0.005  # the issue's: 0.5% of the day's MRR in a currency
 _DAY = 24 * 3600
 
 
-def compare_every_day(db: Path | str, admin: Admin) -> dict[str, Any]:
+def compare_every_day(db: Path | str, admin: Admin, *, unless_defaults: bool = False) -> dict[str, Any]:
     """Every day and currency of `mrr_daily` against the sandbox's MRR of that day
     (`days_off`): asserts the flag's guarantee, each day-currency not `flagged` within the
     tolerance, and each flagged one off by no more than its `uncertain_mrr` where that is known;
     returns how many days were compared (no currency flagged), flagged (one at least), and
-    flagged and off, and the same of day-currencies."""
-    counts, off = days_off(db, admin)
+    flagged and off, and the same of day-currencies. `unless_defaults`: of an account that may
+    not use Paddle's defaults, the flag excepted is `flagged_unless_defaults` (which every
+    `flagged` day-currency is too), its bound `assumption_mrr`."""
+    counts, off = days_off(db, admin, unless_defaults=unless_defaults)
     assert not off, f"{len(off)} day-currencies unflagged and off by more than 0.5%, the first: {off[:5]}"
     assert not counts["beyond_bound"], f"day-currencies off by more than their uncertain_mrr: {counts['beyond_bound'][:5]}"
     return counts
 
 
-def days_off(db: Path | str, admin: Admin) -> tuple[dict[str, Any], list[tuple[str, str, float, float]]]:
+def assert_off_unless_defaults(db: Path | str, admin: Admin, sub_id: str, assumes: str) -> dict[str, Any]:
+    """Of a subscription that did not use a default of Paddle's its history assumes (`assumes`,
+    one of subscription_history's): some day-currencies off by more than the tolerance that
+    `flagged` leaves (it says what the transactions show), each `flagged_unless_defaults` and
+    off by no more than its `assumption_mrr` where that is known (`compare_every_day`); the
+    subscription has a state assuming it. Returns `compare_every_day`'s counts."""
+    counts = compare_every_day(db, admin, unless_defaults=True)
+    assert days_off(db, admin)[1], "off on days not flagged: only flagged_unless_defaults marks them"
+    assert query(db, "SELECT state_id FROM analytics_models.subscription_history "
+                     f"WHERE subscription_id = '{sub_id}' AND assumes = '{assumes}'"), (sub_id, assumes)
+    return counts
+
+
+def days_off(db: Path | str, admin: Admin, *,
+             unless_defaults: bool = False) -> tuple[dict[str, Any], list[tuple[str, str, float, float]]]:
     """`compare_every_day`'s counts, from the sandbox's first day to its today (the API's clock:
     `mrr_daily` runs on to this machine's today, and the days between, when nothing changes,
     would count as compared), and the day-currencies unflagged and off by more than the
@@ -46,11 +62,15 @@ def days_off(db: Path | str, admin: Admin) -> tuple[dict[str, Any], list[tuple[s
     `largest_unflagged_error`); the day-currencies with an uncertain state (`uncertain_rows`:
     what the flag would be without `uncertain_mrr`), those flagged with no bound
     (`unbounded_rows`), and those with an uncertain state off by more than their bound
-    (`beyond_bound`: day, currency, the error, the bound)."""
+    (`beyond_bound`: day, currency, the error, the bound). `unless_defaults`: the flag, bound and
+    subscriptions are `flagged_unless_defaults`, `assumption_mrr` and those uncertain or assuming
+    Paddle's defaults (`compare_every_day`)."""
     truth: dict[str, dict[str, float]] = admin.get("mrr_history")
     model: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for row in query(db, "SELECT day, currency_code, mrr, uncertain_subscriptions, uncertain_mrr, flagged "
-                         "FROM analytics_models.mrr_daily"):
+    columns = ("uncertain_subscriptions + assuming_subscriptions AS uncertain_subscriptions, "
+               "assumption_mrr AS uncertain_mrr, flagged_unless_defaults AS flagged") if unless_defaults \
+        else "uncertain_subscriptions, uncertain_mrr, flagged"
+    for row in query(db, f"SELECT day, currency_code, mrr, {columns} FROM analytics_models.mrr_daily"):
         model[str(row["day"])][row["currency_code"]] = row
     first, today = min(d for d, by_currency in truth.items() if by_currency), max(truth)
     assert min(model) == min(truth) == first, "mrr_daily starts when the first subscription did"
@@ -125,7 +145,8 @@ def assert_history_starts_when_subscriptions_did(db: Path | str, admin: Admin) -
     assert inferred and all(s["transaction_id"] and s["state_id"] == f"inferred/{s['transaction_id']}" for s in inferred)
     assert {s["inferred_from"] for s in states} <= {None, "transaction", "no_transaction", "payments", "first_state"}
     # merged: fewer inferred periods than the transactions they come from; two periods in a row
-    # that bill the same items at the same amounts are one state (but an uncertain one: apart)
+    # that bill the same items at the same amounts are one state (but an uncertain one, or one
+    # assuming Paddle's defaults: apart)
     billed = {r["transaction_id"]: r for r in query(db, """
         SELECT transaction_id, string_agg(price_id || '*' || cast(quantity AS varchar) || '@' || cast(unit_subtotal AS varchar), ','
                                           ORDER BY price_id) AS billed
@@ -133,7 +154,7 @@ def assert_history_starts_when_subscriptions_did(db: Path | str, admin: Admin) -
     for ss in by_sub.values():
         for before, after in zip(ss, ss[1:]):
             if before["inferred_from"] == after["inferred_from"] == "transaction" and not after["changes_mrr"] \
-                    and before["uncertain"] == after["uncertain"] \
+                    and before["uncertain"] == after["uncertain"] and before["assumes"] == after["assumes"] \
                     and before["transaction_id"] in billed and after["transaction_id"] in billed:  # (not a change's)
                 assert billed[before["transaction_id"]]["billed"] != billed[after["transaction_id"]]["billed"], after
     sources = [t for t in admin.truth("transactions") if t.get("subscription_id") and t["origin"] != "subscription_update"

@@ -5,8 +5,9 @@ day's `mrr_daily` with the sandbox's own MRR of that day (`test_history.compare_
 - two changes in one period, the first billed (`subscription_update`) and the second not: the
   billed change's transaction does not account for what was billed next, so the state from it
   on is uncertain (flagged); the other way round (the unbilled one first) leaves no trace the
-  sandbox's transactions keep (a strict xfail: docs/models.md, "Before the first known state:
-  what is inferred", what is not flagged);
+  sandbox's transactions keep: the period's days before a billed change assume no unbilled
+  change came first (`assumes`), with no bound (`flagged_unless_defaults`: docs/models.md,
+  "Before the first known state: what is inferred");
 - a subscription no transaction names (as one whose transactions are not synced yet) whose
   first known state is a change: its first known state extended back to its creation is flagged;
 - a pause and resume within one period: no transaction says it, nothing flags it, and only
@@ -24,7 +25,7 @@ import pytest
 
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster_tests.conftest import Admin
-from analytics_dagster_tests.test_history import compare_every_day, days_off
+from analytics_dagster_tests.test_history import assert_off_unless_defaults, compare_every_day, days_off
 from analytics_dagster_tests.test_models import assert_models_built_and_tested, query, sync_all
 
 _DAY = 24 * 3600
@@ -74,7 +75,7 @@ def _set_quantity(admin: Admin, sub_id: str, quantity: int, *, billed: bool) -> 
 
 
 def _states(db: Path, sub_id: str) -> list[dict[str, Any]]:
-    return query(db, "SELECT state_id, valid_from, valid_to, inferred_from, transaction_id, uncertain FROM "
+    return query(db, "SELECT state_id, valid_from, valid_to, inferred_from, transaction_id, uncertain, assumes FROM "
                      f"analytics_models.subscription_history WHERE subscription_id = '{sub_id}' ORDER BY valid_from")
 
 
@@ -100,7 +101,9 @@ def test_a_billed_change_then_an_unbilled_one_in_one_period_is_flagged(warehouse
     transaction bills what neither the period nor the billed change says. The state from the
     billed change to the next period is uncertain (its days flagged: before this, the days
     between the two changes were off by 8% of their currency, unflagged); the state before the
-    billed change, and the periods after, are not."""
+    billed change, and the periods after, are not. The state before assumes no unbilled change
+    came first: nothing checks what the billed change found
+    (`test_an_unbilled_change_then_a_billed_one_in_one_period`)."""
     sub, _ = _two_changes(admin, billed_first=True)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)
@@ -113,20 +116,31 @@ def test_a_billed_change_then_an_unbilled_one_in_one_period_is_flagged(warehouse
     assert [s["transaction_id"] for s in uncertain] == [change["id"]], "of the period and after, the billed change's only"
     assert uncertain[0]["valid_to"].timestamp() == pytest.approx(parse_ns(sub["next_billed_at"]) / 1e9, abs=1e-3), \
         "to the next period"
+    (before,) = [s for s in states if s["assumes"]]
+    assert before["assumes"] == "no_unbilled_change_before" and before["valid_to"].timestamp() == pytest.approx(
+        parse_ns(change["billing_period"]["starts_at"]) / 1e9, abs=1e-3), "the period's state up to the change"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an unbilled change before a billed one in the same period: the billed change's transaction "
-    "lists the items it leaves, not those it found (Paddle's credit lines would say them; the "
-    "sandbox's transactions have none): docs/models.md, 'Before the first known state: what is inferred'"))
 @pytest.mark.world(lifecycles=True)
 def test_an_unbilled_change_then_a_billed_one_in_one_period(warehouse: Path, admin: Admin) -> None:
     """The other order: a change that bills nothing, then 5 days later one billed at once. The
     period's transaction and the billed change's both agree with what was billed next; only the
-    days between the two changes are off (49% of their currency), and nothing flags them."""
-    _two_changes(admin, billed_first=False)
+    days between the two changes are off (49% of their currency), and nothing flagged them. The
+    billed change's transaction lists the items it leaves, not those it found (Paddle's credit
+    lines would say them; the sandbox's transactions have none): the period's state up to it
+    assumes no unbilled change came first, with no state to bound it (`changed_to_state_id`
+    null), its days `flagged_unless_defaults` (not `flagged`: the transactions show no change)."""
+    sub, _ = _two_changes(admin, billed_first=False)
     assert_models_built_and_tested(sync_all(), warehouse)
-    compare_every_day(warehouse, admin)
+    assert_off_unless_defaults(warehouse, admin, sub["id"], "no_unbilled_change_before")
+    change = max((t for t in admin.truth("transactions")
+                  if t.get("subscription_id") == sub["id"] and t["origin"] == "subscription_update"),
+                 key=lambda t: parse_ns(t["billed_at"]))
+    changed_at = parse_ns(change["billing_period"]["starts_at"]) / 1e9
+    (before,) = [s for s in _states(warehouse, sub["id"])
+                 if s["valid_to"] is not None and s["valid_to"].timestamp() == pytest.approx(changed_at, abs=1e-3)]
+    assert not before["uncertain"] and before["assumes"] == "no_unbilled_change_before", before
+    assert before["inferred_from"] == "transaction", before
 
 
 def _base_priced(sub: dict[str, Any]) -> bool:

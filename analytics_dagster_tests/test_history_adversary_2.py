@@ -7,10 +7,14 @@ stream keeps, that make a first sync's `mrr_daily` differ from the sandbox's own
   first renewal Paddle bills) reads as a trial until that renewal: no MRR, unflagged;
 - a renewal past due, paid 7 days later (its payments say when), read as paid from its start
   (now read from its payments: past due until the capture);
-- a pause at once mid-period, resumed in a new period, reads as active to the period's end;
+- a pause at once mid-period, resumed in a new period, reads as active to the period's end
+  (now marked: the period before days nothing billed assumes Paddle's default pause at the
+  period's end, `flagged_unless_defaults`, by its MRR);
 - a trial checked out by a transaction of its trial period charging nothing
   (`World(trial_checkouts=True)`) reads as a billed, active period;
-- a next billing date moved later with `do_not_bill` reads as days nothing billed (no MRR);
+- a next billing date moved later with `do_not_bill` reads as days nothing billed (no MRR;
+  now marked: those days assume the billing date was kept, `flagged_unless_defaults`, by the
+  MRR of the period before);
 - renewals billed 35 s after their periods start (as Paddle's are) price the inferred periods
   of converted prices at the period before's rate;
 - an address moved, unbilled, to a country its price has no override for: the uncertain
@@ -30,7 +34,7 @@ import pytest
 from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster.sandbox.factories import _period
 from analytics_dagster_tests.conftest import Admin
-from analytics_dagster_tests.test_history import compare_every_day
+from analytics_dagster_tests.test_history import assert_off_unless_defaults, compare_every_day
 from analytics_dagster_tests.test_history_adversary import _active_monthly, _advance_days, _set_quantity
 from analytics_dagster_tests.test_models import assert_models_built_and_tested, query, sync_all
 
@@ -167,10 +171,6 @@ def test_a_renewal_past_due_then_paid(warehouse: Path, admin: Admin) -> None:
 
 
 @pytest.mark.world(lifecycles=True)
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#31): a pause at once mid-period counts as active to the period's end, unflagged: once its events are "
-    "gone nothing tells it from a pause at the period's end "
-    "(docs/models.md, 'Before the first known state: what is inferred')"))
 def test_a_pause_at_once_mid_period_resumed_in_a_new_period(warehouse: Path, admin: Admin) -> None:
     """Paddle pauses at once (`effective_from: immediately`) mid-period, and resumes 30 days
     later starting a new billing period (`on_resume: start_new_billing_period`), billed then (a
@@ -178,7 +178,10 @@ def test_a_pause_at_once_mid_period_resumed_in_a_new_period(warehouse: Path, adm
     Once the events are gone, the model counts the paused period active to its end (its
     transaction billed all of it), then nothing to the resume: the days from the pause to the
     period's end (about 20) off by the subscription's MRR, unflagged (docs/models.md says a
-    pause made at once counts until the period ends, but nothing flags it)."""
+    pause made at once counts until the period ends, but nothing flagged it). Nothing left
+    tells it from Paddle's default pause (at the period's end): a period followed by days
+    nothing billed now assumes that default (`pause_at_period_end`), bounded by its MRR, its
+    days `flagged_unless_defaults` (not `flagged`: the transactions show no change)."""
     sub = _renewed(admin, room_days=0)
     _advance_days(admin, 10)
     admin.post("mutate", resource="subscriptions", key=sub["id"], set={
@@ -191,7 +194,7 @@ def test_a_pause_at_once_mid_period_resumed_in_a_new_period(warehouse: Path, adm
                set={"current_billing_period": period, "next_billed_at": period["ends_at"]})
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
-    compare_every_day(warehouse, admin)
+    assert_off_unless_defaults(warehouse, admin, sub["id"], "pause_at_period_end")
 
 
 @pytest.mark.world(lifecycles=True, trial_checkouts=True)
@@ -210,17 +213,15 @@ def test_a_trial_checked_out_with_a_transaction_of_its_trial(warehouse: Path, ad
 
 
 @pytest.mark.world(lifecycles=True)
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#31): a billing date moved later reads as a gap with nothing billed: once its event is gone nothing "
-    "tells it from a pause at the period's end "
-    "(docs/models.md, 'Before the first known state: what is inferred')"))
 def test_a_billing_date_moved_later_unbilled(warehouse: Path, admin: Admin) -> None:
     """Paddle lets a subscription's next billing date change (`PATCH` with `next_billed_at`
     and a `proration_billing_mode`): moved 10 days later with `do_not_bill`, the period runs on
     10 more days with no transaction, the subscription active all along (the sandbox renews at
     the new date, the next period starting there). Once the change's event is gone, the model
     reads the 10 days between the period's transaction's end and the next period as billed by
-    nothing (`no_transaction`, as a pause: no MRR), unflagged."""
+    nothing (`no_transaction`, as a pause: no MRR), unflagged; days nothing billed now assume
+    the billing date was kept (`billing_date_kept`: the subscription may have been active with
+    the period's items, or the next state's), bounded by that MRR, `flagged_unless_defaults`."""
     sub = _active_monthly(admin, room_days=5)[0]
     later = format_ns(parse_ns(sub["next_billed_at"]) + 10 * _DAY_NS, 6)
     admin.post("mutate", resource="subscriptions", key=sub["id"], set={
@@ -228,7 +229,7 @@ def test_a_billing_date_moved_later_unbilled(warehouse: Path, admin: Admin) -> N
         "items": [dict(item, next_billed_at=later) for item in sub["items"]]})
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
-    compare_every_day(warehouse, admin)
+    assert_off_unless_defaults(warehouse, admin, sub["id"], "billing_date_kept")
 
 
 @pytest.mark.world(lifecycles=True)

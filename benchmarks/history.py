@@ -7,7 +7,9 @@ that day (`test_history.days_off`, the test's comparison): days compared (no cur
 and flagged (`mrr_daily.flagged`), those off by more than 0.5%, the largest errors, the
 day-currencies with an uncertain state (what the flag was before `uncertain_mrr`), those
 flagged with no bound and those off by more than theirs, the model's row of the largest
-errors; the history's states; then
+errors; the same held to `flagged_unless_defaults` and `assumption_mrr` (`unless_defaults`: the
+days an account that may not use Paddle's defaults would have compared); the history's states,
+and those assuming a default by what they assume; then
 `--builds` more builds of the models alone (default 3): wall time, and dbt's own
 (run_results.json: models and tests, without dbt's start). Prints one JSON object.
 
@@ -57,6 +59,8 @@ def main() -> None:
         truth = server.world.mrr_history()
         report.update(first_day=min(d for d, by in truth.items() if by), today=max(truth), **counts,
                       unflagged_off=len(off), unflagged_off_first=off[:5])
+        counts, off = days_off(db, Admin(server.url), unless_defaults=True)
+        report["unless_defaults"] = dict(counts, unflagged_off=len(off), beyond_bound=counts["beyond_bound"][:5])
         for largest in ("largest_flagged_error", "largest_unflagged_error"):  # the model's row there
             _, day, currency = counts[largest]
             report[largest + "_row"] = query(db, "SELECT mrr, uncertain_subscriptions, uncertain_mrr FROM "
@@ -68,6 +72,8 @@ def main() -> None:
                 count(*) FILTER (WHERE inferred_from IS NULL) AS observed,
                 count(*) FILTER (WHERE uncertain) AS uncertain,
                 count(DISTINCT subscription_id) FILTER (WHERE uncertain) AS subscriptions_uncertain,
+                count(*) FILTER (WHERE assumes IS NOT NULL) AS assuming,
+                count(DISTINCT subscription_id) FILTER (WHERE assumes IS NOT NULL) AS subscriptions_assuming,
                 count(DISTINCT subscription_id) AS subscriptions
             FROM analytics_models.subscription_history""")[0]
         report["uncertain_by_reason"] = query(db, """
@@ -75,6 +81,9 @@ def main() -> None:
             FROM analytics_models.subscription_history AS h
             LEFT JOIN analytics.transactions AS t ON t.id = h.transaction_id
             WHERE h.uncertain GROUP BY 1 ORDER BY 1""")
+        report["assuming_by_what"] = query(db, """
+            SELECT assumes, count(*) AS states, count(*) FILTER (WHERE uncertain) AS uncertain_too
+            FROM analytics_models.subscription_history WHERE assumes IS NOT NULL GROUP BY 1 ORDER BY 1""")
         job, builds = defs.resolve_implicit_global_asset_job_def(), []
         for _ in range(args.builds):
             started = time.monotonic()

@@ -195,3 +195,10 @@ from (
 {% macro amount(text) -%}
     cast({{ text }} as numeric(38, 0))
 {%- endmacro %}
+
+{#- Whether an MRR off by up to `bound` (null: not known) may be more than the tolerance (var
+    mrr_tolerance) off the truth: within it whichever way it is off when bound <= tolerance x
+    (mrr - bound). mrr_daily's flagged and flagged_unless_defaults. -#}
+{% macro beyond_tolerance(bound, mrr) -%}
+    ({{ bound }} is null or {{ bound }} * (1 + {{ var('mrr_tolerance') }}) > {{ var('mrr_tolerance') }} * {{ mrr }})
+{%- endmacro %}

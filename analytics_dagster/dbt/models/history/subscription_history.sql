@@ -18,8 +18,9 @@
 -- timestamps do not order its changes) starts where the one before it did.
 -- Before the first of these (the first known state), from the subscription's creation, states
 -- inferred from what its own transactions billed (inferred_from: docs/models.md, "Before the
--- first known state"), consecutive periods that change nothing merged, and flagged uncertain
--- where what was billed changed with no transaction saying when.
+-- first known state"), consecutive periods that change nothing merged, flagged uncertain
+-- where what was billed changed with no transaction saying when, and saying what they assume
+-- where their MRR holds only if the account used Paddle's defaults (assumes).
 {%- set previous = adapter.get_relation(database=this.database, schema=this.schema, identifier=this.identifier) %}
 with snapshots as (
     select
@@ -397,14 +398,26 @@ keyed_periods as (
 -- changed to (the next period's, which starts a state of its own, its content differing; else
 -- the first known state), which it may have been on any of its days; null for a change's
 -- transaction that does not account for the whole change (what it made of the items, before
--- the unbilled change, is no state)
+-- the unbilled change, is no state).
+-- What a period's MRR holds only if the account used Paddle's defaults (assumes; once the
+-- events are gone nothing tells them apart): followed by days nothing billed (before the next
+-- period, or the first known state), that a pause or cancellation took effect at the period's
+-- end (`pause_at_period_end`: one made at once may have stopped it on any of its days; the days
+-- after it, below, assume `billing_date_kept`); followed by a change's transaction (from its
+-- start to the change), that no change billing nothing came first
+-- (`no_unbilled_change_before`: the change's lines say what it left, not what it found; what
+-- such a change made is no state, changed_to_state_id null)
 flagged_periods as (
     select
         p.*,
         (coalesce(lead(p.content) over w, p.known_content) <> p.content
             and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update')
             or u.transaction_id is not null as uncertain,
-        case when u.transaction_id is null
+        nullif(concat_ws(',',
+            case when p.period_end < coalesce(lead(p.period_start) over w, p.known_from) - interval '1 second'
+                 then 'pause_at_period_end' end,
+            case when lead(p.origin) over w = 'subscription_update' then 'no_unbilled_change_before' end), '') as assumes,
+        case when u.transaction_id is null and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update'
              then coalesce('inferred/' || lead(p.transaction_id) over w, p.known_state_id) end as changed_to_state_id
     from keyed_periods as p
     left join unaccounted_changes as u on u.transaction_id = p.transaction_id
@@ -419,7 +432,8 @@ period_states as (
         -- its state
         case when lag(p.period_end) over w >= p.period_start - interval '1 second'
                   and lag(p.content) over w = p.content and lag(p.billed_key) over w = p.billed_key
-                  and lag(p.uncertain) over w = p.uncertain and p.paid_at is null
+                  and lag(p.uncertain) over w = p.uncertain
+                  and coalesce(lag(p.assumes) over w, '') = coalesce(p.assumes, '') and p.paid_at is null
              then 0 else 1 end as starts_run
     from flagged_periods as p
     window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
@@ -436,7 +450,8 @@ runs as (
 merged as (
     select
         r.transaction_id, r.subscription_id, r.origin, r.status, r.customer_id, r.currency_code, r.address_id,
-        r.items, r.uncertain, case when r.uncertain then r.changed_to_state_id end as changed_to_state_id,
+        r.items, r.uncertain, r.assumes,
+        case when r.uncertain or r.assumes is not null then r.changed_to_state_id end as changed_to_state_id,
         r.period_start, e.period_end, r.failed_at, r.paid_at, r.known_from, r.priced_at
     from runs as r
     join (select subscription_id, run, max(period_end) as period_end from runs group by subscription_id, run) as e
@@ -452,11 +467,13 @@ inferred_periods as (
         n.*,
         case when n.n = 1 and f.imported then least(f.created_at, n.period_start) else n.period_start end
             as starts_at,
-        case when n.period_end < n.next_from - interval '1 second' then n.period_end else n.next_from end as ends_at
+        case when n.period_end < n.next_from - interval '1 second' then n.period_end else n.next_from end as ends_at,
+        f.state_id as known_state_id
     from (
         select
             m.*,
             coalesce(lead(m.period_start) over w, m.known_from) as next_from,
+            'inferred/' || lead(m.transaction_id) over w as next_state_id,
             row_number() over w as n
         from merged as m
         window w as (partition by m.subscription_id order by m.period_start, m.transaction_id)
@@ -471,7 +488,7 @@ inferred as (
         i.customer_id, i.currency_code, i.address_id, i.items, coalesce(i.paid_at, i.starts_at) as valid_from,
         i.ends_at as valid_to,
         'transaction' as inferred_from, i.transaction_id,
-        i.uncertain, i.changed_to_state_id, i.priced_at,
+        i.uncertain, i.assumes, i.changed_to_state_id, i.priced_at,
         i.transaction_id as key_id
     from inferred_periods as i
     where i.paid_at is null or i.paid_at < i.ends_at
@@ -482,7 +499,8 @@ inferred as (
         'inferred/' || i.transaction_id || '/' || p.part, i.subscription_id, 'inferred',
         case when p.part = 'billed' then i.status else 'past_due' end, i.customer_id, i.currency_code, i.address_id,
         i.items, p.valid_from, p.valid_to, 'payments', i.transaction_id, p.part = 'billed' and i.uncertain,
-        case when p.part = 'billed' then i.changed_to_state_id end, i.priced_at, i.transaction_id
+        case when p.part = 'billed' then i.assumes end, case when p.part = 'billed' then i.changed_to_state_id end,
+        i.priced_at, i.transaction_id
     from inferred_periods as i
     join (
         select transaction_id, 'billed' as part, starts_at as valid_from, least(failed_at, ends_at) as valid_to
@@ -495,11 +513,13 @@ inferred as (
     ) as p on p.transaction_id = i.transaction_id and p.valid_from < p.valid_to
     union all
     -- nothing billed between a period's end and the next state: not billed (paused, canceled
-    -- and since resumed, or past due and not paid)
+    -- and since resumed, or past due and not paid), assuming the billing date was kept: one moved
+    -- later with nothing billed (do_not_bill) leaves the same days, the subscription active with
+    -- the period's items (its own), or with the next state's (changed_to_state_id)
     select
         'inferred/' || transaction_id || '/after', subscription_id, 'inferred', cast(null as {{ dbt.type_string() }}),
         customer_id, currency_code, address_id, items, period_end, next_from, 'no_transaction', transaction_id, false,
-        cast(null as {{ dbt.type_string() }}), cast(null as timestamptz), transaction_id
+        'billing_date_kept', coalesce(next_state_id, known_state_id), cast(null as timestamptz), transaction_id
     from inferred_periods
     where period_end < next_from - interval '1 second'
     union all
@@ -509,7 +529,7 @@ inferred as (
         'inferred/' || i.subscription_id || '/before', i.subscription_id, 'inferred', cast(null as {{ dbt.type_string() }}),
         i.customer_id, i.currency_code, i.address_id, i.items, f.created_at, i.period_start, 'no_transaction',
         cast(null as {{ dbt.type_string() }}), false, cast(null as {{ dbt.type_string() }}),
-        cast(null as timestamptz), i.transaction_id
+        cast(null as {{ dbt.type_string() }}), cast(null as timestamptz), i.transaction_id
     from inferred_periods as i
     join first_known as f on f.subscription_id = i.subscription_id
     where i.n = 1 and f.created_at < i.period_start - interval '1 second' and not f.imported
@@ -527,7 +547,7 @@ inferred as (
         case when a.subscription_id is null or f.imported then 'first_state' else 'no_transaction' end,
         cast(null as {{ dbt.type_string() }}),
         (a.subscription_id is null or f.imported) and f.changed_by not in ('subscription.created', 'subscription.imported'),
-        cast(null as {{ dbt.type_string() }}), cast(null as timestamptz), f.state_id
+        cast(null as {{ dbt.type_string() }}), cast(null as {{ dbt.type_string() }}), cast(null as timestamptz), f.state_id
     from first_known as f
     left join (select distinct subscription_id from billed_all) as a on a.subscription_id = f.subscription_id
     where f.created_at < f.valid_from - interval '1 second'
@@ -538,7 +558,8 @@ history as (
     select
         state_id, subscription_id, changed_by, status, customer_id, currency_code, address_id, items, valid_from,
         valid_to, cast(null as {{ dbt.type_string() }}) as inferred_from, cast(null as {{ dbt.type_string() }}) as transaction_id,
-        false as uncertain, cast(null as {{ dbt.type_string() }}) as changed_to_state_id,
+        false as uncertain, cast(null as {{ dbt.type_string() }}) as assumes,
+        cast(null as {{ dbt.type_string() }}) as changed_to_state_id,
         cast(null as timestamptz) as priced_at, state_id as key_id, position
     from observed
     union all
@@ -559,6 +580,7 @@ select
     h.inferred_from,
     h.transaction_id,
     h.uncertain,
+    h.assumes,
     h.changed_to_state_id,
     -- the instant whose billed lines price it (subscription_items' as_of): a period inferred from
     -- a transaction, when that transaction billed; any other state, its start

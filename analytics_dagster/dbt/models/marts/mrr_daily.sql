@@ -6,8 +6,9 @@
 -- state's transactions billed is what its own period was billed (the line standing at its
 -- priced_at: a period inferred from a transaction, that transaction's).
 -- And how far each day-currency may be off (uncertain_mrr), flagged when that may be more than
--- the tolerance (var mrr_tolerance): docs/models.md, "Before the first known state: what is
--- inferred".
+-- the tolerance (var mrr_tolerance); and how far should the account not have used Paddle's
+-- defaults (assumption_mrr, subscription_history.assumes), flagged_unless_defaults so:
+-- docs/models.md, "Before the first known state: what is inferred".
 with history_items as (
     {{ subscription_items(ref('subscription_history'), 'subscription_id',
                          ['state_id', 'status', 'valid_from', 'valid_to', 'inferred_from', 'priced_at'],
@@ -31,7 +32,7 @@ days as (
     ) as g(d)
 ),
 
--- An uncertain state's items may be its own (what its period billed) or those of the state it
+-- An uncertain state's (or one assuming Paddle's defaults) items may be its own (what its period billed) or those of the state it
 -- changed to (changed_to_state_id: what was billed next, or the first known state) on any of
 -- its days; the latter priced as the uncertain state's own period was billed (as of its
 -- priced_at: its transaction's billing). Moved to another country (address), what the old
@@ -45,7 +46,7 @@ changed_to as (
     join {{ ref('subscription_history') }} as c on c.state_id = u.changed_to_state_id
     left join {{ ref('stg_customer_addresses') }} as ua on ua.address_id = u.address_id
     left join {{ ref('stg_customer_addresses') }} as ca on ca.address_id = c.address_id
-    where u.uncertain
+    where u.uncertain or u.assumes is not null
 ),
 
 changed_to_items as (
@@ -69,39 +70,49 @@ changed_to_mrr as (
     group by c.state_id, c.currency_code
 ),
 
+-- (assuming a pause at the period's end: one made at once may have stopped it on any of its days)
 uncertain_states as (
     select
-        u.state_id, u.subscription_id, u.status, u.currency_code, u.valid_from, u.valid_to,
+        u.state_id, u.subscription_id, u.status, u.currency_code, u.valid_from, u.valid_to, u.uncertain,
         coalesce(sum(i.monthly_amount) filter (where i.counts), 0) as mrr,
         coalesce(sum(i.monthly_amount) filter (where i.counts_if_active), 0) as mrr_if_active,
-        count(*) filter (where i.counts_if_active and i.amount_source = 'unknown') as unknown_items
+        count(*) filter (where i.counts_if_active and i.amount_source = 'unknown') as unknown_items,
+        u.assumes is not null as assumes, coalesce(u.assumes, '') like '%pause_at_period_end%' as may_have_stopped
     from {{ ref('subscription_history') }} as u
     left join items as i on i.state_id = u.state_id
-    where u.uncertain
-    group by u.state_id, u.subscription_id, u.status, u.currency_code, u.valid_from, u.valid_to
+    where u.uncertain or u.assumes is not null
+    group by u.state_id, u.subscription_id, u.status, u.currency_code, u.valid_from, u.valid_to, u.uncertain, u.assumes
 ),
 
 -- The most an uncertain state can move its currency's MRR on any of its days: the difference
 -- between what it counts and what it changed to (as active: its status is the period's); one
--- not active (past due) may have been, with either side. In another currency than its own, what
--- it changed to may count there. Null: not known (what it changed to is no state, or an amount
--- on either side is unknown)
+-- not active (past due; days nothing billed) may have been, with either side. In another
+-- currency than its own, what it changed to may count there. Null: not known (what it changed
+-- to is no state, or an amount on either side is unknown). Without Paddle's defaults
+-- (assumption_bound): the same, of a state assuming them too, and one assuming a pause at the
+-- period's end may have stopped, and counted nothing
 bounds as (
     select
-        s.subscription_id, s.valid_from, s.valid_to, s.currency_code,
-        case when c.state_id is not null and s.unknown_items = 0 and c.unknown_items = 0 then greatest(
-            abs(s.mrr - case when c.currency_code = s.currency_code then c.mrr_if_active else 0 end),
-            case when coalesce(s.status, '') <> 'active' then s.mrr_if_active else 0 end)
-        end as bound
-    from uncertain_states as s
-    left join changed_to_mrr as c on c.state_id = s.state_id
-    union all
-    select
-        s.subscription_id, s.valid_from, s.valid_to, c.currency_code,
-        case when s.unknown_items = 0 and c.unknown_items = 0 then c.mrr_if_active end
-    from uncertain_states as s
-    join changed_to_mrr as c on c.state_id = s.state_id
-    where c.currency_code <> s.currency_code
+        b.*,
+        case when b.bound is not null and b.may_have_stopped then greatest(b.bound, b.mrr) else b.bound end
+            as assumption_bound
+    from (
+        select
+            s.subscription_id, s.valid_from, s.valid_to, s.currency_code, s.uncertain, s.assumes, s.may_have_stopped, s.mrr,
+            case when c.state_id is not null and s.unknown_items = 0 and c.unknown_items = 0 then greatest(
+                abs(s.mrr - case when c.currency_code = s.currency_code then c.mrr_if_active else 0 end),
+                case when coalesce(s.status, '') <> 'active' then s.mrr_if_active else 0 end)
+            end as bound
+        from uncertain_states as s
+        left join changed_to_mrr as c on c.state_id = s.state_id
+        union all
+        select
+            s.subscription_id, s.valid_from, s.valid_to, c.currency_code, s.uncertain, s.assumes, false, 0,
+            case when s.unknown_items = 0 and c.unknown_items = 0 then c.mrr_if_active end
+        from uncertain_states as s
+        join changed_to_mrr as c on c.state_id = s.state_id
+        where c.currency_code <> s.currency_code
+    ) as b
 ),
 
 counted as (
@@ -123,13 +134,17 @@ counted as (
 ),
 
 -- the subscriptions in an uncertain state that day, counted or not (one paused or past due may
--- have been active), and the sum of their bounds (null if one has none)
+-- have been active), and the sum of their bounds (null if one has none); and the same of those
+-- in a state uncertain or assuming Paddle's defaults
 uncertain_days as (
     select
         days.day,
         b.currency_code,
-        count(distinct b.subscription_id) as uncertain_subscriptions,
-        case when count(b.bound) = count(*) then sum(b.bound) end as uncertain_mrr
+        count(distinct b.subscription_id) filter (where b.uncertain) as uncertain_subscriptions,
+        case when count(b.bound) filter (where b.uncertain) = count(*) filter (where b.uncertain)
+             then coalesce(sum(b.bound) filter (where b.uncertain), 0) end as uncertain_mrr,
+        count(distinct b.subscription_id) filter (where b.assumes) as assuming_subscriptions,
+        case when count(b.assumption_bound) = count(*) then sum(b.assumption_bound) end as assumption_mrr
     from days
     join bounds as b
         on b.valid_from < days.day + interval '1 day'
@@ -146,10 +161,9 @@ select
     coalesce(c.inferred_subscriptions, 0) as inferred_subscriptions,
     coalesce(u.uncertain_subscriptions, 0) as uncertain_subscriptions,
     case when u.day is null then 0 else u.uncertain_mrr end as uncertain_mrr,
-    -- off by up to uncertain_mrr, the MRR is within the tolerance of the truth whichever way
-    -- it is off when uncertain_mrr <= tolerance x (mrr - uncertain_mrr)
-    u.day is not null and (
-        u.uncertain_mrr is null
-        or u.uncertain_mrr * (1 + {{ var('mrr_tolerance') }}) > {{ var('mrr_tolerance') }} * coalesce(c.mrr, 0)) as flagged
+    u.day is not null and {{ beyond_tolerance('u.uncertain_mrr', 'coalesce(c.mrr, 0)') }} as flagged,
+    coalesce(u.assuming_subscriptions, 0) as assuming_subscriptions,
+    case when u.day is null then 0 else u.assumption_mrr end as assumption_mrr,
+    u.day is not null and {{ beyond_tolerance('u.assumption_mrr', 'coalesce(c.mrr, 0)') }} as flagged_unless_defaults
 from counted as c
 full join uncertain_days as u on u.day = c.day and u.currency_code = c.currency_code
