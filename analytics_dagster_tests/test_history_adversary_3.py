@@ -30,7 +30,7 @@ from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_history import compare_every_day
 from analytics_dagster_tests.test_history_adversary import _advance_days, _set_quantity
 from analytics_dagster_tests.test_history_adversary_2 import _checked_out_long_ago, _renewed
-from analytics_dagster_tests.test_models import assert_models_built_and_tested, query, sync_all
+from analytics_dagster_tests.test_models import assert_models_built_and_tested, sync_all
 
 
 def _resume_in_a_new_period(admin: Admin, sub: dict[str, Any]) -> None:
