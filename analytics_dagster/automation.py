@@ -211,9 +211,10 @@ class EventsSensorCursor:
     # late (None: from `floor`, a cursor of before)
     kept_from: Optional[str] = None
     # the digests of the events without a string id the sensor has read (newest last, at most
-    # `MAX_UNKEYED`): one it reads for the first time is new (no id orders it), and owed a run once.
-    # None: none read yet (a first tick, a cursor of before): those the next read finds are taken as seen
-    unkeyed: Optional[list[str]] = None
+    # `MAX_UNKEYED`): one it reads for the first time is new (no id orders it), and owed a run once
+    # (a cursor of before, which dropped them: those its first read finds too). None: a first
+    # tick's (a cursor of None): those its read finds are taken as seen, from before the sensor
+    unkeyed: Optional[list[str]] = field(default_factory=list)
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -349,7 +350,7 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
 
 def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> SensorResult:
     if context.cursor is None:
-        state = EventsSensorCursor(event_id=latest_event_id(base_url, api_key))
+        state = EventsSensorCursor(event_id=latest_event_id(base_url, api_key), unkeyed=None)
         # the late-event window begins in this tick, its first read made: an event that becomes
         # visible late before the next tick is late to it (the next tick takes an event listed
         # after the cursor meanwhile as new: the cursor is not moved here)
@@ -443,7 +444,9 @@ def _start(context: SensorEvaluationContext, state: EventsSensorCursor) -> Senso
         filters=RunsFilter(tags=ours.tags, statuses=list(_IN_FLIGHT)), limit=1)
     run = in_flight[0].dagster_run if in_flight else None
     if run is not None and run.tags.get(RUN_KEY_TAG):
+        # (the run after it keyed by the reset: the newest event's id may be that run's own key)
         state.run_key, state.owed = run.tags[RUN_KEY_TAG], True
+        state.newest_new = f"~reset-{int(_now() * 1000)}"
         return SensorResult(skip_reason=SkipReason(
             f"{note} (the cursor was cleared: what it owed is not known); run {run.run_id} "
             f"({state.run_key}) is {run.status.value.lower()}: a run after it is owed"), cursor=state.encode())
@@ -546,7 +549,8 @@ def _new_events(
     start = (state.reached or state.floor or "") if going else ""
     # the rest of the window's read fits a page: one read takes it and what is new (not while ids
     # up to the baseline lie ahead: they were never read, their number is not known)
-    merged = going and sum(1 for i in ids if start < i <= cursor) < EVENTS_PAGE_SIZE and not (
+    # (the events without an id known may all lie in it: counted too)
+    merged = going and sum(1 for i in ids if start < i <= cursor) + len(state.unkeyed or ()) < EVENTS_PAGE_SIZE and not (
         state.baseline and start < state.baseline)
     read, now_ns, complete, loose = events_after(
         base_url, api_key, (min(start, cursor) if merged else cursor) or None, max_pages=NEW_PAGES)
@@ -598,7 +602,8 @@ def _unseen_unkeyed(state: EventsSensorCursor, loose: list[dict]) -> list[dict]:
     their digests; all of them are kept as read. Such an event has no place in the stream's order
     (the cursor cannot pass it, the window cannot hold it), so a read lists it again while it
     lies after where the read starts: its digest says it was read (the sync keeps them alike:
-    `source.feed`). The first read of a cursor that kept none takes those it finds as read."""
+    `source.feed`). The first read of a cursor of None (`unkeyed` None) takes those it finds as
+    read."""
     first = state.unkeyed is None
     known = list(state.unkeyed or ())
     seen = set(known)
@@ -650,11 +655,16 @@ def failure_report(context: RunFailureSensorContext) -> str:
 
 # ------------------------------------------------------------- the sensor's reads of the stream
 def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
-    """The newest event's id, or None when the API has no events (`base_url`: the API's root,
-    prefix included)."""
-    response = event_client(base_url, api_key).get(EVENTS_PATH, params={"per_page": 1})
-    response.raise_for_status()
-    data = [e for e in response.json().get("data") or [] if keyed(e)]
+    """The newest event's id that has one (newest first: the API's default order), or None when
+    the API has no events, or none with an id in its newest page (`base_url`: the API's root,
+    prefix included). A page of one first; when that event has no id, a page of 200."""
+    for per_page in (1, EVENTS_PAGE_SIZE):
+        response = event_client(base_url, api_key).get(EVENTS_PATH, params={"per_page": per_page})
+        response.raise_for_status()
+        page = response.json().get("data") or []
+        data = [e for e in page if keyed(e)]
+        if data or len(page) < per_page:
+            break
     return data[0]["event_id"] if data else None
 
 

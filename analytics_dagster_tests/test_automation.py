@@ -75,7 +75,7 @@ def followed(cursor: Optional[str]) -> EventsSensorCursor:
     """The sensor's cursor but for its late-event window (`floor`, `read_at`, `reached`, `baseline`,
     `kept`, `kept_from`) and the events without an id it read (`unkeyed`)."""
     return dataclasses.replace(EventsSensorCursor.decode(cursor), floor=None, read_at=None, reached=None,
-                               baseline=None, kept=None, parent=None, kept_from=None, unkeyed=None)
+                               baseline=None, kept=None, parent=None, kept_from=None, unkeyed=[])
 
 
 def kept_ids(instance: DagsterInstance, cursor: str) -> list[str]:
