@@ -3,8 +3,8 @@ show (`mrr_daily.flagged`) from what holds only if the account used Paddle's def
 (`flagged_unless_defaults`, `subscription_history.assumes`: docs/models.md, "Before the first
 known state: what is inferred"). Behaviours the API allows, older than the stream keeps, each
 built on a `World(lifecycles=True)` sandbox over HTTP, synced once and compared every day with
-the sandbox's own MRR (`test_history.compare_every_day`). Open (strict xfail), each off on days
-neither flag marks:
+the sandbox's own MRR (`test_history.compare_every_day`). Found off on days neither flag
+marked, all five since fixed (fix31i, each test's docstring says how):
 - a pause at once resumed with Paddle's default `on_resume` before the paused period ended:
   its transactions read as two periods back to back (as a billing date moved earlier would),
   the paused days active;
@@ -49,9 +49,6 @@ def _pause(admin: Admin, sub_id: str, **stamp: str) -> dict[str, Any]:
         "status": "paused", "current_billing_period": None, "next_billed_at": None})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#31): a period cut short by the next one is read as active to its end, assuming "
-    "nothing: 10 days 59.5% high, neither flag"))
 @pytest.mark.world(lifecycles=True)
 def test_a_pause_at_once_resumed_in_a_new_period_before_the_old_one_ends(warehouse: Path, admin: Admin) -> None:
     """Paused at once (`effective_from: immediately`) 10 days into a monthly period, resumed 10
@@ -62,7 +59,9 @@ def test_a_pause_at_once_resumed_in_a_new_period_before_the_old_one_ends(warehou
     lies between them, so nothing assumes a default, and neither flag marks them. The same
     transactions are left by a next billing date moved earlier with `do_not_bill` (active all
     along), so nothing tells the two apart: a period cut short by the next is what
-    `flagged_unless_defaults` should mark (claim (b)), bounded by the period's MRR."""
+    `flagged_unless_defaults` should mark (claim (b)), bounded by the period's MRR. Fixed
+    (fix31i): a period cut short by the next one (not a change's) assumes `pause_at_period_end`,
+    as one followed by days nothing billed does: flagged unless defaults, bounded by its MRR."""
     sub = _renewed(admin, room_days=0)
     _advance_days(admin, 10)
     _pause(admin, sub["id"])
@@ -117,7 +116,9 @@ def test_an_unbilled_change_then_a_cancellation_at_once(warehouse: Path, admin: 
 def _invoiced(admin: Admin) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The richest monthly subscription just renewed, collected manually (Paddle's invoices:
     `collection_mode: manual`, `billing_details.payment_terms` 14 days): its renewal's
-    transaction `billed`, unpaid. Answers the subscription, the renewal and its payment."""
+    transaction `billed` (its `billed_at` now: the payment terms run from it, and the sandbox
+    makes it past due 14 days from now), unpaid. Answers the subscription, the renewal and its
+    payment."""
     sub = _renewed(admin, room_days=0)
     terms = {"enable_checkout": False, "payment_terms": {"interval": "day", "frequency": 14},
              "purchase_order_number": "PO-123", "additional_information": None}
@@ -126,14 +127,13 @@ def _invoiced(admin: Admin) -> tuple[dict[str, Any], dict[str, Any], dict[str, A
     (captured,) = [p for p in renewal["payments"] if p["status"] == "captured"]
     admin.post("mutate", resource="subscriptions", key=sub["id"], updated_at=sub["updated_at"],
                set={"collection_mode": "manual", "billing_details": terms})
-    admin.post("mutate", resource="transactions", key=renewal["id"], set={
+    invoiced = admin.post("mutate", resource="transactions", key=renewal["id"], set={
         "collection_mode": "manual", "billing_details": terms, "status": "billed", "payments": []})
+    admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=invoiced["updated_at"],
+               set={"billed_at": invoiced["updated_at"]})
     return sub, renewal, captured
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#31): a manually collected renewal is read as paid from its start: its past-due "
-    "days from the payment terms to the capture, 6 days 59.5% high, neither flag"))
 @pytest.mark.world(lifecycles=True)
 def test_an_invoice_paid_after_its_payment_terms(warehouse: Path, admin: Admin) -> None:
     """A manually collected renewal (an invoice, net 14 days) paid 20 days after it was billed:
@@ -142,7 +142,9 @@ def test_an_invoice_paid_after_its_payment_terms(warehouse: Path, admin: Admin) 
     events are gone, the transaction (`completed`, `collection_mode: manual`, its
     `billing_details.payment_terms` and its payment's `captured_at`) says both days; the model
     splits only automatically collected renewals (`paid_late`), and reads the period as paid
-    from its start: the 6 days past due at the subscription's whole MRR, neither flag."""
+    from its start: the 6 days past due at the subscription's whole MRR, neither flag. Fixed
+    (fix31i): an invoice not paid when its payment terms elapsed (`billed_at` plus
+    `payment_terms`) is split as a renewal paid late is (`paid_late`, `inferred_from` payments)."""
     sub, renewal, captured = _invoiced(admin)
     _advance_days(admin, 14)
     due = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "past_due"})["updated_at"]
@@ -156,9 +158,6 @@ def test_an_invoice_paid_after_its_payment_terms(warehouse: Path, admin: Admin) 
     compare_every_day(warehouse, admin, unless_defaults=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#31): a past-due invoice is read as past due from its period start, not from its "
-    "payment terms' end: 17 days 37.3% low, neither flag"))
 @pytest.mark.world(lifecycles=True)
 def test_an_invoice_never_paid(warehouse: Path, admin: Admin) -> None:
     """A manually collected renewal (an invoice, net 14 days) never paid: the subscription
@@ -166,7 +165,9 @@ def test_an_invoice_never_paid(warehouse: Path, admin: Admin) -> None:
     its transaction stays `past_due`. The model reads a past-due transaction as past due from
     its period's start (right for an automatic renewal, whose payment fails at once), so the
     14 days before the terms elapsed count no MRR: the account used no option Paddle does not
-    default to (an invoice is a collection mode), and neither flag marks them (claim (a))."""
+    default to (an invoice is a collection mode), and neither flag marks them (claim (a)). Fixed
+    (fix31i): a past-due invoice is active until its payment terms elapse, past due from then
+    to its period's end (`paid_late`, `inferred_from` payments)."""
     sub, renewal, _ = _invoiced(admin)
     _advance_days(admin, 14)
     due = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "past_due"})["updated_at"]
@@ -178,9 +179,6 @@ def test_an_invoice_never_paid(warehouse: Path, admin: Admin) -> None:
     compare_every_day(warehouse, admin, unless_defaults=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#31): the payments split a late renewal only when captured within its period: 35 "
-    "days 59% high, neither flag"))
 @pytest.mark.world(lifecycles=True)
 def test_a_renewal_paid_after_its_period_ended(warehouse: Path, admin: Admin) -> None:
     """A renewal collected automatically whose payment fails at once: the subscription
@@ -190,7 +188,9 @@ def test_a_renewal_paid_after_its_period_ended(warehouse: Path, admin: Admin) ->
     payments say when it failed and when it was paid; the model splits a renewal by them only
     when the capture falls inside its period (`paid_late`), and otherwise reads the period as
     paid from its start: 35 of the past-due days at the subscription's whole MRR, neither flag
-    (a weekly or fortnightly price's dunning runs past its period more often)."""
+    (a weekly or fortnightly price's dunning runs past its period more often). Fixed (fix31i):
+    a renewal paid late is split whenever it was captured, past due until the capture, the
+    states inferred after it starting then (`inferred_after_payment`)."""
     sub = _renewed(admin, room_days=0)
     (renewal,) = [t for t in admin.truth("transactions") if t.get("subscription_id") == sub["id"]
                   and (t["billing_period"] or {}).get("starts_at") == sub["current_billing_period"]["starts_at"]]
@@ -208,9 +208,6 @@ def test_a_renewal_paid_after_its_period_ended(warehouse: Path, admin: Admin) ->
     compare_every_day(warehouse, admin, unless_defaults=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#31): a subscription's first transaction made through the API (origin api, an invoice) "
-    "is not read as its first period: 31 days 81% low, neither flag"))
 @pytest.mark.world(lifecycles=True)
 def test_a_subscription_created_by_an_invoice(warehouse: Path, admin: Admin) -> None:
     """A subscription sold on an invoice is created by a transaction made through the API
@@ -221,7 +218,9 @@ def test_a_subscription_created_by_an_invoice(warehouse: Path, admin: Admin) -> 
     share of its currency's first day: its checkout's transaction made an invoice's. The model
     takes a period only from `web` and `subscription_recurring` transactions, so the first
     period is billed by nothing: the days from the creation to the first renewal count no MRR
-    (its currency's first month 81% low), neither flag."""
+    (its currency's first month 81% low), neither flag. Fixed (fix31i): a transaction of origin
+    `api` with the subscription and a billing period is taken as a period as the checkout's is
+    (`subscription_history`'s `billed_all`, `subscription_billed_lines`)."""
     _, checkout, _ = _checked_out_long_ago(admin)[0]
     terms = {"enable_checkout": False, "payment_terms": {"interval": "day", "frequency": 30},
              "purchase_order_number": "PO-1030", "additional_information": None}

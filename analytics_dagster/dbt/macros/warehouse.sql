@@ -46,15 +46,30 @@
     skips it). -#}
 {% macro is_rfc3339(expr) -%}
     {%- set pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-5][0-9]([.][0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$" -%}
-    {{ return(adapter.dispatch('is_rfc3339')(expr, pattern)) }}
+    {{ matches(expr, pattern) }}
 {%- endmacro %}
 
-{% macro default__is_rfc3339(expr, pattern) -%}
+{#- Whether the text `expr` matches the regular expression `pattern` (false for null). -#}
+{% macro matches(expr, pattern) -%}
+    {{ return(adapter.dispatch('matches')(expr, pattern)) }}
+{%- endmacro %}
+
+{% macro default__matches(expr, pattern) -%}
     coalesce({{ expr }} ~ '{{ pattern }}', false)
 {%- endmacro %}
 
-{% macro duckdb__is_rfc3339(expr, pattern) -%}
+{% macro duckdb__matches(expr, pattern) -%}
     coalesce(regexp_matches({{ expr }}, '{{ pattern }}'), false)
+{%- endmacro %}
+
+{#- How long the payment terms `terms` (a transaction's `billing_details.payment_terms`: an
+    `interval`, day, week, month or year, and a whole `frequency`) give to pay, as an interval;
+    null if they say none. -#}
+{% macro payment_terms(terms) -%}
+    case when {{ matches(terms ~ "->>'frequency'", '^[0-9]{1,4}$') }}
+         then cast({{ terms }}->>'frequency' as integer)
+              * case {{ terms }}->>'interval' when 'day' then interval '1 day' when 'week' then interval '7 days'
+                     when 'month' then interval '1 month' when 'year' then interval '1 year' end end
 {%- endmacro %}
 
 {#- The RFC 3339 text `expr` (one `is_rfc3339` accepts) as a timestamp with time zone: upper-cased

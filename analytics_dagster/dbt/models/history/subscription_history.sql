@@ -174,20 +174,24 @@ trial_checkouts as (
         select t.id as transaction_id, item.value->'price'->>'id' as price_id
         from {{ raw('transactions') }} as t,
             {{ json_array_elements('t.items', none, 'item') }}
-        where t.origin = 'web'
+        where t.origin in ('web', 'api')
           and coalesce(cast(item.value->>'recurring' as boolean), item.value->'price'->'billing_cycle'->>'interval' is not null)
     ) as r on r.transaction_id = l.transaction_id and r.price_id = l.price_id
     group by l.transaction_id
     having min(case when l.unit_subtotal = 0 then 1 else 0 end) = 1
 ),
 
--- A renewal collected automatically (Paddle charges the payment method on file) whose payment
--- failed (its first attempt that did not capture) more than an hour before one captured: the
--- subscription was past due from that failure until the capture (its captured_at), Paddle's
--- dunning retrying it (the transaction, once paid, is `completed` like any other). An attempt
--- retried at once (Paddle's own example: captured 3 minutes after a decline) leaves no past-due
--- day
-paid_late as (
+-- A period's transaction paid late (its payments and payment terms say when): the subscription
+-- was past due from when the payment was due and not made (failed_at) until it was paid
+-- (paid_at: the first captured payment's captured_at; null: never paid, the transaction still
+-- past due), Paddle's `past_due` (the transaction, once paid, is `completed` like any other).
+-- Collected automatically (Paddle charges the payment method on file), a renewal is late when
+-- its first attempt that did not capture failed, more than an hour before one captured (an
+-- attempt retried at once, Paddle's own example captured 3 minutes after a decline, leaves no
+-- past-due day); collected manually (an invoice), when its payment terms elapsed
+-- (`billing_details.payment_terms` from its billed_at: Paddle makes it past due "when payment
+-- terms have elapsed for a manually-collected transaction"), and it was late if not paid by then
+payments as (
     select
         t.id as transaction_id,
         min(case when p.value->>'status' = 'captured' and {{ is_rfc3339("p.value->>'captured_at'") }}
@@ -196,18 +200,37 @@ paid_late as (
                  then {{ rfc3339_timestamp("p.value->>'created_at'") }} end) as failed_at
     from {{ raw('transactions') }} as t,
         {{ json_array_elements('t.payments', none, 'p') }}
-    where t.origin = 'subscription_recurring'
-      and t.status in ('paid', 'completed')
-      and coalesce(t.collection_mode, 'automatic') = 'automatic'
+    where t.subscription_id is not null
     group by t.id
 ),
 
+paid_late as (
+    select transaction_id, failed_at, paid_at
+    from (
+        select
+            t.id as transaction_id,
+            t.status,
+            case when t.collection_mode = 'manual'
+                 then coalesce(t.billed_at, t.created_at) + {{ payment_terms("t.billing_details->'payment_terms'") }}
+                 else p.failed_at end as failed_at,
+            p.paid_at
+        from {{ raw('transactions') }} as t
+        left join payments as p on p.transaction_id = t.id
+        where t.subscription_id is not null
+          and (t.origin = 'subscription_recurring' or t.collection_mode = 'manual')
+          and (t.status in ('paid', 'completed') or (t.status = 'past_due' and t.collection_mode = 'manual'))
+    ) as due
+    where (status <> 'past_due' and failed_at < paid_at - interval '1 hour')
+       or (status = 'past_due' and failed_at is not null)
+),
+
 -- What the subscription's own transactions billed (transactions, unlike events, stay in the
--- API): each of its checkout's (web), renewals' (subscription_recurring) and changes'
--- (subscription_update), billed, paid, completed or past due, with a billing period (a trial's
+-- API): each of its checkout's (web; or, sold on an invoice, the transaction made through the
+-- API that created it: api, with the subscription and its first billing period), renewals'
+-- (subscription_recurring) and changes' (subscription_update), billed, paid, completed or past due, with a billing period (a trial's
 -- checkout: trialing, its period the trial); `billed`: those of the periods before its first
--- known state; `failed_at`, `paid_at`: a renewal paid late (paid_late) within its period, when
--- its payment failed and when it was paid
+-- known state; `failed_at`, `paid_at`: one paid late (paid_late), when its payment was due
+-- and not made (from its period's start at the earliest) and when it was paid (null: never)
 billed_all as (
     select
         t.id as transaction_id,
@@ -223,16 +246,13 @@ billed_all as (
         coalesce(t.billed_at, t.created_at) as billed_at,
         {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }} as period_start,
         {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }} as period_end,
-        case when l.failed_at < l.paid_at - interval '1 hour'
-                  and l.paid_at < {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }}
+        case when l.failed_at is not null
              then greatest(l.failed_at, {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }}) end as failed_at,
-        case when l.failed_at < l.paid_at - interval '1 hour'
-                  and l.paid_at < {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }}
-             then l.paid_at end as paid_at
+        l.paid_at
     from {{ raw('transactions') }} as t
     join first_known as f on f.subscription_id = t.subscription_id
     left join paid_late as l on l.transaction_id = t.id
-    where t.origin in ('web', 'subscription_recurring', 'subscription_update')
+    where t.origin in ('web', 'api', 'subscription_recurring', 'subscription_update')
       and t.status in ('billed', 'paid', 'completed', 'past_due')
       and {{ is_rfc3339("t.billing_period->>'starts_at'") }}
       and {{ is_rfc3339("t.billing_period->>'ends_at'") }}
@@ -403,7 +423,10 @@ keyed_periods as (
 -- events are gone nothing tells them apart): followed by days nothing billed (before the next
 -- period, or the first known state), that a pause or cancellation took effect at the period's
 -- end (`pause_at_period_end`: one made at once may have stopped it on any of its days; the days
--- after it, below, assume `billing_date_kept`); followed by a change's transaction (from its
+-- after it, below, assume `billing_date_kept`); cut short by the next period (one starting
+-- before it ended, not a change's), the same: a pause at once resumed in a new period
+-- (Paddle's default `on_resume`) leaves what a billing date moved earlier unbilled does, the
+-- days between the pause and the resume active; followed by a change's transaction (from its
 -- start to the change), that no change billing nothing came first
 -- (`no_unbilled_change_before`: the change's lines say what it left, not what it found; what
 -- such a change made is no state, changed_to_state_id null)
@@ -415,6 +438,8 @@ flagged_periods as (
             or u.transaction_id is not null as uncertain,
         nullif(concat_ws(',',
             case when p.period_end < coalesce(lead(p.period_start) over w, p.known_from) - interval '1 second'
+                      or (p.period_end > lead(p.period_start) over w + interval '1 second'
+                          and lead(p.origin) over w <> 'subscription_update')
                  then 'pause_at_period_end' end,
             case when lead(p.origin) over w = 'subscription_update' then 'no_unbilled_change_before' end), '') as assumes,
         case when u.transaction_id is null and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update'
@@ -428,12 +453,12 @@ period_states as (
     select
         p.*,
         -- a period right after the previous one, that changes nothing MRR depends on (the same
-        -- status, items, currency, address and amounts billed), and paid when billed, continues
+        -- status, items, currency, address and amounts billed), and paid when due, continues
         -- its state
         case when lag(p.period_end) over w >= p.period_start - interval '1 second'
                   and lag(p.content) over w = p.content and lag(p.billed_key) over w = p.billed_key
                   and lag(p.uncertain) over w = p.uncertain
-                  and coalesce(lag(p.assumes) over w, '') = coalesce(p.assumes, '') and p.paid_at is null
+                  and coalesce(lag(p.assumes) over w, '') = coalesce(p.assumes, '') and p.failed_at is null
              then 0 else 1 end as starts_run
     from flagged_periods as p
     window w as (partition by p.subscription_id order by p.period_start, p.transaction_id)
@@ -482,7 +507,7 @@ inferred_periods as (
 ),
 
 inferred as (
-    -- a billed period (a renewal paid late, from when it was paid)
+    -- a billed period (one paid late, from when it was paid, if within it)
     select
         'inferred/' || i.transaction_id as state_id, i.subscription_id, 'inferred' as changed_by, i.status,
         i.customer_id, i.currency_code, i.address_id, i.items, coalesce(i.paid_at, i.starts_at) as valid_from,
@@ -491,13 +516,16 @@ inferred as (
         i.uncertain, i.assumes, i.changed_to_state_id, i.priced_at,
         i.transaction_id as key_id
     from inferred_periods as i
-    where i.paid_at is null or i.paid_at < i.ends_at
+    where i.failed_at is null or i.paid_at < i.ends_at
     union all
-    -- a renewal paid late (its payments say): active until its payment failed, then past due
-    -- until it was paid
+    -- one paid late (its payments, or an invoice's payment terms, say): active until its payment
+    -- was due, then past due until it was paid (never: to the period's end), past the period's
+    -- end if it was paid after (Paddle renews nothing while it is past due: the states after
+    -- start once it was paid, below)
     select
         'inferred/' || i.transaction_id || '/' || p.part, i.subscription_id, 'inferred',
-        case when p.part = 'billed' then i.status else 'past_due' end, i.customer_id, i.currency_code, i.address_id,
+        case when p.part = 'unpaid' then 'past_due' when i.status = 'past_due' then 'active' else i.status end,
+        i.customer_id, i.currency_code, i.address_id,
         i.items, p.valid_from, p.valid_to, 'payments', i.transaction_id, p.part = 'billed' and i.uncertain,
         case when p.part = 'billed' then i.assumes end, case when p.part = 'billed' then i.changed_to_state_id end,
         i.priced_at, i.transaction_id
@@ -505,11 +533,12 @@ inferred as (
     join (
         select transaction_id, 'billed' as part, starts_at as valid_from, least(failed_at, ends_at) as valid_to
         from inferred_periods
-        where paid_at is not null
+        where failed_at is not null
         union all
-        select transaction_id, 'unpaid', least(failed_at, ends_at), least(paid_at, ends_at)
+        select transaction_id, 'unpaid', least(failed_at, ends_at),
+            case when paid_at is null then ends_at else least(paid_at, known_from) end
         from inferred_periods
-        where paid_at is not null
+        where failed_at is not null
     ) as p on p.transaction_id = i.transaction_id and p.valid_from < p.valid_to
     union all
     -- nothing billed between a period's end and the next state: not billed (paused, canceled
@@ -554,6 +583,27 @@ inferred as (
       and not exists (select 1 from periods as p where p.subscription_id = f.subscription_id)
 ),
 
+-- a state inferred after a period paid after its end starts once it was paid (not before the
+-- first known state: unpaid's end); one wholly before, none
+inferred_after_payment as (
+    select *
+    from (
+        select
+            state_id, subscription_id, changed_by, status, customer_id, currency_code, address_id, items,
+            greatest(valid_from, coalesce(unpaid_until, valid_from)) as valid_from, valid_to, inferred_from,
+            transaction_id, uncertain, assumes, changed_to_state_id, priced_at, key_id
+        from (
+            select
+                *,
+                max(case when inferred_from = 'payments' and status = 'past_due' then valid_to end) over (
+                    partition by subscription_id order by valid_from, state_id
+                    rows between unbounded preceding and 1 preceding) as unpaid_until
+            from inferred
+        ) as i
+    ) as i
+    where valid_from < valid_to
+),
+
 history as (
     select
         state_id, subscription_id, changed_by, status, customer_id, currency_code, address_id, items, valid_from,
@@ -563,7 +613,7 @@ history as (
         cast(null as timestamptz) as priced_at, state_id as key_id, position
     from observed
     union all
-    select *, 0 from inferred
+    select *, 0 from inferred_after_payment
 )
 
 select
