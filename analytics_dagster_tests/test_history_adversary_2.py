@@ -141,6 +141,26 @@ def _renewed(admin: Admin, room_days: float) -> dict[str, Any]:
     return next(s for s in admin.truth("subscriptions") if s["id"] == sub["id"])
 
 
+def a_renewal_past_due_then_paid(admin: Admin, days: int) -> dict[str, Any]:
+    """A renewed subscription's renewal whose payment fails: the transaction `past_due` (a payment
+    attempt `error`, made when the subscription went past due), the subscription `past_due` for
+    `days`, then paid (active; the transaction `completed`, its payments the failed attempt and
+    the one captured then). The renewal, as it was before."""
+    sub = _renewed(admin, room_days=0)
+    (renewal,) = [t for t in admin.truth("transactions") if t.get("subscription_id") == sub["id"]
+                  and (t["billing_period"] or {}).get("starts_at") == sub["current_billing_period"]["starts_at"]]
+    (captured,) = [p for p in renewal["payments"] if p["status"] == "captured"]
+    due = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "past_due"})["updated_at"]
+    failed = dict(captured, status="error", error_code="declined", created_at=due, captured_at=None)
+    admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=due,
+               set={"status": "past_due", "payments": [failed]})
+    _advance_days(admin, days)
+    paid = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "active"})["updated_at"]
+    admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=paid, set={
+        "status": "completed", "payments": [failed, dict(captured, created_at=paid, captured_at=paid)]})
+    return renewal
+
+
 @pytest.mark.world(lifecycles=True)
 def test_a_renewal_past_due_then_paid(warehouse: Path, admin: Admin) -> None:
     """A renewal's payment fails: its transaction `past_due` (a payment attempt `error`, made
@@ -150,18 +170,7 @@ def test_a_renewal_past_due_then_paid(warehouse: Path, admin: Admin) -> None:
     events are gone, the model read the period as paid (`completed`: active) from its start, 7
     days off by the subscription's MRR, unflagged; it now reads the payments (active until the
     attempt failed, past due until the capture: `inferred_from` `payments`)."""
-    sub = _renewed(admin, room_days=0)
-    (renewal,) = [t for t in admin.truth("transactions") if t.get("subscription_id") == sub["id"]
-                  and (t["billing_period"] or {}).get("starts_at") == sub["current_billing_period"]["starts_at"]]
-    (captured,) = [p for p in renewal["payments"] if p["status"] == "captured"]
-    due = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "past_due"})["updated_at"]
-    failed = dict(captured, status="error", error_code="declined", created_at=due, captured_at=None)
-    admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=due,
-               set={"status": "past_due", "payments": [failed]})
-    _advance_days(admin, 7)
-    paid = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "active"})["updated_at"]
-    admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=paid, set={
-        "status": "completed", "payments": [failed, dict(captured, created_at=paid, captured_at=paid)]})
+    renewal = a_renewal_past_due_then_paid(admin, days=7)
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)

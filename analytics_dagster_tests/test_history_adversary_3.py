@@ -29,7 +29,11 @@ from analytics_dagster.sandbox.factories import _period
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_history import compare_every_day
 from analytics_dagster_tests.test_history_adversary import _advance_days, _set_quantity
-from analytics_dagster_tests.test_history_adversary_2 import _checked_out_long_ago, _renewed
+from analytics_dagster_tests.test_history_adversary_2 import (
+    _checked_out_long_ago,
+    _renewed,
+    a_renewal_past_due_then_paid,
+)
 from analytics_dagster_tests.test_models import assert_models_built_and_tested, sync_all
 
 
@@ -191,18 +195,7 @@ def test_a_renewal_paid_after_its_period_ended(warehouse: Path, admin: Admin) ->
     (a weekly or fortnightly price's dunning runs past its period more often). Fixed (fix31i):
     a renewal paid late is split whenever it was captured, past due until the capture, the
     states inferred after it starting then (`inferred_after_payment`)."""
-    sub = _renewed(admin, room_days=0)
-    (renewal,) = [t for t in admin.truth("transactions") if t.get("subscription_id") == sub["id"]
-                  and (t["billing_period"] or {}).get("starts_at") == sub["current_billing_period"]["starts_at"]]
-    (captured,) = [p for p in renewal["payments"] if p["status"] == "captured"]
-    due = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "past_due"})["updated_at"]
-    failed = dict(captured, status="error", error_code="declined", created_at=due, captured_at=None)
-    admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=due,
-               set={"status": "past_due", "payments": [failed]})
-    _advance_days(admin, 35)
-    paid = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "active"})["updated_at"]
-    admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=paid, set={
-        "status": "completed", "payments": [failed, dict(captured, created_at=paid, captured_at=paid)]})
+    a_renewal_past_due_then_paid(admin, days=35)
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin, unless_defaults=True)
