@@ -370,11 +370,13 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     if state.floor and ids != window:  # (written when the ids change, and when a window begins)
         _store_window(context.instance, state, ids)
     if events or loose:
+        newest = [events[-1]["event_id"]] if events else []
         # (an event without an id names the run by its digest: the cursor's id would repeat a key used)
-        state.newest_new = max([state.newest_new or ""] + [e["event_id"] for e in events[-1:]]
-                               + [f"~{digest(e)}" for e in loose])
+        state.newest_new = max([state.newest_new or "", *newest, *(f"~{digest(e)}" for e in loose)])
+        if newest:
+            state.event_id = max(state.event_id or "", newest[0])
         state.tables = sorted(set(state.tables) | set(assets_for_events(events + loose)))
-        state.event_id, state.owed = max([state.event_id or ""] + [e["event_id"] for e in events[-1:]]) or None, True
+        state.owed = True
         by_type: dict[str, int] = defaultdict(int)
         for event in events + loose:
             by_type[str(event.get("event_type"))] += 1

@@ -24,17 +24,19 @@ from analytics_dagster.automation import (
     STREAM_TABLES,
     EventsSensorCursor,
 )
+from analytics_dagster.rfc3339 import id_ns
 from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_automation import evaluate, kept_ids, renamed_in_listing_mode, selected
 
-CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # a ULID's alphabet, lower-cased as the API's ids
 STRETCH_MS = 1 << 15  # what the first 7 characters of a ULID say: 2^15 ms
 
 
 def ms_of(event_id: str) -> int:
     """The instant an id was taken (its ULID's first 10 characters: milliseconds)."""
-    return sum(CROCKFORD.index(c) << 5 * (9 - n) for n, c in enumerate(event_id.rpartition("_")[2][:10]))
+    ns = id_ns(event_id)
+    assert ns is not None, f"{event_id} is not a ULID's"
+    return ns // 1_000_000
 
 
 def into_the_next_stretch(admin: Admin, offset_ms: int = 100) -> None:
