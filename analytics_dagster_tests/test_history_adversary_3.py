@@ -16,7 +16,10 @@ marked, all five since fixed (fix31i, each test's docstring says how):
 - a subscription created by an invoice (its first transaction origin `api`): its first period
   billed by nothing, no MRR.
 And two that hold (claims (a) and (c) of the merge): an unbilled change followed by Paddle's
-default pause at the period's end, and by a cancellation at once."""
+default pause at the period's end, and by a cancellation at once. Found in review after: a pause
+made at once, still paused, then changed while paused (its `paused_at` says when), read as the
+paused period's days active, assuming the default pause; fixed (`subscription_history`'s
+`known_from`)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox.factories import _period
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_history import compare_every_day
@@ -34,7 +38,7 @@ from analytics_dagster_tests.test_history_adversary_2 import (
     _renewed,
     a_renewal_past_due_then_paid,
 )
-from analytics_dagster_tests.test_models import assert_models_built_and_tested, sync_all
+from analytics_dagster_tests.test_models import assert_models_built_and_tested, query, sync_all
 
 
 def _resume_in_a_new_period(admin: Admin, sub: dict[str, Any]) -> None:
@@ -221,3 +225,31 @@ def test_a_subscription_created_by_an_invoice(warehouse: Path, admin: Admin) -> 
                set={"origin": "api", "collection_mode": "manual", "billing_details": terms})
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin, unless_defaults=True)
+
+
+@pytest.mark.world(lifecycles=True)
+@pytest.mark.parametrize("change", ["older than the stream", "in the stream"])
+def test_a_pause_at_once_still_paused_starts_at_its_paused_at(warehouse: Path, admin: Admin, change: str) -> None:
+    """Paused at once 10 days into a monthly period, still paused, then changed while paused (its
+    custom data: its `updated_at` moves on, `paused_at` stays), the pause older than the stream.
+    The first known state (the listed row, or the change's event) is paused from its change, not
+    from the pause: read as the period's, the 20 days between were active, assuming Paddle's
+    default pause at the period's end (`flagged_unless_defaults`, 59.5% of the day's MRR). The
+    state says when it paused (Paddle sets `paused_at` as it pauses), so those days are known:
+    paused from `paused_at`, no default assumed, every day right (found in review of the third
+    round; fixed with `subscription_history.known_from`)."""
+    sub = _renewed(admin, room_days=0)
+    _advance_days(admin, 10)
+    paused = _pause(admin, sub["id"])["updated_at"]
+    admin.post("mutate", resource="subscriptions", key=sub["id"], updated_at=paused, set={"paused_at": paused})
+    _advance_days(admin, 5 if change == "older than the stream" else 95)
+    admin.post("mutate", resource="subscriptions", key=sub["id"], set={"custom_data": {"note": "paused"}})
+    _advance_days(admin, 100 if change == "older than the stream" else 5)
+    assert_models_built_and_tested(sync_all(), warehouse)
+    compare_every_day(warehouse, admin)
+    states = query(warehouse, "SELECT status, valid_from, assumes, inferred_from FROM analytics_models.subscription_history "
+                              f"WHERE subscription_id = '{sub['id']}' ORDER BY valid_from")
+    since = parse_ns(sub["current_billing_period"]["starts_at"]) / 1e9 - 1  # the paused period's
+    assert not [s for s in states if s["assumes"] and s["valid_from"].timestamp() >= since], states[-4:]
+    first_paused = next(s for s in states if s["status"] == "paused")
+    assert abs(first_paused["valid_from"].timestamp() - parse_ns(paused) / 1e9) < 1, (paused, states[-4:])

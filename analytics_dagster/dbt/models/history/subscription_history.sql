@@ -6,7 +6,8 @@
 --   and the API's ids, `evt_...`: a malformed event, which the sync sets aside, is no state
 --   either), from its occurred_at (else its data's updated_at);
 -- * before them, the listed row (`listed/<id>`) while no event of the subscription is in the
---   stream (it has not changed since its updated_at). Once the row changes, the merge replaces
+--   stream (it has not changed since its updated_at; paused or canceled, it has been since its
+--   paused_at, canceled_at, a change since moving updated_at on). Once the row changes, the merge replaces
 --   it in the raw table: this model keeps that state, reading what it recorded in its previous
 --   build, while it is older than the subscription's first event (or, with no event yet, than
 --   the new row);
@@ -34,7 +35,14 @@ with snapshots as (
         data->>'customer_id' as customer_id,
         data->>'currency_code' as currency_code,
         data->>'address_id' as address_id,
-        data->'items' as items
+        data->'items' as items,
+        -- paused or canceled: since when (Paddle sets paused_at, canceled_at as it pauses or
+        -- cancels the subscription; a change since, a scheduled resume or its custom data, is
+        -- later)
+        case when data->>'status' = 'paused' and {{ is_rfc3339("data->>'paused_at'") }}
+                 then {{ rfc3339_timestamp("data->>'paused_at'") }}
+             when data->>'status' = 'canceled' and {{ is_rfc3339("data->>'canceled_at'") }}
+                 then {{ rfc3339_timestamp("data->>'canceled_at'") }} end as stopped_at
     from {{ raw('events') }}
     where event_type like 'subscription.%'
       and event_id like 'evt_%'
@@ -72,10 +80,25 @@ recorded as (
     {%- endif %}
 ),
 
+-- each listed row, and when it stands from: its updated_at (it has not changed since), or,
+-- paused or canceled since before that (its paused_at, canceled_at: a change since moved
+-- updated_at on), from then, not before its creation
+listed_rows as (
+    select
+        s.*,
+        case when s.status = 'paused' and s.paused_at < coalesce(s.updated_at, s.created_at)
+                 then greatest(s.paused_at, coalesce(s.created_at, s.paused_at))
+             when s.status = 'canceled' and s.canceled_at < coalesce(s.updated_at, s.created_at)
+                 then greatest(s.canceled_at, coalesce(s.created_at, s.canceled_at))
+             else coalesce(s.updated_at, s.created_at) end as listed_from
+    from {{ raw('subscriptions') }} as s
+),
+
 listings as (
     select
         s.id as subscription_id,
         coalesce(s.updated_at, s.created_at) as updated_at,
+        s.listed_from,
         s.status,
         s.customer_id,
         s.currency_code,
@@ -94,9 +117,9 @@ listings as (
         -- than the row as listed now
         r.valid_from is not null and (
             (n.subscription_id is not null and r.valid_from < n.first_valid_from)
-            or (n.subscription_id is null and coalesce(s.updated_at, s.created_at) > r.valid_from + interval '1 second')
+            or (n.subscription_id is null and s.listed_from > r.valid_from + interval '1 second')
         ) as keeps_recorded
-    from {{ raw('subscriptions') }} as s
+    from listed_rows as s
     left join newest as n on n.subscription_id = s.id
     left join recorded as r on r.subscription_id = s.id
 ),
@@ -106,7 +129,8 @@ listed as (
     select
         'listed/' || subscription_id as state_id, subscription_id, 'listed' as changed_by, '' as stream_position,
         recorded_from as valid_from, recorded_status as status, recorded_customer_id as customer_id,
-        recorded_currency_code as currency_code, recorded_address_id as address_id, recorded_items as items
+        recorded_currency_code as currency_code, recorded_address_id as address_id, recorded_items as items,
+        cast(null as timestamptz) as stopped_at
     from listings
     where keeps_recorded
     union all
@@ -117,7 +141,8 @@ listed as (
         subscription_id,
         'listed',
         case when has_events or keeps_recorded then '~' else '' end,
-        updated_at, status, customer_id, currency_code, address_id, items
+        case when has_events or keeps_recorded then updated_at else listed_from end,
+        status, customer_id, currency_code, address_id, items, cast(null as timestamptz)
     from listings
     where (not has_events and not keeps_recorded)
        or (has_events and updated_at > stamped_at + interval '1 second')
@@ -126,7 +151,7 @@ listed as (
 
 states as (
     select state_id, subscription_id, changed_by, stream_position, valid_from, status, customer_id, currency_code,
-        address_id, items
+        address_id, items, stopped_at
     from snapshots
     union all
     select * from listed
@@ -145,23 +170,33 @@ observed as (
         state_id, subscription_id, changed_by, status, customer_id, currency_code, address_id, items,
         starts_at as valid_from,
         lead(starts_at) over (partition by subscription_id order by {{ byte_order('stream_position') }}) as valid_to,
-        row_number() over (partition by subscription_id order by {{ byte_order('stream_position') }}) as position
+        row_number() over (partition by subscription_id order by {{ byte_order('stream_position') }}) as position,
+        stopped_at
     from ordered
 ),
 
 -- The first known state of each subscription, and when the subscription began: its created_at
 -- as listed (else the first state's start); and whether it was imported (Paddle's
 -- `subscription.imported`, `import_meta` set: migrated from another biller, active from its
--- creation with no checkout's transaction, its first the first renewal Paddle bills)
+-- creation with no checkout's transaction, its first the first renewal Paddle bills); and
+-- since when it is known (known_from): the first state's start, or, that state paused or
+-- canceled since before it began (its paused_at, canceled_at: a change since, its event's), from
+-- then, not before the creation
 first_known as (
     select
-        o.*,
-        coalesce(least(s.created_at, o.valid_from), o.valid_from) as created_at,
-        coalesce(o.changed_by = 'subscription.imported' or s.import_meta->>'imported_from' is not null, false)
-            as imported
-    from observed as o
-    left join {{ raw('subscriptions') }} as s on s.id = o.subscription_id
-    where o.position = 1
+        k.*,
+        case when k.stopped_at < k.valid_from then greatest(k.stopped_at, k.created_at) else k.valid_from end
+            as known_from
+    from (
+        select
+            o.*,
+            coalesce(least(s.created_at, o.valid_from), o.valid_from) as created_at,
+            coalesce(o.changed_by = 'subscription.imported' or s.import_meta->>'imported_from' is not null, false)
+                as imported
+        from observed as o
+        left join {{ raw('subscriptions') }} as s on s.id = o.subscription_id
+        where o.position = 1
+    ) as k
 ),
 
 -- A checkout's transaction of a trial: Paddle's checkout bills "recurring items with trials ...
@@ -262,7 +297,7 @@ billed as (
     select b.*
     from billed_all as b
     join first_known as f on f.subscription_id = b.subscription_id
-    where b.period_start < f.valid_from
+    where b.period_start < f.known_from
 ),
 
 -- a change's transaction (subscription_update) says when the subscription changed; what it
@@ -307,7 +342,7 @@ periods as (
         b.period_end,
         b.failed_at,
         b.paid_at,
-        f.valid_from as known_from
+        f.known_from
     from billed as b
     join first_known as f on f.subscription_id = b.subscription_id
     left join next_billed as n on n.transaction_id = b.transaction_id and n.n = 1
@@ -572,15 +607,25 @@ inferred as (
     select
         'inferred/' || f.subscription_id, f.subscription_id, 'inferred',
         case when a.subscription_id is null or f.imported then f.status end, f.customer_id, f.currency_code,
-        f.address_id, f.items, f.created_at, f.valid_from,
+        f.address_id, f.items, f.created_at, f.known_from,
         case when a.subscription_id is null or f.imported then 'first_state' else 'no_transaction' end,
         cast(null as {{ dbt.type_string() }}),
         (a.subscription_id is null or f.imported) and f.changed_by not in ('subscription.created', 'subscription.imported'),
         cast(null as {{ dbt.type_string() }}), cast(null as {{ dbt.type_string() }}), cast(null as timestamptz), f.state_id
     from first_known as f
     left join (select distinct subscription_id from billed_all) as a on a.subscription_id = f.subscription_id
-    where f.created_at < f.valid_from - interval '1 second'
+    where f.created_at < f.known_from - interval '1 second'
       and not exists (select 1 from periods as p where p.subscription_id = f.subscription_id)
+    union all
+    -- its first known state, paused or canceled since before it began: so since then (its
+    -- paused_at, canceled_at)
+    select
+        'inferred/' || f.subscription_id || '/' || f.status, f.subscription_id, 'inferred', f.status, f.customer_id,
+        f.currency_code, f.address_id, f.items, f.known_from, f.valid_from, f.status || '_at',
+        cast(null as {{ dbt.type_string() }}), false, cast(null as {{ dbt.type_string() }}),
+        cast(null as {{ dbt.type_string() }}), cast(null as timestamptz), f.state_id
+    from first_known as f
+    where f.known_from < f.valid_from
 ),
 
 -- a state inferred after a period paid after its end starts once it was paid (not before the
