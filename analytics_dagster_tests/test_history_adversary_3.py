@@ -121,14 +121,14 @@ def test_an_unbilled_change_then_a_cancellation_at_once(warehouse: Path, admin: 
     compare_every_day(warehouse, admin)
 
 
-def _invoiced(admin: Admin) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _invoiced(admin: Admin, terms_days: int = 14) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The richest monthly subscription just renewed, collected manually (Paddle's invoices:
-    `collection_mode: manual`, `billing_details.payment_terms` 14 days): its renewal's
-    transaction `billed` (its `billed_at` now: the payment terms run from it, and the sandbox
-    makes it past due 14 days from now), unpaid. Answers the subscription, the renewal and its
-    payment."""
+    `collection_mode: manual`, `billing_details.payment_terms` `terms_days` days): its renewal's
+    transaction `billed` (its `billed_at` now: the payment terms run from it; past due, if the
+    caller makes it so, `terms_days` days from now), unpaid. Answers the subscription, the
+    renewal and its payment."""
     sub = _renewed(admin, room_days=0)
-    terms = {"enable_checkout": False, "payment_terms": {"interval": "day", "frequency": 14},
+    terms = {"enable_checkout": False, "payment_terms": {"interval": "day", "frequency": terms_days},
              "purchase_order_number": "PO-123", "additional_information": None}
     (renewal,) = [t for t in admin.truth("transactions") if t.get("subscription_id") == sub["id"]
                   and (t["billing_period"] or {}).get("starts_at") == sub["current_billing_period"]["starts_at"]]
