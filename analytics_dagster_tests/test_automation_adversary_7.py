@@ -14,8 +14,9 @@ the claim. Fixed since (the docstrings say what was measured before): the newest
 id found at a first start (a page of 200 more when the newest has none); a cursor of before
 owes a run for the events without an id its first read finds; the run owed after a cleared
 cursor's run in flight keyed by the reset; more than 100 of them in the window (their digests
-kept with the window's ids); a read of the window stuck on a page of them. The page per 200 of
-them that every tick reads again is now the claim (README, docs/design.md), tested as such.
+kept with the window's ids; a cursor of the code that kept them in it is still read); a read of
+the window stuck on a page of them. The page per 200 of them that every tick reads again is now
+the claim (README, docs/design.md), tested as such.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
-from analytics_dagster.automation import EventsSensorCursor, _load_window
+from analytics_dagster.automation import EventsSensorCursor, _load_window, _store_window
 from analytics_dagster.source.events import EVENTS_PAGE_SIZE
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_automation import evaluate
@@ -112,6 +113,31 @@ def test_more_events_without_an_id_than_the_cursor_keeps_get_one_run(warehouse: 
     window = _load_window(instance, state)
     assert window is not None and not state.unkeyed
     assert len(window[1]) == (MAX_UNKEYED + 1 if then == "nothing" else 0), f"digests kept: {len(window[1])}"
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_the_digests_a_cursor_of_before_kept_are_still_known(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/design.md, "Late events": an event without a string id is "owed a run once").
+    The operator: the sensor ran the code that kept the digests in its cursor (`unkeyed`, a list
+    of them; none with the window's ids), and a customer's `customer.updated` without an
+    `event_id` got its run; then the code is upgraded. Its first tick reads the cursor's digests:
+    no run again in the minute after, and the digest is kept with the window's ids from then."""
+    instance = DagsterInstance.ephemeral()
+    cursor = the_windows_first_read_ended(admin, instance)
+    post_without_id(admin, 0, "Changed before the upgrade")
+    keys, cursor = ticks_for(admin, instance, cursor, 20)
+    assert len(keys) == 1, f"a customer.updated without an event_id: runs {keys}"
+    state = EventsSensorCursor.decode(cursor)
+    window = _load_window(instance, state)
+    assert window is not None and len(window[1]) == 1
+    state.unkeyed = sorted(window[1])  # the cursor and the window as the code of before wrote them
+    _store_window(instance, state, (window[0], {}))
+    keys, cursor = ticks_for(admin, instance, state.encode(), 60)
+    state = EventsSensorCursor.decode(cursor)
+    window = _load_window(instance, state)
+    assert not keys and state.unkeyed == [] and window is not None and len(window[1]) == 1, (
+        f"after the upgrade: runs {keys}, the cursor's digests {state.unkeyed}, the window's "
+        f"{window[1] if window else None}")
 
 
 @pytest.mark.usefixtures("backfilled")
