@@ -116,6 +116,31 @@ def test_more_events_without_an_id_than_the_cursor_keeps_get_one_run(warehouse: 
 
 
 @pytest.mark.usefixtures("backfilled")
+def test_with_no_window_the_cursor_keeps_the_digests_until_it_passes_them(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claim (docs/design.md, "Late events": an event without a string id is "owed a run once";
+    with no window, a lag of 0, the cursor keeps the digests). The operator: the lag set to 0
+    (`event_visibility_lag_seconds`). The API: 101 customers' `customer.updated` without an
+    `event_id`, then nothing for a minute; then a change with an id after them. One run for the
+    101 and one for the change; the cursor keeps the 101 digests while they are after it, none
+    once the change's id moved it past them."""
+    monkeypatch.setenv("SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS", "0")
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    for n in range(MAX_UNKEYED + 1):
+        post_without_id(admin, n, f"Without an id {n}")
+    keys, cursor = ticks_for(admin, instance, cursor, 60)
+    state = EventsSensorCursor.decode(cursor)
+    assert len(keys) == 1 and state.floor is None and len(state.unkeyed or ()) == MAX_UNKEYED + 1, (
+        f"runs {keys}, digests in the cursor {len(state.unkeyed or ())}")
+    admin.post("mutate", resource="customers", key=admin.truth("customers")[0]["id"], set={"name": "After them"})
+    more, cursor = ticks_for(admin, instance, cursor, 20)
+    state = EventsSensorCursor.decode(cursor)
+    assert len(more) == 1 and state.unkeyed == [], f"runs {more}, digests in the cursor {state.unkeyed}"
+
+
+@pytest.mark.usefixtures("backfilled")
 def test_the_digests_a_cursor_of_before_kept_are_still_known(warehouse: Path, admin: Admin) -> None:
     """Claim (docs/design.md, "Late events": an event without a string id is "owed a run once").
     The operator: the sensor ran the code that kept the digests in its cursor (`unkeyed`, a list
