@@ -210,11 +210,13 @@ class EventsSensorCursor:
     # it that a read found is kept, so `floor` may move back to it and take no id read before as
     # late (None: from `floor`, a cursor of before)
     kept_from: Optional[str] = None
-    # the digests of the events without a string id the sensor has read (newest last, at most
-    # `MAX_UNKEYED`): one it reads for the first time is new (no id orders it), and owed a run once
-    # (a cursor of before, which dropped them: those its first read finds too). None: a first
-    # tick's (a cursor of None): those its read finds are taken as seen, from before the sensor
-    unkeyed: Optional[list[str]] = field(default_factory=list)
+    # the digests of the events without a string id the sensor has read: one it reads for the
+    # first time is new (no id orders it), and owed a run once (a cursor of before, which dropped
+    # them: those its first read finds too). Kept with the window's ids (`Window`), each until no
+    # read can list its event again; here [] then, or, with no window (a lag of 0), [digest, id]
+    # pairs (a cursor of before: digests alone, still read). None: a first tick's (a cursor of
+    # None): those its read finds are taken as seen, from before the sensor
+    unkeyed: Optional[list[Any]] = field(default_factory=list)
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -303,7 +305,8 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
 
 # How often the events sensor asks the stream "anything new?": one request when nothing is (a
 # page of the events after its cursor), 6 a minute, 2.5% of Paddle's 240 (12, 5%, while its
-# late-event window holds more than a page: `WINDOW_PAGES`); a change waits 5 s for a tick on
+# late-event window holds more than a page: `WINDOW_PAGES`; a page more per 200 events without an
+# id it reads over: `events_after`); a change waits 5 s for a tick on
 # average, where 60 s made that wait most of a change's lag
 # (docs/benchmark.md, "Lag: from a change to the warehouse").
 EVENTS_SENSOR_INTERVAL_SECONDS = 10
@@ -323,7 +326,8 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
         "retention into a full listing; then, in the same run, the models reading them. One run at a time: "
         f"events that come while its run is in flight go in one run after it. Every {EVENTS_SENSOR_INTERVAL_SECONDS} s (a request when "
         "nothing is new; two while the late-event window behind its cursor holds over 200 events, whose ids it keeps in "
-        "the instance's key-value storage). It follows the run it requested: if that run failed, it "
+        "the instance's key-value storage; a page more per 200 events without an id it reads over). It follows the run "
+        "it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
         "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
         "backoff for the next changes; a canceled run: once, at the next tick). The first tick only sets the cursor; "
@@ -354,9 +358,9 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         # the late-event window begins in this tick, its first read made: an event that becomes
         # visible late before the next tick is late to it (the next tick takes an event listed
         # after the cursor meanwhile as new: the cursor is not moved here)
-        _, ids, _ = _new_events(base_url, api_key, state, None)
+        _, kept, _ = _new_events(base_url, api_key, state, None)
         if state.floor:
-            _store_window(context.instance, state, ids)
+            _store_window(context.instance, state, kept)
         return _start(context, state)
     state = EventsSensorCursor.decode(context.cursor)
     # what became of the run it follows, first: the window's ids are written last, once nothing
@@ -366,9 +370,9 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     window = _load_window(context.instance, state)
     notes = [] if window is not None or not state.floor else [
         "the late-event window's ids kept are not this cursor's: its window begins again"]
-    events, ids, loose = _new_events(base_url, api_key, state, window)
-    if state.floor and ids != window:  # (written when the ids change, and when a window begins)
-        _store_window(context.instance, state, ids)
+    events, kept, loose = _new_events(base_url, api_key, state, window)
+    if state.floor and kept != window:  # (written when it changes, and when a window begins)
+        _store_window(context.instance, state, kept)
     if events or loose:
         newest = [events[-1]["event_id"]] if events else []
         # (an event without an id names the run by its digest: the cursor's id would repeat a key used)
@@ -505,8 +509,14 @@ def window_key(token: str) -> str:
     return f"{WINDOW_KEY}/{token[:8]}/{token[8:11]}"
 
 
-def _load_window(instance: Any, state: EventsSensorCursor) -> Optional[set[str]]:
-    """The window's ids that go with `state` (written under its token), or None when the key-value
+# the late-event window as kept in the key-value storage: its ids, and the digests of the events
+# without a string id its reads listed, each with an id its place in the stream is known to be
+# at or before (None: not known yet; `_unseen_unkeyed`)
+Window = tuple[set[str], dict[str, Optional[str]]]
+
+
+def _load_window(instance: Any, state: EventsSensorCursor) -> Optional[Window]:
+    """The window that goes with `state` (written under its token), or None when the key-value
     storage holds none (none yet, blanked, or its slot written since under another token). The
     key of the token `state` replaced (`parent`) is blanked: `state` was kept, so no tick loads
     those ids again."""
@@ -516,26 +526,30 @@ def _load_window(instance: Any, state: EventsSensorCursor) -> Optional[set[str]]
     state.parent = None
     value = storage.get_cursor_values({window_key(state.kept)}).get(window_key(state.kept)) if state.kept else None
     kept = json.loads(value) if value else {}
-    return set(kept["ids"]) if kept.get("token") == state.kept and state.floor else None
+    if kept.get("token") != state.kept or not state.floor:
+        return None
+    return set(kept["ids"]), dict(kept.get("unkeyed") or {})
 
 
-def _store_window(instance: Any, state: EventsSensorCursor, ids: set[str]) -> None:
-    """Write `ids` under a new token, in another slot than the cursor's; the cursor's from now on
-    (its old one: `parent`)."""
+def _store_window(instance: Any, state: EventsSensorCursor, window: Window) -> None:
+    """Write `window` under a new token, in another slot than the cursor's; the cursor's from now
+    on (its old one: `parent`)."""
+    ids, unkeyed = window
     token = (state.kept or uuid4().hex)[:8] + uuid4().hex[:24]
     while state.kept and window_key(token) == window_key(state.kept):
         token = token[:8] + uuid4().hex[:24]
     instance.run_storage.set_cursor_values(
-        {window_key(token): json.dumps({"token": token, "ids": sorted(ids)}, separators=(",", ":"))})
+        {window_key(token): json.dumps({"token": token, "ids": sorted(ids), **({"unkeyed": unkeyed} if unkeyed else {})},
+                                       sort_keys=True, separators=(",", ":"))})
     state.kept, state.parent = token, state.kept
 
 
 def _new_events(
-    base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[set[str]]
-) -> tuple[list[dict], set[str], list[dict]]:
-    """The events this tick has not seen, oldest first, the window's ids after it (`window`:
-    before it; None: no window yet, one begins), and the events without an id read for the first
-    time (`unkeyed`). It reads the events after the cursor, and the
+    base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[Window]
+) -> tuple[list[dict], Window, list[dict]]:
+    """The events this tick has not seen, oldest first, the window after it (`window`: before it;
+    None: no window yet, one begins), and the events without an id read for the first time
+    (`_unseen_unkeyed`). It reads the events after the cursor, and the
     late-event window behind it on from where the last tick's read stopped (`reached`), up to the
     cursor: an id read there that `window` does not hold became visible late, and is new to it,
     but for the ids up to `baseline` (never read before: taken as they are). A window begins with
@@ -547,15 +561,17 @@ def _new_events(
     lag_ns = _lag_ns()
     cursor = state.event_id or ""
     going = lag_ns > 0 and window is not None and state.floor is not None and state.read_at is not None
-    ids = set(window or ()) if going else set()
+    ids = set(window[0]) if going and window else set()
+    known = _known_unkeyed(state, window)
     start = (state.reached or state.floor or "") if going else ""
     # the rest of the window's read fits a page: one read takes it and what is new (not while ids
     # up to the baseline lie ahead: they were never read, their number is not known)
-    # (the events without an id known may all lie in it: counted too)
-    merged = going and sum(1 for i in ids if start < i <= cursor) + len(state.unkeyed or ()) < EVENTS_PAGE_SIZE and not (
+    # (the events without an id known that may lie in it: counted too)
+    merged = going and sum(1 for i in ids if start < i <= cursor) + sum(
+        1 for at in (known or {}).values() if at is None or at > start) < EVENTS_PAGE_SIZE and not (
         state.baseline and start < state.baseline)
-    read, now_ns, complete, loose = events_after(
-        base_url, api_key, (min(start, cursor) if merged else cursor) or None, max_pages=NEW_PAGES)
+    after = min(start, cursor) if merged else cursor
+    read, now_ns, complete, loose = events_after(base_url, api_key, after or None, max_pages=NEW_PAGES)
     new = [e for e in read if e["event_id"] > cursor]
     again, done = (read, complete or bool(new)) if merged else ([], False)
     now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
@@ -571,10 +587,12 @@ def _new_events(
             and not (state.baseline and e["event_id"] <= state.baseline)]
     ids.update(e["event_id"] for e in again if e["event_id"] <= cursor)
     ids.update(e["event_id"] for e in new)
-    fresh = _unseen_unkeyed(state, loose)
-    if lag_ns <= 0:
+    fresh, unkeyed = _unseen_unkeyed(known, loose, after if complete else None)
+    newest_id = new[-1]["event_id"] if new else cursor
+    if lag_ns <= 0:  # no window: the cursor keeps the digests, until the cursor passes them
         state.floor = state.read_at = state.reached = state.baseline = state.kept_from = None
-        return sorted(late + new, key=lambda e: e["event_id"]), set(), fresh
+        state.unkeyed = sorted([k, at] for k, at in unkeyed.items() if at is None or at > newest_id)
+        return sorted(late + new, key=lambda e: e["event_id"]), (set(), {}), fresh
     kept_from = (state.kept_from if going else None) or state.floor or ""
     floor = state.floor or ""
     if done:  # the read reached the cursor: the next starts at the lag before it began
@@ -592,32 +610,54 @@ def _new_events(
     newest = id_ns(new[-1]["event_id"] if new else cursor) if (new or cursor) else None
     keep_ns = max(lag_ns, DEFAULT_VISIBILITY_LAG_SECONDS * NS_PER_SECOND)
     state.kept_from = max(kept_from, min(state.floor, window_floor(min(now_ns, newest or now_ns), keep_ns)))
-    return sorted(late + new, key=lambda e: e["event_id"]), {i for i in ids if i >= state.kept_from}, fresh
+    # the window keeps the digests (the cursor none), each until no read can list its event again:
+    # every read starts at the cursor or at `kept_from` or after
+    state.unkeyed = []
+    lowest = min(state.kept_from, newest_id)
+    return sorted(late + new, key=lambda e: e["event_id"]), (
+        {i for i in ids if i >= state.kept_from},
+        {k: at for k, at in unkeyed.items() if at is None or at > lowest}), fresh
 
 
-# the digests of events without an id the cursor keeps (`EventsSensorCursor.unkeyed`)
-MAX_UNKEYED = 100
+def _known_unkeyed(state: EventsSensorCursor, window: Optional[Window]) -> Optional[dict[str, Optional[str]]]:
+    """The digests of the events without a string id read before (`Window`), from the window kept
+    and the cursor (no window: [digest, id] pairs; a cursor of before: digests alone, where their
+    events lie not known); None: a cursor of None's first read."""
+    if state.unkeyed is None:
+        return None
+    known = dict(window[1]) if window is not None else {}
+    for entry in state.unkeyed:
+        key, at = (entry, None) if isinstance(entry, str) else entry
+        known.setdefault(key, at)
+    return known
 
 
-def _unseen_unkeyed(state: EventsSensorCursor, loose: list[dict]) -> list[dict]:
-    """Of the events without a string id a tick read (`loose`), those it never read before, by
-    their digests; all of them are kept as read. Such an event has no place in the stream's order
-    (the cursor cannot pass it, the window cannot hold it), so a read lists it again while it
-    lies after where the read starts: its digest says it was read (the sync keeps them alike:
-    `source.feed`). The first read of a cursor of None (`unkeyed` None) takes those it finds as
-    read."""
-    first = state.unkeyed is None
-    known = list(state.unkeyed or ())
-    seen = set(known)
-    fresh = []
-    for event in loose:
+def _unseen_unkeyed(
+    known: Optional[dict[str, Optional[str]]], loose: list[list[Any]], listed_after: Optional[str]
+) -> tuple[list[dict], dict[str, Optional[str]]]:
+    """Of the events without a string id a tick read (`loose`, each with the first id its read
+    listed after it), those it never read before (not in `known`, by their digests; None: a
+    cursor of None's first read, which takes those it finds as read), and the digests known
+    after it. Such an event has no place in the stream's order (the cursor cannot pass it, the
+    window cannot hold it), so a read lists it again while it lies after where the read starts:
+    its digest says it was read (the sync keeps them alike: `source.feed`). Each digest is kept
+    with an id its event lies at or before, the lowest known: the first id listed after it, or,
+    when the read of what is new read to the stream's end from `listed_after` without listing
+    it, that id; once no read can start below it, the digest is dropped (`_new_events`)."""
+    first = known is None
+    kept = dict(known or {})
+    fresh, listed = [], set()
+    for event, before in loose:
         key = digest(event)
-        if key not in seen:
-            seen.add(key)
-            known.append(key)
+        listed.add(key)
+        if key not in kept:
             fresh.append(event)
-    state.unkeyed = known[-MAX_UNKEYED:]
-    return [] if first else fresh
+            kept[key] = before
+        elif before is not None:
+            kept[key] = min(before, kept[key] or before)
+    if listed_after is not None:
+        kept.update({k: listed_after for k, at in kept.items() if at is None and k not in listed})
+    return ([] if first else fresh), kept
 
 
 @run_failure_sensor(
@@ -672,23 +712,34 @@ def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
 
 def events_after(
     base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None
-) -> tuple[list[dict[str, Any]], int, bool, list[Any]]:
-    """Events newer than `after`, oldest first (at most `max_pages` pages of 200; with `until`,
-    up to the page that reaches that id), the API's clock when the read began (its first
+) -> tuple[list[dict[str, Any]], int, bool, list[list[Any]]]:
+    """Events newer than `after`, oldest first (at most `max_pages` pages of 200, then on to a
+    page with an id in it: a read that goes on after its last id must not stop among events
+    without one, or the next, from that id, would stop there again; with `until`, up to the page
+    that reaches that id), the API's clock when the read began (its first
     page's `Date`), whether it read to the stream's end or `until` (False: `max_pages` cut it),
-    and the events it listed without a string id (apart: one cannot be a cursor)."""
+    and the events it listed without a string id (apart: one cannot be a cursor), each with the
+    first id the read listed after it (None: none), which its place in the stream is before."""
     params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
     if after:
         params["after"] = after
     events: list[dict[str, Any]] = []
-    loose: list[Any] = []
+    loose: list[list[Any]] = []
     now: Optional[int] = None
     for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
         now = now or api_now_ns(page.response)
-        events.extend(e for e in page if keyed(e))
-        loose.extend(e for e in page if isinstance(e, dict) and not keyed(e))
+        listed = len(events)
+        for event in page:
+            if keyed(event):
+                events.append(event)
+                for before in reversed(loose):
+                    if before[1] is not None:
+                        break
+                    before[1] = event["event_id"]
+            elif isinstance(event, dict):
+                loose.append([event, None])
         if until and events and events[-1]["event_id"] >= until:
             break
-        if pages >= max_pages:
+        if pages >= max_pages and len(events) > listed:
             return events, now or time.time_ns(), False, loose
     return events, now or time.time_ns(), True, loose
