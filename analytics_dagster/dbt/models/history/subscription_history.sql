@@ -82,13 +82,14 @@ recorded as (
 
 -- each listed row, and when it stands from: its updated_at (it has not changed since), or,
 -- paused or canceled since before that (its paused_at, canceled_at: a change since moved
--- updated_at on), from then, not before its creation
+-- updated_at on), from then, not before its creation (a second of slack: Paddle stamps the
+-- field a few milliseconds before updated_at, and stamps vary in precision)
 listed_rows as (
     select
         s.*,
-        case when s.status = 'paused' and s.paused_at < coalesce(s.updated_at, s.created_at)
+        case when s.status = 'paused' and s.paused_at < coalesce(s.updated_at, s.created_at) - interval '1 second'
                  then greatest(s.paused_at, coalesce(s.created_at, s.paused_at))
-             when s.status = 'canceled' and s.canceled_at < coalesce(s.updated_at, s.created_at)
+             when s.status = 'canceled' and s.canceled_at < coalesce(s.updated_at, s.created_at) - interval '1 second'
                  then greatest(s.canceled_at, coalesce(s.created_at, s.canceled_at))
              else coalesce(s.updated_at, s.created_at) end as listed_from
     from {{ raw('subscriptions') }} as s
@@ -185,7 +186,8 @@ observed as (
 first_known as (
     select
         k.*,
-        case when k.stopped_at < k.valid_from then greatest(k.stopped_at, k.created_at) else k.valid_from end
+        case when k.stopped_at < k.valid_from - interval '1 second' then greatest(k.stopped_at, k.created_at)
+             else k.valid_from end
             as known_from
     from (
         select
