@@ -20,9 +20,11 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from analytics_dagster.automation import RUN_KEY_TAG, EventsSensorCursor
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_automation import evaluate
-from analytics_dagster_tests.test_automation_adversary_2 import add_run
-from analytics_dagster_tests.test_automation_adversary_3 import BURST, tick
-from analytics_dagster_tests.test_automation_adversary_4 import launch, the_windows_first_read_ended
+from analytics_dagster.source.events import DEFAULT_VISIBILITY_LAG_SECONDS
+from analytics_dagster_tests.test_automation_adversary_2 import add_run, hold_a_change, ms_of
+from analytics_dagster_tests.test_automation_adversary_3 import BURST, api_clock, tick
+from analytics_dagster_tests.test_automation_adversary_4 import launch, the_windows_first_read_ended, ticks_for
+from analytics_dagster_tests.test_automation_adversary_6 import WAIT_SECONDS
 
 # the cursor Dagster's UI sets when its "Edit cursor" dialog is saved with its text emptied
 # (dagster-ui's EditCursorDialog sends the text as it is; dagster_graphql's set_sensor_cursor
@@ -72,3 +74,61 @@ def test_a_cursor_emptied_in_dagsters_ui_is_a_cleared_cursor(warehouse: Path, ad
     assert cost <= 3 and owes, (
         f"the cursor emptied, the sensor's last run {ours.run_key} {last_run}: {cost} requests of the "
         f"events; runs requested {keys} (the daemon launches {launched}); followed {state.run_key}, owed {state.owed}")
+
+
+LAG_SETTING = "SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS"
+
+
+@pytest.mark.parametrize("begun_again", [
+    pytest.param("the cursor cleared", marks=pytest.mark.xfail(strict=True, reason=(
+        "open (#30): a cleared cursor's window begins again with the cursor as its baseline: behind "
+        "more than a page of ids, a late event visible after the reset run read the stream, before the "
+        "window's first read reaches its id, is taken as seen"))),
+    pytest.param("the lag set to 0 for a tick", marks=pytest.mark.xfail(strict=True, reason=(
+        "open (#30): a lag of 0 drops the window (a lowered lag keeps the default's 600 s of ids): set "
+        "back, it begins again at the next tick, with the cursor as its baseline, so a late event visible "
+        "since the last tick at 0 is taken as seen, whatever the window's size"))),
+    "the lag set to 30 s for a tick",
+])
+@pytest.mark.usefixtures("backfilled")
+def test_a_late_event_behind_a_window_begun_again_gets_a_run(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch, begun_again: str
+) -> None:
+    """Claim (docs/design.md, "Late events": no late event visible within the lag of its id is
+    lost; "A lag lowered, then set back (30 s for a minute): the kept ids still span the default's
+    600 s, and the start goes back to them once the lag is raised"; "The events sensor, and why
+    its runs take every table with events": a cleared cursor's window begins in its first tick,
+    where before "a late event visible in those 10 s was taken as seen"). The API: a bulk change
+    of 300 customers (one instant), then a customer's change whose write commits late, then 3
+    changes, their run; then the window is begun again: the cursor cleared (its reset run
+    launched at once, reading the stream before the late event shows), or the lag set to 0, or
+    to 30 s, for a tick and set back; the late event becomes visible before the next tick,
+    within the lag of its id (11 s; 21 s after the tick at 0 or 30 s). Held at 30 s: its run.
+    Measured, no run in the 900 s that followed, and the change waits for another change's run
+    or a schedule (a quiet night after a bulk change: hours): cleared, the window begun again
+    read a page (200 ids) in the reset's tick, the late event's id beyond it and up to the
+    cursor (`baseline`), so the next tick took it as seen (a bulk change of 100: held); at 0,
+    the window began again only at the first tick after the lag was set back, its first read
+    taking the late event, already visible, as seen (a bulk change of 100 too)."""
+    instance = DagsterInstance.ephemeral()
+    cursor = the_windows_first_read_ended(admin, instance)
+    admin.post("advance", seconds=1, updates=300, same_instant=True)
+    late = hold_a_change(admin, 0)
+    admin.post("advance", seconds=2, updates=3)
+    keys, cursor = ticks_for(admin, instance, cursor, 10)
+    assert len(keys) == 1 and late not in keys[0]
+    if begun_again == "the cursor cleared":
+        result = evaluate(instance, None)
+        assert [r.run_key[:20] for r in result.run_requests] == ["events-cursor-reset-"], result.skip_message
+        launch(instance, result)  # the reset run: it read the stream before the late event showed
+    else:
+        monkeypatch.setenv(LAG_SETTING, "0" if "0 for" in begun_again else "30")
+        result, _ = tick(admin, instance, cursor)
+        launch(instance, result)
+        monkeypatch.delenv(LAG_SETTING)
+    admin.post("release", event_ids=[late])
+    visible = api_clock(admin) - ms_of(late) / 1000
+    assert visible < DEFAULT_VISIBILITY_LAG_SECONDS, visible
+    keys, _ = ticks_for(admin, instance, result.cursor, WAIT_SECONDS)
+    assert f"events-up-to-{late}" in keys, (
+        f"the late event {late}, visible {visible:.0f} s after its id, after {begun_again}: runs requested {keys}")
