@@ -1,7 +1,8 @@
 """The events sensor as 2a770d5 and b7969eb left it (issue #30), against what Dagster's operators
 do: a cursor cleared in Dagster's UI (its only way: the sensor page's "Edit cursor" dialog, its
-text emptied, sends `setSensorCursor` the cursor "", not None), and a window begun again behind a
-busy stretch (a cursor cleared, the lag set to 0 and back), a late event in it.
+text emptied, sends `setSensorCursor` the cursor "", not None); a window begun again (a cursor
+cleared behind a bulk change, the lag set to 0 and back) with a late event in it; and the
+requests of its ticks after a bulk change, against the share of the rate limit the sync is given.
 
 Each test states a claim of README's sensor row or docs/design.md ("Late events", "The events
 sensor, and why its runs take every table with events") and what broke it (measured numbers in
@@ -146,10 +147,11 @@ BULK = 15_000
 def test_the_sensor_after_a_bulk_change_keeps_within_the_syncs_share(
     warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Claim (README, "the rate limit (240/minute)": the limit is per IP address; "lower
-    `requests_per_minute` to this sync's share", and docs/api.md, "say 120 when your backend needs
-    the other half at peak"; README's sensor row: the watch costs one request a tick, two while the
-    late-event window holds over 200 events, 5% of 240). The operator: `requests_per_minute` 120,
+    """Claim (README's row on the rate limit of 240 a minute: it is per IP address, "lower
+    `requests_per_minute` to this sync's share"; docs/api.md, "Authentication, errors, limits":
+    say 120 when your backend needs the other half at peak; README's sensor row: the watch costs
+    one request a tick, two while the late-event window holds over 200 events, 5% of 240).
+    The operator: `requests_per_minute` 120,
     as advised. The API: a bulk change of 15,000 customers at once (a migration, an import; a
     daemon down for 20 minutes of a busy hour's 12.8 events a second comes to as many), the
     sensor watching. Measured: its next 6 ticks made 50, 75, 2, 2, 2, 2 requests of the events
