@@ -158,7 +158,10 @@ def test_the_sensor_after_a_bulk_change_keeps_within_the_syncs_share(
     (133 in that minute; 20,000 changes: 50, 100, 2...: 158), more than the whole share alone,
     beside its run's 75 pages of the stream (paced to the 120): about 208 from this sync in a
     minute where 120 were granted; with the backend's other half, past Paddle's 240 (one more:
-    429, the address blocked 60 s, the backend with it)."""
+    429, the address blocked 60 s, the backend with it). Each tick reads the window again from
+    the same start, the bulk change in it, 50 pages more each time: 40,000 changes made 50, 100,
+    150, 200, 2... (500 requests in 40 s, the sensor alone twice Paddle's whole limit; a tick
+    of 200 requests, at Paddle's latency a minute or more, the daemon's time for an evaluation)."""
     monkeypatch.setenv("SOURCES__ANALYTICS__REQUESTS_PER_MINUTE", str(SHARE))
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
