@@ -156,12 +156,20 @@ def _now() -> float:
     return time.time()
 
 
+def cleared(cursor: Optional[str]) -> bool:
+    """Whether the sensor's cursor was cleared: None (`dagster sensor cursor --delete`, a first
+    start) or blank (Dagster's UI, the sensor's page, "Edit cursor" with its text emptied, stores
+    ""). A cursor of before on an empty stream was "" too: nothing was seen, so it is the same."""
+    return not (cursor or "").strip()
+
+
 @dataclass
 class EventsSensorCursor:
     """What `api_events_sensor` keeps between ticks, as JSON in its cursor.
 
     Before runs were followed the cursor was the newest event id alone (or "" for an empty
-    stream); `decode` reads that too, and a cursor that kept the late-event window itself (its ids,
+    stream: read as cleared, `cleared`, as Dagster's UI clears a cursor); `decode` reads that too,
+    and a cursor that kept the late-event window itself (its ids,
     `recent`, or their counts and digests per stretch, `window`) or its ids under one key with a
     count of writes (`kept` a number): its window begins again at the next tick.
     """
@@ -218,10 +226,10 @@ class EventsSensorCursor:
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
-        if not text:
-            return cls()
+        if cleared(text):  # nothing seen, nothing read: a first tick's (`_evaluate` begins it so)
+            return cls(unkeyed=None)
         if not text.lstrip().startswith("{"):
-            return cls(event_id=text)  # the cursor of before: an event id
+            return cls(event_id=text.strip())  # the cursor of before: an event id
         data = json.loads(text)
         if "floor" not in data or not isinstance(data.get("kept"), (str, type(None))):
             # a cursor of before (the window's ids or digests in it, or its ids kept under one key
@@ -349,7 +357,7 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
 
 
 def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> SensorResult:
-    if context.cursor is None:
+    if cleared(context.cursor):
         state = EventsSensorCursor(event_id=latest_event_id(base_url, api_key), unkeyed=None)
         # the late-event window begins in this tick, its first read made: an event that becomes
         # visible late before the next tick is late to it (the next tick takes an event listed

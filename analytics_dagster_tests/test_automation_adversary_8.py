@@ -33,11 +33,6 @@ from analytics_dagster_tests.test_automation_adversary_6 import WAIT_SECONDS
 EMPTIED = ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (#30): a cursor emptied in Dagster's UI is \"\", which the sensor decodes as a cursor of "
-    "before on an empty stream: it reads the whole retained stream as new, and requests a run keyed by "
-    "the newest event, the key of the sensor's last run (launched, or in flight): nothing launched, "
-    "nothing owed"))
 @pytest.mark.parametrize("last_run", ["ended", "in flight"])
 @pytest.mark.usefixtures("backfilled")
 def test_a_cursor_emptied_in_dagsters_ui_is_a_cleared_cursor(warehouse: Path, admin: Admin, last_run: str) -> None:
@@ -52,7 +47,8 @@ def test_a_cursor_emptied_in_dagsters_ui_is_a_cleared_cursor(warehouse: Path, ad
     retained stream read from its start, as new; 50 pages a tick on an account of 10,000 events
     or more, 300 a minute where Paddle allows 240) and requested
     `events-up-to-<the newest event>`, the key of the run of the 3 changes, so the daemon
-    launched nothing: no reset run, and the run in flight followed with nothing owed after it."""
+    launched nothing: no reset run, and the run in flight followed with nothing owed after it.
+    Fixed: a blank cursor is a cleared one (`automation.cleared`), read as a cursor of None."""
     instance = DagsterInstance.ephemeral()
     admin.post("advance", seconds=0, updates=BURST, same_instant=True)
     admin.post("advance", seconds=700)  # (the burst left the lag)
