@@ -140,6 +140,7 @@ SENSOR_NAME = "api_events_sensor"
 # (dagster._core.storage.tags RUN_KEY_TAG, SENSOR_NAME_TAG): how the sensor finds its run again
 RUN_KEY_TAG = "dagster/run_key"
 SENSOR_NAME_TAG = "dagster/sensor_name"
+OURS = RunsFilter(tags={SENSOR_NAME_TAG: SENSOR_NAME})  # the sensor's runs in the instance
 # After the n-th run in a row failed, the next run is requested RETRY_DELAYS[n-1] seconds after
 # it ended (the last delay for any later one): at the next tick, then 5 min, 15 min, 1 h. With no
 # new event, a failed run is run again MAX_RETRIES times at most; then the sensor waits for new
@@ -156,12 +157,20 @@ def _now() -> float:
     return time.time()
 
 
+def cleared(cursor: Optional[str]) -> bool:
+    """Whether the sensor's cursor was cleared: None (`dagster sensor cursor --delete`, a first
+    start) or blank (Dagster's UI, the sensor's page, "Edit cursor" with its text emptied, stores
+    ""). A cursor of before on an empty stream was "" too: nothing was seen, so it is the same."""
+    return not (cursor or "").strip()
+
+
 @dataclass
 class EventsSensorCursor:
     """What `api_events_sensor` keeps between ticks, as JSON in its cursor.
 
     Before runs were followed the cursor was the newest event id alone (or "" for an empty
-    stream); `decode` reads that too, and a cursor that kept the late-event window itself (its ids,
+    stream: read as cleared, `cleared`, as Dagster's UI clears a cursor); `decode` reads that too,
+    and a cursor that kept the late-event window itself (its ids,
     `recent`, or their counts and digests per stretch, `window`) or its ids under one key with a
     count of writes (`kept` a number): its window begins again at the next tick.
     """
@@ -220,10 +229,10 @@ class EventsSensorCursor:
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
-        if not text:
-            return cls()
+        if cleared(text):  # nothing seen, nothing read: a first tick's (`_evaluate` begins it so)
+            return cls(unkeyed=None)
         if not text.lstrip().startswith("{"):
-            return cls(event_id=text)  # the cursor of before: an event id
+            return cls(event_id=text.strip())  # the cursor of before: an event id
         data = json.loads(text)
         if "floor" not in data or not isinstance(data.get("kept"), (str, type(None))):
             # a cursor of before (the window's ids or digests in it, or its ids kept under one key
@@ -326,8 +335,8 @@ EVENTS_SENSOR_INTERVAL_SECONDS = 10
         "retention into a full listing; then, in the same run, the models reading them. One run at a time: "
         f"events that come while its run is in flight go in one run after it. Every {EVENTS_SENSOR_INTERVAL_SECONDS} s (a request when "
         "nothing is new; two while the late-event window behind its cursor holds over 200 events, whose ids it keeps in "
-        "the instance's key-value storage; a page more per 200 events without an id it reads over). It follows the run "
-        "it requested: if that run failed, it "
+        "the instance's key-value storage; a page more per 200 events without an id it reads over; 10 at most, however "
+        "large a bulk change: the next ticks read on). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
         "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
         "backoff for the next changes; a canceled run: once, at the next tick). The first tick only sets the cursor; "
@@ -353,15 +362,21 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
 
 
 def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> SensorResult:
-    if context.cursor is None:
+    if cleared(context.cursor):
         state = EventsSensorCursor(event_id=latest_event_id(base_url, api_key), unkeyed=None)
         # the late-event window begins in this tick, its first read made: an event that becomes
         # visible late before the next tick is late to it (the next tick takes an event listed
-        # after the cursor meanwhile as new: the cursor is not moved here)
-        _, kept, _ = _new_events(base_url, api_key, state, None)
+        # after the cursor meanwhile as new: the cursor is not moved here). A first start reads a
+        # page of it; a reset (the sensor has runs: `_start`) as much as the tick's requests allow
+        # (`TICK_PAGES`, two taken by the stream's end), so that a window within them (a bulk
+        # change of 1,400) keeps no baseline: an event of it that becomes visible late after the
+        # reset's run read the stream is late to it, not taken as seen
+        reset = bool(context.instance.get_run_records(filters=OURS, limit=1))
+        _, kept, _ = _new_events(base_url, api_key, state, None, budget=TICK_PAGES - 2,
+                                 first_pages=TICK_PAGES if reset else WINDOW_PAGES)
         if state.floor:
             _store_window(context.instance, state, kept)
-        return _start(context, state)
+        return _start(context, state, reset)
     state = EventsSensorCursor.decode(context.cursor)
     # what became of the run it follows, first: the window's ids are written last, once nothing
     # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it,
@@ -433,9 +448,9 @@ def _request(
     )
 
 
-def _start(context: SensorEvaluationContext, state: EventsSensorCursor) -> SensorResult:
+def _start(context: SensorEvaluationContext, state: EventsSensorCursor, reset: bool) -> SensorResult:
     """The first tick of a cursor of None (`state`: the cursor set to the newest event, its window
-    begun). The first start ever (no run of the sensor in the instance) requests nothing. A cursor
+    begun). The first start ever (no run of the sensor in the instance, `reset` False) requests nothing. A cursor
     cleared (Dagster's UI; a code location renamed or moved) may have owed a run, and what it owed
     is unknown: the sensor follows a run of its own still in flight and owes the run after it, or
     requests one run at once, keyed apart by the instant of the reset (`events-cursor-reset-...`).
@@ -443,11 +458,10 @@ def _start(context: SensorEvaluationContext, state: EventsSensorCursor) -> Senso
     them in flight is looked for, not only the newest."""
     newest = state.event_id
     note = f"cursor set to the newest event {newest}"
-    ours = RunsFilter(tags={SENSOR_NAME_TAG: SENSOR_NAME})
-    if not context.instance.get_run_records(filters=ours, limit=1):
+    if not reset:
         return SensorResult(skip_reason=SkipReason(note), cursor=state.encode())
     in_flight = context.instance.get_run_records(
-        filters=RunsFilter(tags=ours.tags, statuses=list(_IN_FLIGHT)), limit=1)
+        filters=RunsFilter(tags=OURS.tags, statuses=list(_IN_FLIGHT)), limit=1)
     run = in_flight[0].dagster_run if in_flight else None
     if run is not None and run.tags.get(RUN_KEY_TAG):
         # (the run after it keyed by the reset: the newest event's id may be that run's own key)
@@ -479,16 +493,19 @@ def _selection(touched: list[str]) -> tuple[list[str], str]:
                     f"events touched, not the {len(STREAM_TABLES)} of the stream; the schedules list the rest)")
 
 
-# What a tick reads (docs/design.md, "How fast a change arrives"): the events after the newest it
-# saw, every page of them up to NEW_PAGES (10,000 events: a burst beyond that is read on by the
-# next ticks), so nothing that follows a burst waits. Then the late-event window behind it, read
-# again on from where the last tick stopped: WINDOW_PAGES pages, and WINDOW_PAGES_PER_NEW more per
-# 200 new events (the window grows by what is new: its read keeps well ahead of that, so a read
-# of the window at a steady rate takes a few minutes, not ever longer). An idle tick costs two
-# requests while the window holds more than a page of ids (12 a minute, 5% of Paddle's 240), one
-# when the rest of the window's read fits the page of what is new (the usual case: one request
-# takes both).
-NEW_PAGES = 50
+# What a tick reads (docs/design.md, "How fast a change arrives"): TICK_PAGES requests at most, 60
+# a minute, a quarter of Paddle's 240 (with a run paced to docs/api.md's share of 120: 180), however
+# large a bulk change; what a tick does not read, the next ones read on. First the events after the
+# newest it saw, every page of them up to that cap but a page (1,800 events: a burst beyond that is
+# read on by the next ticks; a change after a burst is seen once they reach it, and the run the
+# burst's first tick requested reads the stream to its end meanwhile). Then the late-event window
+# behind it, read again on from where the last tick stopped: WINDOW_PAGES pages, and
+# WINDOW_PAGES_PER_NEW more per 200 new events, within what the cap leaves (the window grows by what
+# is new: its read keeps well ahead of that, so a read of the window at a steady rate takes a few
+# minutes, not ever longer). An idle tick costs two requests while the window holds more than a
+# page of ids (12 a minute, 5% of 240), one when the rest of the window's read fits the page of
+# what is new (the usual case: one request takes both).
+TICK_PAGES = 10
 WINDOW_PAGES = 1
 WINDOW_PAGES_PER_NEW = 5
 # the prefix of the keys of the window's ids in the instance's key-value storage (`window_key`)
@@ -545,7 +562,8 @@ def _store_window(instance: Any, state: EventsSensorCursor, window: Window) -> N
 
 
 def _new_events(
-    base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[Window]
+    base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[Window],
+    budget: int = TICK_PAGES, first_pages: int = WINDOW_PAGES,
 ) -> tuple[list[dict], Window, list[dict]]:
     """The events this tick has not seen, oldest first, the window after it (`window`: before it;
     None: no window yet, one begins), and the events without an id read for the first time
@@ -553,11 +571,13 @@ def _new_events(
     late-event window behind it on from where the last tick's read stopped (`reached`), up to the
     cursor: an id read there that `window` does not hold became visible late, and is new to it,
     but for the ids up to `baseline` (never read before: taken as they are). A window begins with
-    its first read, a page (`WINDOW_PAGES`) in the tick that begins it: a window within that page
-    has no baseline. A read that reaches the cursor ends; the next starts at the lag before it
+    its first read, `first_pages` in the tick that begins it: a window within them has no
+    baseline. A read that reaches the cursor ends; the next starts at the lag before it
     began, or before the API's clock when that is lower, never below `kept_from` (the ids kept
     are complete from there: a clock stepping back reads none pruned again), so an event visible
-    late, within the lag of its id, is read by the read in progress or the next."""
+    late, within the lag of its id, is read by the read in progress or the next. It makes `budget`
+    requests at most (`TICK_PAGES`), a page of them left to the window's read; a window's first
+    read takes `first_pages` of them in the tick that begins it."""
     lag_ns = _lag_ns()
     cursor = state.event_id or ""
     going = lag_ns > 0 and window is not None and state.floor is not None and state.read_at is not None
@@ -571,7 +591,9 @@ def _new_events(
         1 for at in (known or {}).values() if at is None or at > start) < EVENTS_PAGE_SIZE and not (
         state.baseline and start < state.baseline)
     after = min(start, cursor) if merged else cursor
-    read, now_ns, complete, loose = events_after(base_url, api_key, after or None, max_pages=NEW_PAGES)
+    # (a page of the tick's requests is left to the window's read: `TICK_PAGES`)
+    read, now_ns, complete, loose, used = events_after(
+        base_url, api_key, after or None, max_pages=budget if merged or lag_ns <= 0 else budget - WINDOW_PAGES)
     new = [e for e in read if e["event_id"] > cursor]
     again, done = (read, complete or bool(new)) if merged else ([], False)
     now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
@@ -579,9 +601,10 @@ def _new_events(
         start = window_floor(now_ns, lag_ns)
         state.floor, state.read_at, state.reached, state.baseline = start, now, None, cursor or None
     if lag_ns > 0 and not merged:
-        pages = WINDOW_PAGES + (WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE if going else 0)
-        again, _, done, loose_again = (events_after(base_url, api_key, start, max_pages=pages, until=cursor)
-                                       if start < cursor else ([], 0, True, []))
+        pages = min(budget - used,
+                    WINDOW_PAGES + WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE if going else first_pages)
+        again, _, done, loose_again, _ = (events_after(base_url, api_key, start, max_pages=pages, until=cursor)
+                                          if start < cursor else ([], 0, True, [], 0))
         loose = loose + loose_again
     late = [e for e in again if e["event_id"] <= cursor and e["event_id"] not in ids
             and not (state.baseline and e["event_id"] <= state.baseline)]
@@ -712,20 +735,22 @@ def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
 
 def events_after(
     base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None
-) -> tuple[list[dict[str, Any]], int, bool, list[list[Any]]]:
+) -> tuple[list[dict[str, Any]], int, bool, list[list[Any]], int]:
     """Events newer than `after`, oldest first (at most `max_pages` pages of 200, then on to a
     page with an id in it: a read that goes on after its last id must not stop among events
     without one, or the next, from that id, would stop there again; with `until`, up to the page
     that reaches that id), the API's clock when the read began (its first
     page's `Date`), whether it read to the stream's end or `until` (False: `max_pages` cut it),
-    and the events it listed without a string id (apart: one cannot be a cursor), each with the
-    first id the read listed after it (None: none), which its place in the stream is before."""
+    the events it listed without a string id (apart: one cannot be a cursor), each with the
+    first id the read listed after it (None: none), which its place in the stream is before, and
+    its requests."""
     params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
     if after:
         params["after"] = after
     events: list[dict[str, Any]] = []
     loose: list[list[Any]] = []
     now: Optional[int] = None
+    pages = 0
     for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
         now = now or api_now_ns(page.response)
         listed = len(events)
@@ -741,5 +766,5 @@ def events_after(
         if until and events and events[-1]["event_id"] >= until:
             break
         if pages >= max_pages and len(events) > listed:
-            return events, now or time.time_ns(), False, loose
-    return events, now or time.time_ns(), True, loose
+            return events, now or time.time_ns(), False, loose, pages
+    return events, now or time.time_ns(), True, loose, pages

@@ -300,7 +300,10 @@ def test_the_sensor_finds_the_stream_where_a_run_does(monkeypatch) -> None:
 
 def test_the_sensor_cursor_reads_the_old_format_and_backs_off() -> None:
     assert EventsSensorCursor.decode("evt_01abc") == EventsSensorCursor(event_id="evt_01abc")
-    assert EventsSensorCursor.decode("") == EventsSensorCursor()
+    # a blank cursor (the old one of an empty stream, or Dagster's UI's "Edit cursor" emptied) is a
+    # cleared one: nothing seen, nothing read (`automation.cleared`)
+    for blank in (None, "", " \n"):
+        assert EventsSensorCursor.decode(blank) == EventsSensorCursor(unkeyed=None)
     state = EventsSensorCursor(event_id="evt_1", run_key="k", owed=True, failures=2, failed_at=1000.0)
     assert EventsSensorCursor.decode(state.encode()) == state
     waits = [EventsSensorCursor(failures=n, failed_at=1000.0).wait_seconds(1000.0) for n in range(7)]

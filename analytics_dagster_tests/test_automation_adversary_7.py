@@ -59,7 +59,7 @@ def test_a_first_start_only_sets_the_cursor(warehouse: Path, admin: Admin, newes
     of the events (the stream, 2,279 events, read from its start), its cursor's `event_id` None;
     the next made 12 more and requested a run `events-up-to-<the newest with an id>` for every
     event of the stream, none changed since the sensor was turned on (at 10,000 events or more:
-    50 requests a tick, `NEW_PAGES`, until read: 300 a minute where Paddle allows 240)."""
+    50 requests a tick, the cap of then, until read: 300 a minute where Paddle allows 240)."""
     instance = DagsterInstance.ephemeral()
     admin.post("advance", seconds=0, updates=BURST, same_instant=True)
     customer = admin.truth("customers")[0]["id"]
