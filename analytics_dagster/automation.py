@@ -195,6 +195,13 @@ class EventsSensorCursor:
     # the runs requested that were canceled, in a row: the first is run again once, a canceled
     # retry is not (`_follow_run`)
     canceled: int = 0
+    # the tick's read of what is new stopped at the tick's cap of requests (`TICK_PAGES`) before
+    # the stream's end (a bulk change): the next ticks read on
+    behind: bool = False
+    # a run was requested while that read was behind: that run reads the stream to its end
+    # itself, so the run after it waits until the read has caught up (one run, not one a tick
+    # while the ticks catch up and the runs end faster), unless it failed or was canceled
+    held: bool = False
     # the late-event window (`_new_events`): its ids are kept in the instance's key-value storage
     # (`WINDOW_KEY`); the cursor keeps where its rolling read stands. That read goes from `floor`
     # (an id: the lag before the read before it began, or before the API's clock when that is
@@ -412,6 +419,11 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         # next run (that run reads the stream from each table's cursor to its end), not a run a tick
         notes.append("the new events go in the run after it")
         return SensorResult(skip_reason=SkipReason("; ".join(notes)), cursor=state.encode())
+    state.held = state.held and state.behind and not (state.failures or state.canceled or state.models_failed)
+    if state.owed and state.held:
+        notes.append("the read of what is new is behind the stream: the run requested when it fell behind read the "
+                     "stream to its end, and the run after waits until the read has caught up")
+        return SensorResult(skip_reason=SkipReason("; ".join(notes)), cursor=state.encode())
     wait = state.wait_seconds(_now())
     if not state.owed or wait > 0:
         if state.owed:
@@ -440,6 +452,7 @@ def _request(
     the cursor follows it, nothing owed."""
     tables, why = _selection(state.tables)
     state.run_key, state.owed, state.tables, state.newest_new = run_key, False, [], None
+    state.held = state.behind  # (`EventsSensorCursor.held`)
     context.log.info(f"{note}; requesting {run_key} of {tables} and the models reading them{why}")
     return SensorResult(
         run_requests=[RunRequest(
@@ -594,6 +607,7 @@ def _new_events(
     # (a page of the tick's requests is left to the window's read: `TICK_PAGES`)
     read, now_ns, complete, loose, used = events_after(
         base_url, api_key, after or None, max_pages=budget if merged or lag_ns <= 0 else budget - WINDOW_PAGES)
+    state.behind = not complete
     new = [e for e in read if e["event_id"] > cursor]
     again, done = (read, complete or bool(new)) if merged else ([], False)
     now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
