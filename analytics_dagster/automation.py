@@ -198,10 +198,12 @@ class EventsSensorCursor:
     # the tick's read of what is new stopped at the tick's cap of requests (`TICK_PAGES`) before
     # the stream's end (a bulk change): the next ticks read on
     behind: bool = False
-    # a run was requested while that read was behind: that run reads the stream to its end
-    # itself, so the run after it waits until the read has caught up (one run, not one a tick
-    # while the ticks catch up and the runs end faster), unless it failed or was canceled
-    held: bool = False
+    # when a run was requested while that read was behind (seconds since the epoch): that run
+    # reads the stream to its end itself, so the run after it waits until the read has caught up
+    # (one run, not one a tick while the ticks catch up and the runs end faster), unless it
+    # failed or was canceled, or for `HELD_SECONDS` at most (a rate the capped read never keeps
+    # up with: a run every 5 minutes)
+    held: Optional[float] = None
     # the late-event window (`_new_events`): its ids are kept in the instance's key-value storage
     # (`WINDOW_KEY`); the cursor keeps where its rolling read stands. That read goes from `floor`
     # (an id: the lag before the read before it began, or before the API's clock when that is
@@ -326,6 +328,9 @@ def _follow_run(context: SensorEvaluationContext, state: EventsSensorCursor) -> 
 # average, where 60 s made that wait most of a change's lag
 # (docs/benchmark.md, "Lag: from a change to the warehouse").
 EVENTS_SENSOR_INTERVAL_SECONDS = 10
+# the longest the run after one requested while the sensor's read was behind waits for the read
+# to catch up (`EventsSensorCursor.held`)
+HELD_SECONDS = 300
 
 
 @sensor(
@@ -419,8 +424,10 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         # next run (that run reads the stream from each table's cursor to its end), not a run a tick
         notes.append("the new events go in the run after it")
         return SensorResult(skip_reason=SkipReason("; ".join(notes)), cursor=state.encode())
-    state.held = state.held and state.behind and not (state.failures or state.canceled or state.models_failed)
-    if state.owed and state.held:
+    if not state.behind or state.failures or state.canceled or state.models_failed or (
+            _now() - (state.held or 0.0) > HELD_SECONDS):
+        state.held = None
+    if state.owed and state.held is not None:
         notes.append("the read of what is new is behind the stream: the run requested when it fell behind read the "
                      "stream to its end, and the run after waits until the read has caught up")
         return SensorResult(skip_reason=SkipReason("; ".join(notes)), cursor=state.encode())
@@ -452,7 +459,7 @@ def _request(
     the cursor follows it, nothing owed."""
     tables, why = _selection(state.tables)
     state.run_key, state.owed, state.tables, state.newest_new = run_key, False, [], None
-    state.held = state.behind  # (`EventsSensorCursor.held`)
+    state.held = _now() if state.behind else None  # (`EventsSensorCursor.held`)
     context.log.info(f"{note}; requesting {run_key} of {tables} and the models reading them{why}")
     return SensorResult(
         run_requests=[RunRequest(
