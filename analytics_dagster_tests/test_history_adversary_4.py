@@ -3,8 +3,8 @@
 their payment terms, dunning past the period's end (`inferred_after_payment`), an attempt
 retried within the hour leaving no past-due day. Behaviours the API allows, older than the
 stream keeps, each built on a `World(lifecycles=True)` sandbox over HTTP, synced once and
-compared every day with the sandbox's own MRR (`test_history.compare_every_day`). Open (strict
-xfails), each off by more than its flags say:
+compared every day with the sandbox's own MRR (`test_history.compare_every_day`). Found off by
+more than their flags said, each fixed (fix31j, the docstrings say how):
 - an invoice whose payment terms outlast its period (net 45 on a monthly price), paid late:
   read as past due from the period's end, not from the terms' end;
 - an invoice canceled (Paddle: "no longer due") with its subscription, canceled at once
@@ -49,8 +49,6 @@ def _paid_at_once(admin: Admin, sub_id: str, renewal_id: str, captured: dict, fa
         "status": "completed", "payments": [*failed, dict(captured, created_at=paid, captured_at=paid)]})
 
 
-@pytest.mark.xfail(strict=True, reason="open (#31): an invoice whose payment terms outlast its period, paid "
-                                       "late, is read as past due from the period's end, not the terms' end")
 @pytest.mark.world(lifecycles=True)
 def test_an_invoice_whose_payment_terms_outlast_its_period_paid_late(warehouse: Path, admin: Admin) -> None:
     """A monthly renewal invoiced net 45 days (`payment_terms` 45 days: Paddle allows any
@@ -62,7 +60,9 @@ def test_an_invoice_whose_payment_terms_outlast_its_period_paid_late(warehouse: 
     (`inferred_after_payment`): 15 days at the subscription's whole MRR, no flag (nothing
     assumes a default). Claims (a) and (b). So is any invoice paid late whose terms end after
     its period does: net 30 on a February period, or a change's invoice (`subscription_update`)
-    billed within its terms of the period's end."""
+    billed within its terms of the period's end. Fixed (fix31j): the period's unpaid days start
+    at its terms' end, past the period's, and the states they overlap (the next period, renewed
+    before) stop there and resume (`/resumed`) once it was paid."""
     sub, renewal, captured = _invoiced(admin, terms_days=45)
     _advance_days(admin, 45)
     due = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "past_due"})["updated_at"]
@@ -90,8 +90,6 @@ def test_an_invoice_paid_within_payment_terms_longer_than_its_period(warehouse: 
     assert_history_starts_when_subscriptions_did(warehouse, admin)
 
 
-@pytest.mark.xfail(strict=True, reason="open (#31): an invoice canceled with its subscription is read as a "
-                                       "period billed by nothing: its days active read as no MRR, unflagged")
 @pytest.mark.world(lifecycles=True)
 def test_an_invoice_canceled_with_its_subscription(warehouse: Path, admin: Admin) -> None:
     """A monthly renewal invoiced (net 14 days), its subscription canceled at once 10 days in,
@@ -106,7 +104,12 @@ def test_an_invoice_canceled_with_its_subscription(warehouse: Path, admin: Admin
     nothing, and moved no billing date), so claim (a) is broken. The canceled invoice's
     `billing_period` and the listed row's cancellation say the days were billed, then ended.
     (Its price converted, those days are off by more than `assumption_mrr` too, claim (c): the
-    bound is the period before's MRR, at last month's exchange rate.)"""
+    bound is the period before's MRR, at last month's exchange rate.) Fixed (fix31j): a
+    transaction billed, then canceled (Paddle's "no longer due", its `billed_at` set) billed its
+    period, which the subscription had until it ended (here its cancellation, the listed row's
+    `canceled_at`): active (past due from its payment terms' end or failed payment, if before),
+    priced by its own lines (`subscription_billed_lines` reads it too); no default assumed, so
+    no bound needed."""
     sub, renewal, _ = _invoiced(admin)
     _advance_days(admin, 10)
     canceled = admin.post("mutate", resource="subscriptions", key=sub["id"], set={
@@ -117,8 +120,6 @@ def test_an_invoice_canceled_with_its_subscription(warehouse: Path, admin: Admin
     compare_every_day(warehouse, admin)
 
 
-@pytest.mark.xfail(strict=True, reason="open (#31): a renewal declined then captured within the hour across "
-                                       "midnight UTC reads active on the day it was past due at its end")
 @pytest.mark.world(lifecycles=True, seed=16)  # (a world with a monthly subscription renewing at 23:18)
 def test_a_decline_captured_within_the_hour_across_midnight(warehouse: Path, admin: Admin) -> None:
     """A renewal whose first payment attempt is declined at its billing, late in the day
@@ -128,7 +129,8 @@ def test_a_decline_captured_within_the_hour_across_midnight(warehouse: Path, adm
     state at its end: the renewal's day ends past due (no MRR). The model leaves a capture
     within the hour of the failure unsplit (`paid_late`: "leaves no past-due day"), so that day
     reads active at the subscription's whole MRR, no flag. Claims (a) and (b), one day for any
-    retry within the hour that crosses midnight UTC."""
+    retry within the hour that crosses midnight UTC. Fixed (fix31j): the allowance holds only
+    within a day (UTC): a failure and its capture on different days are split."""
     late = [s for s in _active_monthly(admin, room_days=0)
             if 23 * 3600 + 5 * 60 <= parse_ns(s["next_billed_at"]) // 10**9 % 86400 < 23 * 3600 + 50 * 60]
     assert late, "the world has a monthly subscription that renews in the day's last hour"
@@ -153,8 +155,6 @@ def test_a_decline_captured_within_the_hour_across_midnight(warehouse: Path, adm
     compare_every_day(warehouse, admin, unless_defaults=True)
 
 
-@pytest.mark.xfail(strict=True, reason="open (#31): an invoice whose billing period starts before it was issued "
-                                       "starts the subscription's history before the subscription existed")
 @pytest.mark.world(lifecycles=True)
 def test_an_invoice_for_a_period_that_began_before_it(warehouse: Path, admin: Admin) -> None:
     """Paddle's own example of a transaction made through the API (origin `api`, `collection_mode:
@@ -168,7 +168,8 @@ def test_an_invoice_for_a_period_that_began_before_it(warehouse: Path, admin: Ad
     (`inferred_from` transaction), not at the subscription's `created_at`: 20 days before the
     subscription existed count its whole MRR, unflagged (claim (a)); and its history does not
     start at its `created_at` (docs/models.md: "a subscription's history starts at its
-    `created_at`")."""
+    `created_at`"). Fixed (fix31j): a period starts no earlier than the subscription's creation
+    (an imported one's first excepted): its first period counts from the creation."""
     sub, checkout, _ = _checked_out_long_ago(admin)[0]
     terms = {"enable_checkout": False, "payment_terms": {"interval": "day", "frequency": 14},
              "purchase_order_number": "PO-0801", "additional_information": None}
@@ -180,8 +181,6 @@ def test_an_invoice_for_a_period_that_began_before_it(warehouse: Path, admin: Ad
     compare_every_day(warehouse, admin, unless_defaults=True)
 
 
-@pytest.mark.xfail(strict=True, reason="open (#31): a currency changed unbilled before a renewal: the uncertain "
-                                       "period's bound in the new currency prices it at the next period's rate")
 @pytest.mark.world(lifecycles=True)
 def test_a_currency_changed_unbilled_before_a_renewal(warehouse: Path, admin: Admin) -> None:
     """Paddle lets a subscription's currency change (`PATCH` with `currency_code`: "Include to
@@ -194,7 +193,9 @@ def test_a_currency_changed_unbilled_before_a_renewal(warehouse: Path, admin: Ad
     period's own (the sandbox's truth: the unit of the current period, from its start). Off by
     more than `uncertain_mrr` on each USD day before the renewal, by about 1% of the
     subscription's MRR: claim (c). (The tolerance does not cover a bound: an exchange rate's
-    month moves it either way.)"""
+    month moves it either way.) Fixed (fix31j): in a currency it changed to, the bound's
+    converted amounts (priced by a billed line) get a margin for the rate's move, the dbt var
+    `exchange_rate_margin` (5%)."""
     sub = _renewed(admin, room_days=0)
     _advance_days(admin, 10)
     admin.post("mutate", resource="subscriptions", key=sub["id"], set={"currency_code": "USD"})

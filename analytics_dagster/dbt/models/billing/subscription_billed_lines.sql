@@ -6,7 +6,8 @@
 -- transaction billed) billed: a converted price's past days take the exchange
 -- rate of their own period, not the newest renewal's.
 -- The transactions read: those of a subscription (subscription_id), made by its checkout (origin
--- web; a subscription sold on an invoice: the API's transaction that created it, api) or a renewal (subscription_recurring), billed (billed, paid, completed or past_due); a
+-- web; a subscription sold on an invoice: the API's transaction that created it, api) or a renewal (subscription_recurring), billed (billed, paid, completed or past_due; or
+-- billed, then canceled: an invoice no longer due, for a period the subscription had); a
 -- prorated line (a change within a period) bills part of a period, and is left out.
 with lines as (
     select
@@ -27,7 +28,7 @@ with lines as (
     join {{ ref('stg_transactions') }} as t on t.transaction_id = l.transaction_id
     where t.subscription_id is not null
       and t.origin in ('web', 'api', 'subscription_recurring')
-      and t.status in ('billed', 'paid', 'completed', 'past_due')
+      and (t.status in ('billed', 'paid', 'completed', 'past_due') or (t.status = 'canceled' and t.billed_at is not null))
       and not l.prorated
       and l.price_id is not null
       and l.unit_subtotal is not null

@@ -223,11 +223,13 @@ trial_checkouts as (
 -- (paid_at: the first captured payment's captured_at; null: never paid, the transaction still
 -- past due), Paddle's `past_due` (the transaction, once paid, is `completed` like any other).
 -- Collected automatically (Paddle charges the payment method on file), a renewal is late when
--- its first attempt that did not capture failed, more than an hour before one captured (an
--- attempt retried at once, Paddle's own example captured 3 minutes after a decline, leaves no
--- past-due day); collected manually (an invoice), when its payment terms elapsed
+-- its first attempt that did not capture failed, more than an hour before one captured, or on
+-- an earlier day (UTC: an attempt retried at once, Paddle's own example captured 3 minutes after
+-- a decline, leaves no past-due day, unless a day ends between them, and mrr_daily takes each
+-- day's state at its end); collected manually (an invoice), when its payment terms elapsed
 -- (`billing_details.payment_terms` from its billed_at: Paddle makes it past due "when payment
--- terms have elapsed for a manually-collected transaction"), and it was late if not paid by then
+-- terms have elapsed for a manually-collected transaction"), and it was late if not paid by then.
+-- One billed, then canceled (an invoice "no longer due"), never paid: as one still past due
 payments as (
     select
         t.id as transaction_id,
@@ -255,16 +257,20 @@ paid_late as (
         left join payments as p on p.transaction_id = t.id
         where t.subscription_id is not null
           and (t.origin = 'subscription_recurring' or t.collection_mode = 'manual')
-          and (t.status in ('paid', 'completed') or (t.status = 'past_due' and t.collection_mode = 'manual'))
+          and (t.status in ('paid', 'completed', 'canceled')
+               or (t.status = 'past_due' and t.collection_mode = 'manual'))
     ) as due
-    where (status <> 'past_due' and failed_at < paid_at - interval '1 hour')
-       or (status = 'past_due' and failed_at is not null)
+    where (status in ('paid', 'completed') and failed_at < paid_at
+           and (failed_at < paid_at - interval '1 hour' or cast(failed_at as date) <> cast(paid_at as date)))
+       or (status in ('past_due', 'canceled') and failed_at is not null)
 ),
 
 -- What the subscription's own transactions billed (transactions, unlike events, stay in the
 -- API): each of its checkout's (web; or, sold on an invoice, the transaction made through the
 -- API that created it: api, with the subscription and its first billing period), renewals'
--- (subscription_recurring) and changes' (subscription_update), billed, paid, completed or past due, with a billing period (a trial's
+-- (subscription_recurring) and changes' (subscription_update), billed, paid, completed or past due
+-- (or billed, then canceled: an invoice no longer due, for a period the subscription had until
+-- it ended, as far as the next state), with a billing period (a trial's
 -- checkout: trialing, its period the trial); `billed`: those of the periods before its first
 -- known state; `failed_at`, `paid_at`: one paid late (paid_late), when its payment was due
 -- and not made (from its period's start at the earliest) and when it was paid (null: never)
@@ -290,7 +296,7 @@ billed_all as (
     join first_known as f on f.subscription_id = t.subscription_id
     left join paid_late as l on l.transaction_id = t.id
     where t.origin in ('web', 'api', 'subscription_recurring', 'subscription_update')
-      and t.status in ('billed', 'paid', 'completed', 'past_due')
+      and (t.status in ('billed', 'paid', 'completed', 'past_due') or (t.status = 'canceled' and t.billed_at is not null))
       and {{ is_rfc3339("t.billing_period->>'starts_at'") }}
       and {{ is_rfc3339("t.billing_period->>'ends_at'") }}
 ),
@@ -521,14 +527,16 @@ merged as (
     where r.starts_run = 1
 ),
 
--- each merged period, from its start (an imported subscription's first, from its creation: it
--- was active before Paddle billed it) to the next one (or the first known state), or to its end
+-- each merged period, from its start (not before the subscription's creation: an invoice made
+-- through the API may bill a period that began before it, which the subscription did not have;
+-- an imported subscription's first, from its creation: it was active before Paddle billed it)
+-- to the next one (or the first known state), or to its end
 -- if nothing was billed in between
 inferred_periods as (
     select
         n.*,
-        case when n.n = 1 and f.imported then least(f.created_at, n.period_start) else n.period_start end
-            as starts_at,
+        case when n.n = 1 and f.imported then least(f.created_at, n.period_start)
+             else greatest(n.period_start, f.created_at) end as starts_at,
         case when n.period_end < n.next_from - interval '1 second' then n.period_end else n.next_from end as ends_at,
         f.state_id as known_state_id
     from (
@@ -556,9 +564,10 @@ inferred as (
     where i.failed_at is null or i.paid_at < i.ends_at
     union all
     -- one paid late (its payments, or an invoice's payment terms, say): active until its payment
-    -- was due, then past due until it was paid (never: to the period's end), past the period's
-    -- end if it was paid after (Paddle renews nothing while it is past due: the states after
-    -- start once it was paid, below)
+    -- was due, then past due until it was paid (never: to the period's end, or, due after it, to
+    -- the first known state), past the period's end if it was paid after (Paddle renews nothing
+    -- while it is past due: the states after start once it was paid, below); terms that outlast
+    -- the period leave it active to its end, then the next period's, past due from the terms' end
     select
         'inferred/' || i.transaction_id || '/' || p.part, i.subscription_id, 'inferred',
         case when p.part = 'unpaid' then 'past_due' when i.status = 'past_due' then 'active' else i.status end,
@@ -572,8 +581,9 @@ inferred as (
         from inferred_periods
         where failed_at is not null
         union all
-        select transaction_id, 'unpaid', least(failed_at, ends_at),
-            case when paid_at is null then ends_at else least(paid_at, known_from) end
+        select transaction_id, 'unpaid', least(failed_at, known_from),
+            case when paid_at is not null then least(paid_at, known_from)
+                 when failed_at < ends_at then ends_at else known_from end
         from inferred_periods
         where failed_at is not null
     ) as p on p.transaction_id = i.transaction_id and p.valid_from < p.valid_to
@@ -630,23 +640,48 @@ inferred as (
     where f.known_from < f.valid_from
 ),
 
--- a state inferred after a period paid after its end starts once it was paid (not before the
--- first known state: unpaid's end); one wholly before, none
+-- the days a period paid late was past due (unpaid) are no other state's: a state inferred that
+-- overlaps them stops where they start and, if it outlasts them, resumes once it was paid
+-- (`/resumed`: the next period of an invoice whose payment terms outlast its own, renewed before
+-- it was past due); one starting within them, from the payment; one wholly within, none
+unpaid_spans as (
+    select subscription_id, state_id as unpaid_id, valid_from as unpaid_from, valid_to as unpaid_to
+    from inferred
+    where inferred_from = 'payments' and status = 'past_due' and valid_from < valid_to
+),
+
+unpaid_overlaps as (
+    select
+        i.state_id,
+        min(u.unpaid_from) filter (where u.unpaid_from > i.valid_from) as cut_at,
+        max(u.unpaid_to) as resumes_at
+    from inferred as i
+    join unpaid_spans as u
+        on u.subscription_id = i.subscription_id and u.unpaid_id <> i.state_id
+        and u.unpaid_from < i.valid_to and u.unpaid_to > i.valid_from
+    where not (i.inferred_from = 'payments' and i.status = 'past_due')
+    group by i.state_id
+),
+
 inferred_after_payment as (
     select *
     from (
         select
-            state_id, subscription_id, changed_by, status, customer_id, currency_code, address_id, items,
-            greatest(valid_from, coalesce(unpaid_until, valid_from)) as valid_from, valid_to, inferred_from,
-            transaction_id, uncertain, assumes, changed_to_state_id, priced_at, key_id
-        from (
-            select
-                *,
-                max(case when inferred_from = 'payments' and status = 'past_due' then valid_to end) over (
-                    partition by subscription_id order by valid_from, state_id
-                    rows between unbounded preceding and 1 preceding) as unpaid_until
-            from inferred
-        ) as i
+            i.state_id, i.subscription_id, i.changed_by, i.status, i.customer_id, i.currency_code, i.address_id,
+            i.items, i.valid_from, coalesce(o.cut_at, i.valid_to) as valid_to, i.inferred_from, i.transaction_id,
+            i.uncertain, i.assumes, i.changed_to_state_id, i.priced_at, i.key_id
+        from inferred as i
+        left join unpaid_overlaps as o on o.state_id = i.state_id
+        where o.state_id is null or o.cut_at is not null
+        union all
+        select
+            case when o.cut_at is null then i.state_id else i.state_id || '/resumed' end, i.subscription_id,
+            i.changed_by, i.status, i.customer_id, i.currency_code, i.address_id, i.items,
+            greatest(o.resumes_at, i.valid_from), i.valid_to, i.inferred_from, i.transaction_id, i.uncertain,
+            i.assumes, i.changed_to_state_id, i.priced_at, i.key_id
+        from inferred as i
+        join unpaid_overlaps as o on o.state_id = i.state_id
+        where o.resumes_at < i.valid_to
     ) as i
     where valid_from < valid_to
 ),

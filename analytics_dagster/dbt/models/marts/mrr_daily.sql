@@ -60,6 +60,9 @@ changed_to_mrr as (
         c.state_id,
         c.currency_code,
         coalesce(sum(i.monthly_amount) filter (where i.counts_if_active), 0) as mrr_if_active,
+        -- of which priced by a line a transaction billed (a converted price: its exchange rate that period's)
+        coalesce(sum(i.monthly_amount) filter (where i.counts_if_active and i.amount_source = 'billed'), 0)
+            as billed_mrr_if_active,
         count(*) filter (where i.counts_if_active and (i.amount_source = 'unknown'
                                                        or (i.amount_source = 'billed' and i.moved_country)))
             as unknown_items
@@ -88,7 +91,9 @@ uncertain_states as (
 -- between what it counts and what it changed to (as active: its status is the period's); one
 -- not active (past due; days nothing billed) may have been, with either side. In another
 -- currency than its own, what it changed to may count there. Null: not known (what it changed
--- to is no state, or an amount on either side is unknown). Without Paddle's defaults
+-- to is no state, or an amount on either side is unknown). In a new currency, what it changed to
+-- is priced by the first line billed in it, at a later period's exchange rate than its days: a
+-- converted amount there gets a margin for the rate's move (var exchange_rate_margin). Without Paddle's defaults
 -- (assumption_bound): the same, of a state assuming them too, and one assuming a pause at the
 -- period's end may have stopped, and counted nothing
 bounds as (
@@ -108,7 +113,8 @@ bounds as (
         union all
         select
             s.subscription_id, s.valid_from, s.valid_to, c.currency_code, s.uncertain, s.assumes, false, 0,
-            case when s.unknown_items = 0 and c.unknown_items = 0 then c.mrr_if_active end
+            case when s.unknown_items = 0 and c.unknown_items = 0
+                 then c.mrr_if_active + c.billed_mrr_if_active * {{ var('exchange_rate_margin') }} end
         from uncertain_states as s
         join changed_to_mrr as c on c.state_id = s.state_id
         where c.currency_code <> s.currency_code
