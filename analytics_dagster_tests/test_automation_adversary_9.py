@@ -1,8 +1,9 @@
 """The events sensor as 33c7d49 and 377002b left it (issue #30): a tick's cap of requests
 (`TICK_PAGES`), the read of what is new that stops at it and is read on by the next ticks
 (`EventsSensorCursor.behind`), and the run after a bulk change held until that read has caught up
-(`EventsSensorCursor.held`), against what the API allows: a rate of events, kept up, above what
-the capped read takes in a tick; events without an id past the cap.
+(`EventsSensorCursor.held`), against what the API and Dagster's operators do: a rate of events,
+kept up, above what the capped read takes in a tick; events without an id past the cap;
+retryable faults; a change while the ticks catch up; a sensor stopped for hours, then started.
 
 Each test states a claim of README's sensor row or docs/design.md ("How fast a change arrives",
 "Late events") and what broke it (measured numbers in each docstring). Ticks are evaluated every
