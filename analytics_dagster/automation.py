@@ -204,6 +204,9 @@ class EventsSensorCursor:
     # failed or was canceled, or for `HELD_SECONDS` at most (a rate the capped read never keeps
     # up with: a run every 5 minutes)
     held: Optional[float] = None
+    # the API's clock at its last tick (seconds since the epoch): a tick more than the lag after
+    # it (the sensor stopped, the daemon down) begins the window again (`_new_events`)
+    ticked_at: Optional[float] = None
     # the late-event window (`_new_events`): its ids are kept in the instance's key-value storage
     # (`WINDOW_KEY`); the cursor keeps where its rolling read stands. That read goes from `floor`
     # (an id: the lag before the read before it began, or before the API's clock when that is
@@ -616,8 +619,19 @@ def _new_events(
         base_url, api_key, after or None, max_pages=budget if merged or lag_ns <= 0 else budget - WINDOW_PAGES)
     state.behind = not complete
     new = [e for e in read if e["event_id"] > cursor]
-    again, done = (read, complete or bool(new)) if merged else ([], False)
     now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
+    if going and state.ticked_at is not None and now - state.ticked_at > lag_ns / NS_PER_SECOND:
+        # stopped for longer than the lag (the sensor stopped, the daemon down): the window kept
+        # is of before; read on, it would span the stop until that read ended (a tick per 200
+        # events of it, every id of it written each tick). It begins again, as on a cleared
+        # cursor, and what became visible late meanwhile is owed a run of every table (which
+        # reads the stream from each table's cursor), keyed by the instant
+        going = merged = False
+        ids = set()
+        state.owed, state.tables = True, list(STREAM_TABLES)
+        state.newest_new = max(state.newest_new or "", f"~stopped-{int(now * 1000)}")
+    state.ticked_at = now
+    again, done = (read, complete or bool(new)) if merged else ([], False)
     if lag_ns > 0 and not going:  # the window begins, the lag before now; what is up to the cursor was never read
         start = window_floor(now_ns, lag_ns)
         state.floor, state.read_at, state.reached, state.baseline = start, now, None, cursor or None
