@@ -90,9 +90,9 @@ def test_one_answer_off_by_more_than_the_lag_requests_no_run(warehouse: Path, ad
     table and the models reading them is requested (`events-up-to-~stopped-<ms>`), for nothing;
     behind, the window also begins again with its baseline at the cursor (the ids up to it that
     its first read finds taken as seen, a page a tick). The `Date` is the API's clock (docs/api.md,
-    "What the project relies on beyond that"), and two answers' clocks within seconds of each
-    other are not relied on anywhere else: the stop could be told by this machine's clock
-    (`_now`), which the sensor's own gap between ticks is measured on."""
+    "What the project relies on beyond that"), but nothing else there relies on two answers'
+    clocks within seconds of each other; this machine's clock (`_now`, which `held` reads)
+    would tell a stopped sensor from a step of the API's."""
     offset = 700 if step.endswith("ahead") else -700
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
@@ -120,7 +120,7 @@ def test_a_tick_late_by_a_little_more_than_a_low_lag_requests_no_run(
     retries: the gap is measured between the first answers of two ticks). No change at all.
     Measured: one run of every table and the models reading them
     (`events-up-to-~stopped-<ms>`), for a gap of 30 s more than usual, in which the kept ids
-    (600 s at least) lost nothing; at every such gap again."""
+    (600 s at least) lost nothing (by the code, again at every such gap)."""
     monkeypatch.setenv("SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS", "30")
     assert automation._lag_ns() == 30 * 10**9
     instance = DagsterInstance.ephemeral()
