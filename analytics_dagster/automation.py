@@ -204,9 +204,10 @@ class EventsSensorCursor:
     # failed or was canceled, or for `HELD_SECONDS` at most (a rate the capped read never keeps
     # up with: a run every 5 minutes)
     held: Optional[float] = None
-    # the API's clock at its last tick (seconds since the epoch): a tick more than the lag after
-    # it (the sensor stopped, the daemon down) begins the window again (`_new_events`)
-    ticked_at: Optional[float] = None
+    # its last tick, by the API's clock and by this machine's (seconds since the epoch): a tick
+    # later by both than the kept ids span (the sensor stopped, the daemon down) begins the
+    # window again (`_new_events`)
+    ticked_at: Optional[list[float]] = None
     # the late-event window (`_new_events`): its ids are kept in the instance's key-value storage
     # (`WINDOW_KEY`); the cursor keeps where its rolling read stands. That read goes from `floor`
     # (an id: the lag before the read before it began, or before the API's clock when that is
@@ -620,17 +621,19 @@ def _new_events(
     state.behind = not complete
     new = [e for e in read if e["event_id"] > cursor]
     now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
-    if going and state.ticked_at is not None and now - state.ticked_at > lag_ns / NS_PER_SECOND:
-        # stopped for longer than the lag (the sensor stopped, the daemon down): the window kept
-        # is of before; read on, it would span the stop until that read ended (a tick per 200
-        # events of it, every id of it written each tick). It begins again, as on a cleared
-        # cursor, and what became visible late meanwhile is owed a run of every table (which
-        # reads the stream from each table's cursor), keyed by the instant
+    here, keep_s = _now(), max(lag_ns / NS_PER_SECOND, DEFAULT_VISIBILITY_LAG_SECONDS)
+    if going and state.ticked_at and now - state.ticked_at[0] > keep_s and here - state.ticked_at[-1] > keep_s:
+        # stopped for longer than the kept ids span (the sensor stopped, the daemon down): the
+        # window kept is of before; read on, it would span the stop until that read ended (a
+        # tick per 200 events of it, every id of it written each tick). It begins again, as on
+        # a cleared cursor, and what became visible late meanwhile is owed a run of every table
+        # (which reads the stream from each table's cursor), keyed by the instant. By both
+        # clocks: one answer of the API's off (a `Date` stepped) is no stop, nor a patched clock
         going = merged = False
         ids = set()
         state.owed, state.tables = True, list(STREAM_TABLES)
         state.newest_new = max(state.newest_new or "", f"~stopped-{int(now * 1000)}")
-    state.ticked_at = now
+    state.ticked_at = [now, here]
     again, done = (read, complete or bool(new)) if merged else ([], False)
     if lag_ns > 0 and not going:  # the window begins, the lag before now; what is up to the cursor was never read
         start = window_floor(now_ns, lag_ns)

@@ -73,9 +73,9 @@ def launch(instance: DagsterInstance, request: RunRequest) -> Any:
 
 def followed(cursor: Optional[str]) -> EventsSensorCursor:
     """The sensor's cursor but for its late-event window (`floor`, `read_at`, `reached`, `baseline`,
-    `kept`, `kept_from`) and the events without an id it read (`unkeyed`)."""
+    `kept`, `kept_from`), the events without an id it read (`unkeyed`) and when it ticked."""
     return dataclasses.replace(EventsSensorCursor.decode(cursor), floor=None, read_at=None, reached=None,
-                               baseline=None, kept=None, parent=None, kept_from=None, unkeyed=[])
+                               baseline=None, kept=None, parent=None, kept_from=None, unkeyed=[], ticked_at=None)
 
 
 def kept_ids(instance: DagsterInstance, cursor: str) -> list[str]:

@@ -160,7 +160,9 @@ def test_a_change_during_the_catching_up_gets_one_run_once_caught_up(warehouse: 
 
 
 @pytest.mark.usefixtures("backfilled")
-def test_the_window_after_a_sensor_stopped_for_hours_spans_the_lag_and_two_reads(warehouse: Path, admin: Admin) -> None:
+def test_the_window_after_a_sensor_stopped_for_hours_spans_the_lag_and_two_reads(
+    warehouse: Path, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Claim (docs/design.md, "Late events": the window's read goes from the lag before the read
     before began to the newest event, "so the window spans the lag and up to two reads"; "at a
     steady event a second, 600 to 660 ids, 20 to 22 KB written every tick"). The operator: stops
@@ -173,16 +175,21 @@ def test_the_window_after_a_sensor_stopped_for_hours_spans_the_lag_and_two_reads
     KB: the read that began at the start begins at the lag before the read before the stop, so
     the window spans the stop too, however long (extrapolated, a day at 2 a second: 172,800 ids,
     5 MB at every tick for 2.4 hours). A late event is seen, but by a read of the whole stop.
-    Fixed: a tick more than the lag after the last (`EventsSensorCursor.ticked_at`, the API's
-    clock) begins the window again, as on a cleared cursor, and owes a run of every table for
-    what became visible late meanwhile (`events-up-to-~stopped-<ms>`)."""
+    Fixed: a tick later than the kept ids span after the last (`EventsSensorCursor.ticked_at`,
+    by the API's clock and this machine's, both moved here) begins the window again, as on a
+    cleared cursor, and owes a run of every table for what became visible late meanwhile
+    (`events-up-to-~stopped-<ms>`)."""
+    clock = [automation._now()]
+    monkeypatch.setattr(automation, "_now", lambda: clock[0])
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     for _ in range(36):  # stopped: 3 hours, 2 events a second
         admin.post("advance", seconds=300, updates=600)
+        clock[0] += 300
     written, caught_up, keys = [], False, []
     for _ in range(60):
         admin.post("advance", seconds=0, updates=2 * EVENTS_SENSOR_INTERVAL_SECONDS)
+        clock[0] += EVENTS_SENSOR_INTERVAL_SECONDS
         result, _ = tick(admin, instance, cursor)
         keys += launch(instance, result)
         cursor = result.cursor
