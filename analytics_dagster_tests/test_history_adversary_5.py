@@ -101,7 +101,7 @@ def test_a_pause_at_the_periods_end_then_canceled_while_paused(warehouse: Path, 
     ends = parse_ns(sub["next_billed_at"])
     _advance_days(admin, ends // _DAY_NS - _clock(admin) // _DAY_NS - 1)  # (to the day before its end)
     clock = _clock(admin)
-    admin.post("advance", seconds=(ends // _DAY_NS * _DAY_NS - clock) / 1e9 + 1)  # (its last day begun: paused at its end)
+    admin.post("advance", seconds=(ends // _DAY_NS * _DAY_NS - clock) / 1e9 + 1)  # (its last day begun)
     paused = _pause(admin, sub["id"])["updated_at"]
     admin.post("mutate", resource="subscriptions", key=sub["id"], updated_at=paused, set={"paused_at": paused})
     _advance_days(admin, 20)
