@@ -4,7 +4,8 @@ paused or canceled is so from its `paused_at` / `canceled_at`; a period paid lat
 states it overlaps; a transaction billed, then canceled, bills its period. Behaviours the API
 allows, older than the stream keeps, each built on a `World(lifecycles=True)` sandbox over
 HTTP, synced once and compared every day with the sandbox's own MRR
-(`test_history.compare_every_day`). Found off on days neither flag marked (strict xfails):
+(`test_history.compare_every_day`). Found off on days neither flag marked (both since fixed,
+each test's docstring says how):
 - a pause at once, then canceled while paused: the first known state starts at its
   `canceled_at`, the period before it read as active to then, the paused days at the
   subscription's whole MRR;
@@ -33,8 +34,6 @@ from analytics_dagster_tests.test_models import assert_models_built_and_tested, 
 _DAY_NS = 24 * 3600 * 10**9
 
 
-@pytest.mark.xfail(strict=True, reason="open (#31): a pause at once, then canceled while paused: the paused days "
-                                      "read as active, neither flag (claim (b))")
 @pytest.mark.world(lifecycles=True)
 def test_a_pause_at_once_then_canceled_while_paused(warehouse: Path, admin: Admin) -> None:
     """Paused at once (`effective_from: immediately`) 10 days into a monthly period, then
@@ -52,7 +51,9 @@ def test_a_pause_at_once_then_canceled_while_paused(warehouse: Path, admin: Admi
     ends the pause with a cancellation. What is left says it: the period's transaction ends
     after the cancellation, nothing billed the days after, and the row was paused before
     (an event-less account cannot tell, so a period cut short by a cancellation would assume
-    `pause_at_period_end` as a period cut short by the next one does)."""
+    `pause_at_period_end` as a period cut short by the next one does). Fixed so: a period cut
+    short by a first known state canceled assumes `pause_at_period_end` (flagged unless
+    defaults, bounded by its MRR)."""
     sub = _renewed(admin, room_days=0)
     _advance_days(admin, 10)
     paused = _pause(admin, sub["id"])["updated_at"]
@@ -65,8 +66,6 @@ def test_a_pause_at_once_then_canceled_while_paused(warehouse: Path, admin: Admi
     compare_every_day(warehouse, admin, unless_defaults=True)
 
 
-@pytest.mark.xfail(strict=True, reason="open (#31): an invoice canceled, its subscription kept: the period read as "
-                                      "past due from the terms' end, neither flag (claim (b))")
 @pytest.mark.world(lifecycles=True)
 def test_an_invoice_canceled_the_subscription_kept(warehouse: Path, admin: Admin) -> None:
     """A monthly renewal invoiced (net 14 days), canceled 5 days later (Paddle: "If an invoice,
@@ -80,7 +79,9 @@ def test_an_invoice_canceled_the_subscription_kept(warehouse: Path, admin: Admin
     of 2,154,964 (37%), neither flag. Claim (b). What tells it: the subscription was not
     canceled at the period's end (the next period was billed, or the first known state is
     active), so the canceled invoice did not end it: its period is active (or bounded by
-    `flagged_unless_defaults`), not past due."""
+    `flagged_unless_defaults`), not past due. Fixed so: a transaction billed, then canceled,
+    is unpaid only when the subscription ended with it (its first known state canceled, no
+    later period billed); otherwise its period is the subscription's, active."""
     sub, renewal, _ = _invoiced(admin)
     _advance_days(admin, 5)
     admin.post("mutate", resource="transactions", key=renewal["id"], set={"status": "canceled"})

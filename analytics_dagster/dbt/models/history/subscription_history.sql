@@ -289,12 +289,23 @@ billed_all as (
         coalesce(t.billed_at, t.created_at) as billed_at,
         {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }} as period_start,
         {{ rfc3339_timestamp("t.billing_period->>'ends_at'") }} as period_end,
-        case when l.failed_at is not null
+        -- (one billed, then canceled, never paid, is unpaid only if the subscription ended with
+        -- it: canceled, and no later period billed; one canceled while the subscription went on
+        -- was forgiven or replaced, and its period was the subscription's)
+        case when l.failed_at is not null and (t.status <> 'canceled' or (
+                f.status = 'canceled' and {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }} >= n.last_start))
              then greatest(l.failed_at, {{ rfc3339_timestamp("t.billing_period->>'starts_at'") }}) end as failed_at,
         l.paid_at
     from {{ raw('transactions') }} as t
     join first_known as f on f.subscription_id = t.subscription_id
     left join paid_late as l on l.transaction_id = t.id
+    left join (
+        select subscription_id, max({{ rfc3339_timestamp("billing_period->>'starts_at'") }}) as last_start
+        from {{ raw('transactions') }}
+        where subscription_id is not null and status in ('billed', 'paid', 'completed', 'past_due', 'canceled')
+          and {{ is_rfc3339("billing_period->>'starts_at'") }}
+        group by subscription_id
+    ) as n on n.subscription_id = t.subscription_id
     where t.origin in ('web', 'api', 'subscription_recurring', 'subscription_update')
       and (t.status in ('billed', 'paid', 'completed', 'past_due') or (t.status = 'canceled' and t.billed_at is not null))
       and {{ is_rfc3339("t.billing_period->>'starts_at'") }}
@@ -443,6 +454,7 @@ keyed_periods as (
         p.status || '|' || coalesce(l.line_key, '') as billed_key,
         coalesce(f.currency_code, '') || '|' || coalesce(f.address_id, '') || '|' || coalesce(fk.item_key, '') as known_content,
         f.state_id as known_state_id,
+        f.status as known_status,
         -- when the transaction its amounts come from billed (a renewal is billed a little after
         -- its period starts: Paddle's own example, 35 s): what prices the period is the line it
         -- billed, not the one standing at the period's start (the period before's)
@@ -469,7 +481,9 @@ keyed_periods as (
 -- after it, below, assume `billing_date_kept`); cut short by the next period (one starting
 -- before it ended, not a change's), the same: a pause at once resumed in a new period
 -- (Paddle's default `on_resume`) leaves what a billing date moved earlier unbilled does, the
--- days between the pause and the resume active; followed by a change's transaction (from its
+-- days between the pause and the resume active; cut short by a first known state canceled, the
+-- same (a pause at once before it, its paused_at gone with the cancellation, leaves what a
+-- cancellation at once does); followed by a change's transaction (from its
 -- start to the change), that no change billing nothing came first
 -- (`no_unbilled_change_before`: the change's lines say what it left, not what it found; what
 -- such a change made is no state, changed_to_state_id null)
@@ -483,6 +497,8 @@ flagged_periods as (
             case when p.period_end < coalesce(lead(p.period_start) over w, p.known_from) - interval '1 second'
                       or (p.period_end > lead(p.period_start) over w + interval '1 second'
                           and lead(p.origin) over w <> 'subscription_update')
+                      or (lead(p.period_start) over w is null and p.known_status = 'canceled'
+                          and p.period_end > p.known_from + interval '1 second')
                  then 'pause_at_period_end' end,
             case when lead(p.origin) over w = 'subscription_update' then 'no_unbilled_change_before' end), '') as assumes,
         case when u.transaction_id is null and coalesce(lead(p.origin) over w, 'known') <> 'subscription_update'
