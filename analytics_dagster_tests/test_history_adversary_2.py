@@ -141,12 +141,10 @@ def _renewed(admin: Admin, room_days: float) -> dict[str, Any]:
     return next(s for s in admin.truth("subscriptions") if s["id"] == sub["id"])
 
 
-def a_renewal_past_due_then_paid(admin: Admin, days: int) -> dict[str, Any]:
-    """A renewed subscription's renewal whose payment fails: the transaction `past_due` (a payment
-    attempt `error`, made when the subscription went past due), the subscription `past_due` for
-    `days`, then paid (active; the transaction `completed`, its payments the failed attempt and
-    the one captured then). The renewal, as it was before."""
-    sub = _renewed(admin, room_days=0)
+def declined(admin: Admin, sub: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The renewal of `sub`'s current period declined now: the transaction `past_due`, its
+    payment attempt `error` (made as the subscription went past due), the subscription
+    `past_due`. The renewal as it was before, its captured payment, and the failed attempt."""
     (renewal,) = [t for t in admin.truth("transactions") if t.get("subscription_id") == sub["id"]
                   and (t["billing_period"] or {}).get("starts_at") == sub["current_billing_period"]["starts_at"]]
     (captured,) = [p for p in renewal["payments"] if p["status"] == "captured"]
@@ -154,6 +152,16 @@ def a_renewal_past_due_then_paid(admin: Admin, days: int) -> dict[str, Any]:
     failed = dict(captured, status="error", error_code="declined", created_at=due, captured_at=None)
     admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=due,
                set={"status": "past_due", "payments": [failed]})
+    return renewal, captured, failed
+
+
+def a_renewal_past_due_then_paid(admin: Admin, days: int) -> dict[str, Any]:
+    """A renewed subscription's renewal whose payment fails: the transaction `past_due` (a payment
+    attempt `error`, made when the subscription went past due), the subscription `past_due` for
+    `days`, then paid (active; the transaction `completed`, its payments the failed attempt and
+    the one captured then). The renewal, as it was before."""
+    sub = _renewed(admin, room_days=0)
+    renewal, captured, failed = declined(admin, sub)
     _advance_days(admin, days)
     paid = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "active"})["updated_at"]
     admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=paid, set={

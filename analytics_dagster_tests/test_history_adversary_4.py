@@ -27,7 +27,7 @@ from analytics_dagster.rfc3339 import format_ns, parse_ns
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_history import assert_history_starts_when_subscriptions_did, compare_every_day
 from analytics_dagster_tests.test_history_adversary import _active_monthly, _advance_days
-from analytics_dagster_tests.test_history_adversary_2 import _checked_out_long_ago, _renewed
+from analytics_dagster_tests.test_history_adversary_2 import _checked_out_long_ago, _renewed, declined
 from analytics_dagster_tests.test_history_adversary_3 import _invoiced
 from analytics_dagster_tests.test_models import assert_models_built_and_tested, sync_all
 
@@ -139,16 +139,10 @@ def test_a_decline_captured_within_the_hour_across_midnight(warehouse: Path, adm
         _advance_days(admin, 1)  # (to the renewal's day: other renewals run on their own days)
     admin.post("advance", seconds=(parse_ns(sub["next_billed_at"]) - clock) / 1e9 + 1)
     sub = next(s for s in admin.truth("subscriptions") if s["id"] == sub["id"])
-    (renewal,) = [t for t in admin.truth("transactions") if t.get("subscription_id") == sub["id"]
-                  and (t["billing_period"] or {}).get("starts_at") == sub["current_billing_period"]["starts_at"]]
-    (captured,) = [p for p in renewal["payments"] if p["status"] == "captured"]
-    due = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "past_due"})["updated_at"]
-    failed = dict(captured, status="error", error_code="declined", created_at=due, captured_at=None)
-    admin.post("mutate", resource="transactions", key=renewal["id"], updated_at=due,
-               set={"status": "past_due", "payments": [failed]})
+    renewal, captured, failed = declined(admin, sub)
     admin.post("advance", seconds=50 * 60)
     _paid_at_once(admin, sub["id"], renewal["id"], captured, [failed])
-    assert due[:10] != next(t for t in admin.truth("transactions") if t["id"] == renewal["id"])[
+    assert failed["created_at"][:10] != next(t for t in admin.truth("transactions") if t["id"] == renewal["id"])[
         "payments"][-1]["captured_at"][:10], "the capture falls on the next day"
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)

@@ -27,7 +27,7 @@ from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_history import assert_history_starts_when_subscriptions_did, compare_every_day
 from analytics_dagster_tests.test_history_adversary import _advance_days
 from analytics_dagster_tests.test_history_adversary_2 import _renewed
-from analytics_dagster_tests.test_history_adversary_3 import _invoiced, _pause
+from analytics_dagster_tests.test_history_adversary_3 import _invoiced, stopped_at_once
 from analytics_dagster_tests.test_history_adversary_4 import _clock
 from analytics_dagster_tests.test_models import assert_models_built_and_tested, sync_all
 
@@ -56,11 +56,9 @@ def test_a_pause_at_once_then_canceled_while_paused(warehouse: Path, admin: Admi
     defaults, bounded by its MRR)."""
     sub = _renewed(admin, room_days=0)
     _advance_days(admin, 10)
-    paused = _pause(admin, sub["id"])["updated_at"]
-    admin.post("mutate", resource="subscriptions", key=sub["id"], updated_at=paused, set={"paused_at": paused})
+    stopped_at_once(admin, sub["id"])
     _advance_days(admin, 10)
-    canceled = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "canceled"})["updated_at"]
-    admin.post("mutate", resource="subscriptions", key=sub["id"], updated_at=canceled, set={"canceled_at": canceled})
+    stopped_at_once(admin, sub["id"], "canceled")
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin, unless_defaults=True)
@@ -103,11 +101,9 @@ def test_a_pause_at_the_periods_end_then_canceled_while_paused(warehouse: Path, 
     _advance_days(admin, ends // _DAY_NS - _clock(admin) // _DAY_NS - 1)  # (to the day before its end)
     clock = _clock(admin)
     admin.post("advance", seconds=(ends // _DAY_NS * _DAY_NS - clock) / 1e9 + 1)  # (its last day begun)
-    paused = _pause(admin, sub["id"])["updated_at"]
-    admin.post("mutate", resource="subscriptions", key=sub["id"], updated_at=paused, set={"paused_at": paused})
+    stopped_at_once(admin, sub["id"])
     _advance_days(admin, 20)
-    canceled = admin.post("mutate", resource="subscriptions", key=sub["id"], set={"status": "canceled"})["updated_at"]
-    admin.post("mutate", resource="subscriptions", key=sub["id"], updated_at=canceled, set={"canceled_at": canceled})
+    stopped_at_once(admin, sub["id"], "canceled")
     _advance_days(admin, 100)
     assert_models_built_and_tested(sync_all(), warehouse)
     compare_every_day(warehouse, admin)
