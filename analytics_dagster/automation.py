@@ -351,7 +351,7 @@ HELD_SECONDS = 300
         "retention into a full listing; then, in the same run, the models reading them. One run at a time: "
         f"events that come while its run is in flight go in one run after it. Every {EVENTS_SENSOR_INTERVAL_SECONDS} s (a request when "
         "nothing is new; two while the late-event window behind its cursor holds over 200 events, whose ids it keeps in "
-        "the instance's key-value storage; a page more per 200 events without an id it reads over; 10 at most, however "
+        "the instance's key-value storage; a page more per 200 events without an id it reads over; 10 pages at most, however "
         "large a bulk change: the next ticks read on). It follows the run it requested: if that run failed, it "
         "requests another with no new event needed, at the next tick, then after 5 min, 15 min, "
         "1 h (at most 4 retries without new events; a run failed in its models step alone: once, and no "
