@@ -47,6 +47,16 @@ def post_without_id(admin: Admin, customer: int, name: str) -> None:
     assert "event_id" not in admin.truth("events")[-1]
 
 
+def post_without_ids(admin: Admin, count: int) -> None:
+    """`count` customers' `customer.updated` whose `event_id` is missing ("Without an id <n>"),
+    listed last in the stream (the customers read once: each read of the truth lists it whole)."""
+    rows = admin.truth("customers")
+    for n in range(count):
+        admin.post("event", event_type="customer.updated", data={**rows[n % len(rows)], "name": f"Without an id {n}"},
+                   drop=["event_id"])
+    assert not any("event_id" in e for e in admin.truth("events")[-count:])
+
+
 @pytest.mark.parametrize("newest", ["with an id", "without an id"])
 @pytest.mark.usefixtures("backfilled")
 def test_a_first_start_only_sets_the_cursor(warehouse: Path, admin: Admin, newest: str) -> None:
@@ -98,8 +108,7 @@ def test_more_events_without_an_id_than_the_cursor_keeps_get_one_run(warehouse: 
     moved it on (its own run)."""
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
-    for n in range(MAX_UNKEYED + 1):
-        post_without_id(admin, n, f"Without an id {n}")
+    post_without_ids(admin, MAX_UNKEYED + 1)
     if then == "an event with an id":
         admin.post("mutate", resource="customers", key=admin.truth("customers")[0]["id"], set={"name": "After them"})
     keys, cursor = ticks_for(admin, instance, cursor, WAIT_SECONDS)
@@ -128,8 +137,7 @@ def test_with_no_window_the_cursor_keeps_the_digests_until_it_passes_them(
     monkeypatch.setenv("SOURCES__ANALYTICS__EVENT_VISIBILITY_LAG_SECONDS", "0")
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
-    for n in range(MAX_UNKEYED + 1):
-        post_without_id(admin, n, f"Without an id {n}")
+    post_without_ids(admin, MAX_UNKEYED + 1)
     keys, cursor = ticks_for(admin, instance, cursor, 60)
     state = EventsSensorCursor.decode(cursor)
     assert len(keys) == 1 and state.floor is None and len(state.unkeyed or ()) == MAX_UNKEYED + 1, (
@@ -184,8 +192,7 @@ def test_idle_ticks_behind_many_events_without_an_id_cost_what_is_claimed(wareho
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     many = 2 * EVENTS_PAGE_SIZE + 1
-    for n in range(many):
-        post_without_id(admin, n, f"Without an id {n}")
+    post_without_ids(admin, many)
     _, cursor = ticks_for(admin, instance, cursor, 20)  # their run
     after_them, in_window, floors = [], [], []
     for costs in (after_them, in_window):

@@ -28,7 +28,7 @@ from analytics_dagster.source.events import EVENTS_PAGE_SIZE
 from analytics_dagster_tests.conftest import Admin
 from analytics_dagster_tests.test_automation_adversary_3 import tick
 from analytics_dagster_tests.test_automation_adversary_4 import launch, the_windows_first_read_ended, ticks_for
-from analytics_dagster_tests.test_automation_adversary_7 import post_without_id
+from analytics_dagster_tests.test_automation_adversary_7 import post_without_ids
 
 # what the capped read of what is new takes in a tick: its pages but the window's (`TICK_PAGES`)
 CAPPED = (TICK_PAGES - 1) * EVENTS_PAGE_SIZE
@@ -89,8 +89,7 @@ def test_idle_ticks_behind_events_without_an_id_keep_to_the_ticks_cap(warehouse:
     instance = DagsterInstance.ephemeral()
     cursor = the_windows_first_read_ended(admin, instance)
     many = TICK_PAGES * EVENTS_PAGE_SIZE + 1
-    for n in range(many):
-        post_without_id(admin, n, f"Without an id {n}")
+    post_without_ids(admin, many)
     costs, keys = [], []
     for _ in range(6):
         result, cost = tick(admin, instance, cursor)
