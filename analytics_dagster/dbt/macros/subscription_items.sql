@@ -202,3 +202,12 @@ from (
 {% macro beyond_tolerance(bound, mrr) -%}
     ({{ bound }} is null or {{ bound }} * (1 + {{ var('mrr_tolerance') }}) > {{ var('mrr_tolerance') }} * {{ mrr }})
 {%- endmacro %}
+
+{#- When a subscription's state stands from: `valid_from`, or, the subscription paused or
+    canceled since more than a second before it (`stopped_at`: its `paused_at`, `canceled_at`,
+    which Paddle sets as the status changes, a few milliseconds before `updated_at`; a change
+    made since moves `updated_at` on), from then, not before its creation (`created_at`). -#}
+{% macro stands_from(valid_from, stopped_at, created_at) -%}
+    case when {{ stopped_at }} < {{ valid_from }} - interval '1 second' then greatest({{ stopped_at }}, {{ created_at }})
+         else {{ valid_from }} end
+{%- endmacro %}

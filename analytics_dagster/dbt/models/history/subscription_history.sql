@@ -82,17 +82,15 @@ recorded as (
 
 -- each listed row, and when it stands from: its updated_at (it has not changed since), or,
 -- paused or canceled since before that (its paused_at, canceled_at: a change since moved
--- updated_at on), from then, not before its creation (a second of slack: Paddle stamps the
--- field a few milliseconds before updated_at, and stamps vary in precision)
+-- updated_at on), from then (stands_from)
 listed_rows as (
     select
         s.*,
-        case when s.status = 'paused' and s.paused_at < coalesce(s.updated_at, s.created_at) - interval '1 second'
-                 then greatest(s.paused_at, coalesce(s.created_at, s.paused_at))
-             when s.status = 'canceled' and s.canceled_at < coalesce(s.updated_at, s.created_at) - interval '1 second'
-                 then greatest(s.canceled_at, coalesce(s.created_at, s.canceled_at))
-             else coalesce(s.updated_at, s.created_at) end as listed_from
-    from {{ raw('subscriptions') }} as s
+        {{ stands_from('coalesce(s.updated_at, s.created_at)', 's.stopped_at', 's.created_at') }} as listed_from
+    from (
+        select *, case status when 'paused' then paused_at when 'canceled' then canceled_at end as stopped_at
+        from {{ raw('subscriptions') }}
+    ) as s
 ),
 
 listings as (
@@ -186,9 +184,7 @@ observed as (
 first_known as (
     select
         k.*,
-        case when k.stopped_at < k.valid_from - interval '1 second' then greatest(k.stopped_at, k.created_at)
-             else k.valid_from end
-            as known_from
+        {{ stands_from('k.valid_from', 'k.stopped_at', 'k.created_at') }} as known_from
     from (
         select
             o.*,
