@@ -227,7 +227,8 @@ def assert_history_has_the_changes(before: dict[str, list[dict[str, Any]]], afte
         assert {s["state_id"] for s in states if s["inferred_from"] is None} == expected, sub
 
 
-def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admin) -> None:
+def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admin,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     result = sync_all()
     assert_models_built_and_tested(result, warehouse)
     assert_metrics_equal_the_sandbox(warehouse, admin)
@@ -242,6 +243,16 @@ def test_models_after_a_full_sync_and_after_changes(warehouse: Path, admin: Admi
     assert_history_has_the_changes(before, after, subs, changed, admin)
     refunds = query(warehouse, "SELECT sum(refunds) AS r FROM analytics_models.revenue_monthly")[0]["r"]
     assert refunds > 0
+
+    # dbt's log file holds the two builds' lines (and a parse's, when this process had not
+    # parsed yet) at info, none at debug, unless dbt's own setting asks for them (dbt_environment)
+    from analytics_dagster.models import dbt_environment, dbt_target
+
+    lines = [json.loads(line)["info"] for line in (dbt_target() / "dbt.log").read_text().splitlines()]
+    assert sum(line["name"] == "MainReportVersion" for line in lines) in (2, 3)
+    assert {line["level"] for line in lines} <= {"info", "warn"}, {line["level"] for line in lines}
+    monkeypatch.setenv("DBT_LOG_LEVEL_FILE", "debug")
+    assert dbt_environment("duckdb")["DBT_LOG_LEVEL_FILE"] == "debug"
 
 
 def billing_cases(admin: Admin) -> dict[str, set[str]]:
