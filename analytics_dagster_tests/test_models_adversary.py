@@ -292,7 +292,7 @@ def test_sync_all_twice_without_change_gives_the_same_models(warehouse: Path, ad
     run_ok(sync_all())
     day_after, after = built()
     if day_after != day:
-        before = after
+        day, before = day_after, after
         run_ok(sync_all())
         day_after, after = built()
     assert day_after == day
