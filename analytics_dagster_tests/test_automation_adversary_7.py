@@ -39,11 +39,15 @@ from analytics_dagster_tests.test_automation_adversary_6 import WAIT_SECONDS
 MAX_UNKEYED = 100  # the digests the cursor kept before b7969eb's follow-up (the newest 100)
 
 
+def _post_without_id(admin: Admin, rows: list[dict], customer: int, name: str) -> None:
+    """`rows[customer]`'s (modulo their number) `customer.updated`, named `name`, without its `event_id`."""
+    admin.post("event", event_type="customer.updated", data={**rows[customer % len(rows)], "name": name},
+               drop=["event_id"])
+
+
 def post_without_id(admin: Admin, customer: int, name: str) -> None:
     """A customer's `customer.updated` whose `event_id` is missing, listed last in the stream."""
-    rows = admin.truth("customers")
-    row = rows[customer % len(rows)]
-    admin.post("event", event_type="customer.updated", data={**row, "name": name}, drop=["event_id"])
+    _post_without_id(admin, admin.truth("customers"), customer, name)
     assert "event_id" not in admin.truth("events")[-1]
 
 
@@ -52,8 +56,7 @@ def post_without_ids(admin: Admin, count: int) -> None:
     listed last in the stream (the customers read once: each read of the truth lists it whole)."""
     rows = admin.truth("customers")
     for n in range(count):
-        admin.post("event", event_type="customer.updated", data={**rows[n % len(rows)], "name": f"Without an id {n}"},
-                   drop=["event_id"])
+        _post_without_id(admin, rows, n, f"Without an id {n}")
     assert not any("event_id" in e for e in admin.truth("events")[-count:])
 
 
