@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import time
 from collections import defaultdict
@@ -10,7 +11,8 @@ from typing import Any, Optional
 from uuid import uuid4
 
 import dlt
-from requests import HTTPError
+from dlt.sources.helpers.requests import Client
+from requests import HTTPError, Session
 from dagster import (
     AssetKey,
     AssetSelection,
@@ -34,7 +36,7 @@ from dagster import (
 from analytics_dagster.assets import GROUP, METRICS_GROUP, asset_key
 from analytics_dagster.models import MODELS_GROUP, analytics_models
 from analytics_dagster.source import configured_api_root
-from analytics_dagster.rfc3339 import NS_PER_SECOND, id_ns
+from analytics_dagster.rfc3339 import NS_PER_SECOND, format_ns, id_ns
 from analytics_dagster.source.events import (
     DEFAULT_VISIBILITY_LAG_SECONDS,
     EVENTS_PAGE_SIZE,
@@ -239,6 +241,9 @@ class EventsSensorCursor:
     # pairs (a cursor of before: digests alone, still read). None: a first tick's (a cursor of
     # None): those its read finds are taken as seen, from before the sensor
     unkeyed: Optional[list[Any]] = field(default_factory=list)
+    # the API answered a tick 429 with a Retry-After longer than a tick waits
+    # (`TICK_WAIT_SECONDS`): until then (seconds since the epoch) ticks make no request
+    rest_until: Optional[float] = None
 
     @classmethod
     def decode(cls, text: Optional[str]) -> "EventsSensorCursor":
@@ -364,9 +369,26 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
     # root as a run resolves it (environment, base_url, path_prefix)
     base_url = configured_api_root()
     api_key = dlt.secrets["sources.analytics.api_key"]
+    state = None if cleared(context.cursor) else EventsSensorCursor.decode(context.cursor)
+    if state is not None and state.rest_until is not None and time.time() < state.rest_until:
+        until = format_ns(int(state.rest_until * NS_PER_SECOND), 0)
+        return SensorResult(skip_reason=SkipReason(
+            f"the API asked this client to wait (429, Retry-After) until {until}: no request before then; "
+            "the cursor is kept"))
     try:
-        return _evaluate(context, base_url, api_key)
+        return _evaluate(context, base_url, api_key, tick_session(time.monotonic() + TICK_WAIT_SECONDS))
     except HTTPError as exc:
+        if exc.response is not None and exc.response.status_code == 429:
+            # the API's block outlasts what a tick waits: the tick keeps nothing it read, and the
+            # ticks until the block ends make no request (the cursor says until when)
+            wait = retry_after_seconds(exc.response)
+            if state is not None and wait:
+                state.rest_until = time.time() + wait
+            return SensorResult(skip_reason=SkipReason(
+                f"the API is rate-limiting this client (429 on the event stream, Retry-After "
+                f"{exc.response.headers.get('Retry-After', 'not given')}), longer than a tick waits "
+                f"({TICK_WAIT_SECONDS} s): this tick read nothing and keeps its cursor; the ticks after the "
+                "wait read on"), cursor=state.encode() if state is not None else None)
         if not is_forbidden(exc.response):
             raise
         # a key without notification.read: nothing to watch; every tick says why (no run: it would fail)
@@ -377,9 +399,9 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
             "keep the warehouse current with the daily_all schedule and incremental = \"listing\"."))
 
 
-def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> SensorResult:
+def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str, session: Session) -> SensorResult:
     if cleared(context.cursor):
-        state = EventsSensorCursor(event_id=latest_event_id(base_url, api_key), unkeyed=None)
+        state = EventsSensorCursor(event_id=latest_event_id(base_url, api_key, session), unkeyed=None)
         # the late-event window begins in this tick, its first read made: an event that becomes
         # visible late before the next tick is late to it (the next tick takes an event listed
         # after the cursor meanwhile as new: the cursor is not moved here). A first start reads a
@@ -388,12 +410,13 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
         # change of 1,400) keeps no baseline: an event of it that becomes visible late after the
         # reset's run read the stream is late to it, not taken as seen
         reset = bool(context.instance.get_run_records(filters=OURS, limit=1))
-        _, kept, _ = _new_events(base_url, api_key, state, None, budget=TICK_PAGES - 2,
+        _, kept, _ = _new_events(base_url, api_key, state, None, session, budget=TICK_PAGES - 2,
                                  first_pages=TICK_PAGES if reset else WINDOW_PAGES)
         if state.floor:
             _store_window(context.instance, state, kept)
         return _start(context, state, reset)
     state = EventsSensorCursor.decode(context.cursor)
+    state.rest_until = None  # (a wait the API asked for is over: `api_events_sensor`)
     # what became of the run it follows, first: the window's ids are written last, once nothing
     # else of the tick can fail (a tick that fails keeps its cursor, and ids written without it,
     # under a token of their own, are never loaded)
@@ -401,7 +424,7 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str) -> 
     window = _load_window(context.instance, state)
     notes = [] if window is not None or not state.floor else [
         "the late-event window's ids kept are not this cursor's: its window begins again"]
-    events, kept, loose = _new_events(base_url, api_key, state, window)
+    events, kept, loose = _new_events(base_url, api_key, state, window, session)
     if state.floor and kept != window:  # (written when it changes, and when a window begins)
         _store_window(context.instance, state, kept)
     if events or loose:
@@ -530,6 +553,11 @@ def _selection(touched: list[str]) -> tuple[list[str], str]:
 # page of ids (12 a minute, 5% of 240), one when the rest of the window's read fits the page of
 # what is new (the usual case: one request takes both).
 TICK_PAGES = 10
+# The longest a tick waits on the API: a retry (a 429's Retry-After, a 5xx's backoff) is made only
+# if its wait ends within TICK_WAIT_SECONDS of the tick's start (`tick_session`). Dagster fails a
+# tick that runs past 60 s (`DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`), and Paddle blocks a client past
+# its limit for 60 s: a tick that waited that out failed as timed out, each tick of the block.
+TICK_WAIT_SECONDS = 40
 WINDOW_PAGES = 1
 WINDOW_PAGES_PER_NEW = 5
 # the prefix of the keys of the window's ids in the instance's key-value storage (`window_key`)
@@ -540,6 +568,33 @@ def _lag_ns() -> int:
     """The visibility lag the late-event window spans (`event_visibility_lag_seconds`), in ns."""
     lag = dlt.config.get("sources.analytics.event_visibility_lag_seconds", int)
     return (DEFAULT_VISIBILITY_LAG_SECONDS if lag is None else int(lag)) * NS_PER_SECOND
+
+
+def tick_session(deadline: float) -> Session:
+    """dlt's HTTP session with the configured retries (`[runtime]`: 3 retries, backoff factor 2,
+    Retry-After obeyed), but no retry whose wait would end past `deadline` (`time.monotonic()`):
+    the request then ends as its last try did (a 429 or 5xx answer, raised by the read; a
+    connection's error)."""
+    session = Client(raise_for_status=False).session
+    send = session.send  # (tenacity's wrapper of the session's own: `retry_with` copies its policy)
+
+    def past_deadline(state: Any) -> bool:  # (tenacity's RetryCallState: the wait is known by now)
+        return time.monotonic() + state.upcoming_sleep > deadline
+
+    session.send = send.retry_with(stop=send.retry.stop | past_deadline)  # type: ignore[attr-defined]
+    return session
+
+
+def retry_after_seconds(response: Any) -> Optional[float]:
+    """A response's `Retry-After` in seconds (a number of them, or an HTTP date); None when it has
+    none, or none that can be read."""
+    value = (response.headers.get("Retry-After") or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def window_key(token: str) -> str:
@@ -586,7 +641,7 @@ def _store_window(instance: Any, state: EventsSensorCursor, window: Window) -> N
 
 
 def _new_events(
-    base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[Window],
+    base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[Window], session: Optional[Session],
     budget: int = TICK_PAGES, first_pages: int = WINDOW_PAGES,
 ) -> tuple[list[dict], Window, list[dict]]:
     """The events this tick has not seen, oldest first, the window after it (`window`: before it;
@@ -617,7 +672,8 @@ def _new_events(
     after = min(start, cursor) if merged else cursor
     # (a page of the tick's requests is left to the window's read: `TICK_PAGES`)
     read, now_ns, complete, loose, used = events_after(
-        base_url, api_key, after or None, max_pages=budget if merged or lag_ns <= 0 else budget - WINDOW_PAGES)
+        base_url, api_key, after or None, max_pages=budget if merged or lag_ns <= 0 else budget - WINDOW_PAGES,
+        session=session)
     state.behind = not complete
     new = [e for e in read if e["event_id"] > cursor]
     now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
@@ -641,7 +697,7 @@ def _new_events(
     if lag_ns > 0 and not merged:
         pages = min(budget - used,
                     WINDOW_PAGES + WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE if going else first_pages)
-        again, _, done, loose_again, _ = (events_after(base_url, api_key, start, max_pages=pages, until=cursor)
+        again, _, done, loose_again, _ = (events_after(base_url, api_key, start, max_pages=pages, until=cursor, session=session)
                                           if start < cursor else ([], 0, True, [], 0))
         loose = loose + loose_again
     late = [e for e in again if e["event_id"] <= cursor and e["event_id"] not in ids
@@ -757,12 +813,12 @@ def failure_report(context: RunFailureSensorContext) -> str:
 
 
 # ------------------------------------------------------------- the sensor's reads of the stream
-def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
+def latest_event_id(base_url: str, api_key: str, session: Optional[Session] = None) -> Optional[str]:
     """The newest event's id that has one (newest first: the API's default order), or None when
     the API has no events, or none with an id in its newest page (`base_url`: the API's root,
     prefix included). A page of one first; when that event has no id, a page of 200."""
     for per_page in (1, EVENTS_PAGE_SIZE):
-        response = event_client(base_url, api_key).get(EVENTS_PATH, params={"per_page": per_page})
+        response = event_client(base_url, api_key, session).get(EVENTS_PATH, params={"per_page": per_page})
         response.raise_for_status()
         page = response.json().get("data") or []
         data = [e for e in page if keyed(e)]
@@ -772,7 +828,8 @@ def latest_event_id(base_url: str, api_key: str) -> Optional[str]:
 
 
 def events_after(
-    base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None
+    base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None,
+    session: Optional[Session] = None,
 ) -> tuple[list[dict[str, Any]], int, bool, list[list[Any]], int]:
     """Events newer than `after`, oldest first (at most `max_pages` pages of 200, then on to a
     page with an id in it: a read that goes on after its last id must not stop among events
@@ -789,7 +846,7 @@ def events_after(
     loose: list[list[Any]] = []
     now: Optional[int] = None
     pages = 0
-    for pages, page in enumerate(event_client(base_url, api_key).paginate(EVENTS_PATH, params=params), 1):
+    for pages, page in enumerate(event_client(base_url, api_key, session).paginate(EVENTS_PATH, params=params), 1):
         now = now or api_now_ns(page.response)
         listed = len(events)
         for event in page:

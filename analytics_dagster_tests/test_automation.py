@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+import dlt
 import pytest
 from dagster import (
     AssetKey,
@@ -40,6 +41,8 @@ from analytics_dagster.definitions import defs
 from analytics_dagster.models import analytics_models
 from analytics_dagster.rfc3339 import parse_ns
 from analytics_dagster.sandbox import SandboxServer, World
+from analytics_dagster.source import configured_api_root
+from analytics_dagster.source.events import EVENTS_PATH, event_client
 from analytics_dagster.source.resources import RESOURCES_BY_NAME, table_of_event
 from analytics_dagster_tests.conftest import Admin, assert_events_cover_api, assert_warehouse_equals_api
 from analytics_dagster_tests.test_events import metadata
@@ -309,6 +312,56 @@ def test_the_sensor_cursor_reads_the_old_format_and_backs_off() -> None:
     waits = [EventsSensorCursor(failures=n, failed_at=1000.0).wait_seconds(1000.0) for n in range(7)]
     assert waits == [0, 0, 300, 900, 3600, 3600, 3600]
     assert EventsSensorCursor(failures=3, failed_at=1000.0).wait_seconds(1000.0 + 900) == 0
+
+
+def _use_the_clients_one_request(admin: Admin, block: float) -> None:
+    """The API allows this client one request a minute and blocks it for `block` seconds past
+    that (Paddle: 240, and 60 s); that one request is made here."""
+    admin.post("config", rate_limit=1, rate_limit_block=block)
+    root, key = configured_api_root(), dlt.secrets["sources.analytics.api_key"]
+    assert event_client(root, key).get(EVENTS_PATH, params={"per_page": 1}).status_code == 200
+    admin.post("stats/reset")
+
+
+def test_a_tick_the_api_blocks_longer_than_it_waits_skips_and_asks_nothing_until_the_wait_is_over(
+    warehouse: Path, admin: Admin
+) -> None:
+    """Paddle blocks a client past its rate limit for 60 s (429, `Retry-After`), and Dagster fails
+    a sensor tick that runs past 60 s: a tick that met the block waited it out (dlt's retries obey
+    Retry-After) and failed as timed out, each tick of the block. A tick now retries only while the
+    wait ends within `TICK_WAIT_SECONDS` of its start: a longer one ends the tick at once, skipped,
+    its cursor kept, and the ticks until the Retry-After is over make no request; the tick after
+    reads what came meanwhile. A wait within it is waited, as before."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", updates=3)
+    _use_the_clients_one_request(admin, block=60)
+    blocked = evaluate(instance, cursor)
+    assert not blocked.run_requests
+    assert "429" in blocked.skip_message and "Retry-After 60" in blocked.skip_message, blocked.skip_message
+    assert admin.get("stats")["by_status"] == {"429": 1}  # one try: the retry's wait would pass the tick's
+    state = EventsSensorCursor.decode(blocked.cursor)
+    assert dataclasses.replace(state, rest_until=None) == EventsSensorCursor.decode(cursor)
+    assert time.time() + 50 < state.rest_until <= time.time() + 60
+
+    resting = evaluate(instance, blocked.cursor)
+    assert not resting.run_requests and "no request before then" in resting.skip_message
+    assert admin.get("stats")["total"] == 1
+
+    # the wait over (the cursor says it ended a second ago), the block lifted
+    admin.post("config", rate_limit=0)
+    after = evaluate(instance, dataclasses.replace(state, rest_until=time.time() - 1).encode())
+    assert len(after.run_requests) == 1
+    assert EventsSensorCursor.decode(after.cursor).rest_until is None
+    assert EventsSensorCursor.decode(after.cursor).event_id == admin.truth("events")[-1]["event_id"]
+
+    # a block within what a tick waits is waited: the tick retries and reads
+    admin.post("advance", updates=2)
+    _use_the_clients_one_request(admin, block=1)
+    within = evaluate(instance, after.cursor)
+    assert admin.get("stats")["by_status"]["429"] >= 1
+    assert len(within.run_requests) == 1, within.skip_message
+    assert EventsSensorCursor.decode(within.cursor).event_id == admin.truth("events")[-1]["event_id"]
 
 
 def test_event_types_map_to_assets() -> None:
