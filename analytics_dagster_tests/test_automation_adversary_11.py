@@ -139,10 +139,11 @@ def test_a_share_of_the_limit_below_a_ticks_read_still_gets_the_sensor_past_a_bu
     limit, and blocks it past them (here 2 s, the tick's wait lowered to 1 s: Paddle's 60 s
     against 40). Measured: 4 ticks after each block's end, each reads 4 pages (answered), meets
     the 429 on the 5th and throws the 4 pages away: 16 pages read, 4 blocks, the cursor never
-    moved, no run; each block the re-read brought on blocks the backend too, 60 s each time on
-    Paddle. Before 4978337 the same (each tick waited the block out and timed out). A tick that
-    kept what it read before the 429 (as a read stopped at `TICK_PAGES` does: `behind`) would
-    be past the burst in the 2nd tick."""
+    moved, no run, as long as the backend's load lasts; each block is brought on by the
+    sensor's re-read, and on Paddle blocks the backend too (the address), 60 s each time. Before
+    4978337 no better (each tick waited the block out, past Dagster's 60 s: its message). A
+    tick that kept what it read before the 429 (as a read stopped at `TICK_PAGES` does:
+    `behind`) would be past the burst in the 2nd tick."""
     monkeypatch.setattr(automation, "TICK_WAIT_SECONDS", 1)
     instance = DagsterInstance.ephemeral()
     cursor = evaluate(instance, None).cursor
