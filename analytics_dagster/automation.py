@@ -12,7 +12,8 @@ from uuid import uuid4
 
 import dlt
 from dlt.sources.helpers.requests import Client
-from requests import HTTPError, Session
+from dlt.common.configuration.specs import RuntimeConfiguration
+from requests import HTTPError, Response, Session
 from dagster import (
     AssetKey,
     AssetSelection,
@@ -371,24 +372,20 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
     api_key = dlt.secrets["sources.analytics.api_key"]
     state = None if cleared(context.cursor) else EventsSensorCursor.decode(context.cursor)
     if state is not None and state.rest_until is not None and time.time() < state.rest_until:
-        until = format_ns(int(state.rest_until * NS_PER_SECOND), 0)
         return SensorResult(skip_reason=SkipReason(
-            f"the API asked this client to wait (429, Retry-After) until {until}: no request before then; "
+            f"the API asked this client to wait (429) until {_utc(state.rest_until)}: no request before then; "
             "the cursor is kept"))
+    tick = Tick(tick_session(time.monotonic() + TICK_WAIT_SECONDS))
     try:
-        return _evaluate(context, base_url, api_key, tick_session(time.monotonic() + TICK_WAIT_SECONDS))
+        return _evaluate(context, base_url, api_key, tick)
     except HTTPError as exc:
         if exc.response is not None and exc.response.status_code == 429:
-            # the API's block outlasts what a tick waits: the tick keeps nothing it read, and the
-            # ticks until the block ends make no request (the cursor says until when)
-            wait = retry_after_seconds(exc.response)
-            if state is not None and wait:
-                state.rest_until = time.time() + wait
-            return SensorResult(skip_reason=SkipReason(
-                f"the API is rate-limiting this client (429 on the event stream, Retry-After "
-                f"{exc.response.headers.get('Retry-After', 'not given')}), longer than a tick waits "
-                f"({TICK_WAIT_SECONDS} s): this tick read nothing and keeps its cursor; the ticks after the "
-                "wait read on"), cursor=state.encode() if state is not None else None)
+            # the API's block outlasts what a tick waits, and it met it before reading a page: the
+            # ticks until the block ends make no request (the cursor says until when); a first
+            # tick has no cursor to say it in
+            note = rested(state, exc.response) if state is not None else (
+                f"{limited_line(exc.response)}: this first tick read nothing; the next asks again")
+            return SensorResult(skip_reason=SkipReason(note), cursor=state.encode() if state is not None else None)
         if not is_forbidden(exc.response):
             raise
         # a key without notification.read: nothing to watch; every tick says why (no run: it would fail)
@@ -399,9 +396,9 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
             "keep the warehouse current with the daily_all schedule and incremental = \"listing\"."))
 
 
-def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str, session: Session) -> SensorResult:
+def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str, tick: Tick) -> SensorResult:
     if cleared(context.cursor):
-        state = EventsSensorCursor(event_id=latest_event_id(base_url, api_key, session), unkeyed=None)
+        state = EventsSensorCursor(event_id=latest_event_id(base_url, api_key, tick.session), unkeyed=None)
         # the late-event window begins in this tick, its first read made: an event that becomes
         # visible late before the next tick is late to it (the next tick takes an event listed
         # after the cursor meanwhile as new: the cursor is not moved here). A first start reads a
@@ -410,8 +407,10 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str, ses
         # change of 1,400) keeps no baseline: an event of it that becomes visible late after the
         # reset's run read the stream is late to it, not taken as seen
         reset = bool(context.instance.get_run_records(filters=OURS, limit=1))
-        _, kept, _ = _new_events(base_url, api_key, state, None, session, budget=TICK_PAGES - 2,
+        _, kept, _ = _new_events(base_url, api_key, state, None, tick, budget=TICK_PAGES - 2,
                                  first_pages=TICK_PAGES if reset else WINDOW_PAGES)
+        if tick.limited is not None:
+            rested(state, tick.limited)
         if state.floor:
             _store_window(context.instance, state, kept)
         return _start(context, state, reset)
@@ -424,7 +423,9 @@ def _evaluate(context: SensorEvaluationContext, base_url: str, api_key: str, ses
     window = _load_window(context.instance, state)
     notes = [] if window is not None or not state.floor else [
         "the late-event window's ids kept are not this cursor's: its window begins again"]
-    events, kept, loose = _new_events(base_url, api_key, state, window, session)
+    events, kept, loose = _new_events(base_url, api_key, state, window, tick)
+    if tick.limited is not None:
+        notes.append(rested(state, tick.limited))
     if state.floor and kept != window:  # (written when it changes, and when a window begins)
         _store_window(context.instance, state, kept)
     if events or loose:
@@ -585,16 +586,49 @@ def tick_session(deadline: float) -> Session:
     return session
 
 
-def retry_after_seconds(response: Any) -> Optional[float]:
-    """A response's `Retry-After` in seconds (a number of them, or an HTTP date); None when it has
-    none, or none that can be read."""
+@dataclass
+class Tick:
+    """A tick's HTTP session (`tick_session`), and the 429 that ended its reads, if one did."""
+
+    session: Session
+    limited: Optional[Response] = None
+
+
+def rested(state: EventsSensorCursor, response: Response) -> str:
+    """`state` rests until the end of the wait the 429 `response` asks for (`rest_seconds`); a
+    phrase saying so."""
+    state.rest_until = time.time() + rest_seconds(response)
+    return (f"{limited_line(response)}: what this tick read before it is kept; no request until "
+            f"{_utc(state.rest_until)}, then the ticks read on")
+
+
+def limited_line(response: Response) -> str:
+    return (f"the API answered 429 (rate limited, Retry-After {response.headers.get('Retry-After') or 'not given'}) "
+            f"on the event stream, a wait past this tick's {TICK_WAIT_SECONDS} s")
+
+
+# Paddle blocks a client past its rate limit for 60 s (docs/api.md): the wait of a 429 that says none
+BLOCK_SECONDS = 60.0
+
+
+def rest_seconds(response: Response) -> float:
+    """How long a 429 `response` asks the client to wait: its `Retry-After`, a number of seconds
+    or an HTTP date (by the API's clock, its `Date`), capped as a run's retries cap it
+    (`runtime.request_max_retry_delay`); Paddle's block (`BLOCK_SECONDS`) when it gives none that
+    can be read."""
     value = (response.headers.get("Retry-After") or "").strip()
-    if value.isdigit():
-        return float(value)
+    cap = float(dlt.config.get("runtime.request_max_retry_delay", float)
+                or RuntimeConfiguration.request_max_retry_delay)
     try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError):
-        return None
+        wait = float(value) if value.isdigit() else (
+            email.utils.parsedate_to_datetime(value).timestamp() - api_now_ns(response) / NS_PER_SECOND)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        wait = BLOCK_SECONDS
+    return max(0.0, min(wait, cap))
+
+
+def _utc(seconds: float) -> str:
+    return format_ns(int(seconds * NS_PER_SECOND), 0)
 
 
 def window_key(token: str) -> str:
@@ -641,7 +675,7 @@ def _store_window(instance: Any, state: EventsSensorCursor, window: Window) -> N
 
 
 def _new_events(
-    base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[Window], session: Optional[Session],
+    base_url: str, api_key: str, state: EventsSensorCursor, window: Optional[Window], tick: Optional[Tick],
     budget: int = TICK_PAGES, first_pages: int = WINDOW_PAGES,
 ) -> tuple[list[dict], Window, list[dict]]:
     """The events this tick has not seen, oldest first, the window after it (`window`: before it;
@@ -673,7 +707,9 @@ def _new_events(
     # (a page of the tick's requests is left to the window's read: `TICK_PAGES`)
     read, now_ns, complete, loose, used = events_after(
         base_url, api_key, after or None, max_pages=budget if merged or lag_ns <= 0 else budget - WINDOW_PAGES,
-        session=session)
+        tick=tick)
+    if tick is not None and tick.limited is not None and not used:  # (not a page: the tick ends, keeping nothing)
+        raise HTTPError(response=tick.limited)
     state.behind = not complete
     new = [e for e in read if e["event_id"] > cursor]
     now = now_ns / NS_PER_SECOND  # the API's clock (its Date)
@@ -694,11 +730,12 @@ def _new_events(
     if lag_ns > 0 and not going:  # the window begins, the lag before now; what is up to the cursor was never read
         start = window_floor(now_ns, lag_ns)
         state.floor, state.read_at, state.reached, state.baseline = start, now, None, cursor or None
-    if lag_ns > 0 and not merged:
+    if lag_ns > 0 and not merged and (tick is None or tick.limited is None):
         pages = min(budget - used,
                     WINDOW_PAGES + WINDOW_PAGES_PER_NEW * len(new) // EVENTS_PAGE_SIZE if going else first_pages)
-        again, _, done, loose_again, _ = (events_after(base_url, api_key, start, max_pages=pages, until=cursor, session=session)
-                                          if start < cursor else ([], 0, True, [], 0))
+        again, _, done, loose_again, _ = (
+            events_after(base_url, api_key, start, max_pages=pages, until=cursor, tick=tick)
+            if start < cursor else ([], 0, True, [], 0))
         loose = loose + loose_again
     late = [e for e in again if e["event_id"] <= cursor and e["event_id"] not in ids
             and not (state.baseline and e["event_id"] <= state.baseline)]
@@ -829,7 +866,7 @@ def latest_event_id(base_url: str, api_key: str, session: Optional[Session] = No
 
 def events_after(
     base_url: str, api_key: str, after: Optional[str], max_pages: int = 10, until: Optional[str] = None,
-    session: Optional[Session] = None,
+    tick: Optional[Tick] = None,
 ) -> tuple[list[dict[str, Any]], int, bool, list[list[Any]], int]:
     """Events newer than `after`, oldest first (at most `max_pages` pages of 200, then on to a
     page with an id in it: a read that goes on after its last id must not stop among events
@@ -838,7 +875,8 @@ def events_after(
     page's `Date`), whether it read to the stream's end or `until` (False: `max_pages` cut it),
     the events it listed without a string id (apart: one cannot be a cursor), each with the
     first id the read listed after it (None: none), which its place in the stream is before, and
-    its requests."""
+    its requests. In a `tick`, a 429 it could not wait out ends the read there, as `max_pages`
+    would (False), the answer kept in `tick.limited`."""
     params: dict[str, Any] = {"order_by": "id[ASC]", "per_page": EVENTS_PAGE_SIZE}
     if after:
         params["after"] = after
@@ -846,7 +884,18 @@ def events_after(
     loose: list[list[Any]] = []
     now: Optional[int] = None
     pages = 0
-    for pages, page in enumerate(event_client(base_url, api_key, session).paginate(EVENTS_PATH, params=params), 1):
+    read = event_client(base_url, api_key, tick.session if tick else None).paginate(EVENTS_PATH, params=params)
+    while True:
+        try:
+            page = next(read)
+        except StopIteration:
+            break
+        except HTTPError as exc:
+            if tick is None or exc.response is None or exc.response.status_code != 429:
+                raise
+            tick.limited = exc.response
+            return events, now or time.time_ns(), False, loose, pages
+        pages += 1
         now = now or api_now_ns(page.response)
         listed = len(events)
         for event in page:
