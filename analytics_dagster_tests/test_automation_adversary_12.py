@@ -153,3 +153,75 @@ def test_a_rate_limit_longer_than_the_lag_requests_no_run_for_no_change(
     admin.post("stats/reset")
     after = evaluate(instance, rested(cursor))
     assert not after.run_requests, f"no change: runs {[r.run_key for r in after.run_requests]}"
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_a_429_in_the_first_tick_of_a_reset_keeps_its_run_and_rests(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/api.md, "Authentication, errors, limits": a 429 whose wait is longer ends the
+    tick's reads, "what it read before is kept", and the ticks until the wait is over make no
+    request; README's sensor row: a cursor cleared requests a run). The API: 1,000 changes
+    within the lag, their run done; the sensor's cursor cleared; the 4th request of its first
+    tick (the window's 2nd page: its newest event, what is new after it, then the window's read
+    of 7 pages) answered 429, Retry-After 60.
+    Held: the tick makes 4 requests (3 answered, one 429: no retry, its wait past the tick's),
+    requests the reset's run (`events-cursor-reset-<newest>-<ms>`) and rests 60 s, the window's
+    read kept where the 429 stopped it (`reached`, after its 1st page), its baseline the newest
+    event; the tick after makes no request. Once the wait is over, the ticks read the window on
+    from there (2 requests each, none of them 429), end its pass in the 4th, and request no run
+    (none is owed: the ids up to the baseline are taken as they are)."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    admin.post("advance", seconds=10, updates=1000)
+    tick = evaluate(instance, cursor)
+    add_run(instance, tick.run_requests[0], DagsterRunStatus.SUCCESS)
+    answer_429(admin, "60", count=1, after_requests=4)
+    reset = evaluate(instance, None)  # (the cursor cleared)
+    newest = admin.truth("events")[-1]["event_id"]
+    assert [r.run_key.rsplit("-", 1)[0] for r in reset.run_requests] == [f"events-cursor-reset-{newest}"]
+    assert statuses(admin) == {"200": 3, "429": 1}
+    state = EventsSensorCursor.decode(reset.cursor)
+    assert state.event_id == state.baseline == newest and state.reached and state.floor < state.reached < newest
+    assert time.time() + 50 < state.rest_until <= time.time() + 60
+    assert not evaluate(instance, reset.cursor).run_requests and statuses(admin) == {"200": 3, "429": 1}
+    add_run(instance, reset.run_requests[0], DagsterRunStatus.SUCCESS)
+    admin.post("stats/reset")
+    cursor, keys, reached = reset.cursor, [], [state.reached]
+    for _ in range(4):
+        result = evaluate(instance, rested(cursor))
+        keys += [r.run_key for r in result.run_requests]
+        cursor = result.cursor
+        reached.append(EventsSensorCursor.decode(cursor).reached)
+    assert not keys and set(statuses(admin)) == {"200"}, f"runs {keys}; answers {statuses(admin)}"
+    assert reached[-1] is None and all(a < b for a, b in zip(reached[:-2], reached[1:-1])), reached  # (read on, then ended)
+
+
+@pytest.mark.usefixtures("backfilled")
+def test_a_late_event_released_during_a_rest_gets_its_run_after_it(warehouse: Path, admin: Admin) -> None:
+    """Claim (docs/api.md, "Authentication, errors, limits": the sensor rests until the 429's wait
+    is over, "then the ticks read on"; docs/design.md, "Late events"). The API: a change whose
+    event is held, 300 changes after it, their run done; the window's read of a tick answered 429,
+    Retry-After 60, and the held event released while the sensor rests. Held: the blocked tick
+    made 2 requests (one answered, one 429) and requests nothing; the tick during the rest none;
+    once it is over, the late event gets its run (`events-up-to-<late>`) within 3 ticks, and no
+    other run is requested."""
+    instance = DagsterInstance.ephemeral()
+    cursor = evaluate(instance, None).cursor
+    late = hold_a_change(admin, 0)
+    admin.post("advance", seconds=1, updates=300)
+    tick = evaluate(instance, cursor)
+    add_run(instance, tick.run_requests[0], DagsterRunStatus.SUCCESS)
+    cursor = evaluate(instance, tick.cursor).cursor  # (the window's first read)
+    cursor = evaluate(instance, cursor).cursor  # (a new pass begins: its read is a request of its own)
+    answer_429(admin, "60", count=1, after_requests=2)
+    blocked = evaluate(instance, cursor)
+    assert not blocked.run_requests and statuses(admin) == {"200": 1, "429": 1}, blocked.skip_message
+    admin.post("release", event_ids=[late])
+    assert not evaluate(instance, blocked.cursor).run_requests and statuses(admin) == {"200": 1, "429": 1}
+    cursor, keys = blocked.cursor, []
+    for _ in range(3):
+        result = evaluate(instance, rested(cursor))
+        for request in result.run_requests:
+            keys.append(request.run_key)
+            add_run(instance, request, DagsterRunStatus.SUCCESS)
+        cursor = result.cursor
+    assert keys == [f"events-up-to-{late}"], f"runs {keys}; answers {statuses(admin)}"
