@@ -383,7 +383,7 @@ def api_events_sensor(context: SensorEvaluationContext) -> SensorResult:
             # the API's block outlasts what a tick waits, and it met it before reading a page: the
             # ticks until the block ends make no request (the cursor says until when); a first
             # tick has no cursor to say it in
-            note = rested(state, exc.response) if state is not None else (
+            note = rested(state, exc.response, read=False) if state is not None else (
                 f"{limited_line(exc.response)}: this first tick read nothing; the next asks again")
             return SensorResult(skip_reason=SkipReason(note), cursor=state.encode() if state is not None else None)
         if not is_forbidden(exc.response):
@@ -594,10 +594,13 @@ class Tick:
     limited: Optional[Response] = None
 
 
-def rested(state: EventsSensorCursor, response: Response) -> str:
+def rested(state: EventsSensorCursor, response: Response, *, read: bool = True) -> str:
     """`state` rests until the end of the wait the 429 `response` asks for (`rest_seconds`); a
-    phrase saying so."""
+    phrase saying so. A tick that `read` nothing still ticked: its clocks are kept (`ticked_at`,
+    the API's from the 429's `Date`), so a rate limit of minutes is not taken for a stop."""
     state.rest_until = time.time() + rest_seconds(response)
+    if not read:
+        state.ticked_at = [api_now_ns(response) / NS_PER_SECOND, _now()]
     return (f"{limited_line(response)}: what this tick read before it is kept; no request until "
             f"{_utc(state.rest_until)}, then the ticks read on")
 
