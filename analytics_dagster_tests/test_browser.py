@@ -115,7 +115,9 @@ def test_materialize_all_in_the_ui(dagster_dev: str, warehouse: Path, admin: Adm
         expected = sorted(["revenue_monthly", "stg_transactions", "stg_transaction_line_items", "stg_adjustments",
                            "stg_adjustment_items", "transactions", "adjustments"])
         poll(lambda: sorted(graph.all_inner_texts()) == expected, timeout=30)
+        # (the nodes' links render after their names: polled too; read at once, one was not there
+        # yet in a clean-clone run)
         for raw in ("transactions", "adjustments"):
-            assert page.locator(f"a[href*='/assets/analytics/{raw}']").count() >= 1, raw
+            poll(lambda raw=raw: page.locator(f"a[href*='/assets/analytics/{raw}']").count() >= 1, timeout=30)
         shoot(page, tmp_path, "metric-lineage.png")
         browser.close()
