@@ -73,9 +73,10 @@ def test_a_late_event_is_found_while_the_share_of_the_limit_is_one_request_a_tic
     ids: a request of its own after the read of what is new. In ticks 2 to 6 the read of what is
     new takes the one request (answered, nothing new) and the window's read meets the 429 and
     ends the tick (`Tick.limited`): 6 answered, 5 answered 429 (a block each), `reached` still
-    None, the window's start where it was, no run for the late event; new changes still get their runs, a change whose event came
-    late waits as long as the backend's load lasts (not lost: once the limit leaves it a second
-    request, the next tick requests `events-up-to-<late>`). Before fe5f2a7, no better (the tick
+    None, the window's start where it was, no run for the late event; new changes still get
+    their runs, a change whose event came late waits as long as the backend's load lasts (not
+    lost: once the limit leaves it a second request, the next tick requests
+    `events-up-to-<late>`). Before fe5f2a7, no better (the tick
     kept nothing). The window's read never goes first, nor takes a turn, while every tick is cut."""
     monkeypatch.setattr(automation, "TICK_WAIT_SECONDS", 1)
     instance = DagsterInstance.ephemeral()
