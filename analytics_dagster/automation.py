@@ -601,8 +601,8 @@ def rested(state: EventsSensorCursor, response: Response, *, read: bool = True) 
     state.rest_until = time.time() + rest_seconds(response)
     if not read:
         state.ticked_at = [api_now_ns(response) / NS_PER_SECOND, _now()]
-    return (f"{limited_line(response)}: what this tick read before it is kept; no request until "
-            f"{_utc(state.rest_until)}, then the ticks read on")
+    kept = "what this tick read before it is kept" if read else "this tick read nothing, its cursor is kept"
+    return f"{limited_line(response)}: {kept}; no request until {_utc(state.rest_until)}, then the ticks read on"
 
 
 def limited_line(response: Response) -> str:

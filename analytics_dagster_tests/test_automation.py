@@ -339,10 +339,13 @@ def test_a_tick_the_api_blocks_longer_than_it_waits_skips_and_asks_nothing_until
     blocked = evaluate(instance, cursor)
     assert not blocked.run_requests
     assert "429" in blocked.skip_message and "Retry-After 60" in blocked.skip_message, blocked.skip_message
+    assert "this tick read nothing, its cursor is kept" in blocked.skip_message
     assert admin.get("stats")["by_status"] == {"429": 1}  # one try: the retry's wait would pass the tick's
-    state = EventsSensorCursor.decode(blocked.cursor)
-    assert dataclasses.replace(state, rest_until=None) == EventsSensorCursor.decode(cursor)
+    # the cursor as it was, but for the rest and the tick's clocks (the API's from the 429's Date)
+    state, before = EventsSensorCursor.decode(blocked.cursor), EventsSensorCursor.decode(cursor)
+    assert dataclasses.replace(state, rest_until=None, ticked_at=before.ticked_at) == before
     assert time.time() + 50 < state.rest_until <= time.time() + 60
+    assert state.ticked_at[0] >= before.ticked_at[0] and state.ticked_at[1] > before.ticked_at[1]
 
     resting = evaluate(instance, blocked.cursor)
     assert not resting.run_requests and "no request before then" in resting.skip_message
