@@ -323,6 +323,11 @@ def _use_the_clients_one_request(admin: Admin, block: float) -> None:
     admin.post("stats/reset")
 
 
+def rest_over(cursor: str) -> str:
+    """`cursor` with its rest (`rest_until`) over a second ago: the tick evaluated with it reads on."""
+    return dataclasses.replace(EventsSensorCursor.decode(cursor), rest_until=time.time() - 1).encode()
+
+
 def test_a_tick_the_api_blocks_longer_than_it_waits_skips_and_asks_nothing_until_the_wait_is_over(
     warehouse: Path, admin: Admin
 ) -> None:
@@ -353,7 +358,7 @@ def test_a_tick_the_api_blocks_longer_than_it_waits_skips_and_asks_nothing_until
 
     # the wait over (the cursor says it ended a second ago), the block lifted
     admin.post("config", rate_limit=0)
-    after = evaluate(instance, dataclasses.replace(state, rest_until=time.time() - 1).encode())
+    after = evaluate(instance, rest_over(blocked.cursor))
     assert len(after.run_requests) == 1
     assert EventsSensorCursor.decode(after.cursor).rest_until is None
     assert EventsSensorCursor.decode(after.cursor).event_id == admin.truth("events")[-1]["event_id"]

@@ -19,7 +19,6 @@ cursor's `rest_until` is moved, or the wait lowered.
 
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 from analytics_dagster import automation
 from analytics_dagster.automation import EventsSensorCursor
 from analytics_dagster_tests.conftest import Admin, poll
-from analytics_dagster_tests.test_automation import _use_the_clients_one_request, evaluate
+from analytics_dagster_tests.test_automation import _use_the_clients_one_request, evaluate, rest_over
 from analytics_dagster_tests.test_automation_adversary_2 import add_run
 from analytics_dagster_tests.test_automation_adversary_3 import api_clock
 
@@ -46,11 +45,6 @@ def answer_429(admin: Admin, retry_after: str, count: int = 50, after_requests: 
     admin.post("config", fault_retry_after=retry_after)
     admin.post("stats/reset")
     admin.post("inject", resource="events", kind="status", status=429, count=count, after_requests=after_requests)
-
-
-def rested(cursor: str) -> str:
-    """`cursor` with its rest over (a second ago): the tick evaluated with it reads on."""
-    return dataclasses.replace(EventsSensorCursor.decode(cursor), rest_until=time.time() - 1).encode()
 
 
 @pytest.mark.usefixtures("backfilled")
@@ -81,7 +75,7 @@ def test_a_429_on_the_windows_read_keeps_what_is_new_and_the_tick_after_the_wait
 
     admin.post("stats/reset")
     add_run(instance, blocked.run_requests[0], DagsterRunStatus.SUCCESS)
-    after = evaluate(instance, rested(blocked.cursor))
+    after = evaluate(instance, rest_over(blocked.cursor))
     assert not after.run_requests, after.skip_message
     assert EventsSensorCursor.decode(after.cursor).rest_until is None
     assert 1 <= statuses(admin)["200"] and set(statuses(admin)) == {"200"}
@@ -108,7 +102,7 @@ def test_a_run_that_failed_before_a_block_is_run_again_after_it(warehouse: Path,
     assert state.run_key == first.run_requests[0].run_key and state.failures == 0
 
     admin.post("config", rate_limit=0)
-    after = evaluate(instance, rested(blocked.cursor))
+    after = evaluate(instance, rest_over(blocked.cursor))
     newest = admin.truth("events")[-1]["event_id"]
     assert [r.run_key.split("-after-")[0] for r in after.run_requests] == [f"events-up-to-{newest}"]
     assert after.run_requests[0].tags["analytics/after_failed_runs"] == "1"

@@ -28,9 +28,9 @@ from dagster import DagsterInstance, DagsterRunStatus
 from analytics_dagster import automation
 from analytics_dagster.automation import EventsSensorCursor
 from analytics_dagster_tests.conftest import Admin, poll
-from analytics_dagster_tests.test_automation import evaluate
+from analytics_dagster_tests.test_automation import evaluate, rest_over
 from analytics_dagster_tests.test_automation_adversary_2 import add_run, hold_a_change
-from analytics_dagster_tests.test_automation_adversary_11 import answer_429, rested, statuses
+from analytics_dagster_tests.test_automation_adversary_11 import answer_429, statuses
 
 
 def ticks_on_a_share(
@@ -152,13 +152,13 @@ def test_a_rate_limit_longer_than_the_lag_requests_no_run_for_no_change(
         moved += 180
         monkeypatch.setattr(automation, "_now", lambda on=moved: time.time() + on)
         answer_429(admin, "60", count=1)
-        blocked = evaluate(instance, rested(cursor))
+        blocked = evaluate(instance, rest_over(cursor))
         assert not blocked.run_requests and statuses(admin) == {"429": 1}, blocked.skip_message
         cursor = blocked.cursor
     admin.post("advance", seconds=60)
     monkeypatch.setattr(automation, "_now", lambda: time.time() + moved + 60)
     admin.post("stats/reset")
-    after = evaluate(instance, rested(cursor))
+    after = evaluate(instance, rest_over(cursor))
     assert not after.run_requests, f"no change: runs {[r.run_key for r in after.run_requests]}"
 
 
@@ -194,7 +194,7 @@ def test_a_429_in_the_first_tick_of_a_reset_keeps_its_run_and_rests(warehouse: P
     admin.post("stats/reset")
     cursor, keys, reached = reset.cursor, [], [state.reached]
     for _ in range(4):
-        result = evaluate(instance, rested(cursor))
+        result = evaluate(instance, rest_over(cursor))
         keys += [r.run_key for r in result.run_requests]
         cursor = result.cursor
         reached.append(EventsSensorCursor.decode(cursor).reached)
@@ -226,7 +226,7 @@ def test_a_late_event_released_during_a_rest_gets_its_run_after_it(warehouse: Pa
     assert not evaluate(instance, blocked.cursor).run_requests and statuses(admin) == {"200": 1, "429": 1}
     cursor, keys = blocked.cursor, []
     for _ in range(3):
-        result = evaluate(instance, rested(cursor))
+        result = evaluate(instance, rest_over(cursor))
         for request in result.run_requests:
             keys.append(request.run_key)
             add_run(instance, request, DagsterRunStatus.SUCCESS)
